@@ -1,0 +1,577 @@
+//! The step engine (SPEC "Two-pass step"): first pass, radius, ascent, second pass at θ + ε,
+//! bitwise restore, clipped base step, trust-region bookkeeping; the one-pass regulariser
+//! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
+
+use crate::base::BaseOptimizer;
+use crate::composition::{Composition, Term};
+use crate::error::{Error, Result};
+use crate::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
+use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::ops::global_norm;
+use crate::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
+use crate::registry::{parse_params, Component, Kind, Registry};
+use crate::schedule::Schedule;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Optimizer configuration: the composition, the engine settings, and one parameter table
+/// per component (keyed by component name, `reg:<name>` for penalty settings).
+///
+/// In TOML (figment) this is the `[optimizer]` table:
+/// ```toml
+/// [optimizer]
+/// name = "tram-noise"        # or "noise+ball+adam"
+/// lr = 1e-4
+/// schedule = { kind = "polynomial", warmup = 10000, total = 50000 }
+/// [optimizer.noise]
+/// sigma = 1e-5
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OptimizerConfig {
+    /// A composition string or alias.
+    pub name: String,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule over steps.
+    pub schedule: Schedule,
+    /// Clip the final gradient (the one handed to the base optimizer) to this global L2 norm.
+    pub max_grad_norm: Option<f64>,
+    /// Treat a parameter without gradient as having zero gradient instead of failing.
+    pub allow_missing_gradients: bool,
+    /// Seed of the noise stream (noise trust region).
+    pub seed: u64,
+    /// Run training passes in train mode (dropout on).
+    pub train_mode: bool,
+    /// Parameter tables per component name.
+    #[serde(flatten)]
+    pub components: BTreeMap<String, Value>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            name: "adam".into(),
+            lr: 1e-3,
+            schedule: Schedule::Constant,
+            max_grad_norm: None,
+            allow_missing_gradients: false,
+            seed: 0,
+            train_mode: true,
+            components: BTreeMap::new(),
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Defaults for composition `name` at learning rate `lr`.
+    pub fn new(name: impl Into<String>, lr: f64) -> Self {
+        Self { name: name.into(), lr, ..Self::default() }
+    }
+    /// Set one component parameter (builder style).
+    pub fn with(mut self, component: &str, key: &str, value: impl Into<Value>) -> Self {
+        let table = self.components.entry(component.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = table {
+            m.insert(key.to_string(), value.into());
+        }
+        self
+    }
+}
+
+/// Settings every trust region takes, whatever its target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegionSettings {
+    /// Name of the registered distance (`kl`, `kl-reverse`, `kl-sym`, `mmd`, `l2`, ...).
+    pub distance: String,
+    /// Multiplier of the distance (TRAM's `logit_scale`).
+    pub scale: f64,
+    /// `mean` (per-row mean, the paper) or `reference` (TRAM's reference code scaling).
+    pub reduction: Reduction,
+    /// Temperature τ: the distance is `τ² D(f_t/τ ‖ f_c/τ)` (MESA).
+    pub temperature: f64,
+    /// Dropout mode of the target pass: unset = eval for parameter-history targets, the
+    /// current pass's mode for the noise target.
+    pub target_train: Option<bool>,
+}
+
+impl Default for RegionSettings {
+    fn default() -> Self {
+        Self { distance: "kl".into(), scale: 1.0, reduction: Reduction::Mean, temperature: 1.0, target_train: None }
+    }
+}
+
+/// The keys of [`RegionSettings`], with docs (shown by `tram list`).
+pub const REGION_SETTINGS: &[(&str, &str)] = &[
+    ("distance", "registered distance D(target ‖ current): kl, kl-reverse, kl-sym, mmd, l2, ..."),
+    ("scale", "multiplier of the distance (TRAM's logit_scale)"),
+    ("reduction", "\"mean\" over rows (paper) or \"reference\" (TRAM reference-code scaling)"),
+    ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA)"),
+    ("target_train", "dropout in the target pass; unset: eval for θ-history targets, current mode for noise"),
+];
+
+/// Settings of a trust region used as a penalty (`reg:<region>`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PenaltySettings {
+    /// Weight λ of the penalty in `L + λ R`.
+    pub lambda: f64,
+    /// Let the gradient flow through the target branch too (R3F).
+    pub through_target: bool,
+}
+
+impl Default for PenaltySettings {
+    fn default() -> Self {
+        Self { lambda: 1.0, through_target: false }
+    }
+}
+
+/// The keys of [`PenaltySettings`], with docs.
+pub const PENALTY_SETTINGS: &[(&str, &str)] =
+    &[("lambda", "weight λ of the penalty in L + λ·R"), ("through_target", "gradient through the target branch too (R3F)")];
+
+/// A trust region with its distance and settings.
+pub struct BoundRegion {
+    /// The target.
+    pub region: Box<dyn TrustRegion>,
+    /// The distance.
+    pub distance: Box<dyn Distance>,
+    /// The settings.
+    pub settings: RegionSettings,
+}
+
+impl BoundRegion {
+    /// `scale · τ² · D(target/τ ‖ current/τ)` as a scalar f32 tensor.
+    pub fn measure(&self, target: &Tensor, current: &Tensor, examples: usize) -> Result<Tensor> {
+        let tau = self.settings.temperature;
+        let (t, c) = (to_f32(target)?, to_f32(current)?);
+        let (t, c) = if tau == 1.0 { (t, c) } else { (t.affine(1.0 / tau, 0.0)?, c.affine(1.0 / tau, 0.0)?) };
+        let d = self.distance.distance(&t, &c, self.settings.reduction, examples)?;
+        let k = self.settings.scale * tau * tau;
+        Ok(if k == 1.0 { d } else { d.affine(k, 0.0)? })
+    }
+
+    fn target_mode(&self, pass: Mode) -> Mode {
+        match self.settings.target_train {
+            Some(train) => Mode { train, update_stats: false },
+            None if self.region.tracks_current() => pass.frozen(),
+            None => Mode::EVAL,
+        }
+    }
+}
+
+struct Penalty {
+    bound: BoundRegion,
+    settings: PenaltySettings,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepReport {
+    /// Index of this step (0-based).
+    pub step: u64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean task loss at θ (first pass), without penalties.
+    pub loss: f64,
+    /// Mean penalty `λ R` at θ, when the composition has penalties.
+    pub penalty: Option<f64>,
+    /// Trust-region radius δ, for TRAM compositions.
+    pub delta: Option<f64>,
+    /// ‖ε‖ of the ascent (0 when none).
+    pub epsilon_norm: f64,
+    /// Global norm of the final gradient before clipping.
+    pub grad_norm: f64,
+    /// Forward passes used (targets included).
+    pub forward_passes: usize,
+    /// Backward passes used.
+    pub backward_passes: usize,
+    /// Whether an ascent was taken.
+    pub ascent: bool,
+    /// Whether the step was skipped (non-finite loss or gradient); parameters are unchanged.
+    pub skipped: bool,
+}
+
+/// A composed optimizer: penalties, a radius-sizing trust region, a neighborhood, a base.
+pub struct Optimizer {
+    composition: Composition,
+    config: OptimizerConfig,
+    penalties: Vec<Penalty>,
+    region: Option<BoundRegion>,
+    neighborhood: Option<Box<dyn Neighborhood>>,
+    base: Box<dyn BaseOptimizer>,
+    noise: Box<dyn NoiseSource>,
+    pub(crate) step: u64,
+    pub(crate) skipped: u64,
+    pub(crate) no_ascent: u64,
+    pub(crate) initialized: bool,
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.composition.fmt(f)
+    }
+}
+
+fn merged(table: Option<&Value>, inline: &BTreeMap<String, Value>, what: &str) -> Result<Map<String, Value>> {
+    let mut m = match table {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => return Err(Error::Config { component: what.into(), reason: format!("expected a table of parameters, found `{other}`") }),
+    };
+    for (k, v) in inline {
+        m.insert(k.clone(), v.clone());
+    }
+    Ok(m)
+}
+
+fn take_keys(m: &mut Map<String, Value>, keys: &[(&str, &str)]) -> Value {
+    let mut out = Map::new();
+    for (k, _) in keys {
+        if let Some(v) = m.remove(*k) {
+            out.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+fn wrong_kind(name: &str, kind: Kind) -> Error {
+    Error::Config { component: name.into(), reason: format!("its constructor did not build a {kind}") }
+}
+
+impl Optimizer {
+    /// Compose the optimizer `config.name` from `registry`.
+    pub fn new(registry: &Registry, config: OptimizerConfig) -> Result<Optimizer> {
+        let composition = Composition::parse(&config.name, registry)?;
+        let tables = &config.components;
+        // Every table must belong to a component of this composition.
+        let mut known: Vec<String> = composition.penalties.iter().flat_map(|t| [t.name.clone(), format!("reg:{}", t.name)]).collect();
+        known.extend(composition.region.iter().chain(composition.neighborhood.iter()).map(|t| t.name.clone()));
+        known.push(composition.base.name.clone());
+        known.extend(registry.names(Some(Kind::Distance)));
+        if let Some(bad) = tables.keys().find(|k| !known.contains(k)) {
+            return Err(Error::Config {
+                component: format!("optimizer table `{bad}`"),
+                reason: format!("`{}` has no component `{bad}`; tables may name: {}", composition, known.join(", ")),
+            });
+        }
+        let bind = |term: &Term, extra: Option<&Value>| -> Result<(BoundRegion, Map<String, Value>)> {
+            let what = format!("trust region `{}`", term.name);
+            let mut m = merged(tables.get(&term.name), &term.params, &what)?;
+            if let Some(Value::Object(e)) = extra {
+                for (k, v) in e {
+                    m.entry(k.clone()).or_insert(v.clone());
+                }
+            }
+            let settings: RegionSettings = parse_params(&what, &take_keys(&mut m, REGION_SETTINGS))?;
+            let role = take_keys(&mut m, PENALTY_SETTINGS);
+            let region = match registry.build(Kind::TrustRegion, &term.name, &Value::Object(m))? {
+                Component::TrustRegion(r) => r,
+                _ => return Err(wrong_kind(&term.name, Kind::TrustRegion)),
+            };
+            let distance = match registry.build(Kind::Distance, &settings.distance, tables.get(&settings.distance).unwrap_or(&Value::Null))? {
+                Component::Distance(d) => d,
+                _ => return Err(wrong_kind(&settings.distance, Kind::Distance)),
+            };
+            let Value::Object(role) = role else { unreachable!("take_keys returns an object") };
+            Ok((BoundRegion { region, distance, settings }, role))
+        };
+        let mut penalties = Vec::new();
+        for t in &composition.penalties {
+            let (bound, role) = bind(t, tables.get(&format!("reg:{}", t.name)))?;
+            let settings: PenaltySettings = parse_params(&format!("penalty `reg:{}`", t.name), &Value::Object(role))?;
+            penalties.push(Penalty { bound, settings });
+        }
+        let region = match &composition.region {
+            Some(t) => {
+                let (b, role) = bind(t, None)?;
+                if !role.is_empty() {
+                    return Err(Error::Config {
+                        component: format!("trust region `{}`", t.name),
+                        reason: format!("`lambda` / `through_target` apply to penalties only; write `reg:{}` to use it as a penalty", t.name),
+                    });
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        let neighborhood = match &composition.neighborhood {
+            Some(t) => {
+                let m = merged(tables.get(&t.name), &t.params, &format!("neighborhood `{}`", t.name))?;
+                let mut n = match registry.build(Kind::Neighborhood, &t.name, &Value::Object(m))? {
+                    Component::Neighborhood(n) => n,
+                    _ => return Err(wrong_kind(&t.name, Kind::Neighborhood)),
+                };
+                if let Some(r) = &region {
+                    if n.radius_source() == RadiusSource::Fixed && !r.region.perturbs_input() {
+                        return Err(Error::composition(
+                            &config.name,
+                            format!(
+                                "neighborhood `{}` has a fixed radius; only an input-perturbing trust region (noise: TRAM-Fisher) composes with it, not `{}`",
+                                t.name,
+                                r.region.name()
+                            ),
+                        ));
+                    }
+                }
+                n.sized_by_region(region.is_some() && n.radius_source() == RadiusSource::Region);
+                Some(n)
+            }
+            None => None,
+        };
+        let b = &composition.base;
+        let m = merged(tables.get(&b.name), &b.params, &format!("base optimizer `{}`", b.name))?;
+        let base = match registry.build(Kind::Base, &b.name, &Value::Object(m))? {
+            Component::Base(b) => b,
+            _ => return Err(wrong_kind(&b.name, Kind::Base)),
+        };
+        if !(config.lr.is_finite() && config.lr >= 0.0) {
+            return Err(Error::Config { component: "optimizer".into(), reason: format!("lr must be a finite number >= 0, got {}", config.lr) });
+        }
+        if let Some(c) = config.max_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(Error::Config { component: "optimizer".into(), reason: format!("max_grad_norm must be > 0, got {c}") });
+        }
+        let noise = Box::new(SeededNoise::new(config.seed));
+        Ok(Optimizer { composition, config, penalties, region, neighborhood, base, noise, step: 0, skipped: 0, no_ascent: 0, initialized: false })
+    }
+
+    /// The canonical composition.
+    pub fn composition(&self) -> &Composition {
+        &self.composition
+    }
+    /// The configuration it was built from.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+    /// Steps taken (skipped ones included).
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+    /// Steps skipped because of a non-finite loss or gradient.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
+    }
+    /// Steps where the ascent was dropped (zero or non-finite norm or radius).
+    pub fn no_ascent_steps(&self) -> u64 {
+        self.no_ascent
+    }
+    /// Replace the noise source (e.g. to feed fixed samples).
+    pub fn set_noise_source(&mut self, noise: Box<dyn NoiseSource>) {
+        self.noise = noise;
+    }
+    /// Every component with its resolved parameters (record this with each run).
+    pub fn describe(&self) -> Value {
+        let region = |b: &BoundRegion| {
+            serde_json::json!({"name": b.region.name(), "params": b.region.describe(), "settings": b.settings,
+                "distance": {"name": b.distance.name(), "params": b.distance.describe()}})
+        };
+        serde_json::json!({
+            "composition": self.composition.to_string(),
+            "penalties": self.penalties.iter().map(|p| { let mut v = region(&p.bound); v["penalty"] = serde_json::to_value(&p.settings).unwrap_or_default(); v }).collect::<Vec<_>>(),
+            "region": self.region.as_ref().map(region),
+            "neighborhood": self.neighborhood.as_ref().map(|n| serde_json::json!({"name": n.name(), "params": n.describe()})),
+            "base": {"name": self.base.name(), "params": self.base.describe()},
+            "lr": self.config.lr, "schedule": self.config.schedule, "max_grad_norm": self.config.max_grad_norm,
+        })
+    }
+
+    /// Snapshot θ₀ for the trust regions. Called by the first [`Optimizer::step`] if not before.
+    pub fn init(&mut self, params: &Params) -> Result<()> {
+        for b in self.bound_mut() {
+            b.region.init(params)?;
+        }
+        self.initialized = true;
+        Ok(())
+    }
+
+    pub(crate) fn bound_mut(&mut self) -> impl Iterator<Item = &mut BoundRegion> {
+        self.penalties.iter_mut().map(|p| &mut p.bound).chain(self.region.iter_mut())
+    }
+    pub(crate) fn bound(&self) -> impl Iterator<Item = &BoundRegion> {
+        self.penalties.iter().map(|p| &p.bound).chain(self.region.iter())
+    }
+    pub(crate) fn base(&self) -> &dyn BaseOptimizer {
+        self.base.as_ref()
+    }
+    pub(crate) fn base_mut(&mut self) -> &mut dyn BaseOptimizer {
+        self.base.as_mut()
+    }
+    pub(crate) fn noise(&self) -> &dyn NoiseSource {
+        self.noise.as_ref()
+    }
+    pub(crate) fn noise_mut(&mut self) -> &mut dyn NoiseSource {
+        self.noise.as_mut()
+    }
+
+    fn sizing_region(&self) -> bool {
+        self.region.is_some() && self.neighborhood.as_ref().is_some_and(|n| n.radius_source() == RadiusSource::Region)
+    }
+
+    /// One optimizer step over `batches` (gradient accumulation over micro-batches).
+    pub fn step(&mut self, model: &dyn Model, batches: &[Batch]) -> Result<StepReport> {
+        if batches.is_empty() {
+            return Err(Error::Model("a step needs at least one batch".into()));
+        }
+        let params = model.params();
+        if params.is_empty() {
+            return Err(Error::Model("the model has no trainable parameters".into()));
+        }
+        if !self.initialized {
+            self.init(params)?;
+        }
+        let lr = self.config.lr * self.config.schedule.factor(self.step);
+        let mode = if self.config.train_mode { Mode::TRAIN } else { Mode::EVAL };
+        let mut scratch = Scratch { noise: vec![None; batches.len()], targets: vec![vec![None; self.penalties.len()]; batches.len()], forward: 0, backward: 0 };
+        let mut report = StepReport { step: self.step, lr, ..Default::default() };
+
+        let first = self.pass(model, batches, mode, true, &mut scratch)?;
+        report.loss = first.loss;
+        report.penalty = first.penalty;
+        report.delta = first.delta;
+        let mut grads = first.grads;
+        let mut backup: Option<Snapshot> = None;
+        if first.loss.is_finite() {
+            if let Some(n) = &self.neighborhood {
+                let radius = if self.sizing_region() { first.delta.unwrap_or(f64::NAN) } else { n.rho() };
+                let ascent = if radius.is_finite() && radius > 0.0 { n.perturbation(params, &grads, radius)? } else { Ascent::None };
+                match ascent {
+                    Ascent::None => self.no_ascent += 1,
+                    Ascent::Step(eps) => {
+                        report.ascent = true;
+                        report.epsilon_norm = global_norm(&eps)?;
+                        let snap = params.snapshot()?;
+                        let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
+                        params.assign(&perturbed)?;
+                        let second = self.pass(model, batches, mode, false, &mut scratch);
+                        params.restore(&snap)?;
+                        grads = second?.grads;
+                        backup = Some(snap);
+                    }
+                }
+            }
+        }
+        report.forward_passes = scratch.forward;
+        report.backward_passes = scratch.backward;
+        report.grad_norm = global_norm(&grads)?;
+        if !first.loss.is_finite() || !report.grad_norm.is_finite() {
+            self.skipped += 1;
+            self.step += 1;
+            report.skipped = true;
+            tracing::warn!(step = report.step, loss = report.loss, grad_norm = report.grad_norm, skipped = self.skipped, "non-finite loss or gradient: step skipped, parameters unchanged");
+            return Ok(report);
+        }
+        if let Some(max) = self.config.max_grad_norm {
+            if report.grad_norm > max {
+                grads = crate::ops::scale_all(&grads, max / (report.grad_norm + 1e-6))?;
+            }
+        }
+        for b in self.bound_mut() {
+            b.region.before_update(params, backup.as_ref())?;
+        }
+        self.base.update(params, &grads, lr)?;
+        for b in self.bound_mut() {
+            b.region.after_update(params)?;
+        }
+        self.step += 1;
+        Ok(report)
+    }
+
+    fn pass(&mut self, model: &dyn Model, batches: &[Batch], mode: Mode, first: bool, s: &mut Scratch) -> Result<PassOut> {
+        let params = model.params();
+        let mode = if first { mode } else { mode.frozen() };
+        let sizing = first && self.sizing_region();
+        let noising = first && self.region.is_some() && !self.sizing_region();
+        let k = batches.len();
+        let (mut acc, mut loss_sum, mut pen_sum, mut delta_sum, mut rows_total) = (None::<Vec<Tensor>>, 0.0, 0.0, 0.0, 0usize);
+        for (i, batch) in batches.iter().enumerate() {
+            let examples = batch.examples()?;
+            let mut embeds = model.embed(params, batch, mode)?;
+            if noising {
+                let r = self.region.as_mut().expect("noising implies a region");
+                let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                let mut ctx = TargetCtx { model, batch, mode, noise: &mut slot };
+                embeds = r.region.noised_embeds(&mut ctx, &embeds)?.ok_or_else(|| Error::Model(format!("trust region `{}` did not noise the input", r.region.name())))?;
+            }
+            let logits = model.forward_embeds(params, &embeds, batch, mode)?;
+            s.forward += 1;
+            let rows = logits.rows()?;
+            let task = to_f32(&model.loss(&logits)?)?;
+            let mut total = task.clone();
+            for (j, p) in self.penalties.iter_mut().enumerate() {
+                let target = match s.targets[i][j].clone() {
+                    Some(t) => t,
+                    None => {
+                        let tmode = p.bound.target_mode(mode);
+                        let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                        let mut ctx = TargetCtx { model, batch, mode: tmode, noise: &mut slot };
+                        let t = p.bound.region.target(&mut ctx, p.settings.through_target)?;
+                        s.forward += 1;
+                        if !p.bound.region.tracks_current() {
+                            s.targets[i][j] = Some(t.detach());
+                        }
+                        t
+                    }
+                };
+                let t = if p.settings.through_target { target.logits } else { target.logits.detach() };
+                let r = p.bound.measure(&t, &logits.logits, examples)?.affine(p.settings.lambda, 0.0)?;
+                pen_sum += r.to_scalar::<f32>()? as f64 * rows as f64;
+                total = total.add(&r)?;
+            }
+            if sizing {
+                let r = self.region.as_mut().expect("sizing implies a region");
+                let tmode = r.target_mode(mode);
+                let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                let mut ctx = TargetCtx { model, batch, mode: tmode, noise: &mut slot };
+                let target: Logits = r.region.target(&mut ctx, false)?;
+                s.forward += 1;
+                let d = r.measure(&target.logits.detach(), &logits.logits.detach(), examples)?;
+                delta_sum += d.to_scalar::<f32>()? as f64 * rows as f64;
+            }
+            loss_sum += task.to_scalar::<f32>()? as f64 * rows as f64;
+            rows_total += rows;
+            let scaled = if k == 1 { total } else { total.affine(rows as f64, 0.0)? };
+            let store = scaled.backward()?;
+            s.backward += 1;
+            let mut grads = Vec::with_capacity(params.len());
+            for p in params.iter() {
+                match store.get(p.var.as_tensor()) {
+                    Some(g) => grads.push(g.clone()),
+                    None if self.config.allow_missing_gradients => grads.push(p.var.as_tensor().zeros_like()?),
+                    None => return Err(Error::MissingGradient(p.name.clone())),
+                }
+            }
+            acc = Some(match acc {
+                None => grads,
+                Some(a) => a.iter().zip(&grads).map(|(a, g)| a.add(g)).collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let n = rows_total.max(1) as f64;
+        let mut grads = acc.expect("at least one batch");
+        if k > 1 {
+            grads = crate::ops::scale_all(&grads, 1.0 / n)?;
+        }
+        Ok(PassOut {
+            loss: loss_sum / n,
+            grads,
+            penalty: (!self.penalties.is_empty()).then_some(pen_sum / n),
+            delta: sizing.then_some(delta_sum / n),
+        })
+    }
+}
+
+struct Scratch {
+    noise: Vec<Option<Tensor>>,
+    targets: Vec<Vec<Option<Logits>>>,
+    forward: usize,
+    backward: usize,
+}
+
+struct PassOut {
+    loss: f64,
+    grads: Vec<Tensor>,
+    penalty: Option<f64>,
+    delta: Option<f64>,
+}

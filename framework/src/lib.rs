@@ -1,0 +1,40 @@
+//! # tram
+//!
+//! Trust Region Aware Minimization (Sherborne et al., ICLR 2024) and every optimizer the
+//! paper compares it with (SAM, ASAM, FSAM, TRPO, R3F, MESA, their naive combinations), as
+//! compositions of small registered components for candle:
+//!
+//! - [`TrustRegion`]: a target output (θ_{t-1}, θ₀, noised input, EMA) and a [`Distance`]
+//!   (KL in three directions, MMD, L2);
+//! - [`Neighborhood`]: the ascent shape (ball — plain or adaptive —, Fisher ellipse);
+//! - [`BaseOptimizer`]: SGD, Adam, AdamW.
+//!
+//! `Optimizer::new(&registry, OptimizerConfig::new("noise+ball+adam", 1e-4))` is TRAM-x on
+//! Adam; see [`composition`] for the grammar. Built-in components live in `tram-plugins`.
+
+pub mod base;
+pub mod composition;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod neighborhood;
+pub mod noise;
+pub mod ops;
+pub mod region;
+pub mod registry;
+pub mod schedule;
+pub mod state;
+
+pub use base::BaseOptimizer;
+pub use composition::{Composition, Term};
+pub use engine::{BoundRegion, Optimizer, OptimizerConfig, PenaltySettings, RegionSettings, StepReport};
+pub use error::{Error, Result};
+pub use model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
+pub use neighborhood::{Ascent, Neighborhood, RadiusSource};
+pub use noise::{NoiseKind, NoiseSource, QueuedNoise, SeededNoise};
+pub use region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
+pub use registry::{Alias, AliasRegistration, Component, Entry, Kind, ParamDoc, Registration, Registry};
+pub use schedule::Schedule;
+
+/// Re-exported so component crates register without depending on `inventory` themselves.
+pub use inventory;

@@ -1,0 +1,40 @@
+//! Neighborhoods: the shape of the ascent perturbation ε given a radius and a gradient.
+
+use crate::error::Result;
+use crate::model::Params;
+use candle_core::Tensor;
+
+/// Where the radius of the ascent comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RadiusSource {
+    /// A trust region's distance δ sizes it (TRAM).
+    Region,
+    /// A fixed ρ (SAM, ASAM, FSAM); a trust region may only perturb the first pass's input.
+    Fixed,
+}
+
+/// The result of an ascent computation.
+pub enum Ascent {
+    /// Perturbation ε aligned with the parameter order.
+    Step(Vec<Tensor>),
+    /// No ascent: the denominator was zero or not finite (or the radius was zero).
+    None,
+}
+
+/// A neighborhood computes ε.
+pub trait Neighborhood: Send {
+    /// Registered name.
+    fn name(&self) -> &str;
+    /// The fixed radius ρ.
+    fn rho(&self) -> f64;
+    /// Whether a trust region composed with it sizes the radius or only perturbs the input.
+    fn radius_source(&self) -> RadiusSource;
+    /// Tell the neighborhood whether a trust region sizes it (called once at composition).
+    fn sized_by_region(&mut self, _sized: bool) {}
+    /// ε for gradient `grads` (aligned with `params`) and radius `radius`.
+    fn perturbation(&self, params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent>;
+    /// Parameters, for reports.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

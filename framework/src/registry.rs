@@ -1,0 +1,255 @@
+//! The component registry: one map built once from every `inventory` registration (built-ins)
+//! plus whatever run-time plugins add. A duplicate name is an error; an unknown name lists
+//! every valid one.
+
+use crate::base::BaseOptimizer;
+use crate::error::{Error, Result};
+use crate::neighborhood::Neighborhood;
+use crate::region::{Distance, TrustRegion};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// The kinds of component a composition is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A trust region target (prev, pretrained, noise, ema).
+    TrustRegion,
+    /// A distance between target and current logits (kl, mmd, l2, ...).
+    Distance,
+    /// An ascent neighborhood (ball, fisher).
+    Neighborhood,
+    /// A base optimizer (sgd, adam, adamw).
+    Base,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::TrustRegion => "trust region",
+            Kind::Distance => "distance",
+            Kind::Neighborhood => "neighborhood",
+            Kind::Base => "base optimizer",
+        })
+    }
+}
+
+/// A built component.
+pub enum Component {
+    /// A trust region.
+    TrustRegion(Box<dyn TrustRegion>),
+    /// A distance.
+    Distance(Box<dyn Distance>),
+    /// A neighborhood.
+    Neighborhood(Box<dyn Neighborhood>),
+    /// A base optimizer.
+    Base(Box<dyn BaseOptimizer>),
+}
+
+/// One documented parameter of a component.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDoc {
+    /// Key in the component's table.
+    pub name: String,
+    /// Default value, as it would be written in TOML.
+    pub default: String,
+    /// One-line meaning.
+    pub doc: String,
+}
+
+/// Build a component from its parameter table (a JSON object).
+pub type BuildFn = dyn Fn(&Value) -> Result<Component> + Send + Sync;
+
+/// A registered component.
+#[derive(Clone)]
+pub struct Entry {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its unique name.
+    pub name: String,
+    /// One-line summary naming the paper.
+    pub summary: String,
+    /// Its parameters with defaults.
+    pub params: Vec<ParamDoc>,
+    /// Where it came from ("built-in" or a plugin path).
+    pub origin: String,
+    /// The constructor.
+    pub build: Arc<BuildFn>,
+}
+
+/// A static registration, submitted with `inventory::submit!` by built-in component files.
+pub struct Registration {
+    /// Kind.
+    pub kind: Kind,
+    /// Unique name.
+    pub name: &'static str,
+    /// One-line summary.
+    pub summary: &'static str,
+    /// Parameter documentation.
+    pub params: fn() -> Vec<ParamDoc>,
+    /// Constructor.
+    pub build: fn(&Value) -> Result<Component>,
+}
+inventory::collect!(Registration);
+
+/// A short name for a composition (a paper row).
+#[derive(Clone, Debug)]
+pub struct Alias {
+    /// The alias.
+    pub name: String,
+    /// The composition it stands for (with its default base optimizer).
+    pub composition: String,
+    /// The paper row it reproduces.
+    pub summary: String,
+}
+
+/// A static alias registration.
+pub struct AliasRegistration {
+    /// The alias.
+    pub name: &'static str,
+    /// The composition.
+    pub composition: &'static str,
+    /// The paper row.
+    pub summary: &'static str,
+}
+inventory::collect!(AliasRegistration);
+
+/// Every component and alias known to this process.
+#[derive(Clone, Default)]
+pub struct Registry {
+    entries: BTreeMap<String, Entry>,
+    aliases: BTreeMap<String, Alias>,
+}
+
+impl Registry {
+    /// A registry with nothing in it.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Every `inventory` registration linked into this binary, built once. Link the
+    /// built-in components by calling `tram_plugins::registry()` (or referencing that crate).
+    pub fn builtin() -> Result<Registry> {
+        static BUILTIN: OnceLock<std::result::Result<Registry, String>> = OnceLock::new();
+        BUILTIN
+            .get_or_init(|| {
+                let mut r = Registry::empty();
+                for reg in inventory::iter::<Registration> {
+                    r.register(Entry {
+                        kind: reg.kind,
+                        name: reg.name.to_string(),
+                        summary: reg.summary.to_string(),
+                        params: (reg.params)(),
+                        origin: "built-in".into(),
+                        build: Arc::new(reg.build),
+                    })
+                    .map_err(|e| e.to_string())?;
+                }
+                for a in inventory::iter::<AliasRegistration> {
+                    r.register_alias(Alias { name: a.name.into(), composition: a.composition.into(), summary: a.summary.into() })
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(r)
+            })
+            .clone()
+            .map_err(|reason| Error::Composition { input: "<built-in registry>".into(), reason })
+    }
+
+    /// Add a component; a name already used by a component or alias is an error.
+    pub fn register(&mut self, entry: Entry) -> Result<()> {
+        if let Some(old) = self.entries.get(&entry.name) {
+            return Err(Error::DuplicateComponent {
+                name: entry.name.clone(),
+                first: format!("{} {}", old.origin, old.kind),
+                second: format!("{} {}", entry.origin, entry.kind),
+            });
+        }
+        if self.aliases.contains_key(&entry.name) {
+            return Err(Error::DuplicateComponent { name: entry.name.clone(), first: "alias".into(), second: entry.origin.clone() });
+        }
+        self.entries.insert(entry.name.clone(), entry);
+        Ok(())
+    }
+
+    /// Add an alias; a name already used is an error.
+    pub fn register_alias(&mut self, alias: Alias) -> Result<()> {
+        let identity = alias.composition == alias.name;
+        if self.aliases.contains_key(&alias.name) || (self.entries.contains_key(&alias.name) && !identity) {
+            return Err(Error::DuplicateComponent { name: alias.name.clone(), first: "existing name".into(), second: "alias".into() });
+        }
+        self.aliases.insert(alias.name.clone(), alias);
+        Ok(())
+    }
+
+    /// Every component, sorted by kind then name.
+    pub fn entries(&self) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self.entries.values().collect();
+        v.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        v
+    }
+
+    /// Every alias, sorted by name.
+    pub fn aliases(&self) -> impl Iterator<Item = &Alias> {
+        self.aliases.values()
+    }
+
+    /// The alias called `name`.
+    pub fn alias(&self, name: &str) -> Option<&Alias> {
+        self.aliases.get(name)
+    }
+
+    /// The component called `name`, of any kind, if registered.
+    pub fn find(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    /// The component called `name` of kind `kind`; an unknown name lists the valid ones.
+    pub fn get(&self, kind: Kind, name: &str) -> Result<&Entry> {
+        match self.entries.get(name) {
+            Some(e) if e.kind == kind => Ok(e),
+            _ => Err(Error::UnknownComponent { kind: kind.to_string(), name: name.into(), valid: self.names(Some(kind)).join(", ") }),
+        }
+    }
+
+    /// Names of every component (of one kind, if given), sorted.
+    pub fn names(&self, kind: Option<Kind>) -> Vec<String> {
+        self.entries.values().filter(|e| kind.is_none_or(|k| e.kind == k)).map(|e| e.name.clone()).collect()
+    }
+
+    /// Build component `name` of `kind` from its parameter table.
+    pub fn build(&self, kind: Kind, name: &str, params: &Value) -> Result<Component> {
+        (self.get(kind, name)?.build)(params)
+    }
+}
+
+/// Parameter docs for a component config `C`: defaults from `C::default()`, one doc per field.
+/// Panics in tests (not at run time) when a field has no doc: see `tram_plugins` tests.
+pub fn param_docs<C: Default + Serialize>(docs: &[(&str, &str)]) -> Vec<ParamDoc> {
+    let defaults = serde_json::to_value(C::default()).unwrap_or(Value::Null);
+    docs.iter()
+        .map(|(name, doc)| ParamDoc {
+            name: name.to_string(),
+            default: defaults.get(*name).map(toml_literal).unwrap_or_else(|| "(none)".into()),
+            doc: doc.to_string(),
+        })
+        .collect()
+}
+
+/// Deserialize a component's parameter table into its config struct (which should be
+/// `#[serde(default, deny_unknown_fields)]`); errors name the component and the key.
+pub fn parse_params<C: DeserializeOwned>(component: &str, params: &Value) -> Result<C> {
+    let v = if params.is_null() { Value::Object(Default::default()) } else { params.clone() };
+    serde_json::from_value(v).map_err(|e| Error::Config { component: component.to_string(), reason: e.to_string() })
+}
+
+/// A JSON value written as a TOML literal (for `tram list` and canonical strings).
+pub fn toml_literal(v: &Value) -> String {
+    match v {
+        Value::Null => "(none)".into(),
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,162 @@
+//! Checkpointable optimizer state: base-optimizer moments, step counters, trust-region
+//! snapshots (θ_{t-1}, θ₀, EMA) and the noise stream position, saved by parameter name as
+//! safetensors with a format version, written atomically (temp file + rename).
+
+use crate::engine::Optimizer;
+use crate::error::{Error, Result};
+use crate::model::Params;
+use candle_core::{Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The `format` metadata value of optimizer checkpoints.
+pub const FORMAT: &str = "tram-optimizer-state";
+/// The current format version.
+pub const VERSION: u32 = 1;
+
+/// Read access to one component's tensors in a checkpoint.
+pub struct StateReader<'a> {
+    prefix: String,
+    tensors: &'a HashMap<String, Tensor>,
+    path: &'a str,
+}
+
+impl StateReader<'_> {
+    /// The tensor stored under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Tensor> {
+        self.tensors.get(&format!("{}{key}", self.prefix)).cloned()
+    }
+    /// The tensor stored under `key`; missing is a checkpoint error.
+    pub fn require(&self, key: &str) -> Result<Tensor> {
+        self.get(key).ok_or_else(|| Error::Checkpoint { path: self.path.into(), reason: format!("tensor `{}{key}` is missing", self.prefix) })
+    }
+    /// The tensor for parameter `name` under `key`, checked against the parameter's shape.
+    pub fn require_like(&self, key: &str, like: &Tensor) -> Result<Tensor> {
+        let t = self.require(key)?;
+        if t.shape() != like.shape() {
+            return Err(Error::Checkpoint {
+                path: self.path.into(),
+                reason: format!("tensor `{}{key}` has shape {:?}, the model's parameter has {:?}", self.prefix, t.dims(), like.dims()),
+            });
+        }
+        Ok(t.to_device(like.device())?.to_dtype(like.dtype())?)
+    }
+}
+
+/// Parse a step counter stored as a one-element i64 tensor.
+pub fn scalar_u64(t: &Tensor) -> Result<u64> {
+    Ok(t.flatten_all()?.to_vec1::<i64>()?.first().copied().unwrap_or(0).max(0) as u64)
+}
+
+/// A step counter as a tensor.
+pub fn u64_tensor(v: u64) -> Result<Tensor> {
+    Ok(Tensor::new(&[v as i64], &Device::Cpu)?)
+}
+
+/// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |context: String| move |source| Error::Io { context, source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("state"), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
+    f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))
+}
+
+impl Optimizer {
+    /// Every state tensor, keyed `base/…`, `region<i>/…`, `engine/…`.
+    fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (k, t) in self.base().state(params) {
+            out.insert(format!("base/{k}"), t);
+        }
+        for (i, b) in self.bound().enumerate() {
+            for (k, t) in b.region.state(params) {
+                out.insert(format!("region{i}/{k}"), t);
+            }
+        }
+        out.insert("engine/step".into(), u64_tensor(self.step)?);
+        out.insert("engine/skipped".into(), u64_tensor(self.skipped)?);
+        out.insert("engine/no_ascent".into(), u64_tensor(self.no_ascent)?);
+        Ok(out)
+    }
+
+    /// Serialise the optimizer state to safetensors bytes.
+    pub fn state_bytes(&self, params: &Params) -> Result<Vec<u8>> {
+        let tensors = self.state_tensors(params)?;
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        meta.insert("version".to_string(), VERSION.to_string());
+        meta.insert("composition".to_string(), self.to_string());
+        meta.insert("tram_version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        meta.insert("initialized".to_string(), self.initialized.to_string());
+        if let Some(n) = self.noise().save() {
+            meta.insert("noise".to_string(), n);
+        }
+        let tensors: Vec<(String, Tensor)> =
+            tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
+        safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::Checkpoint { path: "<memory>".into(), reason: e.to_string() })
+    }
+
+    /// Save the optimizer state to `path` atomically.
+    pub fn save_state(&self, params: &Params, path: &Path) -> Result<()> {
+        write_atomic(path, &self.state_bytes(params)?)
+    }
+
+    /// Restore state saved by [`Optimizer::save_state`] for the same composition and model.
+    pub fn load_state(&mut self, params: &Params, path: &Path) -> Result<()> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::Checkpoint { path: p.clone(), reason: format!("cannot read: {e}") })?;
+        self.load_state_bytes(params, &bytes, &p)
+    }
+
+    /// Restore state from safetensors bytes (`origin` names them in errors).
+    pub fn load_state_bytes(&mut self, params: &Params, bytes: &[u8], origin: &str) -> Result<()> {
+        let bad = |reason: String| Error::Checkpoint { path: origin.into(), reason };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e}); it is truncated or corrupt")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!("not a TRAM optimizer state (format `{}`)", meta.get("format").cloned().unwrap_or_default())));
+        }
+        let version: u32 = meta.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if version != VERSION {
+            return Err(bad(format!("format version {version}, this build reads version {VERSION}")));
+        }
+        let comp = meta.get("composition").cloned().unwrap_or_default();
+        if comp != self.to_string() {
+            return Err(bad(format!("it was written by optimizer `{comp}`, this optimizer is `{self}`; resume with the same composition")));
+        }
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| bad(format!("cannot decode tensors: {e}")))?;
+        let reader = |prefix: &str| StateReader { prefix: prefix.to_string(), tensors: &tensors, path: origin };
+        self.base_mut().load_state(params, &reader("base/"))?;
+        let n = self.bound().count();
+        let mut regions: Vec<_> = self.bound_mut().collect();
+        for (i, b) in regions.iter_mut().enumerate().take(n) {
+            b.region.load_state(params, &reader(&format!("region{i}/")))?;
+        }
+        let engine = reader("engine/");
+        self.step = scalar_u64(&engine.require("step")?)?;
+        self.skipped = scalar_u64(&engine.require("skipped")?)?;
+        self.no_ascent = scalar_u64(&engine.require("no_ascent")?)?;
+        self.initialized = meta.get("initialized").map(String::as_str) == Some("true");
+        if let Some(n) = meta.get("noise") {
+            self.noise_mut().load(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint entries `<key>/<param name>` for a snapshot aligned with `params`.
+pub fn snapshot_state(key: &str, params: &Params, snapshot: &crate::model::Snapshot) -> Vec<(String, Tensor)> {
+    params.iter().zip(snapshot.tensors()).map(|(p, t)| (format!("{key}/{}", p.name), t.clone())).collect()
+}
+
+/// Read a snapshot written by [`snapshot_state`], checking every parameter's shape.
+pub fn load_snapshot(key: &str, params: &Params, reader: &StateReader<'_>) -> Result<crate::model::Snapshot> {
+    let tensors = params.iter().map(|p| reader.require_like(&format!("{key}/{}", p.name), p.var.as_tensor())).collect::<Result<Vec<_>>>()?;
+    crate::model::Snapshot::from_tensors(params, tensors)
+}

@@ -1,0 +1,90 @@
+//! `sgd`: stochastic gradient descent with momentum, optional Nesterov, and L2 weight decay
+//! added to the gradient — PyTorch's `torch.optim.SGD` rule (Sutskever et al., 2013).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::state::StateReader;
+use tram::{BaseOptimizer, Error, Params, Result};
+
+/// Parameters of SGD.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SgdConfig {
+    /// Momentum μ (0 disables the buffer).
+    pub momentum: f64,
+    /// Dampening of the gradient in the momentum buffer.
+    pub dampening: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }
+    }
+}
+
+/// SGD with momentum buffers keyed by parameter name.
+pub struct Sgd {
+    config: SgdConfig,
+    buffers: HashMap<String, Tensor>,
+}
+
+impl BaseOptimizer for Sgd {
+    fn name(&self) -> &str {
+        "sgd"
+    }
+    fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
+        let c = &self.config;
+        for (p, g) in params.iter().zip(grads) {
+            let theta = p.var.as_tensor().detach();
+            let mut d = if c.weight_decay != 0.0 { g.add(&theta.affine(c.weight_decay, 0.0)?)? } else { g.clone() };
+            if c.momentum != 0.0 {
+                let buf = match self.buffers.get(&p.name) {
+                    Some(b) => (b.affine(c.momentum, 0.0)? + d.affine(1.0 - c.dampening, 0.0)?)?,
+                    None => d.copy()?,
+                };
+                d = if c.nesterov { d.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
+                self.buffers.insert(p.name.clone(), buf);
+            }
+            p.var.set(&theta.sub(&d.affine(lr, 0.0)?)?)?;
+        }
+        Ok(())
+    }
+    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
+        params.iter().filter_map(|p| self.buffers.get(&p.name).map(|b| (format!("momentum/{}", p.name), b.clone()))).collect()
+    }
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
+        self.buffers.clear();
+        for p in params.iter() {
+            if state.get(&format!("momentum/{}", p.name)).is_some() {
+                self.buffers.insert(p.name.clone(), state.require_like(&format!("momentum/{}", p.name), p.var.as_tensor())?);
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+}
+
+fn build(v: &Value) -> Result<Component> {
+    let config: SgdConfig = parse_params("base optimizer `sgd`", v)?;
+    if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+        return Err(Error::Config { component: "base optimizer `sgd`".into(), reason: "nesterov needs momentum > 0 and dampening = 0".into() });
+    }
+    Ok(Component::Base(Box::new(Sgd { config, buffers: HashMap::new() })))
+}
+
+tram::inventory::submit! {
+    Registration {
+        kind: Kind::Base, name: "sgd", summary: "SGD with momentum, Nesterov, L2 weight decay (torch.optim.SGD rule)",
+        params: || param_docs::<SgdConfig>(&[("momentum", "momentum μ"), ("dampening", "momentum dampening"), ("nesterov", "Nesterov momentum"), ("weight_decay", "L2 penalty added to the gradient")]),
+        build,
+    }
+}

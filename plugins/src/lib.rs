@@ -1,0 +1,73 @@
+//! # tram-plugins
+//!
+//! The built-in components of [`tram`], one per file, each registered with `inventory`:
+//!
+//! | kind | names |
+//! |---|---|
+//! | trust region | `prev`, `pretrained`, `noise`, `ema` |
+//! | distance | `kl`, `kl-reverse`, `kl-sym`, `mmd`, `l2` |
+//! | neighborhood | `ball`, `fisher` |
+//! | base optimizer | `sgd`, `adam`, `adamw` |
+//!
+//! plus one alias per row of the TRAM paper's tables (`sam`, `tram-noise`, ...).
+//! Call [`registry`] to get them all (it also makes sure this crate is linked).
+
+pub mod aliases;
+pub mod base {
+    //! Base optimizers.
+    pub mod adam;
+    pub mod adamw;
+    pub mod sgd;
+}
+pub mod distances {
+    //! Distances between target and current logits.
+    pub mod kl;
+    pub mod l2;
+    pub mod mmd;
+}
+pub mod neighborhoods {
+    //! Ascent neighborhoods.
+    pub mod ball;
+    pub mod fisher;
+}
+pub mod regions {
+    //! Trust-region targets.
+    pub mod ema;
+    pub mod noise;
+    pub mod pretrained;
+    pub mod prev;
+}
+
+/// The registry of every built-in component and alias.
+pub fn registry() -> tram::Result<tram::Registry> {
+    tram::Registry::builtin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_documents_every_parameter() {
+        let r = registry().unwrap();
+        for e in r.entries() {
+            for p in &e.params {
+                assert!(!p.doc.is_empty(), "{}.{} has no doc", e.name, p.name);
+            }
+            // A table with only the documented keys builds; an undocumented key is refused.
+            let documented: serde_json::Map<_, _> = serde_json::Map::new();
+            assert!((e.build)(&serde_json::Value::Object(documented)).is_ok(), "{} does not build from defaults", e.name);
+            let bad = serde_json::json!({"no_such_key": 1});
+            let err = (e.build)(&bad).err().unwrap_or_else(|| panic!("{} accepted an unknown key", e.name));
+            assert!(err.to_string().contains("no_such_key"), "{err}");
+        }
+    }
+
+    #[test]
+    fn registry_has_every_builtin() {
+        let r = registry().unwrap();
+        for n in ["prev", "pretrained", "noise", "ema", "kl", "kl-reverse", "kl-sym", "mmd", "l2", "ball", "fisher", "sgd", "adam", "adamw"] {
+            assert!(r.find(n).is_some(), "{n} missing");
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `fisher`: the Fisher-information ellipse of FSAM (Kim et al., 2022) with a diagonal Fisher
+//! `F = 1 + η g²`, `ε = ρ (g / F) / sqrt(gᵀ (g / F))`. Composed after the `noise` trust region
+//! it is TRAM-Fisher (Sherborne et al., ICLR 2024): the first pass runs on noised inputs.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::{Ascent, Error, Neighborhood, Params, RadiusSource, Result};
+
+/// Parameters of the Fisher ellipse.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FisherConfig {
+    /// Radius ρ.
+    pub rho: f64,
+    /// η in `F = 1 + η g²`.
+    pub eta: f64,
+}
+
+impl Default for FisherConfig {
+    fn default() -> Self {
+        Self { rho: 0.1, eta: 1.0 }
+    }
+}
+
+/// The diagonal-Fisher ellipse.
+pub struct FisherEllipse {
+    config: FisherConfig,
+}
+
+impl Neighborhood for FisherEllipse {
+    fn name(&self) -> &str {
+        "fisher"
+    }
+    fn rho(&self) -> f64 {
+        self.config.rho
+    }
+    fn radius_source(&self) -> RadiusSource {
+        RadiusSource::Fixed
+    }
+    fn perturbation(&self, _params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent> {
+        let q = grads.iter().map(|g| Ok(g.div(&g.sqr()?.affine(self.config.eta, 1.0)?)?)).collect::<Result<Vec<_>>>()?;
+        let parts = grads.iter().zip(&q).map(|(g, q)| Ok(g.mul(q)?.sum_all()?)).collect::<Result<Vec<_>>>()?;
+        let quad = Tensor::stack(&parts, 0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let denom = quad.sqrt();
+        if !(denom.is_finite() && denom > 0.0) {
+            return Ok(Ascent::None);
+        }
+        Ok(Ascent::Step(q.iter().map(|q| q.affine(radius / denom, 0.0)).collect::<candle_core::Result<_>>()?))
+    }
+    fn describe(&self) -> Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+}
+
+fn build(v: &Value) -> Result<Component> {
+    let config: FisherConfig = parse_params("neighborhood `fisher`", v)?;
+    if !(config.rho.is_finite() && config.rho >= 0.0 && config.eta.is_finite() && config.eta >= 0.0) {
+        return Err(Error::Config { component: "neighborhood `fisher`".into(), reason: "rho and eta must be finite and >= 0".into() });
+    }
+    Ok(Component::Neighborhood(Box::new(FisherEllipse { config })))
+}
+
+tram::inventory::submit! {
+    Registration {
+        kind: Kind::Neighborhood, name: "fisher",
+        summary: "diagonal Fisher ellipse F = 1 + η g² (FSAM; TRAM-Fisher after `noise`)",
+        params: || param_docs::<FisherConfig>(&[("rho", "radius ρ"), ("eta", "η in F = 1 + η g²")]),
+        build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_the_closed_form_and_lies_on_the_ellipse() {
+        let p = Params::new([("w".to_string(), Var::new(&[0f32, 0.0], &Device::Cpu).unwrap())]).unwrap();
+        let f = FisherEllipse { config: FisherConfig { rho: 0.1, eta: 1.0 } };
+        let g = [Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()];
+        let Ascent::Step(e) = f.perturbation(&p, &g, 0.1).unwrap() else { panic!() };
+        // F = (2, 5), g/F = (0.5, 0.4), gᵀ(g/F) = 1.3.
+        let e = e[0].to_vec1::<f32>().unwrap();
+        let d = 1.3f32.sqrt();
+        assert!((e[0] - 0.1 * 0.5 / d).abs() < 1e-7 && (e[1] - 0.1 * 0.4 / d).abs() < 1e-7);
+        // εᵀ F ε = ρ² (the ellipse's boundary).
+        assert!(((e[0] * e[0] * 2.0 + e[1] * e[1] * 5.0) - 0.01).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,86 @@
+//! `ema`: the trust region around an exponential moving average of the iterates,
+//! target `f(x; θ_ema)`, `θ_ema ← d·θ_ema + (1-d)·θ` after each step. MESA (Du et al., 2022).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::state::{load_snapshot, snapshot_state, StateReader};
+use tram::{Error, Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
+
+/// Parameters of the `ema` trust region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmaConfig {
+    /// Decay `d` of the moving average.
+    pub decay: f64,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self { decay: 0.999 }
+    }
+}
+
+/// Keeps θ_ema, starting at θ₀.
+pub struct MovingAverage {
+    config: EmaConfig,
+    theta: Option<Snapshot>,
+}
+
+impl TrustRegion for MovingAverage {
+    fn name(&self) -> &str {
+        "ema"
+    }
+    fn init(&mut self, params: &Params) -> Result<()> {
+        self.theta = Some(params.snapshot()?);
+        Ok(())
+    }
+    fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
+        let theta = self.theta.as_ref().ok_or_else(|| Error::Model("`ema` used before init".into()))?;
+        ctx.model.forward(theta, ctx.batch, ctx.mode)
+    }
+    fn tracks_current(&self) -> bool {
+        false
+    }
+    fn after_update(&mut self, params: &Params) -> Result<()> {
+        let d = self.config.decay;
+        let theta = self.theta.as_mut().ok_or_else(|| Error::Model("`ema` used before init".into()))?;
+        for (e, p) in theta.tensors_mut().iter_mut().zip(params.iter()) {
+            *e = (e.affine(d, 0.0)? + p.var.as_tensor().detach().affine(1.0 - d, 0.0)?)?;
+        }
+        Ok(())
+    }
+    fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
+        self.theta.as_ref().map(|s| snapshot_state("theta_ema", params, s)).unwrap_or_default()
+    }
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
+        self.theta = Some(load_snapshot("theta_ema", params, state)?);
+        Ok(())
+    }
+    fn describe(&self) -> Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+}
+
+fn build(v: &Value) -> Result<Component> {
+    let config: EmaConfig = parse_params("trust region `ema`", v)?;
+    if !(0.0..=1.0).contains(&config.decay) {
+        return Err(Error::Config { component: "trust region `ema`".into(), reason: format!("decay must be in [0, 1], got {}", config.decay) });
+    }
+    Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: None })))
+}
+
+tram::inventory::submit! {
+    Registration { kind: Kind::TrustRegion, name: "ema", summary: "target f(x; θ_ema), a moving average of the iterates (MESA)", params: || param_docs::<EmaConfig>(&[("decay", "decay d of θ_ema ← d·θ_ema + (1-d)·θ")]), build }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_a_decay_outside_the_unit_interval() {
+        let e = build(&serde_json::json!({"decay": 1.5})).err().unwrap();
+        assert!(e.to_string().contains("decay"));
+    }
+}

@@ -1,0 +1,89 @@
+//! `noise`: the trust region around the current function under input-embedding noise,
+//! target `f(x̃; θ)`, `x̃ = embeddings + z`, `z ~ N(0, σ²)` or `U(-σ, σ)`.
+//! TRAM-x and TRAM-Fisher (Sherborne et al., ICLR 2024); R3F (Aghajanyan et al., 2021).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::state::StateReader;
+use tram::{Error, Logits, NoiseKind, Params, Result, TargetCtx, TrustRegion, Weights};
+
+/// Parameters of the `noise` trust region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoiseConfig {
+    /// Scale σ of the noise.
+    pub sigma: f64,
+    /// Distribution: `normal` (N(0, σ²)) or `uniform` (U(-σ, σ)).
+    pub sample: NoiseKind,
+}
+
+impl Default for NoiseConfig {
+    fn default() -> Self {
+        Self { sigma: 1e-5, sample: NoiseKind::Normal }
+    }
+}
+
+/// Evaluates the current parameters on noised input embeddings.
+pub struct InputNoise {
+    config: NoiseConfig,
+}
+
+impl InputNoise {
+    fn noised(&self, ctx: &mut TargetCtx<'_>, embeds: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        let z = ctx.noise.get(embeds.shape(), self.config.sample, self.config.sigma, embeds)?;
+        Ok(embeds.add(&z)?)
+    }
+}
+
+impl TrustRegion for InputNoise {
+    fn name(&self) -> &str {
+        "noise"
+    }
+    fn init(&mut self, _params: &Params) -> Result<()> {
+        Ok(())
+    }
+    fn target(&mut self, ctx: &mut TargetCtx<'_>, grad: bool) -> Result<Logits> {
+        let params = ctx.model.params();
+        let detached = params.detached();
+        let w: &dyn Weights = if grad { params } else { &detached };
+        let e = ctx.model.embed(w, ctx.batch, ctx.mode)?;
+        let x = self.noised(ctx, &e)?;
+        ctx.model.forward_embeds(w, &x, ctx.batch, ctx.mode)
+    }
+    fn tracks_current(&self) -> bool {
+        true
+    }
+    fn noised_embeds(&mut self, ctx: &mut TargetCtx<'_>, embeds: &candle_core::Tensor) -> Result<Option<candle_core::Tensor>> {
+        Ok(Some(self.noised(ctx, embeds)?))
+    }
+    fn perturbs_input(&self) -> bool {
+        true
+    }
+    fn state(&self, _params: &Params) -> Vec<(String, candle_core::Tensor)> {
+        Vec::new()
+    }
+    fn load_state(&mut self, _params: &Params, _state: &StateReader<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+}
+
+fn build(v: &Value) -> Result<Component> {
+    let config: NoiseConfig = parse_params("trust region `noise`", v)?;
+    if !(config.sigma.is_finite() && config.sigma >= 0.0) {
+        return Err(Error::Config { component: "trust region `noise`".into(), reason: format!("sigma must be finite and >= 0, got {}", config.sigma) });
+    }
+    Ok(Component::TrustRegion(Box::new(InputNoise { config })))
+}
+
+tram::inventory::submit! {
+    Registration {
+        kind: Kind::TrustRegion, name: "noise",
+        summary: "target f(x̃; θ) on noised input embeddings (TRAM-x, TRAM-Fisher, R3F)",
+        params: || param_docs::<NoiseConfig>(&[("sigma", "noise scale σ"), ("sample", "\"normal\" N(0, σ²) or \"uniform\" U(-σ, σ)")]),
+        build,
+    }
+}

@@ -1,0 +1,69 @@
+//! `prev`: the trust region around the previous iterate, target `f(x; θ_{t-1})`.
+//! TRAM-θ_{t-1} (Sherborne et al., ICLR 2024) and TRPO's penalty (Schulman et al., 2015).
+//! `θ_{t-1}` is the parameters just before the latest base update; `θ_{-1} = θ₀`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::state::{load_snapshot, snapshot_state, StateReader};
+use tram::{Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
+
+/// `prev` has no parameters of its own (distance settings are common to every region).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrevConfig {}
+
+/// Keeps θ_{t-1} and evaluates the model there without a graph.
+pub struct PreviousIterate {
+    theta: Option<Snapshot>,
+}
+
+impl TrustRegion for PreviousIterate {
+    fn name(&self) -> &str {
+        "prev"
+    }
+    fn init(&mut self, params: &Params) -> Result<()> {
+        self.theta = Some(params.snapshot()?);
+        Ok(())
+    }
+    fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
+        let theta = self.theta.as_ref().ok_or_else(|| tram::Error::Model("`prev` used before init".into()))?;
+        ctx.model.forward(theta, ctx.batch, ctx.mode)
+    }
+    fn tracks_current(&self) -> bool {
+        false
+    }
+    fn before_update(&mut self, params: &Params, exact_copy: Option<&Snapshot>) -> Result<()> {
+        self.theta = Some(match exact_copy {
+            Some(s) => s.clone(),
+            None => params.snapshot()?,
+        });
+        Ok(())
+    }
+    fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
+        self.theta.as_ref().map(|s| snapshot_state("theta", params, s)).unwrap_or_default()
+    }
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
+        self.theta = Some(load_snapshot("theta", params, state)?);
+        Ok(())
+    }
+}
+
+fn build(v: &Value) -> Result<Component> {
+    let _: PrevConfig = parse_params("trust region `prev`", v)?;
+    Ok(Component::TrustRegion(Box::new(PreviousIterate { theta: None })))
+}
+
+tram::inventory::submit! {
+    Registration { kind: Kind::TrustRegion, name: "prev", summary: "target f(x; θ_{t-1}), the previous iterate (TRAM-θ_{t-1}, TRPO)", params: || param_docs::<PrevConfig>(&[]), build }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_parameters() {
+        assert!(build(&serde_json::json!({"decay": 0.5})).is_err());
+    }
+}
