@@ -52,20 +52,18 @@ impl EmbeddingClassifier {
     pub fn random(shape: ClassifierShape, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = Lcg(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
         let mut t = HashMap::new();
-        let mut mk = |name: String, dims: (usize, usize), bound: f32| -> Result<()> {
-            let v: Vec<f32> = (0..dims.0 * dims.1).map(|_| rng.uniform() * bound).collect();
+        let mut mk = |name: String, dims: Vec<usize>, bound: f32| -> Result<()> {
+            let v: Vec<f32> = (0..dims.iter().product::<usize>()).map(|_| rng.uniform() * bound).collect();
             t.insert(name, Tensor::from_vec(v, dims, device)?);
             Ok(())
         };
-        mk("emb.weight".into(), (shape.vocab, shape.embed), 1.0)?;
+        mk("emb.weight".into(), vec![shape.vocab, shape.embed], 1.0)?;
         let mut fan_in = shape.embed;
         for i in 1..=shape.layers + 1 {
             let out = if i == shape.layers + 1 { shape.classes } else { shape.hidden };
             let b = 1.0 / (fan_in as f32).sqrt();
-            mk(format!("fc{i}.weight"), (out, fan_in), b)?;
-            mk(format!("fc{i}.bias"), (1, out), b)?;
-            let bias = t.remove(&format!("fc{i}.bias")).expect("just inserted").flatten_all()?;
-            t.insert(format!("fc{i}.bias"), bias);
+            mk(format!("fc{i}.weight"), vec![out, fan_in], b)?;
+            mk(format!("fc{i}.bias"), vec![out], b)?;
             fan_in = out;
         }
         Self::from_tensors(&t, shape.layers)
