@@ -1,1 +1,68 @@
-fn main(){}
+//! The `tram` command: fine-tune with TRAM and the optimizers of the TRAM paper.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tram::engine::{PENALTY_SETTINGS, REGION_SETTINGS};
+use tram::{Kind, Optimizer, OptimizerConfig, Registry};
+
+#[derive(Parser)]
+#[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every registered component (kind, name, summary, parameters with defaults) and every alias.
+    List,
+    /// Parse a composition or alias and print its canonical form and resolved parameters.
+    Explain {
+        /// A composition such as `noise+ball+adam` or an alias such as `tram-noise`.
+        composition: String,
+    },
+}
+
+fn list(registry: &Registry) {
+    let mut kind = None;
+    for e in registry.entries() {
+        if kind != Some(e.kind) {
+            kind = Some(e.kind);
+            println!("\n{}s:", e.kind);
+            if e.kind == Kind::TrustRegion {
+                println!("  (every trust region also takes:)");
+                for (k, d) in REGION_SETTINGS {
+                    println!("      {k:<16} {d}");
+                }
+                println!("  (and as a penalty `reg:<name>`:)");
+                for (k, d) in PENALTY_SETTINGS {
+                    println!("      {k:<16} {d}");
+                }
+            }
+        }
+        let origin = if e.origin == "built-in" { String::new() } else { format!("  [{}]", e.origin) };
+        println!("  {:<12} {}{origin}", e.name, e.summary);
+        for p in &e.params {
+            println!("      {:<16} = {:<10} {}", p.name, p.default, p.doc);
+        }
+    }
+    println!("\naliases (paper rows; `<alias>+sgd` swaps the base optimizer):");
+    for a in registry.aliases() {
+        println!("  {:<16} = {:<60} {}", a.name, a.composition, a.summary);
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let registry = tram_plugins::registry()?;
+    match cli.command {
+        Command::List => list(&registry),
+        Command::Explain { composition } => {
+            let opt = Optimizer::new(&registry, OptimizerConfig::new(composition, 1e-3))?;
+            println!("{opt}");
+            println!("{}", serde_json::to_string_pretty(&opt.describe())?);
+        }
+    }
+    Ok(())
+}

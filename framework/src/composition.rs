@@ -254,7 +254,7 @@ fn expand_alias(input: &str, raw: Vec<RawTerm>, registry: &Registry) -> Result<V
     };
     for cut in (1..=raw.len()).rev() {
         let Some(name) = plain(&raw[..cut]) else { continue };
-        let Some(alias) = registry.alias(&name) else { continue };
+        let Some(alias) = registry.alias(&name).filter(|a| a.composition != a.name) else { continue };
         let rest = &raw[cut..];
         let is_base = |t: &RawTerm| registry.find(&t.term.name).is_some_and(|e| e.kind == Kind::Base);
         if !(rest.is_empty() || (rest.len() == 1 && is_base(&rest[0]))) {

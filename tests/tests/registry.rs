@@ -1,0 +1,162 @@
+//! The registry and composition strings: parsing, canonical display, errors that name the fix.
+
+use tram::registry::{Entry, Kind};
+use tram::{Composition, Error, Optimizer, OptimizerConfig, Registry};
+
+fn registry() -> Registry {
+    tram_plugins::registry().unwrap()
+}
+
+fn canonical(s: &str) -> String {
+    Composition::parse(s, &registry()).unwrap().to_string()
+}
+
+fn err(s: &str) -> String {
+    match Optimizer::new(&registry(), OptimizerConfig::new(s, 1e-3)) {
+        Ok(o) => panic!("`{s}` was accepted as `{o}`"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn noise_ball_adam_is_tram_x_on_adam() {
+    let c = Composition::parse("noise+ball+adam", &registry()).unwrap();
+    assert_eq!(c.region.as_ref().unwrap().name, "noise");
+    assert_eq!(c.neighborhood.as_ref().unwrap().name, "ball");
+    assert_eq!(c.base.name, "adam");
+    assert_eq!(canonical("tram-noise"), "noise+ball+adam");
+    // The ball is adaptive because the trust region sizes it.
+    let o = Optimizer::new(&registry(), OptimizerConfig::new("noise+ball+adam", 1e-3)).unwrap();
+    assert_eq!(o.describe()["neighborhood"]["params"]["adaptive"], true);
+    let sam = Optimizer::new(&registry(), OptimizerConfig::new("sam", 1e-3)).unwrap();
+    assert_eq!(sam.describe()["neighborhood"]["params"]["adaptive"], false);
+    assert_eq!(sam.describe()["neighborhood"]["params"]["rho"], 0.05);
+}
+
+#[test]
+fn every_paper_row_has_an_alias_that_builds() {
+    let r = registry();
+    for a in ["sgd", "adam", "adamw", "sam", "asam", "fsam", "trpo", "r3f", "mesa", "asam+trpo", "asam+r3f", "asam+mesa", "tram-prev", "tram-pretrained", "tram-noise", "tram-fisher"] {
+        assert!(r.alias(a).is_some(), "alias {a} missing");
+        Optimizer::new(&r, OptimizerConfig::new(a, 1e-3)).unwrap_or_else(|e| panic!("{a}: {e}"));
+        if !["sgd", "adam", "adamw"].contains(&a) {
+            let o = Optimizer::new(&r, OptimizerConfig::new(format!("{a}+sgd"), 1e-3)).unwrap_or_else(|e| panic!("{a}+sgd: {e}"));
+            assert_eq!(o.composition().base.name, "sgd");
+        }
+    }
+}
+
+#[test]
+fn display_round_trips_to_the_canonical_string() {
+    let r = registry();
+    let mut inputs: Vec<String> = r.aliases().map(|a| a.name.clone()).collect();
+    inputs.extend(
+        [
+            "noise(distance=mmd,sigma=0.001)+ball(rho=0.5)+adamw(weight_decay=0.1)",
+            "reg:prev(lambda=0.5) + reg:noise(sample=uniform) + ball + sgd(nesterov=true)",
+            "pretrained(reduction=reference,scale=2)+ball(ascent=reference)+adam",
+            "sam+sgd",
+            "asam+mesa+adamw",
+            "noise(distance=\"kl-sym\")+fisher(rho=0.2)+adam",
+        ]
+        .map(String::from),
+    );
+    for s in inputs {
+        let c1 = canonical(&s);
+        let c2 = canonical(&c1);
+        assert_eq!(c1, c2, "`{s}` did not round-trip");
+        assert_eq!(Composition::parse(&c1, &r).unwrap(), Composition::parse(&s, &r).unwrap());
+    }
+    assert_eq!(canonical("reg:prev(lambda=0.5) + ball + sgd"), "reg:prev(lambda=0.5)+ball+sgd");
+    assert_eq!(canonical("sam+sgd"), "ball+sgd");
+    assert_eq!(canonical("asam+trpo+sgd"), "reg:prev+ball(adaptive=true)+sgd");
+}
+
+#[test]
+fn an_unknown_name_lists_every_valid_one() {
+    let e = err("noise+bal+adam");
+    assert!(e.contains("`bal`"), "{e}");
+    for valid in ["ball", "fisher", "adam", "prev", "tram-noise (alias)"] {
+        assert!(e.contains(valid), "{e} does not list {valid}");
+    }
+    let e = err("adam(lr=1)");
+    assert!(e.contains("lr"), "{e}");
+    let e = err("noise(distance=kld)+ball+adam");
+    assert!(e.contains("unknown distance `kld`") && e.contains("kl-sym") && e.contains("mmd"), "{e}");
+}
+
+#[test]
+fn malformed_compositions_say_how_to_fix_them() {
+    assert!(err("noise+adam").contains("noise+ball+adam"));
+    assert!(err("noise+adam").contains("reg:noise+adam"));
+    assert!(err("kl+ball+adam").contains("noise(distance=kl)"));
+    assert!(err("adam+ball").contains("last"));
+    assert!(err("ball").contains("no base optimizer"));
+    assert!(err("reg:ball+adam").contains("takes a trust region"));
+    assert!(err("prev+fisher+adam").contains("TRAM-Fisher"));
+    assert!(err("prev+noise+ball+adam").contains("reg:noise"));
+    assert!(err("ball+fisher+adam").contains("more than one neighborhood"));
+    assert!(err("ball(rho=0.1+adam").contains("unbalanced"));
+    assert!(err("ball(rho)+adam").contains("key=value"));
+    assert!(err("noise(lambda=2)+ball+adam").contains("penalties only"));
+    assert!(err("ball(rho=-1)+adam").contains("rho"));
+    assert!(err("sam+ball").contains("followed by a base"));
+}
+
+#[test]
+fn tables_configure_components_and_inline_values_win() {
+    let r = registry();
+    let cfg = OptimizerConfig::new("ball(rho=0.3)+sgd", 0.1).with("ball", "rho", 0.2).with("ball", "eta", 0.01).with("sgd", "momentum", 0.5);
+    let o = Optimizer::new(&r, cfg).unwrap();
+    let d = o.describe();
+    assert_eq!(d["neighborhood"]["params"]["rho"], 0.3);
+    assert_eq!(d["neighborhood"]["params"]["eta"], 0.01);
+    assert_eq!(d["base"]["params"]["momentum"], 0.5);
+    let bad = OptimizerConfig::new("sam", 0.1).with("fisher", "rho", 0.1);
+    let e = Optimizer::new(&r, bad).err().unwrap().to_string();
+    assert!(e.contains("`fisher`") && e.contains("ball"), "{e}");
+    let wrong_type = OptimizerConfig::new("sam", 0.1).with("ball", "rho", "big");
+    let e = Optimizer::new(&r, wrong_type).err().unwrap().to_string();
+    assert!(e.contains("ball") && e.contains("invalid type"), "{e}");
+    let pen = OptimizerConfig::new("trpo", 0.1).with("reg:prev", "lambda", 0.25);
+    let o = Optimizer::new(&r, pen).unwrap();
+    assert_eq!(o.describe()["penalties"][0]["penalty"]["lambda"], 0.25);
+}
+
+#[test]
+fn optimizer_config_loads_from_toml_and_environment_with_figment() {
+    use figment::providers::{Env, Format, Toml};
+    let toml = r#"
+        [optimizer]
+        name = "tram-noise"
+        lr = 2e-5
+        max_grad_norm = 1.0
+        schedule = { kind = "polynomial", warmup = 10, total = 100 }
+        [optimizer.noise]
+        sigma = 1e-4
+    "#;
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("TRAM_OPTIMIZER.LR", "0.00003");
+        let cfg: OptimizerConfig =
+            figment::Figment::new().merge(Toml::string(toml)).merge(Env::prefixed("TRAM_").split(".")).extract_inner("optimizer").unwrap();
+        assert_eq!(cfg.lr, 3e-5);
+        assert_eq!(cfg.schedule, tram::Schedule::Polynomial { warmup: 10, total: 100, power: 1.0 });
+        let o = Optimizer::new(&registry(), cfg).unwrap();
+        assert_eq!(o.describe()["region"]["params"]["sigma"], 1e-4);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_duplicate_registration_is_an_error() {
+    let mut r = registry();
+    let ball = r.find("ball").unwrap().clone();
+    let e = r.register(Entry { origin: "plugin libfoo.so".into(), ..ball }).unwrap_err();
+    assert!(matches!(e, Error::DuplicateComponent { .. }));
+    assert!(e.to_string().contains("ball") && e.to_string().contains("libfoo"), "{e}");
+    let mut empty = Registry::empty();
+    let kl = registry().find("kl").unwrap().clone();
+    empty.register(kl.clone()).unwrap();
+    assert!(empty.register(kl).is_err());
+    assert!(registry().get(Kind::Base, "ball").is_err());
+}
