@@ -67,7 +67,8 @@ impl Params {
     }
     /// An exact copy of every value (real copies: `detach` would share storage).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let tensors = self.list.iter().map(|p| p.var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        // `detach` first: `copy` of a variable records a backprop op linking the copy to it.
+        let tensors = self.list.iter().map(|p| p.var.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
         Ok(Snapshot { tensors, index: self.index.clone() })
     }
     /// The current values as graph-free tensors that share storage with the variables.

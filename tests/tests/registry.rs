@@ -112,9 +112,12 @@ fn tables_configure_components_and_inline_values_win() {
     assert_eq!(d["neighborhood"]["params"]["rho"], 0.3);
     assert_eq!(d["neighborhood"]["params"]["eta"], 0.01);
     assert_eq!(d["base"]["params"]["momentum"], 0.5);
-    let bad = OptimizerConfig::new("sam", 0.1).with("fisher", "rho", 0.1);
+    // A table for a registered component the composition does not use is ignored...
+    Optimizer::new(&r, OptimizerConfig::new("sam", 0.1).with("fisher", "rho", 0.1)).unwrap();
+    // ...a table naming nothing registered is an error naming it and the components in use.
+    let bad = OptimizerConfig::new("sam", 0.1).with("fisherr", "rho", 0.1);
     let e = Optimizer::new(&r, bad).err().unwrap().to_string();
-    assert!(e.contains("`fisher`") && e.contains("ball"), "{e}");
+    assert!(e.contains("`fisherr`") && e.contains("ball"), "{e}");
     let wrong_type = OptimizerConfig::new("sam", 0.1).with("ball", "rho", "big");
     let e = Optimizer::new(&r, wrong_type).err().unwrap().to_string();
     assert!(e.contains("ball") && e.contains("invalid type"), "{e}");
