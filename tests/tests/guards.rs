@@ -1,0 +1,133 @@
+//! Guards: zero gradients give no ascent, non-finite losses or gradients skip the step, NaN in
+//! a trust-region target never reaches the parameters.
+
+mod common;
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use tram::{Batch, Logits, Mode, Model, Optimizer, OptimizerConfig, Params, Weights};
+
+/// A model whose logits do not depend on its parameters: every gradient is exactly zero.
+struct Flat {
+    params: Params,
+}
+
+impl Model for Flat {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn embed(&self, _w: &dyn Weights, batch: &Batch, _mode: Mode) -> tram::Result<Tensor> {
+        Ok(batch.inputs.clone())
+    }
+    fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, _mode: Mode) -> tram::Result<Logits> {
+        // Multiplying by a zero tensor (not `affine(0, _)`, which candle prunes from the graph).
+        let zero = w.weight("w")?.sum_all()?.mul(&Tensor::new(0f32, &Device::Cpu)?)?;
+        Ok(Logits { logits: embeds.broadcast_add(&zero)?, targets: batch.targets.clone() })
+    }
+}
+
+fn flat() -> Flat {
+    Flat { params: Params::new([("w".to_string(), Var::new(&[1f32, -2.0], &Device::Cpu).unwrap())]).unwrap() }
+}
+
+#[test]
+fn zero_gradient_gives_no_ascent_and_no_nan() {
+    let batch = Batch::new(Tensor::new(&[[0.5f32, 1.0, -1.0], [2.0, 0.0, 0.0]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 2], &Device::Cpu).unwrap());
+    for c in ["sam", "asam", "fsam", "tram-noise", "tram-pretrained", "tram-fisher", "sam+sgd"] {
+        let m = flat();
+        let mut opt = Optimizer::new(&tram_plugins::registry().unwrap(), OptimizerConfig::new(c, 0.1)).unwrap();
+        let r = opt.step(&m, std::slice::from_ref(&batch)).unwrap();
+        assert!(!r.ascent && !r.skipped, "{c}: {r:?}");
+        assert_eq!(r.epsilon_norm, 0.0);
+        assert_eq!(r.grad_norm, 0.0);
+        assert_eq!(opt.no_ascent_steps(), 1, "{c}");
+        assert_eq!(m.params().iter().next().unwrap().var.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, -2.0], "{c}");
+    }
+}
+
+fn poison_row(m: &dyn Model, row: usize) {
+    let emb = &m.params().iter().next().unwrap().var;
+    let mut v = emb.as_tensor().to_vec2::<f32>().unwrap();
+    v[row].iter_mut().for_each(|x| *x = f32::NAN);
+    emb.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
+}
+
+#[test]
+fn a_nan_loss_skips_the_step_and_leaves_parameters_bitwise_unchanged() {
+    let poisoned = Batch::new(Tensor::new(&[[31u32, 1, 2], [3, 4, 31]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 1], &Device::Cpu).unwrap());
+    for c in ["adam", "sgd", "sam", "tram-noise", "tram-prev", "tram-fisher", "trpo", "r3f", "asam+mesa"] {
+        let m = model(11);
+        poison_row(&m, 31);
+        let before = clone_model(&m);
+        let mut opt = optimizer(c);
+        let r = opt.step(&m, std::slice::from_ref(&poisoned)).unwrap();
+        assert!(r.skipped, "{c}: {r:?}");
+        assert_eq!(opt.skipped_steps(), 1);
+        assert_eq!(opt.steps(), 1, "a skipped step still counts for the schedule");
+        assert_bitwise_equal(&m, &before, c);
+        // A clean batch (token 31 unused) trains again, and NaN stays confined to the poisoned row.
+        let mut clean = batches(1, 3);
+        let ids: Vec<Vec<u32>> = clean[0].inputs.to_vec2::<u32>().unwrap().into_iter().map(|r| r.into_iter().map(|t| t % 31).collect()).collect();
+        clean[0].inputs = Tensor::new(ids, &Device::Cpu).unwrap();
+        let ok = opt.step(&m, &clean).unwrap();
+        assert!(!ok.skipped && ok.loss.is_finite(), "{c}: {ok:?}");
+        for p in m.params().iter().skip(1) {
+            assert!(p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()), "{c}: {} has NaN", p.name);
+        }
+    }
+}
+
+#[test]
+fn nan_in_the_target_drops_the_ascent_or_skips_the_penalised_step() {
+    for (c, penalised) in [("tram-pretrained", false), ("tram-prev", false), ("trpo", true), ("mesa", true), ("asam+trpo", true)] {
+        let m = model(12);
+        let bias = &m.params().iter().find(|p| p.name == "fc2.bias").unwrap().var;
+        let good = bias.as_tensor().detach().copy().unwrap();
+        bias.set(&Tensor::full(f32::NAN, good.shape(), &Device::Cpu).unwrap()).unwrap();
+        let mut opt = optimizer(c);
+        opt.init(m.params()).unwrap(); // θ₀ (and θ_{-1}, θ_ema) now hold NaN
+        bias.set(&good).unwrap();
+        let before = clone_model(&m);
+        let r = opt.step(&m, &batches(1, 1)).unwrap();
+        if penalised {
+            assert!(r.skipped, "{c}: {r:?}");
+            assert_bitwise_equal(&m, &before, c);
+        } else {
+            assert!(!r.skipped && !r.ascent, "{c}: {r:?}");
+            assert!(r.delta.unwrap().is_nan());
+            assert_eq!(opt.no_ascent_steps(), 1);
+            assert!(max_abs_diff(&m, &before) > 0.0, "{c}: the plain base step should have moved θ");
+        }
+        for p in m.params().iter() {
+            assert!(p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()), "{c}: NaN reached {}", p.name);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let m = model(13);
+    let mut opt = optimizer("sam");
+    assert!(opt.step(&m, &[]).unwrap_err().to_string().contains("at least one batch"));
+    let wrong = Batch::new(Tensor::zeros((2, 3, 4), DType::U32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap());
+    assert!(opt.step(&m, &[wrong]).is_err());
+    // A parameter that gets no gradient is named, with the fix.
+    struct Unused(Params);
+    impl Model for Unused {
+        fn params(&self) -> &Params {
+            &self.0
+        }
+        fn embed(&self, _w: &dyn Weights, b: &Batch, _m: Mode) -> tram::Result<Tensor> {
+            Ok(b.inputs.clone())
+        }
+        fn forward_embeds(&self, w: &dyn Weights, e: &Tensor, b: &Batch, _m: Mode) -> tram::Result<Logits> {
+            Ok(Logits { logits: e.broadcast_mul(&w.weight("used")?)?, targets: b.targets.clone() })
+        }
+    }
+    let m = Unused(Params::new([("used".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap()), ("unused".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap())]).unwrap());
+    let b = Batch::new(Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap());
+    let e = optimizer("adam").step(&m, std::slice::from_ref(&b)).unwrap_err().to_string();
+    assert!(e.contains("`unused`") && e.contains("allow_missing_gradients"), "{e}");
+    let cfg = OptimizerConfig { allow_missing_gradients: true, ..OptimizerConfig::new("adam", 0.1) };
+    let mut opt = Optimizer::new(&tram_plugins::registry().unwrap(), cfg).unwrap();
+    assert!(!opt.step(&m, &[b]).unwrap().skipped);
+}
