@@ -163,3 +163,16 @@ fn a_duplicate_registration_is_an_error() {
     assert!(empty.register(kl).is_err());
     assert!(registry().get(Kind::Base, "ball").is_err());
 }
+
+#[test]
+fn the_shipped_config_builds_every_alias() {
+    use figment::providers::{Format, Toml};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/optimizers.toml");
+    let base: OptimizerConfig = figment::Figment::new().merge(Toml::file(path)).extract_inner("optimizer").unwrap();
+    assert_eq!(base.name, "tram-noise");
+    let r = registry();
+    for a in r.aliases() {
+        let cfg = OptimizerConfig { name: a.name.clone(), ..base.clone() };
+        Optimizer::new(&r, cfg).unwrap_or_else(|e| panic!("{}: {e}", a.name));
+    }
+}
