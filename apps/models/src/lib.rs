@@ -1,0 +1,1 @@
+//! Trainable transformer models.
