@@ -226,6 +226,10 @@ pub trait Model {
         let e = self.embed(w, batch, mode)?;
         self.forward_embeds(w, &e, batch, mode)
     }
+    /// The base model's representation before the task head, `[examples, dim]` (for CKA).
+    fn representation(&self, _w: &dyn Weights, _batch: &Batch, _mode: Mode) -> Result<Tensor> {
+        Err(Error::Model("this model does not expose a representation before its task head".into()))
+    }
     /// The mean task loss over rows (cross-entropy by default).
     fn loss(&self, logits: &Logits) -> Result<Tensor> {
         crate::ops::cross_entropy(&logits.logits, &logits.targets)
