@@ -1,0 +1,180 @@
+//! Golden tests against PyTorch: every fixture in `tests/golden/fixtures` (written by
+//! `tests/golden/generate.py`, format in `tests/golden/fixtures/README.md`) is replayed with the
+//! Rust optimizer it names, and the final parameters must match PyTorch's to
+//! `max|rust − torch| / max|torch| ≤ 1e-5` per tensor.
+//!
+//! `cargo test -p tram-tests --test golden -- --nocapture` prints the error of every case;
+//! `TRAM_GOLDEN_DIR=<folder>` replays the fixtures of another folder instead.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tram::{Batch, Model, NoiseKind, NoiseSource, Optimizer, OptimizerConfig, QueuedNoise};
+use tram_tests::EmbeddingClassifier;
+
+/// Largest allowed `max|a − b| / max|b|` per tensor.
+const TOLERANCE: f64 = 1e-5;
+
+/// `tests/golden/fixtures`, or the folder in `TRAM_GOLDEN_DIR` (to try fixtures elsewhere).
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("TRAM_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join("fixtures"),
+    }
+}
+
+/// PyTorch's noise samples in draw order, counting how many the engine takes.
+struct Counted {
+    inner: QueuedNoise,
+    used: Arc<AtomicUsize>,
+}
+
+impl NoiseSource for Counted {
+    fn sample(&mut self, shape: &candle_core::Shape, kind: NoiseKind, sigma: f64, device: &Device, dtype: DType) -> tram::Result<Tensor> {
+        self.used.fetch_add(1, Ordering::SeqCst);
+        self.inner.sample(shape, kind, sigma, device, dtype)
+    }
+    fn save(&self) -> Option<String> {
+        None
+    }
+    fn load(&mut self, state: &str) -> tram::Result<()> {
+        self.inner.load(state)
+    }
+}
+
+/// One fixture, decoded.
+struct Fixture {
+    composition: String,
+    config: serde_json::Value,
+    steps: usize,
+    accumulation: usize,
+    layers: usize,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn load(path: &Path) -> Result<Fixture> {
+    let bytes = std::fs::read(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("bad safetensors header: {e:?}"))?;
+    let meta = header.metadata().clone().ok_or_else(|| anyhow!("no metadata"))?;
+    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| anyhow!("metadata has no `{k}`"));
+    let number = |k: &str| -> Result<usize> { get(k)?.parse().with_context(|| format!("metadata `{k}` is not a number")) };
+    Ok(Fixture {
+        composition: get("composition")?,
+        config: serde_json::from_str(&get("config")?).context("metadata `config` is not JSON")?,
+        steps: number("steps")?,
+        accumulation: number("accumulation")?,
+        layers: number("layers")?,
+        tensors: candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?,
+    })
+}
+
+impl Fixture {
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.tensors.get(key).ok_or_else(|| anyhow!("fixture has no tensor `{key}`"))
+    }
+
+    /// Tensors under `prefix/`, keyed by the rest of their name.
+    fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(prefix).and_then(|k| k.strip_prefix('/')).map(|k| (k.to_string(), t.clone()))).collect()
+    }
+
+    fn config(&self) -> Result<OptimizerConfig> {
+        let mut v = self.config.clone();
+        let obj = v.as_object_mut().ok_or_else(|| anyhow!("`config` is not a JSON object"))?;
+        obj.insert("name".into(), serde_json::Value::String(self.composition.clone()));
+        Ok(serde_json::from_value(v).context("`config` is not an OptimizerConfig")?)
+    }
+
+    fn noise(&self) -> Result<Vec<Tensor>> {
+        let n = self.tensors.keys().filter(|k| k.starts_with("noise/")).count();
+        (0..n).map(|k| Ok(self.tensor(&format!("noise/{k}"))?.to_dtype(DType::F32)?)).collect()
+    }
+
+    fn batches(&self, step: usize) -> Result<Vec<Batch>> {
+        (0..self.accumulation)
+            .map(|m| {
+                let ids = self.tensor(&format!("batch/{step}/{m}/inputs"))?.to_dtype(DType::U32)?;
+                let targets = self.tensor(&format!("batch/{step}/{m}/targets"))?.to_dtype(DType::U32)?;
+                Ok(Batch::new(ids, targets))
+            })
+            .collect()
+    }
+}
+
+/// Per-tensor relative errors of the replayed run, `(name, error)`.
+fn replay(path: &Path) -> Result<Vec<(String, f64)>> {
+    let fx = load(path)?;
+    let init = fx.group("init");
+    let model = EmbeddingClassifier::from_tensors(&init, fx.layers)?;
+    if model.params().len() != init.len() {
+        bail!("fixture has {} init tensors, the model {} parameters", init.len(), model.params().len());
+    }
+    let registry = tram_plugins::registry()?;
+    let mut opt = Optimizer::new(&registry, fx.config()?)?;
+    let noise = fx.noise()?;
+    let recorded = noise.len();
+    let used = Arc::new(AtomicUsize::new(0));
+    opt.set_noise_source(Box::new(Counted { inner: QueuedNoise::new(noise), used: used.clone() }));
+    for step in 0..fx.steps {
+        let report = opt.step(&model, &fx.batches(step)?).with_context(|| format!("step {step}"))?;
+        if report.skipped {
+            bail!("step {step} was skipped: {report:?}");
+        }
+    }
+    // The engine must draw exactly the samples PyTorch drew (a missing draw fails in `step`).
+    let used = used.load(Ordering::SeqCst);
+    if used != recorded {
+        bail!("the optimizer drew {used} noise sample(s), PyTorch {recorded}");
+    }
+    let mut errors = Vec::new();
+    for p in model.params().iter() {
+        let want = fx.tensor(&format!("final/{}", p.name))?.to_dtype(DType::F64)?;
+        let got = p.var.as_tensor().to_dtype(DType::F64)?;
+        if got.dims() != want.dims() {
+            bail!("`{}` has shape {:?}, the fixture {:?}", p.name, got.dims(), want.dims());
+        }
+        let diff = got.sub(&want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+        errors.push((p.name.clone(), if scale > 0.0 { diff / scale } else { diff }));
+    }
+    Ok(errors)
+}
+
+#[test]
+fn rust_matches_pytorch_on_every_golden_fixture() {
+    let dir = fixtures_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no golden fixtures in {}; run tests/golden/generate.py", dir.display());
+
+    let mut failures = Vec::new();
+    let mut worst = 0.0f64;
+    for path in &paths {
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        match replay(path) {
+            Ok(errors) => {
+                let (pname, err) = errors.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+                worst = worst.max(err);
+                let ok = err <= TOLERANCE;
+                println!("{:<40} {} max rel err {err:.2e} ({pname})", name, if ok { "ok  " } else { "FAIL" });
+                if !ok {
+                    let detail: Vec<String> = errors.iter().map(|(n, e)| format!("{n}={e:.2e}")).collect();
+                    failures.push(format!("{name}: max rel err {err:.2e} > {TOLERANCE:.0e} [{}]", detail.join(", ")));
+                }
+            }
+            Err(e) => {
+                println!("{:<40} ERROR {e:#}", name);
+                failures.push(format!("{name}: {e:#}"));
+            }
+        }
+    }
+    println!("{} golden case(s), worst relative error {worst:.2e}", paths.len());
+    assert!(failures.is_empty(), "{} of {} golden case(s) failed:\n{}", failures.len(), paths.len(), failures.join("\n"));
+}
