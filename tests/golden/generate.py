@@ -592,7 +592,43 @@ def generate(case: Case):
     return worst > MIN_CONTRAST
 
 
+def self_check():
+    """Finite checks of this script's building blocks against the SPEC's closed forms."""
+    g = torch.Generator().manual_seed(7)
+    t, c = torch.randn(5, 4, generator=g, dtype=DTYPE), torch.randn(5, 4, generator=g, dtype=DTYPE)
+    pt, pc = t.softmax(-1), c.softmax(-1)
+    manual = (pt * (pt.log() - pc.log())).sum() / 5
+    assert torch.allclose(kl(t, c, "mean", 5), manual) and torch.allclose(kl(t, c, "reference", 3), manual * 5 / 20 / 3)
+    assert torch.allclose(DISTANCES["kl-sym"](t, c, "mean", 5), manual + (pc * (pc.log() - pt.log())).sum() / 5)
+    k = lambda a, b: sum(1 / math.sqrt(bw * bw + float(((a - b) ** 2).sum())) for bw in MMD_BANDWIDTHS)
+    mean_k = lambda a, b: sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
+    assert abs(mmd(t, c, "mean", 5).item() - (mean_k(t, t) + mean_k(c, c) - 2 * mean_k(t, c))) < 1e-12
+    assert abs(l2(t, c, "mean", 5).item() - sum(float((a - b).norm()) for a, b in zip(t, c)) / 5) < 1e-9
+    # Ascents: plain ball has norm rho; adaptive ball ||eps / T|| = r; Fisher eps^T F eps = rho^2.
+    w = nn.Parameter(torch.randn(3, 4, generator=g, dtype=DTYPE))
+    w.grad = torch.randn(3, 4, generator=g, dtype=DTYPE)
+    theta = w.detach().clone()
+    for ball, check in [(Ball(rho=0.3), lambda e: e.norm()), (Ball(rho=0.3, adaptive=True), lambda e: (e / theta.abs()).norm())]:
+        opt = SAM([w], ball)
+        assert opt.first_step(0.3)
+        assert abs(check(w.detach() - theta).item() - 0.3) < 1e-9
+        opt.second_step()
+        assert torch.equal(w.detach(), theta)
+    opt = FSAM([w], Fisher(rho=0.2, eta=2.0))
+    assert opt.first_step(0.2)
+    e = w.detach() - theta
+    assert abs((e * (1 + 2.0 * w.grad**2) * e).sum().item() - 0.04) < 1e-9
+    opt.second_step()
+    assert not SAM([w], Ball()).first_step(0.0)
+    # Schedules: HF polynomial warmup/decay and cosine.
+    f = lr_lambda({"kind": "polynomial", "warmup": 10, "total": 50, "power": 1.0})
+    assert [f(0), f(5), f(10), f(30), f(50)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    f = lr_lambda({"kind": "cosine", "total": 100})
+    assert abs(f(50) - 0.5) < 1e-12 and abs(f(100)) < 1e-12
+
+
 def main(argv):
+    self_check()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)

@@ -78,14 +78,17 @@ impl Fixture {
 
     /// Tensors under `prefix/`, keyed by the rest of their name.
     fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
-        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(prefix).and_then(|k| k.strip_prefix('/')).map(|k| (k.to_string(), t.clone()))).collect()
+        self.tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).and_then(|k| k.strip_prefix('/')).map(|k| (k.to_string(), t.clone())))
+            .collect()
     }
 
     fn config(&self) -> Result<OptimizerConfig> {
         let mut v = self.config.clone();
         let obj = v.as_object_mut().ok_or_else(|| anyhow!("`config` is not a JSON object"))?;
         obj.insert("name".into(), serde_json::Value::String(self.composition.clone()));
-        Ok(serde_json::from_value(v).context("`config` is not an OptimizerConfig")?)
+        serde_json::from_value(v).context("`config` is not an OptimizerConfig")
     }
 
     fn noise(&self) -> Result<Vec<Tensor>> {
