@@ -54,9 +54,14 @@ impl NoiseSlot<'_> {
     /// The noise for embeddings of `shape` (drawn on first use, then reused).
     pub fn get(&mut self, shape: &Shape, kind: crate::noise::NoiseKind, sigma: f64, like: &Tensor) -> Result<Tensor> {
         if let Some(z) = self.sample.as_ref() {
-            if z.shape() == shape {
-                return Ok(z.clone());
+            if z.shape() != shape {
+                return Err(crate::Error::Model(format!(
+                    "noise of shape {:?} was drawn for this micro-batch, now embeddings of shape {:?} ask for it: embed() must return the same shape in every pass",
+                    z.dims(),
+                    shape.dims()
+                )));
             }
+            return Ok(z.clone());
         }
         let z = self.source.sample(shape, kind, sigma, like.device(), like.dtype())?;
         *self.sample = Some(z.clone());
