@@ -58,16 +58,23 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `[batch, heads, seq_q, seq_k]` (0 where attended, a large negative number where masked).
 /// The softmax is the differentiable [`tram::ops::softmax`], in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, dropout: Option<(&Dropout, bool)>) -> Result<Tensor> {
-    let dtype = q.dtype();
     let head_dim = q.dim(D::Minus1)?;
-    let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?.affine(1.0 / (head_dim as f64).sqrt(), 0.0)?;
+    attention_with(q, k, v, bias, 1.0 / (head_dim as f64).sqrt(), dropout.map(|(d, train)| (d, d.p, train)))
+}
+
+/// [`attention`] with an explicit score scale (GPT-2's `scale_attn_weights` /
+/// `scale_attn_by_inverse_layer_idx`) and a dropout probability for the attention
+/// probabilities that may differ from the stream's own `p` (one stream serves every site).
+pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, dropout: Option<(&Dropout, f64, bool)>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?.affine(scale, 0.0)?;
     let scores = match bias {
         Some(b) => scores.broadcast_add(&b.to_dtype(DType::F32)?)?,
         None => scores,
     };
     let probs = tram::ops::softmax(&scores)?;
     let probs = match dropout {
-        Some((d, train)) => d.apply(&probs, train)?,
+        Some((d, p, train)) => d.apply_p(&probs, p, train)?,
         None => probs,
     };
     Ok(probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
@@ -135,11 +142,20 @@ impl Dropout {
     }
     /// Apply in train mode; identity in eval mode or when `p = 0`.
     pub fn apply(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p == 0.0 {
+        self.apply_p(x, self.p, train)
+    }
+    /// Apply with probability `p` instead of `self.p`, drawing from the same stream (a model
+    /// keeps one stream for its hidden, attention and classifier dropout, so one position
+    /// checkpoints it).
+    pub fn apply_p(&self, x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
+        if !train || p == 0.0 {
             return Ok(x.clone());
         }
+        if !(0.0..1.0).contains(&p) {
+            return Err(tram::Error::Model(format!("dropout probability {p} is outside [0, 1)")));
+        }
         let n = x.elem_count();
-        let keep = 1.0 - self.p;
+        let keep = 1.0 - p;
         let mask: Vec<f32> = {
             let mut rng = self.rng.lock().map_err(|_| tram::Error::Model("dropout RNG poisoned".into()))?;
             (0..n).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()

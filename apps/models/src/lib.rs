@@ -5,7 +5,19 @@
 //! the input embeddings (for the noise trust region) and the base representation before the
 //! task head (for CKA). Built only from differentiable candle ops (see [`layers`]).
 
+pub mod bert;
+mod checkpoint;
+pub mod encoder;
+pub mod gpt2;
 pub mod layers;
+pub mod roberta;
+pub mod vit;
+
+pub use bert::{Bert, BertConfig};
+pub use encoder::{EncoderConfig, Family};
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use roberta::{Roberta, RobertaConfig};
+pub use vit::{Vit, VitConfig};
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -42,4 +54,23 @@ pub trait Pretrained: tram::Model + Send {
     fn dropout_position(&self) -> tram::Result<u128>;
     /// Restore dropout stream positions.
     fn set_dropout_position(&self, pos: u128) -> tram::Result<()>;
+}
+
+/// The `model_type` values [`from_config`] accepts.
+pub const MODEL_TYPES: &[&str] = &["gpt2", "vit", "bert", "roberta", "xlm-roberta", "camembert"];
+
+/// Build the model a `config.json` describes (by its `model_type`) from checkpoint tensors:
+/// GPT-2 → [`Gpt2`] (`GPT2LMHeadModel`), ViT → [`Vit`] (`ViTForImageClassification`), BERT →
+/// [`Bert`] (`BertForSequenceClassification`), RoBERTa / XLM-R → [`Roberta`]
+/// (`XLMRobertaForSequenceClassification`).
+pub fn from_config(config: &serde_json::Value, weights: WeightMap, opts: &LoadOptions) -> tram::Result<Box<dyn Pretrained>> {
+    let mt = config.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+    Ok(match mt {
+        "gpt2" => Box::new(Gpt2::from_weights(Gpt2Config::from_json(config)?, weights, opts)?),
+        "vit" => Box::new(Vit::from_weights(VitConfig::from_json(config)?, weights, opts)?),
+        "bert" => Box::new(Bert::from_weights(EncoderConfig::from_json_as(config, Family::Bert)?, weights, opts)?),
+        "roberta" | "xlm-roberta" | "camembert" => Box::new(Roberta::from_weights(EncoderConfig::from_json_as(config, Family::Roberta)?, weights, opts)?),
+        "" => return Err(tram::Error::Model(format!("config.json has no model_type; supported: {}", MODEL_TYPES.join(", ")))),
+        other => return Err(tram::Error::Model(format!("unsupported model_type `{other}`; supported: {}", MODEL_TYPES.join(", ")))),
+    })
 }

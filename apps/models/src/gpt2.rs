@@ -1,0 +1,295 @@
+//! GPT-2 language model with the parameter names of `transformers`' `GPT2LMHeadModel`:
+//! `transformer.wte.weight`, `transformer.wpe.weight`, `transformer.h.{i}.ln_1.*`,
+//! `transformer.h.{i}.attn.c_attn.*` (`Conv1D`, weight `[in, out]`), `attn.c_proj.*`, `ln_2.*`,
+//! `mlp.c_fc.*`, `mlp.c_proj.*`, `transformer.ln_f.*`. The LM head is tied to `wte` (no
+//! separate parameter).
+//!
+//! Batches: `inputs` `[batch, seq]` token ids, `targets` `[batch, seq]` next-token ids
+//! (already shifted by the caller), `mask` `[batch, seq]` (1 = this position's target counts).
+//! Attention is causal, so right padding does not change the real positions. The logits rows
+//! are the positions with mask 1 in row-major order (all positions without a mask); the
+//! representation is the mean of the final hidden states over the masked positions.
+
+use crate::checkpoint::{config_out, dropout_seed, ids_u32, parse_config, Loader};
+use crate::layers::{activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
+use crate::{LoadOptions, Pretrained, WeightMap};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use tram::{Batch, Error, Logits, Mode, Model, Params, Result, Weights};
+
+fn gelu_new() -> String {
+    "gelu_new".into()
+}
+fn p01() -> f64 {
+    0.1
+}
+fn eps() -> f64 {
+    1e-5
+}
+fn std02() -> f64 {
+    0.02
+}
+fn yes() -> bool {
+    true
+}
+
+/// Hugging Face `GPT2Config` fields used by the model; the dimensions are required, the rest
+/// default as in `transformers`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Size of the position table (maximum sequence length).
+    pub n_positions: usize,
+    /// Hidden width.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Feed-forward width (`4 · n_embd` when null).
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    /// Feed-forward activation.
+    #[serde(default = "gelu_new")]
+    pub activation_function: String,
+    /// Dropout on sub-layer outputs.
+    #[serde(default = "p01")]
+    pub resid_pdrop: f64,
+    /// Dropout on the input embeddings (after adding positions).
+    #[serde(default = "p01")]
+    pub embd_pdrop: f64,
+    /// Dropout on attention probabilities.
+    #[serde(default = "p01")]
+    pub attn_pdrop: f64,
+    /// LayerNorm epsilon.
+    #[serde(default = "eps")]
+    pub layer_norm_epsilon: f64,
+    /// Std of new-weight initialisation.
+    #[serde(default = "std02")]
+    pub initializer_range: f64,
+    /// Scale attention scores by `1/√head_dim`.
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    /// Further scale block `i`'s scores by `1/(i+1)`.
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// The original `config.json`.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
+}
+
+impl Gpt2Config {
+    /// Parse a `config.json` (`model_type` `gpt2`).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let mut c: Self = parse_config(v, &["gpt2"], "GPT-2")?;
+        c.raw = v.clone();
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Model(format!("config.json (model_type `gpt2`): {m}")));
+        if self.n_embd == 0 || self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return bad(format!("n_embd {} is not a positive multiple of n_head {}", self.n_embd, self.n_head));
+        }
+        activation(&self.activation_function, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
+            .map_err(|e| Error::Model(format!("config.json (model_type `gpt2`): activation_function: {e}")))?;
+        for (name, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} = {p} is outside [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Feed-forward width.
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = if self.raw.is_object() { self.raw.clone() } else { serde_json::json!({}) };
+        if let (Some(obj), Ok(serde_json::Value::Object(parsed))) = (v.as_object_mut(), serde_json::to_value(self)) {
+            for (k, val) in parsed {
+                obj.insert(k, val);
+            }
+        }
+        v
+    }
+}
+
+/// `GPT2LMHeadModel`.
+pub struct Gpt2 {
+    config: Gpt2Config,
+    params: Params,
+    dropout: Dropout,
+}
+
+impl Gpt2 {
+    /// The `transformers` class whose weight names the parameters follow.
+    pub const ARCHITECTURE: &'static str = "GPT2LMHeadModel";
+
+    /// Build from a config and checkpoint tensors, with or without the `transformer.` prefix
+    /// (hub base checkpoints such as `openai-community/gpt2` have `h.0...`, `wte.weight`).
+    /// A separate `lm_head.weight` and the attention-mask buffers are ignored.
+    pub fn from_weights(config: Gpt2Config, weights: WeightMap, opts: &LoadOptions) -> Result<Self> {
+        let (h, f) = (config.n_embd, config.inner());
+        let mut l = Loader::new(weights, "transformer", opts, Self::ARCHITECTURE)?;
+        l.required("transformer.wte.weight", &[config.vocab_size, h])?;
+        l.required("transformer.wpe.weight", &[config.n_positions, h])?;
+        for i in 0..config.n_layer {
+            let p = format!("transformer.h.{i}.");
+            l.required(&format!("{p}ln_1.weight"), &[h])?;
+            l.required(&format!("{p}ln_1.bias"), &[h])?;
+            l.required(&format!("{p}attn.c_attn.weight"), &[h, 3 * h])?;
+            l.required(&format!("{p}attn.c_attn.bias"), &[3 * h])?;
+            l.required(&format!("{p}attn.c_proj.weight"), &[h, h])?;
+            l.required(&format!("{p}attn.c_proj.bias"), &[h])?;
+            l.required(&format!("{p}ln_2.weight"), &[h])?;
+            l.required(&format!("{p}ln_2.bias"), &[h])?;
+            l.required(&format!("{p}mlp.c_fc.weight"), &[h, f])?;
+            l.required(&format!("{p}mlp.c_fc.bias"), &[f])?;
+            l.required(&format!("{p}mlp.c_proj.weight"), &[f, h])?;
+            l.required(&format!("{p}mlp.c_proj.bias"), &[h])?;
+        }
+        l.required("transformer.ln_f.weight", &[h])?;
+        l.required("transformer.ln_f.bias", &[h])?;
+        // Tied LM head, causal-mask buffers of older checkpoints.
+        l.ignore(|k| k == "lm_head.weight" || (k.ends_with(".attn.bias") && !k.contains("c_attn")) || k.ends_with(".attn.masked_bias"));
+        let (params, _) = l.finish(config.initializer_range)?;
+        let dropout = Dropout::new(config.resid_pdrop, dropout_seed(opts.seed));
+        Ok(Self { config, params, dropout })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after `ln_f`) of token `ids` `[batch, seq]`.
+    pub fn hidden_states(&self, w: &dyn Weights, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let e = self.word_embeddings(w, ids)?;
+        self.hidden_states_from_embeds(w, &e, mode)
+    }
+
+    fn word_embeddings(&self, w: &dyn Weights, ids: &Tensor) -> Result<Tensor> {
+        if ids.rank() != 2 {
+            return Err(Error::Model(format!("GPT-2 expects token ids of shape [batch, seq], got {:?}", ids.dims())));
+        }
+        embedding(&w.weight("transformer.wte.weight")?, &ids_u32(ids)?)
+    }
+
+    /// Final hidden states from input (word) embeddings `[batch, seq, hidden]`.
+    pub fn hidden_states_from_embeds(&self, w: &dyn Weights, embeds: &Tensor, mode: Mode) -> Result<Tensor> {
+        let c = &self.config;
+        let (_, s, h) = embeds.dims3()?;
+        if s > c.n_positions {
+            return Err(Error::Model(format!("GPT-2: a sequence of {s} tokens exceeds n_positions = {}", c.n_positions)));
+        }
+        let train = mode.train;
+        let d = &self.dropout;
+        let wpe = w.weight("transformer.wpe.weight")?.narrow(0, 0, s)?;
+        let mut x = d.apply_p(&embeds.broadcast_add(&wpe)?, c.embd_pdrop, train)?;
+        let causal = causal_bias(s, embeds.device())?;
+        let heads = c.n_head;
+        let head_dim = h / heads;
+        for i in 0..c.n_layer {
+            let p = Scoped::new(w, format!("transformer.h.{i}."));
+            let cv = |x: &Tensor, n: &str| -> Result<Tensor> { conv1d(x, &p.get(&format!("{n}.weight"))?, &p.get(&format!("{n}.bias"))?) };
+            let a = layer_norm(&x, &p.get("ln_1.weight")?, &p.get("ln_1.bias")?, c.layer_norm_epsilon)?;
+            let qkv = cv(&a, "attn.c_attn")?;
+            let q = split_heads(&qkv.narrow(2, 0, h)?, heads)?;
+            let k = split_heads(&qkv.narrow(2, h, h)?, heads)?;
+            let v = split_heads(&qkv.narrow(2, 2 * h, h)?, heads)?;
+            let mut scale = if c.scale_attn_weights { 1.0 / (head_dim as f64).sqrt() } else { 1.0 };
+            if c.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            let ctx = attention_with(&q, &k, &v, Some(&causal), scale, Some((d, c.attn_pdrop, train)))?;
+            let o = cv(&merge_heads(&ctx)?, "attn.c_proj")?;
+            x = x.add(&d.apply_p(&o, c.resid_pdrop, train)?)?;
+            let m = layer_norm(&x, &p.get("ln_2.weight")?, &p.get("ln_2.bias")?, c.layer_norm_epsilon)?;
+            let m = cv(&activation(&c.activation_function, &cv(&m, "mlp.c_fc")?)?, "mlp.c_proj")?;
+            x = x.add(&d.apply_p(&m, c.resid_pdrop, train)?)?;
+        }
+        layer_norm(&x, &w.weight("transformer.ln_f.weight")?, &w.weight("transformer.ln_f.bias")?, c.layer_norm_epsilon)
+    }
+
+    /// LM logits `[.., vocab]` of hidden states (the head tied to `wte`).
+    pub fn lm_logits(&self, w: &dyn Weights, hidden: &Tensor) -> Result<Tensor> {
+        linear(hidden, &w.weight("transformer.wte.weight")?, None)
+    }
+}
+
+/// Flat row indices `[n]` (u32) of the positions where `mask` `[batch, seq]` is non-zero.
+fn mask_rows(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
+    if mask.dims() != [b, s] {
+        return Err(Error::Model(format!("GPT-2 mask must have the shape of the inputs [{b}, {s}], got {:?}", mask.dims())));
+    }
+    let m = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let idx: Vec<u32> = m.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, _)| i as u32).collect();
+    if idx.is_empty() {
+        return Err(Error::Model("GPT-2 batch mask selects no positions: no target to predict".into()));
+    }
+    let n = idx.len();
+    Ok(Tensor::from_vec(idx, n, mask.device())?)
+}
+
+impl Model for Gpt2 {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn embed(&self, w: &dyn Weights, batch: &Batch, _mode: Mode) -> Result<Tensor> {
+        self.word_embeddings(w, &batch.inputs)
+    }
+
+    fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
+        let hidden = self.hidden_states_from_embeds(w, embeds, mode)?;
+        let (b, s, h) = hidden.dims3()?;
+        let targets = ids_u32(&batch.targets)?;
+        if targets.dims() != [b, s] {
+            return Err(Error::Model(format!("GPT-2 targets must have the shape of the inputs [{b}, {s}] (next-token ids), got {:?}", targets.dims())));
+        }
+        let flat = hidden.reshape((b * s, h))?;
+        let targets = targets.flatten_all()?;
+        let (rows, targets) = match &batch.mask {
+            Some(m) => {
+                let idx = mask_rows(m, b, s)?;
+                (flat.index_select(&idx, 0)?, targets.index_select(&idx, 0)?)
+            }
+            None => (flat, targets),
+        };
+        Ok(Logits { logits: self.lm_logits(w, &rows)?, targets })
+    }
+
+    fn representation(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor> {
+        let hidden = self.hidden_states(w, &batch.inputs, mode)?.to_dtype(DType::F32)?;
+        let (b, s, _) = hidden.dims3()?;
+        let m = match &batch.mask {
+            Some(m) => {
+                if m.dims() != [b, s] {
+                    return Err(Error::Model(format!("GPT-2 mask must have the shape of the inputs [{b}, {s}], got {:?}", m.dims())));
+                }
+                m.to_dtype(DType::F32)?
+            }
+            None => Tensor::ones((b, s), DType::F32, hidden.device())?,
+        };
+        let count = m.sum_keepdim(1)?.clamp(1f32, f32::MAX)?; // [b, 1]
+        let sum = hidden.broadcast_mul(&m.unsqueeze(2)?)?.sum(1)?; // [b, h]
+        Ok(sum.broadcast_div(&count)?)
+    }
+}
+
+impl Pretrained for Gpt2 {
+    fn config_json(&self) -> serde_json::Value {
+        config_out(&self.config.to_json(), Self::ARCHITECTURE, "gpt2", None)
+    }
+    fn dropout_position(&self) -> Result<u128> {
+        self.dropout.position()
+    }
+    fn set_dropout_position(&self, pos: u128) -> Result<()> {
+        self.dropout.set_position(pos)
+    }
+}

@@ -1,0 +1,159 @@
+//! Forward parity with PyTorch `transformers` on the tiny random fixtures of
+//! `tests/fixtures/generate.py` (torch 2.15.0, transformers 5.24.0): logits and hidden states
+//! in f32 to 1e-5 relative (max abs difference / max abs reference value), and in bf16 to a
+//! looser tolerance, with and without padding for the encoders.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close, fixture, Fixture};
+use tram::{Batch, Mode, Model};
+use tram_models::{Bert, EncoderConfig, Gpt2, Gpt2Config, LoadOptions, Roberta, Vit, VitConfig};
+
+/// f32 tolerance: relative max abs difference.
+const F32_TOL: f64 = 1e-5;
+/// bf16 tolerance (8-bit mantissa weights and activations through two layers).
+const BF16_TOL: f64 = 5e-2;
+
+fn opts(dtype: DType) -> LoadOptions {
+    LoadOptions { dtype, ..LoadOptions::default() }
+}
+
+fn tol(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        F32_TOL
+    } else {
+        BF16_TOL
+    }
+}
+
+fn gpt2(f: &Fixture, dtype: DType) -> Gpt2 {
+    Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &opts(dtype)).unwrap()
+}
+
+fn check_gpt2(dtype: DType) {
+    let f = fixture("gpt2");
+    let m = gpt2(&f, dtype);
+    let ids = f.ids("input_ids");
+    let (b, s) = ids.dims2().unwrap();
+    let reference = f.get("logits");
+    let v = reference.dim(2).unwrap();
+    let flat_ref = reference.reshape((b * s, v)).unwrap();
+    let targets = Tensor::zeros((b, s), DType::U32, &Device::Cpu).unwrap();
+    let w = m.params();
+
+    let out = m.forward(w, &Batch::new(ids.clone(), targets.clone()), Mode::EVAL).unwrap();
+    assert_eq!(out.logits.dims(), &[b * s, v]);
+    assert_close(&format!("gpt2 {dtype:?} logits"), &out.logits, &flat_ref, tol(dtype));
+    let hidden = m.hidden_states(w, &ids, Mode::EVAL).unwrap();
+    assert_close(&format!("gpt2 {dtype:?} hidden"), &hidden, &f.get("hidden"), tol(dtype));
+
+    // A mask keeps the rows of its positions, in row-major order (right padding in row 1).
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let rows: Vec<u32> = (0..7).chain(7..11).collect();
+    let idx = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
+    let batch = Batch { inputs: ids, targets, mask: Some(mask) };
+    let out = m.forward(w, &batch, Mode::EVAL).unwrap();
+    assert_eq!(out.targets.dims(), &[11]);
+    assert_close(&format!("gpt2 {dtype:?} masked logits"), &out.logits, &flat_ref.index_select(&idx, 0).unwrap(), tol(dtype));
+}
+
+#[test]
+fn gpt2_matches_transformers_f32() {
+    check_gpt2(DType::F32);
+}
+
+#[test]
+fn gpt2_matches_transformers_bf16() {
+    check_gpt2(DType::BF16);
+}
+
+fn check_vit(dtype: DType) {
+    let f = fixture("vit");
+    let m = Vit::from_weights(VitConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts(dtype)).unwrap();
+    let pixels = f.get("pixel_values");
+    let targets = Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap();
+    let out = m.forward(m.params(), &Batch::new(pixels.clone(), targets), Mode::EVAL).unwrap();
+    assert_close(&format!("vit {dtype:?} logits"), &out.logits, &f.get("logits"), tol(dtype));
+    let hidden = m.encode(m.params(), &pixels, Mode::EVAL).unwrap();
+    assert_close(&format!("vit {dtype:?} hidden"), &hidden, &f.get("hidden"), tol(dtype));
+}
+
+#[test]
+fn vit_matches_transformers_f32() {
+    check_vit(DType::F32);
+}
+
+#[test]
+fn vit_matches_transformers_bf16() {
+    check_vit(DType::BF16);
+}
+
+/// Runs an encoder fixture through `forward` (logits) and `encode` (hidden states), unpadded
+/// and padded.
+fn check_encoder(name: &str, dtype: DType, forward: impl Fn(&Batch) -> Tensor, encode: impl Fn(&Tensor, &Tensor) -> Tensor, f: &Fixture) {
+    for prefix in ["", "padded_"] {
+        let ids = f.ids(&format!("{prefix}input_ids"));
+        let mask = f.ids(&format!("{prefix}attention_mask"));
+        let targets = Tensor::zeros(ids.dim(0).unwrap(), DType::U32, &Device::Cpu).unwrap();
+        let batch = Batch { inputs: ids.clone(), targets, mask: Some(mask.clone()) };
+        assert_close(&format!("{name} {dtype:?} {prefix}logits"), &forward(&batch), &f.get(&format!("{prefix}logits")), tol(dtype));
+        assert_close(&format!("{name} {dtype:?} {prefix}hidden"), &encode(&ids, &mask), &f.get(&format!("{prefix}hidden")), tol(dtype));
+    }
+}
+
+fn check_bert(dtype: DType) {
+    let f = fixture("bert");
+    let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts(dtype)).unwrap();
+    let w = m.params();
+    check_encoder(
+        "bert",
+        dtype,
+        |b| m.forward(w, b, Mode::EVAL).unwrap().logits,
+        |ids, mask| m.encode(w, ids, Some(mask), Mode::EVAL).unwrap(),
+        &f,
+    );
+}
+
+#[test]
+fn bert_matches_transformers_f32() {
+    check_bert(DType::F32);
+}
+
+#[test]
+fn bert_matches_transformers_bf16() {
+    check_bert(DType::BF16);
+}
+
+fn check_xlmr(dtype: DType) {
+    let f = fixture("xlm-roberta");
+    let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts(dtype)).unwrap();
+    let w = m.params();
+    check_encoder(
+        "xlm-roberta",
+        dtype,
+        |b| m.forward(w, b, Mode::EVAL).unwrap().logits,
+        |ids, mask| m.encode(w, ids, Some(mask), Mode::EVAL).unwrap(),
+        &f,
+    );
+}
+
+#[test]
+fn xlm_roberta_matches_transformers_f32() {
+    check_xlmr(DType::F32);
+}
+
+#[test]
+fn xlm_roberta_matches_transformers_bf16() {
+    check_xlmr(DType::BF16);
+}
+
+/// Without a mask, an unpadded batch gives the same logits as with an all-ones mask.
+#[test]
+fn encoders_without_mask_equal_all_ones_mask() {
+    let f = fixture("bert");
+    let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    let ids = f.ids("input_ids");
+    let out = m.forward(m.params(), &Batch::new(ids, Tensor::zeros(3, DType::U32, &Device::Cpu).unwrap()), Mode::EVAL).unwrap();
+    assert_close("bert logits without mask", &out.logits, &f.get("logits"), F32_TOL);
+}
