@@ -85,8 +85,12 @@ pub fn save_pretrained<T: NamedTensors + ?Sized>(
         return Err(Error::corrupt(dir.join(CONFIG_FILE), "the config to save must be a JSON object"));
     }
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    let bytes = safetensors_bytes(&tensors.named_tensors())?;
-    write(&dir.join(WEIGHTS_FILE), &bytes)?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = safetensors_bytes(&tensors.named_tensors()).map_err(|e| match e {
+        Error::Corrupt { reason, .. } => Error::corrupt(&weights_path, reason),
+        other => other,
+    })?;
+    write(&weights_path, &bytes)?;
     if let Some(tok) = tokenizer {
         let bytes = std::fs::read(tok).map_err(Error::io(format!("reading tokenizer {} to save it", tok.display())))?;
         write(&dir.join(TOKENIZER_FILE), &bytes)?;
