@@ -30,9 +30,8 @@ pub(crate) fn parse_config<T: DeserializeOwned>(v: &serde_json::Value, accepted:
             )));
         }
     }
-    serde_json::from_value(v.clone()).map_err(|e| {
-        Error::Model(format!("config.json (model_type `{}`) is not a valid {what} config: {e}", mt.unwrap_or("<missing>")))
-    })
+    serde_json::from_value(v.clone())
+        .map_err(|e| Error::Model(format!("config.json (model_type `{}`) is not a valid {what} config: {e}", mt.unwrap_or("<missing>"))))
 }
 
 fn short(v: &serde_json::Value) -> String {
@@ -249,4 +248,55 @@ impl<'a> Loader<'a> {
 /// `ids` as u32 (token ids may arrive as i64 from Python tooling).
 pub(crate) fn ids_u32(ids: &Tensor) -> Result<Tensor> {
     Ok(if ids.dtype() == DType::U32 { ids.clone() } else { ids.to_dtype(DType::U32)? })
+}
+
+/// Whether `d` divides `n` (`n.is_multiple_of(d)` needs Rust 1.87; the workspace supports 1.80).
+#[allow(unknown_lints, clippy::manual_is_multiple_of)]
+pub(crate) fn divides(d: usize, n: usize) -> bool {
+    n % d == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn checkpoint_names_resolve_with_and_without_prefix_and_legacy_norms() {
+        let opts = LoadOptions::default();
+        let l = Loader::new(WeightMap::new(), "bert", &opts, "test").unwrap();
+        assert_eq!(
+            l.candidates("bert.embeddings.LayerNorm.weight"),
+            vec![
+                "bert.embeddings.LayerNorm.weight",
+                "embeddings.LayerNorm.weight",
+                "bert.embeddings.LayerNorm.gamma",
+                "embeddings.LayerNorm.gamma"
+            ]
+        );
+        assert_eq!(l.candidates("classifier.bias"), vec!["classifier.bias"]);
+        let mut w = WeightMap::new();
+        w.insert("embeddings.x".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
+        let mut l = Loader::new(w, "bert", &opts, "test").unwrap();
+        l.required("bert.embeddings.x", &[2]).unwrap();
+        l.head("classifier.weight", &[3, 2], Init::Normal(0.02)).unwrap();
+        let (params, initialised) = l.finish(0.02).unwrap();
+        assert_eq!(params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["bert.embeddings.x", "classifier.weight"]);
+        assert_eq!(initialised, ["classifier.weight"]);
+    }
+
+    #[test]
+    fn saved_config_labels_follow_the_head() {
+        let raw = serde_json::json!({"model_type": "bert", "id2label": {"0": "neg", "1": "pos"}, "num_labels": 2});
+        let same = config_out(&raw, "BertForSequenceClassification", "bert", Some(2));
+        assert_eq!(same["id2label"]["1"], "pos", "existing labels are kept");
+        let more = config_out(&raw, "BertForSequenceClassification", "bert", Some(3));
+        assert_eq!(more["id2label"].as_object().unwrap().len(), 3);
+        assert_eq!(more["architectures"], serde_json::json!(["BertForSequenceClassification"]));
+        assert!(more.get("num_labels").is_none());
+        let opts = LoadOptions::default();
+        assert_eq!(num_labels(&raw, &opts).unwrap(), 2);
+        assert_eq!(num_labels(&serde_json::json!({}), &opts).unwrap(), 2);
+        assert_eq!(num_labels(&raw, &LoadOptions { num_labels: Some(7), ..opts }).unwrap(), 7);
+    }
 }

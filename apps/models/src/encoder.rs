@@ -3,7 +3,7 @@
 //! `last_hidden_state`. The two families differ only in position ids (RoBERTa counts from
 //! `pad_token_id + 1` and gives padding the padding position) and in their task heads.
 
-use crate::checkpoint::{ids_u32, parse_config, Loader};
+use crate::checkpoint::{divides, ids_u32, parse_config, Loader};
 use crate::layers::{activation, attention_with, embedding, layer_norm, linear, merge_heads, padding_bias, split_heads, Dropout, Scoped};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -136,8 +136,11 @@ impl EncoderConfig {
     fn validate(&self) -> Result<()> {
         let mt = crate::checkpoint::model_type(&self.raw).unwrap_or("<missing>");
         let bad = |m: String| Err(Error::Model(format!("config.json (model_type `{mt}`): {m}")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!("hidden_size {} is not a positive multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || !divides(self.num_attention_heads, self.hidden_size) {
+            return bad(format!(
+                "hidden_size {} is not a positive multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
         if self.position_embedding_type != "absolute" {
             return bad(format!("position_embedding_type `{}` is not supported (only `absolute`)", self.position_embedding_type));
@@ -262,7 +265,15 @@ impl Encoder {
 
     /// `last_hidden_state` `[batch, seq, hidden]` from word embeddings `embeds`, the token
     /// `ids` (for position ids) and an optional `[batch, seq]` attention mask.
-    pub(crate) fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, ids: &Tensor, mask: Option<&Tensor>, dropout: &Dropout, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward_embeds(
+        &self,
+        w: &dyn Weights,
+        embeds: &Tensor,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        dropout: &Dropout,
+        train: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, s, h) = embeds.dims3()?;
         if ids.dims() != [b, s] {
@@ -287,13 +298,19 @@ impl Encoder {
         let scale = 1.0 / ((h / heads) as f64).sqrt();
         for i in 0..c.num_hidden_layers {
             let p = Scoped::new(w, format!("{}.encoder.layer.{i}.", self.base));
-            let lin = |x: &Tensor, n: &str| -> Result<Tensor> { linear(x, &p.get(&format!("{n}.weight"))?, Some(&p.get(&format!("{n}.bias"))?)) };
+            let lin =
+                |x: &Tensor, n: &str| -> Result<Tensor> { linear(x, &p.get(&format!("{n}.weight"))?, Some(&p.get(&format!("{n}.bias"))?)) };
             let q = split_heads(&lin(&x, "attention.self.query")?, heads)?;
             let k = split_heads(&lin(&x, "attention.self.key")?, heads)?;
             let v = split_heads(&lin(&x, "attention.self.value")?, heads)?;
             let ctx = attention_with(&q, &k, &v, bias.as_ref(), scale, Some((dropout, c.attention_probs_dropout_prob, train)))?;
             let a = dropout.apply_p(&lin(&merge_heads(&ctx)?, "attention.output.dense")?, c.hidden_dropout_prob, train)?;
-            let a = layer_norm(&a.add(&x)?, &p.get("attention.output.LayerNorm.weight")?, &p.get("attention.output.LayerNorm.bias")?, c.layer_norm_eps)?;
+            let a = layer_norm(
+                &a.add(&x)?,
+                &p.get("attention.output.LayerNorm.weight")?,
+                &p.get("attention.output.LayerNorm.bias")?,
+                c.layer_norm_eps,
+            )?;
             let f = activation(&c.hidden_act, &lin(&a, "intermediate.dense")?)?;
             let o = dropout.apply_p(&lin(&f, "output.dense")?, c.hidden_dropout_prob, train)?;
             x = layer_norm(&o.add(&a)?, &p.get("output.LayerNorm.weight")?, &p.get("output.LayerNorm.bias")?, c.layer_norm_eps)?;

@@ -10,8 +10,10 @@
 //! are the positions with mask 1 in row-major order (all positions without a mask); the
 //! representation is the mean of the final hidden states over the masked positions.
 
-use crate::checkpoint::{config_out, dropout_seed, ids_u32, parse_config, Loader};
-use crate::layers::{activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
+use crate::checkpoint::{config_out, divides, dropout_seed, ids_u32, parse_config, Loader};
+use crate::layers::{
+    activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped,
+};
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -90,7 +92,7 @@ impl Gpt2Config {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Model(format!("config.json (model_type `gpt2`): {m}")));
-        if self.n_embd == 0 || self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_embd == 0 || self.n_head == 0 || !divides(self.n_head, self.n_embd) {
             return bad(format!("n_embd {} is not a positive multiple of n_head {}", self.n_embd, self.n_head));
         }
         activation(&self.activation_function, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
@@ -250,7 +252,10 @@ impl Model for Gpt2 {
         let (b, s, h) = hidden.dims3()?;
         let targets = ids_u32(&batch.targets)?;
         if targets.dims() != [b, s] {
-            return Err(Error::Model(format!("GPT-2 targets must have the shape of the inputs [{b}, {s}] (next-token ids), got {:?}", targets.dims())));
+            return Err(Error::Model(format!(
+                "GPT-2 targets must have the shape of the inputs [{b}, {s}] (next-token ids), got {:?}",
+                targets.dims()
+            )));
         }
         let flat = hidden.reshape((b * s, h))?;
         let targets = targets.flatten_all()?;

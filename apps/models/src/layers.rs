@@ -65,7 +65,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, drop
 /// [`attention`] with an explicit score scale (GPT-2's `scale_attn_weights` /
 /// `scale_attn_by_inverse_layer_idx`) and a dropout probability for the attention
 /// probabilities that may differ from the stream's own `p` (one stream serves every site).
-pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, dropout: Option<(&Dropout, f64, bool)>) -> Result<Tensor> {
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    dropout: Option<(&Dropout, f64, bool)>,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?.affine(scale, 0.0)?;
     let scores = match bias {
@@ -123,7 +130,9 @@ pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => gelu_new(x),
         "relu" => Ok(x.relu()?),
         "tanh" => Ok(x.tanh()?),
-        other => Err(tram::Error::Model(format!("unsupported activation `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, tanh)"))),
+        other => {
+            Err(tram::Error::Model(format!("unsupported activation `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, tanh)")))
+        }
     }
 }
 
@@ -269,7 +278,8 @@ mod tests {
         let mean = x64.mean_keepdim(D::Minus1).unwrap();
         let c = x64.broadcast_sub(&mean).unwrap();
         let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let want = c.broadcast_div(&var.affine(1.0, 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
+        let want =
+            c.broadcast_div(&var.affine(1.0, 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
         let diff = ours.to_dtype(DType::F64).unwrap().sub(&want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
@@ -313,6 +323,29 @@ mod tests {
         let mask = Tensor::new(&[[1u32, 0]], &dev).unwrap();
         let out = attention(&q, &k, &v, Some(&padding_bias(&mask).unwrap()), None).unwrap();
         assert_eq!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 2.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn attention_with_default_scale_equals_attention_and_dropout_shares_one_stream() {
+        let dev = Device::Cpu;
+        let q = t(weights(24, 11), &[1, 2, 3, 4]).to_dtype(DType::F32).unwrap();
+        let k = t(weights(24, 12), &[1, 2, 3, 4]).to_dtype(DType::F32).unwrap();
+        let v = t(weights(24, 13), &[1, 2, 3, 4]).to_dtype(DType::F32).unwrap();
+        let bias = causal_bias(3, &dev).unwrap();
+        let a = attention(&q, &k, &v, Some(&bias), None).unwrap();
+        let b = attention_with(&q, &k, &v, Some(&bias), 0.5, None).unwrap();
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        // apply_p uses its own probability but advances the shared stream.
+        let x = Tensor::ones(1000, DType::F32, &dev).unwrap();
+        let d = Dropout::new(0.0, 3);
+        assert_eq!(d.apply(&x, true).unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 1000]);
+        assert_eq!(d.position().unwrap(), 0);
+        let y = d.apply_p(&x, 0.5, true).unwrap().to_vec1::<f32>().unwrap();
+        let zeros = y.iter().filter(|v| **v == 0.0).count();
+        assert!((400..600).contains(&zeros), "{zeros}");
+        assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
+        assert!(d.position().unwrap() > 0);
+        assert!(d.apply_p(&x, 1.0, true).is_err());
     }
 
     #[test]

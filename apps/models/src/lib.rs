@@ -69,7 +69,9 @@ pub fn from_config(config: &serde_json::Value, weights: WeightMap, opts: &LoadOp
         "gpt2" => Box::new(Gpt2::from_weights(Gpt2Config::from_json(config)?, weights, opts)?),
         "vit" => Box::new(Vit::from_weights(VitConfig::from_json(config)?, weights, opts)?),
         "bert" => Box::new(Bert::from_weights(EncoderConfig::from_json_as(config, Family::Bert)?, weights, opts)?),
-        "roberta" | "xlm-roberta" | "camembert" => Box::new(Roberta::from_weights(EncoderConfig::from_json_as(config, Family::Roberta)?, weights, opts)?),
+        "roberta" | "xlm-roberta" | "camembert" => {
+            Box::new(Roberta::from_weights(EncoderConfig::from_json_as(config, Family::Roberta)?, weights, opts)?)
+        }
         "" => return Err(tram::Error::Model(format!("config.json has no model_type; supported: {}", MODEL_TYPES.join(", ")))),
         other => return Err(tram::Error::Model(format!("unsupported model_type `{other}`; supported: {}", MODEL_TYPES.join(", ")))),
     })

@@ -9,7 +9,7 @@
 //! projections `[batch, patches, hidden]`; the CLS token and positions are added after. The
 //! logits are `classifier(layernorm(h)[CLS])`; the representation is `layernorm(h)[CLS]`.
 
-use crate::checkpoint::{config_out, dropout_seed, num_labels, parse_config, Init, Loader};
+use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, parse_config, Init, Loader};
 use crate::encoder::{class_targets, first_token};
 use crate::layers::{activation, attention_with, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
 use crate::{LoadOptions, Pretrained, WeightMap};
@@ -86,15 +86,20 @@ impl VitConfig {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Model(format!("config.json (model_type `vit`): {m}")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!("hidden_size {} is not a positive multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || !divides(self.num_attention_heads, self.hidden_size) {
+            return bad(format!(
+                "hidden_size {} is not a positive multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !divides(self.patch_size, self.image_size) {
             return bad(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
         }
         activation(&self.hidden_act, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
             .map_err(|e| Error::Model(format!("config.json (model_type `vit`): hidden_act: {e}")))?;
-        for (name, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
+        for (name, p) in
+            [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)]
+        {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("{name} = {p} is outside [0, 1)"));
             }
@@ -184,7 +189,9 @@ impl Vit {
     /// the stride-`p` convolution as patch extraction and one matmul.
     pub fn patch_embeddings(&self, w: &dyn Weights, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let (b, ch, ih, iw) = pixels.dims4().map_err(|_| Error::Model(format!("ViT expects pixels of shape [batch, channels, height, width], got {:?}", pixels.dims())))?;
+        let (b, ch, ih, iw) = pixels
+            .dims4()
+            .map_err(|_| Error::Model(format!("ViT expects pixels of shape [batch, channels, height, width], got {:?}", pixels.dims())))?;
         if ch != c.num_channels || ih != c.image_size || iw != c.image_size {
             return Err(Error::Model(format!(
                 "ViT expects images of shape [batch, {}, {}, {}], got {:?}",
@@ -210,7 +217,12 @@ impl Vit {
         let c = &self.config;
         let (b, n, h) = embeds.dims3()?;
         if n != c.num_patches() || h != c.hidden_size {
-            return Err(Error::Model(format!("ViT patch embeddings must be [batch, {}, {}], got {:?}", c.num_patches(), c.hidden_size, embeds.dims())));
+            return Err(Error::Model(format!(
+                "ViT patch embeddings must be [batch, {}, {}], got {:?}",
+                c.num_patches(),
+                c.hidden_size,
+                embeds.dims()
+            )));
         }
         let (d, train) = (&self.dropout, mode.train);
         let cls = w.weight("vit.embeddings.cls_token")?.broadcast_as((b, 1, h))?;

@@ -90,7 +90,12 @@ fn vit_matches_candle_transformers_on_random_weights() {
         let pixels = random_pixels((3, 3, 24, 24), 13);
         let want = reference.forward(&pixels).unwrap();
         assert_eq!(want.dims(), &[3, 4]);
-        assert_close(&format!("vit vs candle-transformers (random, qkv_bias {qkv_bias})"), &ours_vit(&config, weights, &pixels), &want, TOL);
+        assert_close(
+            &format!("vit vs candle-transformers (random, qkv_bias {qkv_bias})"),
+            &ours_vit(&config, weights, &pixels),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -119,7 +124,12 @@ fn xlm_roberta_matches_candle_transformers_on_the_fixture() {
         let ids = f.ids(&format!("{prefix}input_ids"));
         let mask = f.ids(&format!("{prefix}attention_mask"));
         let want = reference.forward(&ids, &mask, &ids.zeros_like().unwrap()).unwrap();
-        assert_close(&format!("xlm-r vs candle-transformers ({prefix}fixture)"), &ours_xlmr(&f.config, f.weights.clone(), &ids, &mask), &want, TOL);
+        assert_close(
+            &format!("xlm-r vs candle-transformers ({prefix}fixture)"),
+            &ours_xlmr(&f.config, f.weights.clone(), &ids, &mask),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -133,7 +143,8 @@ fn xlm_roberta_matches_candle_transformers_on_random_weights() {
     });
     let cfg = candle_xlmr_config(&config);
     let map = VarMap::new();
-    let reference = xlm_roberta::XLMRobertaForSequenceClassification::new(5, &cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+    let reference =
+        xlm_roberta::XLMRobertaForSequenceClassification::new(5, &cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
     let weights = randomise(&map, 21);
     // Two rows, the second right-padded with pad_token_id = 1.
     let ids = Tensor::new(&[[0u32, 17, 45, 99, 3, 64, 2, 8, 110, 2], [0, 33, 7, 2, 1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();

@@ -29,7 +29,8 @@ fn removed(v: &serde_json::Value, key: &str) -> serde_json::Value {
 
 #[test]
 fn missing_config_fields_are_named_with_the_model_type() {
-    let cases: [(&str, &str, fn(&serde_json::Value) -> String); 4] = [
+    type Parse = fn(&serde_json::Value) -> String;
+    let cases: [(&str, &str, Parse); 4] = [
         ("gpt2", "n_embd", |v| err(Gpt2Config::from_json(v))),
         ("vit", "patch_size", |v| err(VitConfig::from_json(v))),
         ("bert", "num_hidden_layers", |v| err(EncoderConfig::from_json(v))),
@@ -79,7 +80,8 @@ fn wrong_tensor_shapes_name_the_tensor_and_both_shapes() {
 
     // Without the prefix, the error names the checkpoint key and the parameter.
     let f = fixture("bert");
-    let mut w: tram_models::WeightMap = f.weights.iter().map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(k).to_string(), v.clone())).collect();
+    let mut w: tram_models::WeightMap =
+        f.weights.iter().map(|(k, v)| (k.strip_prefix("bert.").unwrap_or(k).to_string(), v.clone())).collect();
     w.insert("embeddings.position_embeddings.weight".into(), Tensor::zeros((12, 32), DType::F32, &Device::Cpu).unwrap());
     let msg = err(Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
     println!("{msg}");

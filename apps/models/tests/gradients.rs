@@ -96,7 +96,9 @@ fn xlm_roberta_every_parameter_gets_a_gradient() {
         let m = Roberta::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
         check_all_gradients(&format!("xlm-roberta dropout {p}"), &m, &batch);
     }
-    let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), without(&f.weights, "classifier."), &LoadOptions::default()).unwrap();
+    let m =
+        Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), without(&f.weights, "classifier."), &LoadOptions::default())
+            .unwrap();
     check_all_gradients("xlm-roberta new head", &m, &batch);
 }
 
@@ -161,7 +163,12 @@ fn gradients_match_finite_differences() {
     let opts = LoadOptions { dtype: DType::F64, ..LoadOptions::default() };
     let f = fixture("gpt2");
     let ids = f.ids("input_ids");
-    let m = Gpt2::from_weights(Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], 0.0)).unwrap(), f.weights.clone(), &opts).unwrap();
+    let m = Gpt2::from_weights(
+        Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], 0.0)).unwrap(),
+        f.weights.clone(),
+        &opts,
+    )
+    .unwrap();
     check_directional_derivative("gpt2", &m, &Batch::new(ids.clone(), ids));
     let keys = ["hidden_dropout_prob", "attention_probs_dropout_prob"];
     let f = fixture("vit");

@@ -69,7 +69,9 @@ fn bert_loads_a_sentence_transformers_checkpoint() {
     let std = w.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
     assert!((0.01..0.03).contains(&std), "init std {std}");
     assert_eq!(value(m.params(), "classifier.bias").to_vec1::<f32>().unwrap(), vec![0.0; 3]);
-    let again = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), without(&f.weights, "classifier."), &LoadOptions::default()).unwrap();
+    let again =
+        Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), without(&f.weights, "classifier."), &LoadOptions::default())
+            .unwrap();
     assert!(same(&w, &value(again.params(), "classifier.weight")));
     let other_seed = LoadOptions { seed: 1, ..LoadOptions::default() };
     let other = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), without(&f.weights, "classifier."), &other_seed).unwrap();
@@ -207,7 +209,13 @@ fn snapshots_give_the_same_logits_without_a_graph() {
     let zero_ln: Vec<Tensor> = m
         .params()
         .iter()
-        .map(|p| if p.name == "transformer.ln_f.bias" { p.var.as_detached_tensor().affine(1.0, 1.0).unwrap() } else { p.var.as_detached_tensor() })
+        .map(|p| {
+            if p.name == "transformer.ln_f.bias" {
+                p.var.as_detached_tensor().affine(1.0, 1.0).unwrap()
+            } else {
+                p.var.as_detached_tensor()
+            }
+        })
         .collect();
     let other = tram::Snapshot::from_tensors(m.params(), zero_ln).unwrap();
     assert!(!same(&live, &m.forward(&other, &batch, Mode::EVAL).unwrap().logits));
@@ -262,7 +270,8 @@ fn representations_are_the_base_model_outputs() {
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
     let r = m.representation(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(mask) }, Mode::EVAL).unwrap();
     let h = f.get("hidden");
-    let want = Tensor::stack(&[h.get(0).unwrap().mean(0).unwrap(), h.get(1).unwrap().narrow(0, 0, 2).unwrap().mean(0).unwrap()], 0).unwrap();
+    let want =
+        Tensor::stack(&[h.get(0).unwrap().mean(0).unwrap(), h.get(1).unwrap().narrow(0, 0, 2).unwrap().mean(0).unwrap()], 0).unwrap();
     assert_close("gpt2 representation", &r, &want, 1e-5);
 }
 
