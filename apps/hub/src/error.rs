@@ -65,7 +65,7 @@ pub enum Error {
         reason: String,
     },
     /// A shard named by `model.safetensors.index.json` is missing.
-    #[error("shard `{shard}` listed in {index} (for {count} tensors, e.g. `{example}`) is missing for {source_desc}: {detail}; re-download the checkpoint or copy the shard next to the index")]
+    #[error("shard `{shard}` listed in {index} (for {tensors}) is missing for {source_desc}: {detail}; re-download the checkpoint or copy the shard next to the index")]
     MissingShard {
         /// The shard file name.
         shard: String,
@@ -73,10 +73,8 @@ pub enum Error {
         index: PathBuf,
         /// `org/name@revision` or the directory.
         source_desc: String,
-        /// How many tensors the index maps to it.
-        count: usize,
-        /// One of them.
-        example: String,
+        /// The tensors the index maps to it (`N tensors, e.g. `name``).
+        tensors: String,
         /// Where it was looked for.
         detail: String,
     },

@@ -74,7 +74,8 @@ pub fn load_safetensors(path: &Path, device: &Device, dtype: DType) -> Result<We
     })?;
     let mut out = WeightMap::with_capacity(st.len());
     for (name, view) in st.tensors() {
-        let t = view.load(device).map_err(|e| Error::corrupt(path, format!("tensor `{name}` ({:?}) cannot be loaded: {e}", view.dtype())))?;
+        let t =
+            view.load(device).map_err(|e| Error::corrupt(path, format!("tensor `{name}` ({:?}) cannot be loaded: {e}", view.dtype())))?;
         let t = if t.dtype().is_float() && t.dtype() != dtype { t.to_dtype(dtype)? } else { t };
         out.insert(name, t);
     }
@@ -165,8 +166,7 @@ impl ModelFiles {
                         shard: shard.to_string(),
                         index: index.clone(),
                         source_desc: self.source().to_string(),
-                        count: names.len(),
-                        example: names[0].to_string(),
+                        tensors: format!("{} tensors, e.g. `{}`", names.len(), names[0]),
                         detail,
                     })
                 }
@@ -231,7 +231,9 @@ impl ModelFiles {
                 "HF_HUB_OFFLINE is set, so nothing is downloaded: set HF_HOME (or HF_HUB_CACHE) to a cache containing it, \
                  unset HF_HUB_OFFLINE to download it, or pass a local directory"
             }
-            crate::ModelSource::Hub { .. } => "check the model id and revision (the repository must hold safetensors weights), or pass a local directory",
+            crate::ModelSource::Hub { .. } => {
+                "check the model id and revision (the repository must hold safetensors weights), or pass a local directory"
+            }
         }
     }
 }

@@ -67,10 +67,7 @@ impl ModelSource {
         }
         let path_like = s.starts_with(['/', '.', '~']) || s.ends_with('/') || s.contains('\\') || s.contains("//");
         if path_like {
-            return Err(invalid(format!(
-                "no such directory {} (and it is not a hub id `org/name[@revision]`)",
-                path.display()
-            )));
+            return Err(invalid(format!("no such directory {} (and it is not a hub id `org/name[@revision]`)", path.display())));
         }
         let (id, revision) = match s.split_once('@') {
             Some((id, rev)) => (id, rev),
@@ -190,7 +187,10 @@ fn home_dir() -> PathBuf {
 enum Lookup {
     Found(PathBuf),
     /// Definitely absent (not in the directory / the cache in offline mode / 404 on the hub).
-    Absent { detail: String, fix: String },
+    Absent {
+        detail: String,
+        fix: String,
+    },
 }
 
 /// The files of one model source: each is looked up in the local directory, or in the cache

@@ -95,7 +95,10 @@ fn resolves_id_and_revision_from_the_cache() {
     assert!(config_path.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(files.config().unwrap(), bert_config("main"));
     assert_same_tensors(&files.weights(&Device::Cpu, F32).unwrap(), &bert_weights(1));
-    assert_eq!(files.weight_files().unwrap(), WeightFiles::Single(repo_dir(&cache, REPO).join("snapshots").join(COMMIT_MAIN).join("model.safetensors")));
+    assert_eq!(
+        files.weight_files().unwrap(),
+        WeightFiles::Single(repo_dir(&cache, REPO).join("snapshots").join(COMMIT_MAIN).join("model.safetensors"))
+    );
 
     // A tag, through refs/v1.
     let v1 = ModelSource::parse(&format!("{REPO}@v1")).unwrap().files(&hub);
@@ -207,7 +210,10 @@ fn missing_files_name_the_file_the_source_and_the_fix() {
     let hub = offline(&cache);
 
     let f = ModelSource::hub(REPO).files(&hub);
-    let msg = assert_err_contains(f.tokenizer(), &["`tokenizer.json`", "tram-test/tiny-bert@main", COMMIT_MAIN, "HF_HOME", "HF_HUB_OFFLINE", "local directory"]);
+    let msg = assert_err_contains(
+        f.tokenizer(),
+        &["`tokenizer.json`", "tram-test/tiny-bert@main", COMMIT_MAIN, "HF_HOME", "HF_HUB_OFFLINE", "local directory"],
+    );
     assert!(matches!(f.get("tokenizer.json"), Err(Error::MissingFile { .. })), "{msg}");
     assert!(f.find("tokenizer.json").unwrap().is_none());
 
@@ -393,8 +399,11 @@ fn save_then_load_round_trips_bitwise() {
     assert!(bitwise_eq(&w16["extra.bf16"], &tensors.iter().find(|(n, _)| n == "extra.bf16").unwrap().1));
 
     // Saving tram::Params, and overwriting an existing checkpoint atomically.
-    let vars: Vec<(String, candle_core::Var)> =
-        bert_weights(8).into_iter().filter(|(_, t)| t.dtype() == F32).map(|(n, t)| (n, candle_core::Var::from_tensor(&t).unwrap())).collect();
+    let vars: Vec<(String, candle_core::Var)> = bert_weights(8)
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == F32)
+        .map(|(n, t)| (n, candle_core::Var::from_tensor(&t).unwrap()))
+        .collect();
     let params = tram::Params::new(vars.clone()).unwrap();
     save_pretrained(&out, &bert_config("params"), &params, None).unwrap();
     let w = files.weights(&Device::Cpu, F32).unwrap();
@@ -420,7 +429,9 @@ fn unreachable_or_refusing_hub_is_reported() {
     let e = f.config().unwrap_err();
     assert!(matches!(e, Error::HubUnreachable { .. }), "{e}");
     let msg = e.to_string();
-    for n in ["cannot reach the Hugging Face hub", "`config.json`", "tram-test/nowhere@main", "not in the cache", "HF_HOME", "local directory"] {
+    for n in
+        ["cannot reach the Hugging Face hub", "`config.json`", "tram-test/nowhere@main", "not in the cache", "HF_HOME", "local directory"]
+    {
         assert!(msg.contains(n), "lacks {n}: {msg}");
     }
     // The hub says 404: an absent file (find → None, get → error naming it).

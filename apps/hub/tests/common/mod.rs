@@ -202,7 +202,11 @@ pub fn bitwise_eq(a: &Tensor, b: &Tensor) -> bool {
 
 /// Whether `got` holds exactly the tensors of `want`, bitwise.
 pub fn assert_same_tensors(got: &tram_hub::WeightMap, want: &[(String, Tensor)]) {
-    assert_eq!(got.len(), want.len(), "tensor count: got {:?}", { let mut k: Vec<_> = got.keys().collect(); k.sort(); k });
+    assert_eq!(got.len(), want.len(), "tensor count: got {:?}", {
+        let mut k: Vec<_> = got.keys().collect();
+        k.sort();
+        k
+    });
     for (name, t) in want {
         let g = got.get(name).unwrap_or_else(|| panic!("missing tensor {name}"));
         assert!(bitwise_eq(g, t), "tensor {name} differs");
