@@ -49,6 +49,54 @@ fn stub_hub(status: &'static str, n: usize) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// A minimal fake hub serving `files` of `repo` at revision `main` (commit `COMMIT_MAIN`) the
+/// way `hf-hub` 0.4 downloads them: `GET …/resolve/main/<file>` with `Range: bytes=0-0` for
+/// the metadata (`x-repo-commit`, `etag`, `content-range`), then `Range: bytes=N-` for the
+/// content. Unknown files are 404. Returns the endpoint and a request counter.
+fn fake_hub(repo: &'static str, files: Vec<(&'static str, Vec<u8>)>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = r.read_line(&mut request);
+            let mut start = 0usize;
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    start = v.split('-').next().and_then(|x| x.trim().parse().ok()).unwrap_or(0);
+                }
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let prefix = format!("/{repo}/resolve/main/");
+            let file = path.strip_prefix(&prefix).and_then(|f| files.iter().find(|(n, _)| *n == f));
+            let Some((_, body)) = file else {
+                let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let end = if request.contains("bytes=0-0") { 1.min(body.len()) } else { body.len() };
+            let chunk = &body[start.min(end)..end];
+            let _ = write!(
+                s,
+                "HTTP/1.1 206 Partial Content\r\nx-repo-commit: {COMMIT_MAIN}\r\netag: \"{}\"\r\ncontent-range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                blob_name(body),
+                end.max(1) - 1,
+                body.len(),
+                chunk.len()
+            );
+            let _ = s.write_all(chunk);
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), count)
+}
+
 #[test]
 fn parses_sources() {
     let dir = tempfile::tempdir().unwrap();
@@ -441,4 +489,36 @@ fn unreachable_or_refusing_hub_is_reported() {
     // The hub says 401: private, gated or non-existent.
     let f = ModelSource::hub("tram-test/private").files(&online(&cache, stub_hub("401 Unauthorized", 1)));
     assert_err_contains(f.config(), &["HTTP 401", "HF_TOKEN", "tram-test/private@main"]);
+}
+
+#[test]
+fn downloads_into_the_cache_when_online_then_resolves_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("hub");
+    let files = bert_files(&root.path().join("scratch"), "downloaded", 9);
+    let (endpoint, requests) = fake_hub("tram-test/remote", files.clone());
+    let online_files = ModelSource::hub("tram-test/remote").files(&online(&cache, endpoint));
+    let ck = online_files.load(&Device::Cpu, F32).unwrap();
+    assert_eq!(ck.config, bert_config("downloaded"));
+    assert_same_tensors(&ck.weights, &bert_weights(9));
+    assert_eq!(ck.tokenizer.unwrap().encode("hello", true).unwrap().get_ids(), &[2, 4, 3]);
+    // A file the hub does not have is absent, not an error, for optional lookups.
+    assert!(online_files.find("generation_config.json").unwrap().is_none());
+    let after_download = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after_download >= 6, "{after_download} requests");
+
+    // The cache now has the hub layout: refs/main → commit, snapshot links into blobs/.
+    let rd = repo_dir(&cache, "tram-test/remote");
+    assert_eq!(std::fs::read_to_string(rd.join("refs").join("main")).unwrap().trim(), COMMIT_MAIN);
+    for (name, bytes) in &files {
+        let p = rd.join("snapshots").join(COMMIT_MAIN).join(name);
+        assert_eq!(&std::fs::read(&p).unwrap(), bytes, "{name}");
+        assert!(rd.join("blobs").join(blob_name(bytes)).is_file(), "blob of {name}");
+    }
+    // Offline, from the populated cache, with no further request.
+    let offline_files = ModelSource::hub("tram-test/remote").files(&offline(&cache));
+    assert_same_tensors(&offline_files.weights(&Device::Cpu, F32).unwrap(), &bert_weights(9));
+    let model = load_model_from(&offline_files, &tram_models::LoadOptions::default()).unwrap();
+    assert_eq!(model.config_json()["model_type"], "bert");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), after_download);
 }
