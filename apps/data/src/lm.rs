@@ -1,0 +1,127 @@
+//! Language modelling: documents → one token stream (joined by EOS) → contiguous blocks.
+
+use crate::error::{Error, Result};
+use crate::record::{check_columns, Field, Record};
+use crate::skips::Skips;
+use candle_core::{Device, Tensor};
+use tokenizers::Tokenizer;
+
+/// End-of-text tokens looked for, in order (GPT-2's first).
+pub const EOS_TOKENS: &[&str] = &["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]"];
+
+/// The id of the tokenizer's end-of-text token (GPT-2 `<|endoftext|>`, else `</s>`, `<eos>`,
+/// `<|end_of_text|>`, `[SEP]`), if it has one.
+pub fn eos_id(tokenizer: &Tokenizer) -> Option<u32> {
+    EOS_TOKENS.iter().find_map(|t| tokenizer.token_to_id(t))
+}
+
+/// The texts of column `column`: a null value is an empty text (skipped by
+/// [`token_blocks`]); a non-text value is an error naming the row.
+pub fn texts(records: &[Record], column: &str) -> Result<Vec<String>> {
+    check_columns(records, &[column], "the data")?;
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.get(column) {
+            Some(Field::Str(s)) => Ok(s.clone()),
+            Some(Field::Null) | None => Ok(String::new()),
+            Some(other) => Err(Error::BadField {
+                column: column.to_string(),
+                context: format!(" in row {i}"),
+                expected: "text".into(),
+                found: format!("{} ({other})", other.kind()),
+            }),
+        })
+        .collect()
+}
+
+/// Tokenise `texts` (no special tokens; the tokenizer's own truncation and padding are
+/// turned off), join the documents into one stream with the EOS token ([`eos_id`]) after each
+/// document, and cut the stream into contiguous blocks of `block_len + 1` tokens that overlap
+/// by one: block `k` is `stream[k·L .. k·L + L + 1]`, used as inputs `[..L]` and targets
+/// `[1..]`, so every token after the first is predicted exactly once. The trailing remainder
+/// that does not fill a block is dropped. Empty texts (and texts that tokenise to nothing)
+/// are counted in [`Skips::empty`].
+pub fn token_blocks<I, S>(texts: I, tokenizer: &Tokenizer, block_len: usize) -> Result<(Vec<Vec<u32>>, Skips)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let eos = eos_id(tokenizer);
+    if eos.is_none() {
+        tracing::warn!("the tokenizer has no end-of-text token ({}): documents are joined without a separator", EOS_TOKENS.join(", "));
+    }
+    token_blocks_with(texts, tokenizer, block_len, eos)
+}
+
+/// [`token_blocks`] with an explicit document separator (`None`: documents are concatenated).
+pub fn token_blocks_with<I, S>(texts: I, tokenizer: &Tokenizer, block_len: usize, eos: Option<u32>) -> Result<(Vec<Vec<u32>>, Skips)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let stream = token_stream(texts, tokenizer, eos)?;
+    let (blocks, skips) = (blocks_of(&stream.0, block_len)?, stream.1);
+    Ok((blocks, skips))
+}
+
+/// The joined token stream of `texts` (EOS after each document when given) and the empty
+/// texts skipped.
+pub fn token_stream<I, S>(texts: I, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<(Vec<u32>, Skips)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut tok = tokenizer.clone();
+    tok.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.with_padding(None);
+    let mut skips = Skips::default();
+    let mut stream = Vec::new();
+    for text in texts {
+        let text = text.as_ref();
+        if text.trim().is_empty() {
+            skips.empty += 1;
+            continue;
+        }
+        let enc = tok.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        if enc.get_ids().is_empty() {
+            skips.empty += 1;
+            continue;
+        }
+        stream.extend_from_slice(enc.get_ids());
+        stream.extend(eos);
+    }
+    Ok((stream, skips))
+}
+
+/// Cut a token stream into blocks of `block_len + 1` tokens overlapping by one (see
+/// [`token_blocks`]).
+pub fn blocks_of(stream: &[u32], block_len: usize) -> Result<Vec<Vec<u32>>> {
+    if block_len == 0 {
+        return Err(Error::Invalid("block length must be at least 1".into()));
+    }
+    let n = stream.len().saturating_sub(1) / block_len;
+    Ok((0..n).map(|k| stream[k * block_len..k * block_len + block_len + 1].to_vec()).collect())
+}
+
+/// A batch of blocks: inputs `[B, L]` u32 (`block[..L]`), targets `[B, L]` u32
+/// (`block[1..]`), mask `[B, L]` u32 all ones. Every block must have the same length `L + 1`.
+pub fn batch(blocks: &[Vec<u32>], device: &Device) -> Result<tram::Batch> {
+    let first = blocks.first().ok_or_else(|| Error::Invalid("an LM batch needs at least one block".into()))?;
+    let len = first.len();
+    if len < 2 {
+        return Err(Error::Invalid(format!("LM blocks need at least 2 tokens (inputs and a shifted target), got {len}")));
+    }
+    if let Some((i, b)) = blocks.iter().enumerate().find(|(_, b)| b.len() != len) {
+        return Err(Error::Invalid(format!("LM block {i} has {} tokens, the first has {len}: blocks must have equal lengths", b.len())));
+    }
+    let l = len - 1;
+    let b = blocks.len();
+    let inputs: Vec<u32> = blocks.iter().flat_map(|blk| blk[..l].iter().copied()).collect();
+    let targets: Vec<u32> = blocks.iter().flat_map(|blk| blk[1..].iter().copied()).collect();
+    Ok(tram::Batch {
+        inputs: Tensor::from_vec(inputs, (b, l), device)?,
+        targets: Tensor::from_vec(targets, (b, l), device)?,
+        mask: Some(Tensor::ones((b, l), candle_core::DType::U32, device)?),
+    })
+}
