@@ -59,6 +59,27 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A run-time plugin could not be loaded (missing file, not a shared library, not a tram
+    /// plugin, its registration failed).
+    #[error("plugin {path}: {reason}")]
+    Plugin {
+        /// The plugin library.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A run-time plugin was built differently from this program (see `tram::plugin`).
+    #[error("plugin {path} was built with {field} `{plugin}`, but this program with {field} `{host}`: rebuild the plugin with the same compiler against the same tram and candle, with the same features")]
+    PluginMismatch {
+        /// The plugin library.
+        path: String,
+        /// The fingerprint field that differs ("rustc version", "framework features", ...).
+        field: String,
+        /// The plugin's value.
+        plugin: String,
+        /// This program's value.
+        host: String,
+    },
     /// File-system error.
     #[error("{context}: {source}")]
     Io {

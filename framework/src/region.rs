@@ -30,6 +30,24 @@ pub trait Distance: Send + Sync {
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// The distance of detached copies of `target` and `current`, detached, with its gradient
+    /// with respect to each. Run-time plugins are differentiated through this: the default body
+    /// is compiled into the plugin, so the graph it builds uses only the plugin's copy of candle
+    /// (see `tram::plugin`). Do not override.
+    #[doc(hidden)]
+    fn distance_with_grads(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let t = candle_core::Var::from_tensor(&target.detach())?;
+        let c = candle_core::Var::from_tensor(&current.detach())?;
+        let d = self.distance(t.as_tensor(), c.as_tensor(), reduction, examples)?;
+        let grads = d.backward()?;
+        let grad = |v: &candle_core::Var| -> Result<Tensor> {
+            Ok(match grads.get(v.as_tensor()) {
+                Some(g) => g.detach(),
+                None => v.as_tensor().zeros_like()?,
+            })
+        };
+        Ok((d.detach(), grad(&t)?, grad(&c)?))
+    }
 }
 
 /// What a trust region sees when it produces a target.

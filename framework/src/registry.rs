@@ -122,6 +122,8 @@ inventory::collect!(AliasRegistration);
 pub struct Registry {
     entries: BTreeMap<String, Entry>,
     aliases: BTreeMap<String, Alias>,
+    /// Run-time plugin libraries loaded into this registry (see [`Registry::load_plugin`]).
+    pub(crate) plugins: Vec<Arc<crate::plugin::PluginLibrary>>,
 }
 
 impl Registry {
