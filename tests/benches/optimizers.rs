@@ -836,8 +836,7 @@ fn main() -> anyhow::Result<()> {
          batch {}×{} tokens; {} warm-up + {} timed steps per alias (round-robin, {} rounds); lr {LR}. \
          Reference passes (mean of {}): forward+loss with graph {:.1} ms, no-grad forward {:.1} ms, forward+backward {:.1} ms \
          (backward ≈ {:.2} forwards). Bench time {:.0} s; other processes used {:.2} cores on average \
-         ({:.2} before the start); {} disturbed measurements were repeated; {}/{} timed steps and {}/{} reference passes \
-         remained disturbed (others > {:.1} cores) and are left out of the means.\n",
+         ({:.2} before the start); {}\n",
         cores,
         threads_note,
         clock_note,
@@ -860,12 +859,18 @@ fn main() -> anyhow::Result<()> {
         elapsed,
         others_mean,
         quiet,
-        RETRIES.load(Ordering::Relaxed),
-        disturbed_steps,
-        total_steps,
-        pass_samples.disturbed(),
-        3 * pass_samples.count(),
-        allowed_others(),
+        if cpu_clock {
+            "no disturbance filtering (CPU clock).".to_string()
+        } else {
+            format!(
+                "{} disturbed measurements were repeated; {disturbed_steps}/{total_steps} timed steps and {}/{} reference passes \
+                 remained disturbed (others > {:.1} cores) and are left out of the means.",
+                RETRIES.load(Ordering::Relaxed),
+                pass_samples.disturbed(),
+                3 * pass_samples.count(),
+                allowed_others()
+            )
+        },
     );
     let _ = writeln!(
         md,
