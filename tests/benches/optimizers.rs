@@ -959,7 +959,8 @@ fn main() -> anyhow::Result<()> {
          ascents = timed steps that took the two-pass ascent. \
          † the backward also runs through a graph-carrying target forward (R3F `through_target`): \
          the pass time counts that branch as a forward+backward, which the `units` model does not. \
-         Rows `… σ=…` are the noise-sized TRAM-x aliases with a larger noise scale, so that δ clears f32 rounding and the ascent is taken.\n",
+         Rows `… σ=…` repeat the noise-sized TRAM-x aliases with a larger noise scale: at the default σ = 1e-5 their δ \
+         is at f32 rounding level on this model (it can come out ≤ 0, and then no ascent is taken); mean δ is in the CSV.\n",
         MAX_DEVIATION * 100.0,
         MAX_BOOKKEEPING * 100.0,
     );
