@@ -21,6 +21,26 @@ enum Command {
         /// A composition such as `noise+ball+adam` or an alias such as `tram-noise`.
         composition: String,
     },
+    /// Cross-domain language modelling: GPT-2 on M2D2 (paper Table 4). See apps/trainer/README.md.
+    Lm(tram_trainer::cli::AppArgs),
+    /// Zero-shot cross-lingual NLI: XLM-R on MultiNLI, tested on XNLI (paper Table 5).
+    Xnli(tram_trainer::cli::AppArgs),
+    /// Cross-dataset image classification: ViT-B/16 on CIFAR-100 / Cars / Flowers (paper Table 3).
+    Vision(tram_trainer::cli::AppArgs),
+}
+
+fn run_app(app: tram_trainer::apps::App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> Result<()> {
+    let control = tram_trainer::Control { resume: args.resume, ..Default::default() };
+    tram_trainer::cli::install_ctrlc(&control)?;
+    let summary = tram_trainer::cli::run_app(app, args, &control, registry)?;
+    for table in &summary.tables {
+        println!("{table}");
+    }
+    if summary.interrupted {
+        eprintln!("interrupted: checkpoint written; run the same command with --resume to continue");
+        std::process::exit(130);
+    }
+    Ok(())
 }
 
 fn list(registry: &Registry) {
@@ -63,6 +83,9 @@ fn main() -> Result<()> {
             println!("{opt}");
             println!("{}", serde_json::to_string_pretty(&opt.describe())?);
         }
+        Command::Lm(args) => run_app(tram_trainer::apps::App::Lm, &args, &registry)?,
+        Command::Xnli(args) => run_app(tram_trainer::apps::App::Xnli, &args, &registry)?,
+        Command::Vision(args) => run_app(tram_trainer::apps::App::Vision, &args, &registry)?,
     }
     Ok(())
 }

@@ -1,0 +1,148 @@
+//! `tram vision`: ViT-B/16 with a new head fine-tuned on CIFAR-100, Stanford Cars or Oxford
+//! Flowers; top-1 accuracy of the final model on the test split (paper Table 3). Images stay
+//! encoded in memory and are decoded, resized and normalised per batch (as
+//! `ViTImageProcessor`); training images are flipped horizontally at random (seeded).
+
+use super::lm::Empty;
+use super::stream::{examples, Shuffled};
+use super::{data_err, data_source, load_options, model_source, Prepared};
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::task::{EvalSet, EvalSource, TaskData};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use tram::Batch;
+use tram_data::{Images, Preprocess};
+
+fn images(run: &RunConfig, split: &str, limit: Option<usize>) -> Result<Images> {
+    let v = &run.config.vision;
+    let source = data_source("data", &run.config.data)?;
+    let what = format!("{} (split `{split}`)", run.config.data);
+    let mut records = tram_data::load_split(&source, split, super::subset(&v.subset)).map_err(data_err(&what))?;
+    if let Some(n) = limit {
+        records.truncate(n);
+    }
+    let (imgs, skips) = Images::from_records(&records, &v.image_column, &v.label_column).map_err(data_err(&what))?;
+    if !skips.is_empty() {
+        tracing::warn!(data = %what, %skips, "rows skipped");
+    }
+    if imgs.is_empty() {
+        return Err(Error::Data(format!("{what}: no usable images ({} rows, {skips})", records.len())));
+    }
+    tracing::info!(data = %what, images = imgs.len(), "images");
+    Ok(imgs)
+}
+
+struct LazyImages {
+    images: Arc<Images>,
+    pre: Preprocess,
+    batch: usize,
+    device: Device,
+}
+
+impl EvalSource for LazyImages {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        let idx: Vec<usize> = (0..self.images.len()).collect();
+        let chunks: Vec<Vec<usize>> = idx.chunks(self.batch).map(<[usize]>::to_vec).collect();
+        Box::new(chunks.into_iter().map(move |c| self.images.batch(&c, &self.pre, &self.device).map_err(data_err("evaluation images"))))
+    }
+}
+
+/// Flip the images of `b` whose coin (from `seed`, `step`) comes up heads.
+fn hflip(b: Batch, seed: u64, step: u64) -> Result<Batch> {
+    let (n, _, _, w) = b.inputs.dims4()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step);
+    let flips: Vec<bool> = (0..n).map(|_| rng.random_bool(0.5)).collect();
+    if !flips.iter().any(|f| *f) {
+        return Ok(b);
+    }
+    let rev = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, b.inputs.device())?;
+    let rows = (0..n)
+        .map(|i| {
+            let x = b.inputs.narrow(0, i, 1)?;
+            if flips[i] {
+                x.index_select(&rev, 3)
+            } else {
+                Ok(x)
+            }
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Batch { inputs: Tensor::cat(&rows, 0)?, ..b })
+}
+
+/// Load ViT with a new head and the image dataset of a run.
+pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
+    let cfg = &run.config;
+    let v = &cfg.vision;
+    let source = model_source(run)?;
+    let files = source.files_from_env();
+    let mut pre = Preprocess::from_model(&files).map_err(data_err(format!("preprocessing of {}", cfg.model)))?;
+    if let Some(s) = v.image_size {
+        pre.image_size = s;
+    }
+    let triple = |key: &str, x: &Option<Vec<f32>>, into: &mut [f32; 3]| -> Result<()> {
+        match x {
+            None => Ok(()),
+            Some(x) if x.len() == 3 => {
+                into.copy_from_slice(x);
+                Ok(())
+            }
+            Some(x) => Err(Error::Config(format!("key `vision.{key}`: expected 3 numbers (RGB), got {}", x.len()))),
+        }
+    };
+    triple("mean", &v.mean, &mut pre.mean)?;
+    triple("std", &v.std, &mut pre.std)?;
+    let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
+    let train_images = if evaluate_only { None } else { Some(images(run, &v.train_split, cfg.train.max_train_examples)?) };
+    let test_images = Arc::new(images(run, &v.test_split, cfg.train.max_eval_examples)?);
+    let num_labels = if v.num_labels > 0 {
+        v.num_labels
+    } else {
+        train_images.iter().chain(std::iter::once(test_images.as_ref())).flat_map(|i| i.labels.iter()).max().map(|m| *m as usize + 1).unwrap_or(0)
+    };
+    for imgs in train_images.iter().chain(std::iter::once(test_images.as_ref())) {
+        if let Some(bad) = imgs.labels.iter().find(|l| **l as usize >= num_labels) {
+            return Err(Error::Data(format!("label {bad} is not below vision.num_labels = {num_labels}")));
+        }
+    }
+    let opts = load_options(run, seed, Some(num_labels))?;
+    let model = tram_hub::load_model_from(&files, &opts)?;
+    let device = opts.device.clone();
+    let eval_batch = cfg.train.eval_batch_size.unwrap_or(cfg.train.batch_size);
+    let label = v.dataset_label.clone().unwrap_or_else(|| cfg.data.clone());
+    let valid = if v.valid_split.trim().is_empty() {
+        None
+    } else {
+        let imgs = Arc::new(images(run, &v.valid_split, cfg.train.max_eval_examples)?);
+        Some(EvalSet { name: v.valid_split.clone(), label: "validation".into(), in_domain: true, source: Box::new(LazyImages { images: imgs, pre, batch: eval_batch, device: device.clone() }) })
+    };
+    let tests = vec![EvalSet { name: label.clone(), label, in_domain: true, source: Box::new(LazyImages { images: test_images, pre, batch: eval_batch, device: device.clone() }) }];
+    let train: Box<dyn crate::task::TrainStream> = match train_images {
+        None => Box::new(Empty),
+        Some(imgs) => {
+            let imgs = Arc::new(imgs);
+            let flip = v.hflip;
+            let indices: Vec<usize> = (0..imgs.len()).collect();
+            Box::new(Shuffled::new(
+                indices,
+                cfg.train.batch_size,
+                seed,
+                Box::new(move |picked: &[&usize], step| {
+                    let idx: Vec<usize> = picked.iter().map(|i| **i).collect();
+                    let b = imgs.batch(&idx, &pre, &device).map_err(data_err("training images"))?;
+                    if flip {
+                        hflip(b, seed, step)
+                    } else {
+                        Ok(b)
+                    }
+                }),
+                examples,
+            )?)
+        }
+    };
+    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "images" }, tokenizer: None })
+}

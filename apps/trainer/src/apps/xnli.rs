@@ -1,0 +1,92 @@
+//! `tram xnli`: XLM-R base with a new classification head trained on English MultiNLI and
+//! evaluated zero-shot on the XNLI test set in 15 languages (paper Table 5).
+
+use super::lm::Empty;
+use super::stream::{examples, Shuffled};
+use super::{data_err, data_source, load_options, model_source, Prepared};
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::task::{BatchList, EvalSet, TaskData};
+use candle_core::Device;
+use tram_data::nli::PairExample;
+use tram_data::DataSource;
+use tram_hub::Tokenizer;
+
+fn pairs(source: &DataSource, what_key: &str, subset: &str, split: &str, run: &RunConfig, tokenizer: &Tokenizer, limit: Option<usize>) -> Result<Vec<PairExample>> {
+    let x = &run.config.xnli;
+    let what = format!("{what_key} (config `{subset}`, split `{split}`)");
+    let mut records = tram_data::load_split(source, split, super::subset(subset)).map_err(data_err(&what))?;
+    if let Some(n) = limit {
+        records.truncate(n);
+    }
+    let (examples, skips) =
+        tram_data::nli::encode(&records, tokenizer, &x.premise_column, &x.hypothesis_column, &x.label_column, x.max_length).map_err(data_err(&what))?;
+    if !skips.is_empty() {
+        tracing::warn!(data = %what, %skips, "rows skipped");
+    }
+    if let Some(bad) = examples.iter().find(|e| e.label as usize >= x.num_labels) {
+        return Err(Error::Data(format!("{what}: label {} is not below xnli.num_labels = {}", bad.label, x.num_labels)));
+    }
+    if examples.is_empty() {
+        return Err(Error::Data(format!("{what}: no usable examples ({} rows, {skips})", records.len())));
+    }
+    tracing::info!(data = %what, examples = examples.len(), "encoded");
+    Ok(examples)
+}
+
+fn eval_set(name: &str, label: &str, in_domain: bool, ex: Vec<PairExample>, batch: usize, pad: u32, device: &Device) -> Result<EvalSet> {
+    let n = ex.len();
+    let batches = ex.chunks(batch).map(|c| tram_data::nli::batch(c, pad, device).map_err(data_err(name))).collect::<Result<Vec<_>>>()?;
+    Ok(EvalSet { name: name.into(), label: label.into(), in_domain, source: Box::new(BatchList(batches, n)) })
+}
+
+/// Load XLM-R with a new `xnli.num_labels`-way head, its tokenizer, MultiNLI and XNLI.
+pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
+    let cfg = &run.config;
+    let x = &cfg.xnli;
+    if x.num_labels < 2 {
+        return Err(Error::Config(format!("key `xnli.num_labels`: must be at least 2, got {}", x.num_labels)));
+    }
+    let source = model_source(run)?;
+    let files = source.files_from_env();
+    let tokenizer_path = files.tokenizer_path()?;
+    let tokenizer = tram_hub::load_tokenizer(&tokenizer_path)?;
+    let opts = load_options(run, seed, Some(x.num_labels))?;
+    let model = tram_hub::load_model_from(&files, &opts)?;
+    let pad = tram_data::nli::pad_id(&tokenizer);
+    let device = opts.device.clone();
+    let eval_batch = cfg.train.eval_batch_size.unwrap_or(cfg.train.batch_size);
+    let train_data = data_source("data", &cfg.data)?;
+    let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
+
+    let train: Box<dyn crate::task::TrainStream> = if evaluate_only {
+        Box::new(Empty)
+    } else {
+        let ex = pairs(&train_data, &cfg.data, &x.train_subset, &x.train_split, run, &tokenizer, cfg.train.max_train_examples)?;
+        let dev = device.clone();
+        Box::new(Shuffled::new(
+            ex,
+            cfg.train.batch_size,
+            seed,
+            Box::new(move |picked: &[&PairExample], _| tram_data::nli::batch_refs(picked, pad, &dev).map_err(data_err("training batch"))),
+            examples,
+        )?)
+    };
+    let valid = if x.valid_split.trim().is_empty() {
+        None
+    } else {
+        let ex = pairs(&train_data, &cfg.data, &x.train_subset, &x.valid_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        Some(eval_set(&format!("{}/{}", x.source_language, x.valid_split), "validation", true, ex, eval_batch, pad, &device)?)
+    };
+    let test_data = data_source("xnli.test_data", &x.test_data)?;
+    let mut tests = Vec::new();
+    for lang in &x.languages {
+        let ex = pairs(&test_data, &x.test_data, lang, &x.test_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        let label = lang.chars().next().map(|c| c.to_uppercase().collect::<String>() + &lang[c.len_utf8()..]).unwrap_or_default();
+        tests.push(eval_set(lang, &label, lang == &x.source_language, ex, eval_batch, pad, &device)?);
+    }
+    if tests.is_empty() {
+        return Err(Error::Config("key `xnli.languages`: no evaluation language given".into()));
+    }
+    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "examples" }, tokenizer: Some(tokenizer_path) })
+}

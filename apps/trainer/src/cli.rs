@@ -1,0 +1,107 @@
+//! The command-line side of the apps (`tram lm`, `tram xnli`, `tram vision`): arguments and
+//! the driver that runs every selected row and seed, then writes the table.
+
+use crate::apps::App;
+use crate::config::Sources;
+use crate::error::Result;
+use crate::results;
+use crate::trainer::{self, Control, Outcome, RunSpec};
+use std::path::PathBuf;
+
+/// Arguments shared by the app subcommands.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AppArgs {
+    /// The experiment's TOML file (e.g. configs/lm-m2d2-wiki.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a key, e.g. `--set train.steps=100 --set optimizer.lr=3e-5` (repeatable; wins
+    /// over the file and over TRAM_* environment variables such as TRAM_TRAIN__STEPS=100).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run only these `[[runs]]` rows of the config (repeatable or comma separated; default: all).
+    #[arg(long = "run", value_name = "NAME", value_delimiter = ',')]
+    pub runs: Vec<String>,
+    /// Continue from the checkpoints in the output directories (finished runs are kept).
+    #[arg(long)]
+    pub resume: bool,
+    /// Only rebuild the results table from the results.json files under DIR.
+    #[arg(long, value_name = "DIR")]
+    pub table: Option<PathBuf>,
+    /// Print each selected run's resolved configuration and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What the driver did.
+#[derive(Debug)]
+pub struct Summary {
+    /// The Markdown table(s) written.
+    pub tables: Vec<String>,
+    /// Whether a run was interrupted (Ctrl-C).
+    pub interrupted: bool,
+}
+
+/// Run an app as its subcommand does.
+pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Registry) -> Result<Summary> {
+    if let Some(dir) = &args.table {
+        let md = results::write_table(&app.table_spec(None), dir)?;
+        return Ok(Summary { tables: vec![md], interrupted: false });
+    }
+    let sources = Sources { file: args.config.clone(), sets: args.sets.clone(), env: None };
+    run_sources(app, &sources, &args.runs, args.dry_run, control, registry)
+}
+
+/// [`run_app`] from explicit sources (tests pass their own environment).
+pub fn run_sources(app: App, sources: &Sources, names: &[String], dry_run: bool, control: &Control, registry: &tram::Registry) -> Result<Summary> {
+    let all = sources.run_names()?;
+    let runs = sources.resolve(names, registry)?;
+    if dry_run {
+        for r in &runs {
+            println!("# run `{}` ({})\n{}", r.name, r.label, toml::to_string(&r.config.to_json()).unwrap_or_default());
+        }
+        return Ok(Summary { tables: Vec::new(), interrupted: false });
+    }
+    let mut outs: Vec<(PathBuf, usize)> = Vec::new();
+    let mut interrupted = false;
+    'runs: for (i, run) in runs.iter().enumerate() {
+        let row = all.iter().position(|n| n == &run.name).unwrap_or(i);
+        if !outs.iter().any(|(o, _)| o == &run.config.out) {
+            outs.push((run.config.out.clone(), i));
+        }
+        for seed in run.seeds() {
+            let prepared = app.prepare(run, seed)?;
+            let spec = RunSpec { app: app.name(), run, row, seed, tokenizer: prepared.tokenizer.clone(), registry };
+            match trainer::run(&spec, prepared.model, prepared.data, control)? {
+                Outcome::Finished(r) => {
+                    let cols: Vec<String> = r.columns.iter().map(|c| format!("{} {:.3}/{:.2}%", c.label, c.metrics.perplexity, c.metrics.accuracy)).collect();
+                    tracing::info!(run = %run.name, seed, "finished: {}", cols.join(", "));
+                }
+                Outcome::Interrupted { .. } => {
+                    interrupted = true;
+                    break 'runs;
+                }
+            }
+        }
+    }
+    let mut tables = Vec::new();
+    for (out, i) in outs {
+        let md = results::write_table(&app.table_spec(runs.get(i)), &out)?;
+        tracing::info!(dir = %out.display(), "results table written (results.json, results.csv, results.md)");
+        tables.push(md);
+    }
+    Ok(Summary { tables, interrupted })
+}
+
+/// Install a Ctrl-C handler that asks running training to stop with a checkpoint; a second
+/// Ctrl-C exits at once.
+pub fn install_ctrlc(control: &Control) -> Result<()> {
+    let stop = control.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing the current step, writing a checkpoint (Ctrl-C again to exit at once)");
+    })
+    .map_err(|e| crate::error::Error::Config(format!("cannot install the Ctrl-C handler: {e}")))
+}

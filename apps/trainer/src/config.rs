@@ -1,0 +1,620 @@
+//! Run configuration: a TOML file, then `TRAM_*` environment variables, then `--set key=value`
+//! overrides, in that order of precedence (later wins), merged with figment and checked
+//! strictly: an unknown key or a value of the wrong type is an error naming the key.
+//!
+//! A config file may list the rows of a paper table as `[[runs]]`: each has a `name`, an
+//! optional `label` (the row name in the table) and any keys of the config, which override the
+//! file's top-level values for that run (environment variables and `--set` still win).
+//!
+//! ```toml
+//! model = "openai-community/gpt2"
+//! data = "machelreid/m2d2"
+//! [optimizer]
+//! name = "adam"
+//! lr = 3e-5
+//! [[runs]]
+//! name = "tram-prev"
+//! label = "TRAM-θ_{t-1}"
+//! optimizer = { name = "tram-prev" }
+//! ```
+
+use crate::error::{Error, Result};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tram::OptimizerConfig;
+
+/// Prefix of the environment variables read as config keys (`TRAM_TRAIN__STEPS` =
+/// `train.steps`: `__` separates levels, single `_` stays part of the key).
+pub const ENV_PREFIX: &str = "TRAM_";
+
+/// `TRAM_*` variables that are not config keys (read by other parts of the `tram` command).
+pub const ENV_RESERVED: &[&str] = &["TRAM_PLUGINS", "TRAM_LOG"];
+
+/// The whole configuration of one run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The pretrained model: a hub id `org/name[@revision]` or a local directory in hub layout.
+    pub model: String,
+    /// The training data: a hub dataset id `org/name[@revision]` or a local directory of
+    /// parquet / JSON-lines files with the hub dataset's columns.
+    pub data: String,
+    /// Output directory; each run writes into `<out>/<run name>/seed-<seed>/`.
+    pub out: PathBuf,
+    /// Seed of the run: new-head initialisation, dropout, data order and the noise stream.
+    pub seed: u64,
+    /// Several seeds (aggregated in the table); when non-empty it replaces `seed`.
+    pub seeds: Vec<u64>,
+    /// `cpu`, `cuda`, `cuda:<n>` or `metal`.
+    pub device: String,
+    /// Parameter dtype: `f32` or `bf16`.
+    pub dtype: String,
+    /// Row name in the results table (defaults to the run name).
+    pub label: Option<String>,
+    /// The optimizer: a composition or alias and its component tables (see `configs/optimizers.toml`).
+    pub optimizer: OptimizerConfig,
+    /// The training loop.
+    pub train: TrainConfig,
+    /// Settings of `tram lm`.
+    pub lm: LmConfig,
+    /// Settings of `tram xnli`.
+    pub xnli: XnliConfig,
+    /// Settings of `tram vision`.
+    pub vision: VisionConfig,
+    /// Rows of the paper table: `[[runs]]` with `name`, optional `label` and overrides.
+    pub runs: Vec<Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            data: String::new(),
+            out: PathBuf::from("runs"),
+            seed: 0,
+            seeds: Vec::new(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            label: None,
+            optimizer: OptimizerConfig::default(),
+            train: TrainConfig::default(),
+            lm: LmConfig::default(),
+            xnli: XnliConfig::default(),
+            vision: VisionConfig::default(),
+            runs: Vec::new(),
+        }
+    }
+}
+
+/// Which parameters the final evaluation uses.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// The parameters with the lowest validation loss on the training domain (language tasks).
+    Best,
+    /// The final parameters (the vision protocol: no early stopping).
+    Last,
+}
+
+/// The training loop.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps; `0` evaluates the starting model only. Unset: `epochs` decides.
+    pub steps: Option<u64>,
+    /// Evaluate the starting model only, whatever `steps` says (the paper's zero-shot rows).
+    pub evaluate_only: bool,
+    /// Passes over the training data (used when `steps` is unset).
+    pub epochs: f64,
+    /// Examples (or token blocks) per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is `batch_size × accumulation`).
+    pub accumulation: usize,
+    /// Evaluate on the training domain's validation split every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Micro-batch size of evaluation (defaults to `batch_size`).
+    pub eval_batch_size: Option<usize>,
+    /// Write a checkpoint every this many steps (0: only at the end and on Ctrl-C).
+    pub checkpoint_every: u64,
+    /// Write a metrics line every this many steps.
+    pub log_every: u64,
+    /// Model selection for the final evaluation.
+    pub select: Select,
+    /// Limit every training split to this many examples (documents for lm) — for smoke runs.
+    pub max_train_examples: Option<usize>,
+    /// Limit every evaluation split to this many examples (documents for lm).
+    pub max_eval_examples: Option<usize>,
+    /// Show progress bars (on a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            evaluate_only: false,
+            epochs: 1.0,
+            batch_size: 16,
+            accumulation: 1,
+            eval_every: 0,
+            eval_batch_size: None,
+            checkpoint_every: 0,
+            log_every: 1,
+            select: Select::Best,
+            max_train_examples: None,
+            max_eval_examples: None,
+            progress: true,
+        }
+    }
+}
+
+/// `tram lm`: cross-domain language modelling on M2D2 (paper Table 4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LmConfig {
+    /// The training domain (a dataset config / subset name, or a sub-directory of a local dataset).
+    pub train_domain: String,
+    /// Column label of the training domain in the table (defaults to `train_domain`).
+    pub train_label: Option<String>,
+    /// The unseen test domains, in table order.
+    pub test_domains: Vec<String>,
+    /// Column labels of the test domains (same length as `test_domains`, or empty).
+    pub test_labels: Vec<String>,
+    /// Token block length (1024 in the paper).
+    pub block_size: usize,
+    /// The text column.
+    pub text_column: String,
+    /// Split names.
+    pub train_split: String,
+    /// Validation split of the training domain (model selection).
+    pub valid_split: String,
+    /// Test split of every domain.
+    pub test_split: String,
+}
+
+impl Default for LmConfig {
+    fn default() -> Self {
+        Self {
+            train_domain: String::new(),
+            train_label: None,
+            test_domains: Vec::new(),
+            test_labels: Vec::new(),
+            block_size: 1024,
+            text_column: "text".into(),
+            train_split: "train".into(),
+            valid_split: "validation".into(),
+            test_split: "test".into(),
+        }
+    }
+}
+
+/// `tram xnli`: zero-shot cross-lingual NLI (paper Table 5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct XnliConfig {
+    /// English training data's config / subset (`default` for `nyu-mll/multi_nli`; empty: none).
+    pub train_subset: String,
+    /// Training split.
+    pub train_split: String,
+    /// English validation split (model selection).
+    pub valid_split: String,
+    /// The evaluation dataset (XNLI), hub id or local directory.
+    pub test_data: String,
+    /// Test split of the evaluation dataset.
+    pub test_split: String,
+    /// Languages of the evaluation dataset (its configs / subsets), in table order; the first
+    /// one that equals `source_language` is the in-language column.
+    pub languages: Vec<String>,
+    /// The training language (excluded from the zero-shot average).
+    pub source_language: String,
+    /// Columns.
+    pub premise_column: String,
+    /// Hypothesis column.
+    pub hypothesis_column: String,
+    /// Label column (0 entailment, 1 neutral, 2 contradiction; rows with -1 are skipped).
+    pub label_column: String,
+    /// Number of classes of the new head.
+    pub num_labels: usize,
+    /// Maximum tokens of a premise–hypothesis pair (truncated beyond).
+    pub max_length: usize,
+}
+
+impl Default for XnliConfig {
+    fn default() -> Self {
+        Self {
+            train_subset: "default".into(),
+            train_split: "train".into(),
+            valid_split: "validation_matched".into(),
+            test_data: "facebook/xnli".into(),
+            test_split: "test".into(),
+            languages: ["en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"].map(String::from).to_vec(),
+            source_language: "en".into(),
+            premise_column: "premise".into(),
+            hypothesis_column: "hypothesis".into(),
+            label_column: "label".into(),
+            num_labels: 3,
+            max_length: 128,
+        }
+    }
+}
+
+/// `tram vision`: cross-dataset image classification (paper Table 3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Dataset config / subset (`default` when the dataset has one).
+    pub subset: String,
+    /// Column label of the dataset in the table (defaults to `data`).
+    pub dataset_label: Option<String>,
+    /// Training split.
+    pub train_split: String,
+    /// Validation split (empty: none; model selection then uses the final model).
+    pub valid_split: String,
+    /// Test split (top-1 accuracy is reported on it).
+    pub test_split: String,
+    /// Image column.
+    pub image_column: String,
+    /// Label column.
+    pub label_column: String,
+    /// Number of classes of the new head (0: from the data's largest label + 1).
+    pub num_labels: usize,
+    /// Side of the square model input (defaults to the model's `image_size`).
+    pub image_size: Option<usize>,
+    /// Per-channel normalisation mean (default: the model's `preprocessor_config.json`, else 0.5).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std (default: the model's `preprocessor_config.json`, else 0.5).
+    pub std: Option<Vec<f32>>,
+    /// Random horizontal flips of training images.
+    pub hflip: bool,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            subset: "default".into(),
+            dataset_label: None,
+            train_split: "train".into(),
+            valid_split: String::new(),
+            test_split: "test".into(),
+            image_column: "img".into(),
+            label_column: "label".into(),
+            num_labels: 0,
+            image_size: None,
+            mean: None,
+            std: None,
+            hflip: true,
+        }
+    }
+}
+
+/// A provider of `key.path = value` pairs (environment variables or `--set` overrides);
+/// values are parsed as TOML (`3e-5` is a float, `[1, 2]` an array, `true` a bool) and kept as
+/// strings when they are not TOML.
+#[derive(Clone, Debug)]
+pub struct Overrides {
+    name: String,
+    pairs: Vec<(String, String)>,
+}
+
+impl Overrides {
+    /// `--set key=value` strings.
+    pub fn sets<S: AsRef<str>>(sets: &[S]) -> Result<Self> {
+        let mut pairs = Vec::new();
+        for s in sets {
+            let s = s.as_ref();
+            let (k, v) = s.split_once('=').ok_or_else(|| Error::Config(format!("--set `{s}`: expected `key=value`, e.g. `train.steps=100`")))?;
+            let k = k.trim();
+            if k.is_empty() || k.split('.').any(str::is_empty) {
+                return Err(Error::Config(format!("--set `{s}`: `{k}` is not a key path such as `optimizer.lr`")));
+            }
+            pairs.push((k.to_string(), v.trim().to_string()));
+        }
+        Ok(Self { name: "--set".into(), pairs })
+    }
+
+    /// The `TRAM_*` environment variables (`TRAM_OPTIMIZER__LR=3e-5` sets `optimizer.lr`).
+    pub fn env() -> Self {
+        Self::env_from(std::env::vars())
+    }
+
+    /// [`Overrides::env`] from explicit variables (tests).
+    pub fn env_from(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut pairs: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(k, v)| {
+                if ENV_RESERVED.contains(&k.as_str()) {
+                    return None;
+                }
+                let rest = k.strip_prefix(ENV_PREFIX)?;
+                (!rest.is_empty()).then(|| (rest.to_ascii_lowercase().replace("__", "."), v))
+            })
+            .collect();
+        pairs.sort();
+        Self { name: "TRAM_* environment variables".into(), pairs }
+    }
+
+    /// Whether there is nothing to override.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    fn dict(&self) -> Result<serde_json::Map<String, Value>> {
+        let mut root = serde_json::Map::new();
+        for (key, raw) in &self.pairs {
+            let value = parse_value(raw);
+            let parts: Vec<&str> = key.split('.').collect();
+            let mut node = &mut root;
+            for (i, p) in parts.iter().enumerate() {
+                if i + 1 == parts.len() {
+                    node.insert(p.to_string(), value.clone());
+                } else {
+                    let entry = node.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
+                    if !entry.is_object() {
+                        return Err(Error::Config(format!("{}: `{key}` sets a key inside `{}`, which is also given a value", self.name, parts[..=i].join("."))));
+                    }
+                    node = entry.as_object_mut().expect("checked");
+                }
+            }
+        }
+        Ok(root)
+    }
+}
+
+/// A value given as text: TOML when it parses (numbers, booleans, arrays, inline tables),
+/// else the text itself.
+pub fn parse_value(raw: &str) -> Value {
+    let t = raw.trim();
+    if let Ok(table) = toml::from_str::<toml::Table>(&format!("v = {t}")) {
+        if let Some(v) = table.get("v") {
+            if let Ok(j) = serde_json::to_value(v) {
+                return j;
+            }
+        }
+    }
+    Value::String(raw.to_string())
+}
+
+impl Provider for Overrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        let dict = self.dict().map_err(|e| figment::Error::from(e.to_string()))?;
+        Serialized::defaults(Value::Object(dict)).data()
+    }
+}
+
+/// A run overlay: the keys of one `[[runs]]` entry.
+#[derive(Clone, Debug)]
+struct RunOverlay {
+    name: String,
+    values: serde_json::Map<String, Value>,
+}
+
+impl Provider for RunOverlay {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("[[runs]] entry `{}`", self.name))
+    }
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(Value::Object(self.values.clone())).data()
+    }
+}
+
+/// One resolved run: its name, table label and configuration.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The run name (directory name under `out`).
+    pub name: String,
+    /// Row label in the table.
+    pub label: String,
+    /// The configuration.
+    pub config: Config,
+}
+
+impl RunConfig {
+    /// The seeds of this run.
+    pub fn seeds(&self) -> Vec<u64> {
+        if self.config.seeds.is_empty() {
+            vec![self.config.seed]
+        } else {
+            self.config.seeds.clone()
+        }
+    }
+    /// The output directory of one seed.
+    pub fn dir(&self, seed: u64) -> PathBuf {
+        self.config.out.join(&self.name).join(format!("seed-{seed}"))
+    }
+}
+
+/// Where a configuration comes from.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// The TOML file, if any.
+    pub file: Option<PathBuf>,
+    /// `--set key=value` overrides.
+    pub sets: Vec<String>,
+    /// Environment variables (`None`: the process environment).
+    pub env: Option<Vec<(String, String)>>,
+}
+
+impl Sources {
+    fn env(&self) -> Overrides {
+        match &self.env {
+            Some(v) => Overrides::env_from(v.clone()),
+            None => Overrides::env(),
+        }
+    }
+
+    fn base(&self) -> Result<Figment> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &self.file {
+            if !path.is_file() {
+                return Err(Error::Config(format!("config file {} does not exist", path.display())));
+            }
+            // Parse first: figment reports TOML syntax errors without the line otherwise.
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            f = f.merge(Toml::file_exact(path));
+        }
+        Ok(f)
+    }
+
+    /// The names of the `[[runs]]` of the file (after overrides: `--set runs=[]` clears them).
+    pub fn run_names(&self) -> Result<Vec<String>> {
+        Ok(self.overlays()?.into_iter().map(|r| r.name).collect())
+    }
+
+    fn overlays(&self) -> Result<Vec<RunOverlay>> {
+        let f = self.base()?.merge(self.env()).merge(Overrides::sets(&self.sets)?);
+        let runs: Vec<Value> = f.extract_inner("runs").map_err(figment_error)?;
+        let mut out: Vec<RunOverlay> = Vec::new();
+        for (i, r) in runs.into_iter().enumerate() {
+            let Value::Object(mut m) = r else {
+                return Err(Error::Config(format!("runs[{i}] must be a table with a `name`")));
+            };
+            let name = match m.remove("name") {
+                Some(Value::String(s)) if valid_run_name(&s) => s,
+                Some(Value::String(s)) => {
+                    return Err(Error::Config(format!("runs[{i}].name `{s}`: use letters, digits, `-`, `_`, `.` (it names a directory)")))
+                }
+                Some(other) => return Err(Error::Config(format!("runs[{i}].name must be a string, found {other}"))),
+                None => return Err(Error::Config(format!("runs[{i}] has no `name`"))),
+            };
+            if m.contains_key("runs") {
+                return Err(Error::Config(format!("runs[{i}] (`{name}`) cannot contain `runs`")));
+            }
+            if out.iter().any(|o| o.name == name) {
+                return Err(Error::Config(format!("two [[runs]] are named `{name}`")));
+            }
+            out.push(RunOverlay { name, values: m });
+        }
+        Ok(out)
+    }
+
+    /// Resolve the runs named `names` (all `[[runs]]` when empty; a single run named after the
+    /// optimizer when the file has no `[[runs]]`).
+    pub fn resolve(&self, names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
+        let overlays = self.overlays()?;
+        let env = self.env();
+        let sets = Overrides::sets(&self.sets)?;
+        let build = |overlay: Option<&RunOverlay>| -> Result<Config> {
+            let mut f = self.base()?;
+            if let Some(o) = overlay {
+                f = f.merge(o.clone());
+            }
+            let config: Config = f.merge(env.clone()).merge(sets.clone()).extract().map_err(figment_error)?;
+            config.validate(registry)?;
+            Ok(config)
+        };
+        if overlays.is_empty() {
+            let config = build(None)?;
+            let name = names.first().cloned().unwrap_or_else(|| sanitize(&config.optimizer.name));
+            if names.len() > 1 || (names.len() == 1 && !valid_run_name(&name)) {
+                return Err(Error::Config(format!("the config has no [[runs]]; --run can only name the run directory once (got {names:?})")));
+            }
+            let label = config.label.clone().unwrap_or_else(|| name.clone());
+            return Ok(vec![RunConfig { name, label, config }]);
+        }
+        let selected: Vec<&RunOverlay> = if names.is_empty() {
+            overlays.iter().collect()
+        } else {
+            names
+                .iter()
+                .map(|n| {
+                    overlays.iter().find(|o| &o.name == n).ok_or_else(|| {
+                        Error::Config(format!("no [[runs]] entry is named `{n}`; the config has: {}", overlays.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")))
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        selected
+            .into_iter()
+            .map(|o| {
+                let config = build(Some(o))?;
+                let label = config.label.clone().unwrap_or_else(|| o.name.clone());
+                Ok(RunConfig { name: o.name.clone(), label, config })
+            })
+            .collect()
+    }
+}
+
+fn valid_run_name(s: &str) -> bool {
+    !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn sanitize(s: &str) -> String {
+    let out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    if out.is_empty() {
+        "run".into()
+    } else {
+        out
+    }
+}
+
+fn figment_error(e: figment::Error) -> Error {
+    let msgs: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let mut s = e.kind.to_string();
+            if !e.path.is_empty() {
+                s = format!("key `{}`: {s}", e.path.join("."));
+            }
+            if let Some(m) = &e.metadata {
+                s.push_str(&format!(" (from {})", m.name));
+                if let Some(src) = &m.source {
+                    s.push_str(&format!(" {src}"));
+                }
+            }
+            s
+        })
+        .collect();
+    Error::Config(msgs.join("; "))
+}
+
+impl Config {
+    /// Check values that parse but cannot work.
+    pub fn validate(&self, registry: &tram::Registry) -> Result<()> {
+        let bad = |k: &str, why: String| Err(Error::Config(format!("key `{k}`: {why}")));
+        if self.train.batch_size == 0 {
+            return bad("train.batch_size", "must be at least 1".into());
+        }
+        if self.train.accumulation == 0 {
+            return bad("train.accumulation", "must be at least 1".into());
+        }
+        if self.train.eval_batch_size == Some(0) {
+            return bad("train.eval_batch_size", "must be at least 1".into());
+        }
+        if self.train.log_every == 0 {
+            return bad("train.log_every", "must be at least 1".into());
+        }
+        if !(self.train.epochs.is_finite() && self.train.epochs >= 0.0) {
+            return bad("train.epochs", format!("must be a number >= 0, got {}", self.train.epochs));
+        }
+        if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
+            return bad("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype));
+        }
+        crate::device(&self.device)?;
+        tram::Optimizer::new(registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
+        Ok(())
+    }
+
+    /// The config as JSON (recorded in results and checkpoints).
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(m) = v.as_object_mut() {
+            m.remove("runs");
+        }
+        v
+    }
+}
+
+/// Load the configuration of one run from a file (no `[[runs]]` selection), for library use.
+pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config> {
+    let s = Sources { file: file.map(Path::to_path_buf), sets: sets.to_vec(), env: None };
+    let mut runs = s.resolve(&[], &tram_plugins::registry()?)?;
+    Ok(runs.remove(0).config)
+}

@@ -1,0 +1,54 @@
+//! Evaluation: mean token / example negative log-likelihood, perplexity and top-1 accuracy of
+//! a model (eval mode, no dropout, no graph) on an evaluation set.
+
+use crate::error::Result;
+use crate::task::EvalSource;
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use tram::{Mode, Model};
+
+/// The metrics of one evaluation set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EvalMetrics {
+    /// Mean negative log-likelihood over prediction rows (tokens or examples).
+    pub loss: f64,
+    /// `exp(loss)` (language modelling's perplexity).
+    pub perplexity: f64,
+    /// Top-1 accuracy in percent.
+    pub accuracy: f64,
+    /// Prediction rows evaluated.
+    pub rows: u64,
+}
+
+/// Evaluate `model` (at its current parameters) on `source`.
+pub fn evaluate(model: &dyn Model, source: &dyn EvalSource) -> Result<EvalMetrics> {
+    let weights = model.params().detached();
+    let (mut nll, mut rows, mut correct) = (0f64, 0u64, 0u64);
+    for batch in source.batches() {
+        let batch = batch?;
+        let logits = model.forward(&weights, &batch, Mode::EVAL)?;
+        let n = logits.rows()?;
+        if n == 0 {
+            continue;
+        }
+        let l = logits.logits.to_dtype(DType::F32)?;
+        let targets = logits.targets.to_dtype(DType::U32)?;
+        let logp = tram::ops::log_softmax(&l)?;
+        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        // Sum in f64 so long test sets do not lose precision.
+        nll -= picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        let pred = l.argmax(1)?;
+        correct += pred.eq(&targets)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as u64;
+        rows += n as u64;
+    }
+    if rows == 0 {
+        return Ok(EvalMetrics { loss: f64::NAN, perplexity: f64::NAN, accuracy: f64::NAN, rows: 0 });
+    }
+    let loss = nll / rows as f64;
+    Ok(EvalMetrics { loss, perplexity: loss.exp(), accuracy: 100.0 * correct as f64 / rows as f64, rows })
+}
+
+/// Argmax of `[rows, classes]` logits (exposed for apps).
+pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(1)?.to_vec1::<u32>()?)
+}

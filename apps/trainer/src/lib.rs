@@ -1,0 +1,52 @@
+//! # tram-trainer
+//!
+//! The fine-tuning runs of the TRAM paper (Sherborne et al., ICLR 2024) on top of `tram`:
+//!
+//! - [`config`]: a TOML file, `TRAM_*` environment variables and `--set key=value` overrides
+//!   (figment), strictly checked; `[[runs]]` rows of a paper table;
+//! - [`trainer`]: the loop — accumulation, metrics lines, validation-based model selection,
+//!   atomic checkpoints, exact `--resume`, Ctrl-C, final evaluation;
+//! - [`results`]: per-run `results.json` and the paper-shaped table (JSON, CSV, Markdown);
+//! - [`apps`]: `lm` (GPT-2 on M2D2, Table 4), `xnli` (XLM-R on MultiNLI → XNLI, Table 5) and
+//!   `vision` (ViT-B/16 on CIFAR-100 / Cars / Flowers, Table 3).
+
+pub mod apps;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod results;
+pub mod task;
+pub mod trainer;
+
+pub use config::{Config, RunConfig, Sources};
+pub use error::{Error, Result};
+pub use trainer::{Control, Outcome};
+
+/// The candle device a config names: `cpu`, `cuda`, `cuda:<n>` or `metal`.
+pub fn device(name: &str) -> Result<candle_core::Device> {
+    let bad = |why: String| Error::Config(format!("key `device`: {why}"));
+    match name.trim() {
+        "cpu" | "" => Ok(candle_core::Device::Cpu),
+        "metal" => candle_core::Device::new_metal(0).map_err(|e| bad(format!("metal is unavailable ({e}); build with candle's metal feature"))),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| bad(format!("`{s}`: expected cuda:<gpu index>")))?,
+                None => 0,
+            };
+            candle_core::Device::new_cuda(n).map_err(|e| bad(format!("CUDA device {n} is unavailable ({e}); build with `--features cuda` on a machine with CUDA")))
+        }
+        other => Err(bad(format!("`{other}`: expected cpu, cuda, cuda:<n> or metal"))),
+    }
+}
+
+/// The dtype a config names.
+pub fn dtype(name: &str) -> Result<candle_core::DType> {
+    match name {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        other => Err(Error::Config(format!("key `dtype`: `{other}`: expected f32, bf16 or f16"))),
+    }
+}

@@ -1,0 +1,403 @@
+//! The training loop shared by every app: optimizer steps with accumulation, metrics lines,
+//! validation on the training domain and model selection, checkpoints (periodic, final, on
+//! Ctrl-C), exact resume, and the final evaluation on every test set.
+
+use crate::checkpoint::{self, Best, CheckpointFiles, TrainerState};
+use crate::config::{RunConfig, Select};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalMetrics};
+use crate::results::{ColumnResult, RunResult};
+use crate::task::{EvalSet, TaskData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tram::{Optimizer, Schedule, Snapshot};
+use tram_models::Pretrained;
+
+/// Metrics log of a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Final results of a run directory.
+pub const RESULTS_FILE: &str = "results.json";
+/// The selected model, in hub layout, under a run directory.
+pub const MODEL_DIR: &str = "model";
+
+/// How a run is driven from outside.
+#[derive(Clone, Debug, Default)]
+pub struct Control {
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Stop as if interrupted once this many steps are done (tests, time-boxed jobs).
+    pub stop_after: Option<u64>,
+    /// Continue from the run directory's checkpoint when there is one.
+    pub resume: bool,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Trained and evaluated.
+    Finished(Box<RunResult>),
+    /// Stopped early; the checkpoint to resume from.
+    Interrupted {
+        /// Steps done.
+        step: u64,
+        /// The checkpoint directory.
+        checkpoint: PathBuf,
+    },
+}
+
+/// Everything a run needs besides its data.
+pub struct RunSpec<'a> {
+    /// The app (`lm`, `xnli`, `vision`).
+    pub app: &'a str,
+    /// The run.
+    pub run: &'a RunConfig,
+    /// Position of the run in the config's `[[runs]]` (table row order).
+    pub row: usize,
+    /// The seed.
+    pub seed: u64,
+    /// The tokenizer to save beside the selected model.
+    pub tokenizer: Option<PathBuf>,
+    /// The component registry (built-ins and loaded plugins).
+    pub registry: &'a tram::Registry,
+}
+
+/// Total optimizer steps of a run.
+pub fn total_steps(run: &RunConfig, batches_per_epoch: usize) -> u64 {
+    let t = &run.config.train;
+    if t.evaluate_only {
+        return 0;
+    }
+    match t.steps {
+        Some(s) => s,
+        None => {
+            let per_epoch = batches_per_epoch.div_ceil(t.accumulation) as f64;
+            (t.epochs * per_epoch).ceil() as u64
+        }
+    }
+}
+
+/// The optimizer configuration of a run: a schedule `total = 0` becomes the run's steps, and
+/// the noise seed is mixed with the run's seed.
+pub fn resolved_optimizer(run: &RunConfig, seed: u64, total: u64) -> tram::OptimizerConfig {
+    let mut c = run.config.optimizer.clone();
+    c.schedule = match c.schedule {
+        Schedule::Polynomial { warmup, total: 0, power } => Schedule::Polynomial { warmup, total, power },
+        Schedule::Cosine { total: 0 } => Schedule::Cosine { total },
+        s => s,
+    };
+    c.seed = c.seed.wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    c
+}
+
+/// The part of the configuration a checkpoint must agree with to be resumed.
+pub fn fingerprint(run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig) -> Value {
+    let mut v = run.config.to_json();
+    if let Some(m) = v.as_object_mut() {
+        for k in ["out", "seeds", "label"] {
+            m.remove(k);
+        }
+        m.insert("seed".into(), json!(seed));
+        m.insert("optimizer".into(), serde_json::to_value(optimizer).unwrap_or(Value::Null));
+        if let Some(Value::Object(t)) = m.get_mut("train") {
+            for k in ["steps", "epochs", "evaluate_only", "eval_every", "checkpoint_every", "log_every", "progress", "eval_batch_size", "max_eval_examples"] {
+                t.remove(k);
+            }
+        }
+        // Only the app's own section matters.
+        for app in ["lm", "xnli", "vision"] {
+            m.remove(app);
+        }
+    }
+    v
+}
+
+struct Metrics {
+    file: std::fs::File,
+    bytes: u64,
+}
+
+impl Metrics {
+    fn open(path: &Path, keep: u64) -> Result<Self> {
+        let io = |e| Error::io(format!("opening {}", path.display()), e);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < keep {
+            return Err(Error::checkpoint(path, format!("has {len} bytes, the checkpoint recorded {keep}: the metrics log was truncated")));
+        }
+        file.set_len(keep).map_err(io)?;
+        Ok(Self { file, bytes: keep })
+    }
+    fn line(&mut self, v: &Value) -> Result<()> {
+        let mut s = serde_json::to_string(v).expect("metrics serialise");
+        s.push('\n');
+        self.file.write_all(s.as_bytes()).map_err(|e| Error::io("writing metrics.jsonl", e))?;
+        self.file.flush().map_err(|e| Error::io("writing metrics.jsonl", e))?;
+        self.bytes += s.len() as u64;
+        Ok(())
+    }
+}
+
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        json!(x.to_string())
+    }
+}
+
+fn eval_line(kind: &str, step: u64, set: &EvalSet, m: &EvalMetrics) -> Value {
+    json!({"type": kind, "step": step, "set": set.name, "loss": num(m.loss), "perplexity": num(m.perplexity), "accuracy": num(m.accuracy), "rows": m.rows})
+}
+
+fn progress_bar(total: u64, enabled: bool, prefix: String) -> ProgressBar {
+    let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let pb = ProgressBar::with_draw_target(Some(total), target);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
+/// Train `model` on `data` as `spec` says, then evaluate; see the module docs.
+pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, control: &Control) -> Result<Outcome> {
+    let run = spec.run;
+    let cfg = &run.config;
+    let dir = run.dir(spec.seed);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let results_path = dir.join(RESULTS_FILE);
+    let total = total_steps(run, data.train.batches_per_epoch());
+    let opt_config = resolved_optimizer(run, spec.seed, total);
+    let mut opt = Optimizer::new(spec.registry, opt_config.clone())?;
+    let print = fingerprint(run, spec.seed, &opt_config);
+    let params = model.params().clone();
+
+    let mut step = 0u64;
+    let mut best: Option<(Best, Option<Snapshot>)> = None;
+    let mut train_seconds = 0f64;
+    let mut metrics_keep = 0u64;
+    match checkpoint::latest(&dir)? {
+        Some(ck_dir) if control.resume => {
+            let ck = checkpoint::read(&ck_dir)?;
+            let diff = checkpoint::differences(&ck.state.fingerprint, &print);
+            if !diff.is_empty() {
+                return Err(Error::checkpoint(
+                    &ck_dir,
+                    format!("was written by a run with a different configuration: {}; resume with the same configuration, or start a new run in another `out`", diff.join("; ")),
+                ));
+            }
+            if ck.state.step > total {
+                return Err(Error::checkpoint(&ck_dir, format!("is at step {}, past this run's {total} steps", ck.state.step)));
+            }
+            let values = checkpoint::read_params(&params, &ck.files.model, &ck.dir.join(checkpoint::MODEL_FILE))?;
+            params.assign(&values)?;
+            opt.load_state_bytes(&params, &ck.files.optimizer, &ck.dir.join(checkpoint::OPTIMIZER_FILE).display().to_string())?;
+            if let Some(b) = &ck.state.best {
+                let snap = match &ck.files.best {
+                    Some(bytes) => Some(Snapshot::from_tensors(&params, checkpoint::read_params(&params, bytes, &ck.dir.join(checkpoint::BEST_FILE))?)?),
+                    None if cfg.train.select == Select::Best => {
+                        return Err(Error::checkpoint(&ck.dir, "records a best validation step but has no best.safetensors: the checkpoint is corrupt"))
+                    }
+                    None => None,
+                };
+                best = Some((b.clone(), snap));
+            }
+            let pos: u128 = ck.state.dropout_position.parse().map_err(|_| Error::checkpoint(&ck.dir, "dropout_position is not a number"))?;
+            model.set_dropout_position(pos)?;
+            data.train.restore(&ck.state.data_position)?;
+            step = ck.state.step;
+            train_seconds = ck.state.train_seconds;
+            metrics_keep = ck.state.metrics_bytes;
+            tracing::info!(run = %run.name, seed = spec.seed, step, checkpoint = %ck.dir.display(), "resuming");
+        }
+        Some(ck_dir) => {
+            return Err(Error::checkpoint(
+                &ck_dir,
+                format!("{} already holds a checkpoint of this run; pass --resume to continue it, or delete the directory / choose another `out` to start over", dir.display()),
+            ));
+        }
+        None => {
+            if results_path.exists() && !control.resume {
+                return Err(Error::Config(format!(
+                    "{} already holds the results of this run; pass --resume to keep them, or delete the directory / choose another `out`",
+                    dir.display()
+                )));
+            }
+            if control.resume {
+                tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "no checkpoint to resume: starting");
+            }
+        }
+    }
+    if control.resume && step == total {
+        if let Ok(text) = std::fs::read(&results_path) {
+            if let Ok(r) = serde_json::from_slice::<RunResult>(&text) {
+                tracing::info!(run = %run.name, seed = spec.seed, "already finished");
+                return Ok(Outcome::Finished(Box::new(r)));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&results_path);
+    let mut metrics = Metrics::open(&dir.join(METRICS_FILE), metrics_keep)?;
+    if step == 0 {
+        metrics.line(&json!({"type": "start", "run": run.name, "seed": spec.seed, "steps": total, "optimizer": opt.describe(), "parameters": params.elem_count()}))?;
+    }
+    tracing::info!(run = %run.name, seed = spec.seed, optimizer = %opt, steps = total, parameters = params.elem_count(), "training");
+
+    let accumulation = cfg.train.accumulation;
+    let pb = progress_bar(total, cfg.train.progress, format!("{} seed {}", run.name, spec.seed));
+    pb.set_position(step);
+    let mut last_checkpoint = step;
+    let mut last_eval = None;
+    let started = Instant::now();
+    let (mut window_units, mut window_start) = (0usize, Instant::now());
+    let save = |step: u64, best: &Option<(Best, Option<Snapshot>)>, metrics_bytes: u64, seconds: f64, opt: &Optimizer, data: &TaskData| -> Result<PathBuf> {
+        let files = CheckpointFiles {
+            model: checkpoint::params_bytes(&params, None)?,
+            optimizer: opt.state_bytes(&params)?,
+            best: best.as_ref().and_then(|(_, s)| s.as_ref()).map(|s| checkpoint::params_bytes(&params, Some(s))).transpose()?,
+        };
+        let state = TrainerState {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            step,
+            seed: spec.seed,
+            data_position: data.train.position(),
+            dropout_position: model.dropout_position()?.to_string(),
+            best: best.as_ref().map(|(b, _)| b.clone()),
+            metrics_bytes,
+            train_seconds: seconds,
+            fingerprint: print.clone(),
+            files: Default::default(),
+        };
+        let d = checkpoint::write(&dir, state, files)?;
+        tracing::info!(step, checkpoint = %d.display(), "checkpoint written");
+        Ok(d)
+    };
+
+    let validate = |step: u64, best: &mut Option<(Best, Option<Snapshot>)>, metrics: &mut Metrics| -> Result<()> {
+        let Some(valid) = &data.valid else { return Ok(()) };
+        let m = evaluate(model.as_ref(), valid.source.as_ref())?;
+        let improved = m.loss.is_finite() && best.as_ref().map_or(true, |(b, _)| m.loss < b.loss);
+        let mut line = eval_line("eval", step, valid, &m);
+        line["best"] = json!(improved);
+        metrics.line(&line)?;
+        tracing::info!(step, set = %valid.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, best = improved, "validation");
+        if improved {
+            // Only model selection needs the parameters themselves.
+            let snap = if cfg.train.select == Select::Best { Some(params.snapshot()?) } else { None };
+            *best = Some((Best { step, loss: m.loss }, snap));
+        }
+        Ok(())
+    };
+
+    while step < total {
+        let mut batches = Vec::with_capacity(accumulation);
+        for _ in 0..accumulation {
+            let b = data.train.next_batch()?;
+            window_units += data.train.units(&b);
+            batches.push(b);
+        }
+        let report = opt.step(model.as_ref(), &batches)?;
+        step += 1;
+        if step % cfg.train.log_every == 0 || step == total {
+            metrics.line(&json!({
+                "type": "train", "step": step, "lr": report.lr, "loss": num(report.loss), "penalty": report.penalty.map(num),
+                "delta": report.delta.map(num), "epsilon_norm": num(report.epsilon_norm), "grad_norm": num(report.grad_norm),
+                "ascent": report.ascent, "skipped": report.skipped,
+            }))?;
+        }
+        let secs = window_start.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { window_units as f64 / secs } else { 0.0 };
+        if secs > 5.0 {
+            (window_units, window_start) = (0, Instant::now());
+        }
+        let delta = report.delta.map(|d| format!(" δ {d:.3e}")).unwrap_or_default();
+        pb.set_message(format!("loss {:.4}{delta} {rate:.0} {}/s", report.loss, data.unit));
+        pb.set_position(step);
+        if step % cfg.train.log_every == 0 {
+            tracing::debug!(step, loss = report.loss, delta = ?report.delta, lr = report.lr, rate, unit = data.unit, "step");
+        }
+        if cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 {
+            validate(step, &mut best, &mut metrics)?;
+            last_eval = Some(step);
+        }
+        let elapsed = train_seconds + started.elapsed().as_secs_f64();
+        if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step < total {
+            save(step, &best, metrics.bytes, elapsed, &opt, &data)?;
+            last_checkpoint = step;
+        }
+        if control.stop_after == Some(step) {
+            control.stop.store(true, Ordering::SeqCst);
+        }
+        if control.stop.load(Ordering::SeqCst) && step < total {
+            let d = if last_checkpoint == step { checkpoint::latest(&dir)?.unwrap_or_default() } else { save(step, &best, metrics.bytes, elapsed, &opt, &data)? };
+            pb.abandon_with_message(format!("interrupted at step {step}; resume with --resume"));
+            tracing::warn!(step, checkpoint = %d.display(), "interrupted: checkpoint written; run again with --resume to continue");
+            return Ok(Outcome::Interrupted { step, checkpoint: d });
+        }
+    }
+    pb.finish_and_clear();
+    let train_seconds = train_seconds + started.elapsed().as_secs_f64();
+    if total > 0 && last_eval != Some(total) {
+        validate(total, &mut best, &mut metrics)?;
+    }
+    if total > 0 {
+        save(total, &best, metrics.bytes, train_seconds, &opt, &data)?;
+    }
+
+    // Model selection: the best validation loss, or the final parameters.
+    let selected_step = match (&best, cfg.train.select) {
+        (Some((b, Some(snap))), Select::Best) => {
+            params.assign(snap.tensors())?;
+            b.step
+        }
+        _ => total,
+    };
+    if total > 0 {
+        tram_hub::save_model(&dir.join(MODEL_DIR), model.as_ref(), spec.tokenizer.as_deref())?;
+    }
+    let eval_started = Instant::now();
+    let mut columns = Vec::new();
+    let valid = match &data.valid {
+        Some(v) => {
+            let m = evaluate(model.as_ref(), v.source.as_ref())?;
+            metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
+            Some(m)
+        }
+        None => None,
+    };
+    for set in &data.tests {
+        let m = evaluate(model.as_ref(), set.source.as_ref())?;
+        metrics.line(&eval_line("test", selected_step, set, &m))?;
+        tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
+        columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
+    }
+    let result = RunResult {
+        app: spec.app.to_string(),
+        run: run.name.clone(),
+        label: run.label.clone(),
+        row: spec.row,
+        seed: spec.seed,
+        steps: total,
+        selected_step,
+        selection: if cfg.train.select == Select::Best && best.is_some() { "best-validation-loss".into() } else { "last".into() },
+        best_valid_loss: best.as_ref().map(|(b, _)| b.loss),
+        valid,
+        columns,
+        optimizer: opt.describe(),
+        skipped_steps: opt.skipped_steps(),
+        no_ascent_steps: opt.no_ascent_steps(),
+        train_seconds,
+        eval_seconds: eval_started.elapsed().as_secs_f64(),
+        config: run.config.to_json(),
+    };
+    let bytes = serde_json::to_vec_pretty(&result).expect("results serialise");
+    tram::state::write_atomic(&results_path, &bytes)?;
+    Ok(Outcome::Finished(Box::new(result)))
+}
