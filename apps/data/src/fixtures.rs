@@ -47,7 +47,9 @@ fn kind_of(f: &Field, col: &str) -> Result<Option<Kind>> {
         Field::Int(_) => Kind::Int,
         Field::Float(_) => Kind::Float,
         Field::Bool(_) => Kind::Bool,
-        other => return Err(Error::Invalid(format!("fixture parquet writer: column `{col}` holds {}, which it cannot write", other.kind()))),
+        other => {
+            return Err(Error::Invalid(format!("fixture parquet writer: column `{col}` holds {}, which it cannot write", other.kind())))
+        }
     }))
 }
 
@@ -162,7 +164,8 @@ pub fn write_parquet_with(path: &Path, records: &[Record], codec: Codec, rows_pe
     for group in groups {
         let mut rg = writer.next_row_group().map_err(pq)?;
         for leaf in &leaves {
-            let mut col = rg.next_column().map_err(pq)?.ok_or_else(|| Error::Invalid("fixture writer: fewer columns than leaves".into()))?;
+            let mut col =
+                rg.next_column().map_err(pq)?.ok_or_else(|| Error::Invalid("fixture writer: fewer columns than leaves".into()))?;
             let max_def: i16 = if leaf.child.is_some() { 2 } else { 1 };
             let mut defs = Vec::with_capacity(group.len());
             let mut vals: Vec<&Field> = Vec::new();
@@ -205,15 +208,18 @@ pub fn write_parquet_with(path: &Path, records: &[Record], codec: Codec, rows_pe
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None).map_err(pq)?;
                 }
                 Kind::Int => {
-                    let v = vals.iter().map(|f| if let Field::Int(i) = f { Ok(*i) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
+                    let v =
+                        vals.iter().map(|f| if let Field::Int(i) = f { Ok(*i) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
                     col.typed::<Int64Type>().write_batch(&v, Some(&defs), None).map_err(pq)?;
                 }
                 Kind::Float => {
-                    let v = vals.iter().map(|f| if let Field::Float(x) = f { Ok(*x) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
+                    let v =
+                        vals.iter().map(|f| if let Field::Float(x) = f { Ok(*x) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
                     col.typed::<DoubleType>().write_batch(&v, Some(&defs), None).map_err(pq)?;
                 }
                 Kind::Bool => {
-                    let v = vals.iter().map(|f| if let Field::Bool(x) = f { Ok(*x) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
+                    let v =
+                        vals.iter().map(|f| if let Field::Bool(x) = f { Ok(*x) } else { Err(mismatch(f)) }).collect::<Result<Vec<_>>>()?;
                     col.typed::<BoolType>().write_batch(&v, Some(&defs), None).map_err(pq)?;
                 }
             }
@@ -274,7 +280,10 @@ pub fn hub_snapshot(cache_dir: &Path, repo_id: &str, revision: &str, commit: &st
 /// `blobs/<hash>`, and `snapshots/<commit>/<rel>` a symbolic link to it (a copy where links
 /// are unavailable). `snapshot` is what [`hub_snapshot`] returned.
 pub fn hub_file(snapshot: &Path, rel: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let repo = snapshot.parent().and_then(Path::parent).ok_or_else(|| Error::Invalid(format!("{} is not a snapshot folder", snapshot.display())))?;
+    let repo = snapshot
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| Error::Invalid(format!("{} is not a snapshot folder", snapshot.display())))?;
     // FNV-1a: a stable name for the blob.
     let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
     let blob = repo.join("blobs").join(format!("{hash:016x}{}", bytes.len()));

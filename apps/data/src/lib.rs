@@ -41,9 +41,11 @@ pub mod vision;
 pub use error::{Error, Result};
 pub use loader::{permutation, sequential, Loader, LoaderState};
 pub use nli::PairExample;
-pub use record::{check_columns, column, load_split, load_split_hub, load_split_with, read_json_lines, read_parquet, read_split_files, Field, Record};
+pub use record::{
+    check_columns, column, load_split, load_split_hub, load_split_with, read_json_lines, read_parquet, read_split_files, Field, Record,
+};
 pub use skips::Skips;
 pub use source::{DataFiles, DataSource, HubOptions, Listing, DEFAULT_REVISION};
 pub use splits::{classify, data_files, describe_splits, find_split, find_split_in, list_splits, DataFile, Format, SplitFiles};
 pub use tokenizers::Tokenizer;
-pub use vision::{Images, Preprocess};
+pub use vision::{ImageExample, Images, Preprocess};

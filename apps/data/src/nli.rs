@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::record::{check_columns, Field, Record};
 use crate::skips::Skips;
 use candle_core::{Device, Tensor};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// One encoded pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,11 +22,7 @@ pub const PAD_TOKENS: &[&str] = &["<pad>", "[PAD]", "<|pad|>", "<|endoftext|>"];
 /// The tokenizer's padding id: from its padding settings, else the first of [`PAD_TOKENS`] it
 /// knows, else 0. (Padded positions are masked out, so the value only has to be a valid id.)
 pub fn pad_id(tokenizer: &Tokenizer) -> u32 {
-    tokenizer
-        .get_padding()
-        .map(|p| p.pad_id)
-        .or_else(|| PAD_TOKENS.iter().find_map(|t| tokenizer.token_to_id(t)))
-        .unwrap_or(0)
+    tokenizer.get_padding().map(|p| p.pad_id).or_else(|| PAD_TOKENS.iter().find_map(|t| tokenizer.token_to_id(t))).unwrap_or(0)
 }
 
 fn text<'a>(r: &'a Record, col: &str, row: usize) -> Result<Option<&'a str>> {
@@ -69,7 +65,8 @@ pub fn label(r: &Record, col: &str, row: usize) -> Result<Option<u32>> {
 /// Encode `(premise, hypothesis)` pairs with the tokenizer's pair template (its
 /// post-processor adds the special tokens: `<s> a </s></s> b </s>` for XLM-R, `[CLS] a [SEP]
 /// b [SEP]` for BERT), truncating the longer side first to at most `max_len` tokens in all
-/// (the tokenizer's own padding is turned off). Rows with an empty or null text are counted in
+/// (the tokenizer's own padding is turned off; `max_len` must leave room for one token of each
+/// side besides the template's special tokens). Rows with an empty or null text are counted in
 /// [`Skips::empty`]; a missing, null or negative label in [`Skips::missing_label`]; a pair
 /// that cannot fit `max_len` even truncated in [`Skips::too_long`]. A column absent from the
 /// data is an error naming it and listing the columns there are.
@@ -85,6 +82,13 @@ pub fn encode(
         return Err(Error::Invalid("max_len must be at least 1".into()));
     }
     check_columns(records, &[premise_col, hypothesis_col, label_col], "the data")?;
+    let specials = tokenizer.get_post_processor().map(|p| p.added_tokens(true)).unwrap_or(0);
+    if max_len < specials + 2 {
+        return Err(Error::Invalid(format!(
+            "max_len {max_len} leaves no room for a pair: the tokenizer's pair template adds {specials} special tokens, so              max_len must be at least {}",
+            specials + 2
+        )));
+    }
     let mut tok = tokenizer.clone();
     tok.with_padding(None);
     tok.with_truncation(Some(TruncationParams {
@@ -138,9 +142,9 @@ pub fn batch_refs(examples: &[&PairExample], pad_id: u32, device: &Device) -> Re
     let mut mask = Vec::with_capacity(b * s);
     for e in examples {
         ids.extend_from_slice(&e.ids);
-        ids.extend(std::iter::repeat(pad_id).take(s - e.ids.len()));
-        mask.extend(std::iter::repeat(1u32).take(e.ids.len()));
-        mask.extend(std::iter::repeat(0u32).take(s - e.ids.len()));
+        ids.resize(ids.len() + s - e.ids.len(), pad_id);
+        mask.resize(mask.len() + e.ids.len(), 1u32);
+        mask.resize(mask.len() + s - e.ids.len(), 0u32);
     }
     let targets: Vec<u32> = examples.iter().map(|e| e.label).collect();
     Ok(tram::Batch {

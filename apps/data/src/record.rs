@@ -271,8 +271,7 @@ pub fn read_json_lines(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Reco
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| Error::corrupt(path, format!("line {n}: bad JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| Error::corrupt(path, format!("line {n}: bad JSON: {e}")))?;
         out.push(to_record(v, n)?);
     }
     Ok(out)
@@ -320,6 +319,12 @@ pub fn load_split_with(files: &DataFiles, split: &str, config: Option<&str>, col
 }
 
 /// [`load_split_with`] with a hub configured by `hub`.
-pub fn load_split_hub(source: &DataSource, hub: &HubOptions, split: &str, config: Option<&str>, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+pub fn load_split_hub(
+    source: &DataSource,
+    hub: &HubOptions,
+    split: &str,
+    config: Option<&str>,
+    columns: Option<&[&str]>,
+) -> Result<Vec<Record>> {
     load_split_with(&source.files(hub), split, config, columns)
 }

@@ -47,16 +47,12 @@ impl fmt::Display for Skips {
         if total == 0 {
             return f.write_str("no rows skipped");
         }
-        let parts: Vec<String> = [
-            (self.empty, "empty"),
-            (self.too_long, "too long"),
-            (self.undecodable, "undecodable"),
-            (self.missing_label, "missing label"),
-        ]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
+        let parts: Vec<String> =
+            [(self.empty, "empty"), (self.too_long, "too long"), (self.undecodable, "undecodable"), (self.missing_label, "missing label")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} {what}"))
+                .collect();
         write!(f, "{total} row{} skipped ({})", if total == 1 { "" } else { "s" }, parts.join(", "))
     }
 }

@@ -56,17 +56,11 @@ impl DataSource {
             return Ok(Self::Local(path.to_path_buf()));
         }
         if path.exists() {
-            return Err(invalid(format!(
-                "{} is a file, not a directory; pass the directory that holds the data files",
-                path.display()
-            )));
+            return Err(invalid(format!("{} is a file, not a directory; pass the directory that holds the data files", path.display())));
         }
         let path_like = s.starts_with(['/', '.', '~']) || s.ends_with('/') || s.contains('\\') || s.contains("//");
         if path_like {
-            return Err(invalid(format!(
-                "no such directory {} (and it is not a hub dataset id `org/name[@revision]`)",
-                path.display()
-            )));
+            return Err(invalid(format!("no such directory {} (and it is not a hub dataset id `org/name[@revision]`)", path.display())));
         }
         let (id, revision) = match s.split_once('@') {
             Some((id, rev)) => (id, rev),

@@ -55,8 +55,15 @@ pub struct DataFile {
 }
 
 /// JSON files that describe a dataset rather than hold its rows.
-const METADATA_JSON: &[&str] =
-    &["dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "config.json", "tokenizer.json", "tokenizer_config.json"];
+const METADATA_JSON: &[&str] = &[
+    "dataset_info.json",
+    "dataset_infos.json",
+    "dataset_dict.json",
+    "state.json",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
 
 /// Classify one relative path; `None` for files that are not data files or do not name a
 /// split.

@@ -137,6 +137,9 @@ fn image_bytes<'a>(r: &'a Record, col: &str) -> std::result::Result<&'a [u8], St
     }
 }
 
+/// One decoded image: `3·H·W` values (CHW) and its label.
+pub type ImageExample = (Vec<f32>, u32);
+
 /// Run `f` over `items` on all cores, keeping the order.
 fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(items.len().max(1));
@@ -157,7 +160,7 @@ fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> 
 ///
 /// Memory: 3·H·W·4 bytes per image (602 KB at 224²): for a large training set use
 /// [`Images`], which keeps the encoded bytes and decodes per batch.
-pub fn decode(records: &[Record], image_col: &str, label_col: &str, pre: &Preprocess) -> Result<(Vec<(Vec<f32>, u32)>, Skips)> {
+pub fn decode(records: &[Record], image_col: &str, label_col: &str, pre: &Preprocess) -> Result<(Vec<ImageExample>, Skips)> {
     let (images, skips) = Images::from_records_unchecked(records, image_col, label_col)?;
     let decoded = par_map(&images.bytes, |b| pre.apply(b));
     let mut skips = skips;
@@ -176,12 +179,12 @@ pub fn decode(records: &[Record], image_col: &str, label_col: &str, pre: &Prepro
 
 /// A batch of decoded images: inputs `[B, 3, H, W]` f32 (square images, all of one size),
 /// targets `[B]` u32, no mask.
-pub fn batch(examples: &[(Vec<f32>, u32)], device: &Device) -> Result<tram::Batch> {
+pub fn batch(examples: &[ImageExample], device: &Device) -> Result<tram::Batch> {
     batch_refs(&examples.iter().collect::<Vec<_>>(), device)
 }
 
 /// [`batch`] over borrowed examples.
-pub fn batch_refs(examples: &[&(Vec<f32>, u32)], device: &Device) -> Result<tram::Batch> {
+pub fn batch_refs(examples: &[&ImageExample], device: &Device) -> Result<tram::Batch> {
     let first = examples.first().ok_or_else(|| Error::Invalid("an image batch needs at least one example".into()))?;
     let len = first.0.len();
     let side = ((len / 3) as f64).sqrt().round() as usize;
