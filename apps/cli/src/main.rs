@@ -8,6 +8,10 @@ use tram::{Kind, Optimizer, OptimizerConfig, Registry};
 #[derive(Parser)]
 #[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
 struct Cli {
+    /// Load components from a run-time plugin library (repeatable). `TRAM_PLUGINS`, a path
+    /// list like `PATH`, names more (loaded first). See docs/writing-a-plugin.md.
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    plugins: Vec<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,7 +79,9 @@ fn list(registry: &Registry) {
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
-    let registry = tram_plugins::registry()?;
+    let mut registry = tram_plugins::registry()?;
+    registry.load_env_plugins()?;
+    registry.load_plugins(&cli.plugins)?;
     match cli.command {
         Command::List => list(&registry),
         Command::Explain { composition } => {

@@ -1,0 +1,244 @@
+//! The run-time plugin path end to end. The example plugin is built as a cdylib by the cargo
+//! running these tests (same profile, so usually already built), loaded with
+//! `Registry::load_plugin`, and trained with; a build of it with another fingerprint is refused
+//! naming the field; a missing file and a library that is not a plugin are clear errors.
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use tram::{Distance, Error, Kind, Model, Optimizer, OptimizerConfig, Reduction, Registry};
+use tram_tests::{eval_loss, synthetic_batches, ClassifierShape, EmbeddingClassifier};
+
+const SHAPE: ClassifierShape = ClassifierShape { vocab: 32, embed: 8, hidden: 16, layers: 1, classes: 4 };
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `cargo build -p tram-renyi` with the cargo running this test, in this test's profile;
+/// returns the cdylib it reports.
+fn build_plugin(target_dir: Option<&Path>, extra: &[&str]) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace()).args(["build", "-p", "tram-renyi", "--lib", "--message-format=json-render-diagnostics"]);
+    cmd.args(if cfg!(debug_assertions) { ["--profile", "test"] } else { ["--profile", "release"] });
+    cmd.args(extra);
+    if let Some(dir) = target_dir {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    let out = cmd.output().expect("running cargo");
+    assert!(out.status.success(), "cargo build -p tram-renyi failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ext = std::env::consts::DLL_EXTENSION;
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tram_renyi")
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == ext))
+        .unwrap_or_else(|| panic!("cargo reported no .{ext} for tram-renyi:\n{stdout}"))
+}
+
+/// The example plugin, built once per test binary.
+fn plugin() -> &'static Path {
+    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
+    PLUGIN.get_or_init(|| build_plugin(None, &[]))
+}
+
+fn registry_with_plugin() -> Registry {
+    let mut r = tram_plugins::registry().unwrap();
+    let names = r.load_plugin(plugin()).unwrap();
+    assert_eq!(names, ["renyi", "tram-noise-renyi"]);
+    r
+}
+
+fn batches() -> Vec<tram::Batch> {
+    synthetic_batches(SHAPE, 4, 16, 6, 7, &Device::Cpu).unwrap()
+}
+
+fn model() -> EmbeddingClassifier {
+    EmbeddingClassifier::random(SHAPE, 1, &Device::Cpu).unwrap()
+}
+
+fn params(m: &dyn Model) -> Vec<f32> {
+    m.params().iter().flat_map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+}
+
+#[test]
+fn the_plugin_registers_renyi_with_its_path_as_origin() {
+    let r = registry_with_plugin();
+    let path = plugin().canonicalize().unwrap().display().to_string();
+    let e = r.find("renyi").expect("renyi registered");
+    assert_eq!(e.kind, Kind::Distance);
+    assert_eq!(e.origin, path);
+    assert_eq!((e.params[0].name.as_str(), e.params[0].default.as_str()), ("alpha", "2.0"));
+    assert_eq!(r.alias("tram-noise-renyi").unwrap().composition, "noise(distance=renyi)+ball+adam");
+    assert_eq!(r.plugins().map(|l| l.path().display().to_string()).collect::<Vec<_>>(), [path]);
+    // Built-ins are untouched.
+    assert_eq!(r.find("kl").unwrap().origin, "built-in");
+}
+
+#[test]
+fn tram_x_with_the_renyi_plugin_decreases_the_loss() {
+    let r = registry_with_plugin();
+    let data = batches();
+    let m = model();
+    let cfg = OptimizerConfig::new("noise(distance=renyi)+ball+adam", 0.01).with("noise", "sigma", 1e-3);
+    let mut opt = Optimizer::new(&r, cfg).unwrap();
+    assert!(opt.to_string().contains("renyi"), "{opt}");
+    let before = eval_loss(&m, &data).unwrap();
+    for s in 0..40 {
+        let rep = opt.step(&m, std::slice::from_ref(&data[s % data.len()])).unwrap();
+        assert!(!rep.skipped, "step {s} skipped");
+        let delta = rep.delta.expect("TRAM measures δ");
+        assert!(delta.is_finite() && delta > 0.0, "step {s}: δ = {delta}");
+    }
+    let after = eval_loss(&m, &data).unwrap();
+    assert!(after < 0.8 * before, "loss {before:.4} -> {after:.4}");
+}
+
+fn distance(r: &Registry, alpha: f64) -> Box<dyn Distance> {
+    match r.build(Kind::Distance, "renyi", &serde_json::json!({ "alpha": alpha })).unwrap() {
+        tram::Component::Distance(d) => d,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn gradients_through_the_plugin_distance_equal_those_through_the_linked_one() {
+    // The plugin differentiates inside its own copy of candle; the host re-attaches the result.
+    // Value and parameter gradients must match the same code linked into this binary.
+    let mut linked = tram_plugins::registry().unwrap();
+    tram_renyi::register(&mut linked).unwrap();
+    let loaded = registry_with_plugin();
+    let (m, other) = (model(), EmbeddingClassifier::random(SHAPE, 2, &Device::Cpu).unwrap());
+    let batch = &batches()[0];
+    let target = other.forward(&other.params().detached(), batch, tram::Mode::EVAL).unwrap().logits;
+    for alpha in [0.5, 1.0, 2.0] {
+        let run = |r: &Registry| {
+            let current = m.forward(m.params(), batch, tram::Mode::TRAIN).unwrap().logits;
+            let d = distance(r, alpha).distance(&target, &current, Reduction::Mean, 16).unwrap();
+            let grads = d.backward().unwrap();
+            let g: Vec<Vec<f32>> = m.params().iter().map(|p| grads.get(p.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+            (d.to_scalar::<f32>().unwrap(), g)
+        };
+        let ((d_linked, g_linked), (d_loaded, g_loaded)) = (run(&linked), run(&loaded));
+        assert!(d_linked > 0.0 && (d_linked - d_loaded).abs() <= 1e-6 * d_linked, "α = {alpha}: D {d_linked} vs {d_loaded}");
+        for (i, (a, b)) in g_linked.iter().zip(&g_loaded).enumerate() {
+            let scale = a.iter().fold(0f32, |s, x| s.max(x.abs()));
+            assert!(scale > 0.0, "α = {alpha}: parameter {i} has no gradient");
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-4 * scale, "α = {alpha}, parameter {i}: {x} vs {y} (scale {scale})");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_penalty_through_the_plugin_distance_trains_like_the_linked_one() {
+    let mut linked = tram_plugins::registry().unwrap();
+    tram_renyi::register(&mut linked).unwrap();
+    let loaded = registry_with_plugin();
+    let data = batches();
+    let run = |r: &Registry| {
+        let m = model();
+        let cfg = OptimizerConfig::new("reg:noise(distance=renyi,lambda=5)+sgd(momentum=0)", 0.1).with("noise", "sigma", 0.5).with("renyi", "alpha", 0.5);
+        let mut opt = Optimizer::new(r, cfg).unwrap();
+        let pen: Vec<f64> = (0..10).map(|s| opt.step(&m, std::slice::from_ref(&data[s % data.len()])).unwrap().penalty.unwrap()).collect();
+        (params(&m), pen)
+    };
+    let ((p_linked, pen_linked), (p_loaded, pen_loaded)) = (run(&linked), run(&loaded));
+    for (a, b) in pen_linked.iter().zip(&pen_loaded) {
+        assert!(*a > 1e-3 && (a - b).abs() <= 1e-3 * a, "penalty {a} vs {b}");
+    }
+    for (i, (a, b)) in p_linked.iter().zip(&p_loaded).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "parameter {i}: linked {a} vs plugin {b}");
+    }
+}
+
+#[test]
+fn components_built_from_a_plugin_outlive_the_registry() {
+    let r = registry_with_plugin();
+    let entry = r.find("renyi").unwrap().clone();
+    let d = distance(&r, 2.0);
+    drop(r);
+    // p = (1/4, 3/4), q = (1/2, 1/2): D_2 = log 5/4.
+    let t = Tensor::new(&[[0.0f32, 3f32.ln()]], &Device::Cpu).unwrap();
+    let c = Tensor::new(&[[0.0f32, 0.0]], &Device::Cpu).unwrap();
+    let v = d.distance(&t, &c, Reduction::Mean, 1).unwrap().to_scalar::<f32>().unwrap();
+    assert!((v - 1.25f32.ln()).abs() < 1e-6, "{v}");
+    assert_eq!(d.name(), "renyi");
+    drop(d);
+    // The entry's constructor holds the library too.
+    assert!((entry.build)(&Value::Null).is_ok());
+}
+
+#[test]
+fn loading_a_plugin_twice_is_a_duplicate_name_error_and_registers_nothing() {
+    let mut r = registry_with_plugin();
+    let before = (r.names(None), r.aliases().count());
+    let err = r.load_plugin(plugin()).unwrap_err();
+    assert!(matches!(err, Error::DuplicateComponent { ref name, .. } if name == "renyi"), "{err}");
+    assert_eq!((r.names(None), r.aliases().count()), before);
+}
+
+#[test]
+fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_values() {
+    // A separate target dir: the cdylib's file name has no hash, the normal build would be clobbered.
+    // Only loaded to be refused, so built unoptimised.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
+    let lib = build_plugin(
+        Some(&target),
+        &["--features", "fingerprint-test", "--config", "profile.test.package.\"*\".opt-level=0", "--config", "profile.test.debug=0", "--config", "profile.release.package.\"*\".opt-level=0"],
+    );
+    let mut r = tram_plugins::registry().unwrap();
+    let names = r.names(None);
+    let err = r.load_plugin(&lib).unwrap_err();
+    match &err {
+        Error::PluginMismatch { field, plugin, host, .. } => {
+            assert_eq!((field.as_str(), plugin.as_str(), host.as_str()), ("framework features", "fingerprint-test", "(none)"));
+        }
+        other => panic!("expected a fingerprint mismatch, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("framework features") && msg.contains("`fingerprint-test`") && msg.contains("`(none)`"), "{msg}");
+    assert_eq!(r.names(None), names, "nothing registered");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let err = Registry::empty().load_plugin("/no/such/dir/libtram_nothing.so").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("/no/such/dir/libtram_nothing.so") && msg.contains("no such file"), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_a_shared_library_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("libgarbage.{}", std::env::consts::DLL_EXTENSION));
+    std::fs::write(&path, b"this is not a shared library").unwrap();
+    let err = Registry::empty().load_plugin(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("cannot be loaded as a shared library"), "{msg}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_shared_library_that_is_not_a_plugin_is_a_clear_error() {
+    // The C library this process runs on: a real shared library without a declaration.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so") || n.to_string_lossy().starts_with("libc-")))
+        .expect("libc mapped");
+    let mut r = tram_plugins::registry().unwrap();
+    let names = r.names(None);
+    let err = r.load_plugin(libc).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("not a tram plugin") && msg.contains("TRAM_PLUGIN_DECLARATION"), "{msg}");
+    assert_eq!(r.names(None), names);
+}
