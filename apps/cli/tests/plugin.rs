@@ -1,0 +1,88 @@
+//! `tram list` / `tram explain` with run-time plugins from `--plugin` (repeatable, before or
+//! after the subcommand) and `TRAM_PLUGINS`. The example plugin is built by the cargo running
+//! these tests, in the same profile.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn plugin() -> &'static Path {
+    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let profile = if cfg!(debug_assertions) { "test" } else { "release" };
+        let out = Command::new(cargo)
+            .current_dir(&workspace)
+            .args(["build", "-p", "tram-renyi", "--lib", "--message-format=json-render-diagnostics", "--profile", profile])
+            .output()
+            .expect("running cargo");
+        assert!(out.status.success(), "cargo build -p tram-renyi failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let ext = std::env::consts::DLL_EXTENSION;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tram_renyi")
+            .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f.as_str().map(PathBuf::from))
+            .find(|f| f.extension().is_some_and(|e| e == ext))
+            .expect("a cdylib for tram-renyi")
+    })
+}
+
+fn tram(args: &[&str], env_plugins: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tram"));
+    cmd.args(args).env_remove("TRAM_PLUGINS").env("RUST_BACKTRACE", "0");
+    if let Some(p) = env_plugins {
+        cmd.env("TRAM_PLUGINS", p);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "tram failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn list_with_a_plugin_shows_its_distance_with_the_library_path_and_its_alias() {
+    let p = plugin().to_str().unwrap();
+    let out = stdout(&tram(&["list", "--plugin", p], None));
+    let canonical = plugin().canonicalize().unwrap().display().to_string();
+    let line = out.lines().find(|l| l.trim_start().starts_with("renyi ")).unwrap_or_else(|| panic!("no renyi in:\n{out}"));
+    assert!(line.contains(&format!("[{canonical}]")), "{line}");
+    assert!(out.contains("alpha") && out.contains("tram-noise-renyi"), "{out}");
+    // Without the plugin there is no renyi.
+    assert!(!stdout(&tram(&["list"], None)).contains("renyi"));
+}
+
+#[test]
+fn explain_resolves_a_composition_using_the_plugin_given_before_or_after_the_subcommand() {
+    let p = plugin().to_str().unwrap();
+    for args in [["explain", "noise(distance=renyi)+ball+adam", "--plugin", p], ["--plugin", p, "explain", "noise(distance=renyi)+ball+adam"]] {
+        let out = stdout(&tram(&args, None));
+        assert!(out.starts_with("noise(distance=renyi)+ball+adam\n"), "{out}");
+        assert!(out.contains("\"name\": \"renyi\""), "{out}");
+    }
+}
+
+#[test]
+fn the_environment_variable_loads_plugins_too() {
+    let out = stdout(&tram(&["explain", "tram-noise-renyi+sgd"], Some(plugin())));
+    assert!(out.starts_with("noise(distance=renyi)+ball+sgd\n"), "{out}");
+}
+
+#[test]
+fn plugin_errors_are_reported_not_crashes() {
+    let o = tram(&["explain", "noise(distance=renyi)+ball+adam"], None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown distance `renyi`"));
+    let o = tram(&["list", "--plugin", "/no/such/libplugin.so"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("plugin /no/such/libplugin.so: no such file"), "{err}");
+    // The flag repeats; the same plugin twice is a duplicate name.
+    let p = plugin().to_str().unwrap();
+    let o = tram(&["list", "--plugin", p, "--plugin", p], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
+}
