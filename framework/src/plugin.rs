@@ -242,7 +242,11 @@ impl Fingerprint {
 
     /// The first field where `self` (a plugin's) differs from `host`: `(field, plugin, host)`.
     pub fn mismatch(&self, host: &Fingerprint) -> Option<(&'static str, String, String)> {
-        self.fields().into_iter().zip(host.fields()).find(|((_, a), (_, b))| a != b).map(|((name, a), (_, b))| (name, a.into_owned(), b.into_owned()))
+        self.fields()
+            .into_iter()
+            .zip(host.fields())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| (name, a.into_owned(), b.into_owned()))
     }
 }
 
@@ -308,7 +312,11 @@ macro_rules! export_plugin {
 /// so that a panic never unwinds out of a plugin).
 pub fn catch_panics(f: impl FnOnce() -> Result<()>) -> Result<()> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let msg = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into());
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
         Err(Error::Model(format!("panicked: {msg}")))
     })
 }
@@ -388,7 +396,12 @@ impl Registrar for Collector {
 /// `library` must stay loaded while the returned function is used.
 unsafe fn checked_register_fn(library: &libloading::Library, path: &str) -> Result<RegisterFn> {
     let plugin_err = |reason: String| Error::Plugin { path: path.to_string(), reason };
-    let mismatch = |field: &str, plugin: String, host: String| Error::PluginMismatch { path: path.to_string(), field: field.to_string(), plugin, host };
+    let mismatch = |field: &str, plugin: String, host: String| Error::PluginMismatch {
+        path: path.to_string(),
+        field: field.to_string(),
+        plugin,
+        host,
+    };
     let symbol = format!("{DECLARATION_SYMBOL}\0");
     let addr: *const PluginHeader = match library.get::<*const PluginHeader>(symbol.as_bytes()) {
         Ok(sym) => *sym,
@@ -436,7 +449,11 @@ impl Registry {
         let shown = given.display().to_string();
         let err = |reason: String| Error::Plugin { path: shown.clone(), reason };
         let canonical = given.canonicalize().map_err(|e| {
-            err(if e.kind() == std::io::ErrorKind::NotFound { "no such file (build the plugin crate with `cargo build --release -p <crate>`; the library is under target/release/)".into() } else { e.to_string() })
+            err(if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file (build the plugin crate with `cargo build --release -p <crate>`; the library is under target/release/)".into()
+            } else {
+                e.to_string()
+            })
         })?;
         if !canonical.is_file() {
             return Err(err("not a file".into()));
@@ -444,19 +461,28 @@ impl Registry {
         let origin = canonical.display().to_string();
         // SAFETY: loading a library runs its initialisers; a tram plugin's are Rust's own.
         // What runs next is checked first (see `checked_register_fn`).
-        let library = unsafe { libloading::Library::new(&canonical) }.map_err(|e| Error::Plugin { path: origin.clone(), reason: format!("cannot be loaded as a shared library: {e}") })?;
+        let library = unsafe { libloading::Library::new(&canonical) }
+            .map_err(|e| Error::Plugin { path: origin.clone(), reason: format!("cannot be loaded as a shared library: {e}") })?;
         let register = unsafe { checked_register_fn(&library, &origin)? };
         let library = Arc::new(PluginLibrary { _library: library, path: canonical });
 
         let mut collector = Collector::default();
-        register(&mut collector).map_err(|e| Error::Plugin { path: origin.clone(), reason: format!("its register function failed: {e}") })?;
+        register(&mut collector)
+            .map_err(|e| Error::Plugin { path: origin.clone(), reason: format!("its register function failed: {e}") })?;
 
         let mut next = self.clone();
         let mut names = Vec::new();
         for e in collector.entries {
             names.push(e.name.clone());
             let build = PluginBuild { inner: e.build, library: library.clone() };
-            next.register(Entry { kind: e.kind, name: e.name, summary: e.summary, params: e.params, origin: origin.clone(), build: Arc::new(move |v: &Value| build.build(v)) })?;
+            next.register(Entry {
+                kind: e.kind,
+                name: e.name,
+                summary: e.summary,
+                params: e.params,
+                origin: origin.clone(),
+                build: Arc::new(move |v: &Value| build.build(v)),
+            })?;
         }
         for a in collector.aliases {
             names.push(a.name.clone());

@@ -35,7 +35,13 @@ pub trait Distance: Send + Sync {
     /// is compiled into the plugin, so the graph it builds uses only the plugin's copy of candle
     /// (see `tram::plugin`). Do not override.
     #[doc(hidden)]
-    fn distance_with_grads(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    fn distance_with_grads(
+        &self,
+        target: &Tensor,
+        current: &Tensor,
+        reduction: Reduction,
+        examples: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let t = candle_core::Var::from_tensor(&target.detach())?;
         let c = candle_core::Var::from_tensor(&current.detach())?;
         let d = self.distance(t.as_tensor(), c.as_tensor(), reduction, examples)?;

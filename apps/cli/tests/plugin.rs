@@ -60,7 +60,9 @@ fn list_with_a_plugin_shows_its_distance_with_the_library_path_and_its_alias() {
 #[test]
 fn explain_resolves_a_composition_using_the_plugin_given_before_or_after_the_subcommand() {
     let p = plugin().to_str().unwrap();
-    for args in [["explain", "noise(distance=renyi)+ball+adam", "--plugin", p], ["--plugin", p, "explain", "noise(distance=renyi)+ball+adam"]] {
+    for args in
+        [["explain", "noise(distance=renyi)+ball+adam", "--plugin", p], ["--plugin", p, "explain", "noise(distance=renyi)+ball+adam"]]
+    {
         let out = stdout(&tram(&args, None));
         assert!(out.starts_with("noise(distance=renyi)+ball+adam\n"), "{out}");
         assert!(out.contains("\"name\": \"renyi\""), "{out}");

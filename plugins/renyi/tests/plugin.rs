@@ -122,7 +122,8 @@ fn gradients_through_the_plugin_distance_equal_those_through_the_linked_one() {
             let current = m.forward(m.params(), batch, tram::Mode::TRAIN).unwrap().logits;
             let d = distance(r, alpha).distance(&target, &current, Reduction::Mean, 16).unwrap();
             let grads = d.backward().unwrap();
-            let g: Vec<Vec<f32>> = m.params().iter().map(|p| grads.get(p.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
+            let g: Vec<Vec<f32>> =
+                m.params().iter().map(|p| grads.get(p.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect();
             (d.to_scalar::<f32>().unwrap(), g)
         };
         let ((d_linked, g_linked), (d_loaded, g_loaded)) = (run(&linked), run(&loaded));
@@ -145,7 +146,9 @@ fn a_penalty_through_the_plugin_distance_trains_like_the_linked_one() {
     let data = batches();
     let run = |r: &Registry| {
         let m = model();
-        let cfg = OptimizerConfig::new("reg:noise(distance=renyi,lambda=5)+sgd(momentum=0)", 0.1).with("noise", "sigma", 0.5).with("renyi", "alpha", 0.5);
+        let cfg = OptimizerConfig::new("reg:noise(distance=renyi,lambda=5)+sgd(momentum=0)", 0.1)
+            .with("noise", "sigma", 0.5)
+            .with("renyi", "alpha", 0.5);
         let mut opt = Optimizer::new(r, cfg).unwrap();
         let pen: Vec<f64> = (0..10).map(|s| opt.step(&m, std::slice::from_ref(&data[s % data.len()])).unwrap().penalty.unwrap()).collect();
         (params(&m), pen)
@@ -189,10 +192,20 @@ fn loading_a_plugin_twice_is_a_duplicate_name_error_and_registers_nothing() {
 fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_values() {
     // A separate target dir: the cdylib's file name has no hash, the normal build would be clobbered.
     // Only loaded to be refused, so built unoptimised.
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
     let lib = build_plugin(
         Some(&target),
-        &["--features", "fingerprint-test", "--config", "profile.test.package.\"*\".opt-level=0", "--config", "profile.test.debug=0", "--config", "profile.release.package.\"*\".opt-level=0"],
+        &[
+            "--features",
+            "fingerprint-test",
+            "--config",
+            "profile.test.package.\"*\".opt-level=0",
+            "--config",
+            "profile.test.debug=0",
+            "--config",
+            "profile.release.package.\"*\".opt-level=0",
+        ],
     );
     let mut r = tram_plugins::registry().unwrap();
     let names = r.names(None);
@@ -212,7 +225,10 @@ fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_
 fn a_missing_file_is_a_clear_error() {
     let err = Registry::empty().load_plugin("/no/such/dir/libtram_nothing.so").unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("/no/such/dir/libtram_nothing.so") && msg.contains("no such file"), "{msg}");
+    assert!(
+        matches!(err, Error::Plugin { .. }) && msg.contains("/no/such/dir/libtram_nothing.so") && msg.contains("no such file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -233,7 +249,9 @@ fn a_shared_library_that_is_not_a_plugin_is_a_clear_error() {
     let libc = maps
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so") || n.to_string_lossy().starts_with("libc-")))
+        .find(|p| {
+            Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so") || n.to_string_lossy().starts_with("libc-"))
+        })
         .expect("libc mapped");
     let mut r = tram_plugins::registry().unwrap();
     let names = r.names(None);
