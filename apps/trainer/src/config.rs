@@ -248,6 +248,9 @@ impl Default for XnliConfig {
 pub struct VisionConfig {
     /// Dataset config / subset (`default` when the dataset has one).
     pub subset: String,
+    /// The dataset holding the test split, when it is another repository than `data`
+    /// (Stanford Cars on the hub); empty: `data`.
+    pub test_data: String,
     /// Column label of the dataset in the table (defaults to `data`).
     pub dataset_label: Option<String>,
     /// Training split.
@@ -276,6 +279,7 @@ impl Default for VisionConfig {
     fn default() -> Self {
         Self {
             subset: "default".into(),
+            test_data: String::new(),
             dataset_label: None,
             train_split: "train".into(),
             valid_split: String::new(),
@@ -597,7 +601,7 @@ impl Config {
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
             return bad("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype));
         }
-        crate::device(&self.device)?;
+        crate::check_device_name(&self.device)?;
         tram::Optimizer::new(registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
         Ok(())
     }

@@ -41,6 +41,15 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
     }
 }
 
+/// Check the syntax of a device name (availability is checked when the run starts).
+pub fn check_device_name(name: &str) -> Result<()> {
+    match name.trim() {
+        "cpu" | "" | "metal" | "cuda" => Ok(()),
+        s if s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => Ok(()),
+        other => Err(Error::Config(format!("key `device`: `{other}`: expected cpu, cuda, cuda:<n> or metal"))),
+    }
+}
+
 /// The dtype a config names.
 pub fn dtype(name: &str) -> Result<candle_core::DType> {
     match name {

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use tram::Batch;
 use tram_data::{Images, Preprocess};
 
-fn images(run: &RunConfig, split: &str, limit: Option<usize>) -> Result<Images> {
+fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usize>) -> Result<Images> {
     let v = &run.config.vision;
-    let source = data_source("data", &run.config.data)?;
-    let what = format!("{} (split `{split}`)", run.config.data);
+    let source = data_source(key, data)?;
+    let what = format!("{data} (split `{split}`)");
     let mut records = tram_data::load_split(&source, split, super::subset(&v.subset)).map_err(data_err(&what))?;
     if let Some(n) = limit {
         records.truncate(n);
@@ -97,8 +97,9 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     triple("mean", &v.mean, &mut pre.mean)?;
     triple("std", &v.std, &mut pre.std)?;
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
-    let train_images = if evaluate_only { None } else { Some(images(run, &v.train_split, cfg.train.max_train_examples)?) };
-    let test_images = Arc::new(images(run, &v.test_split, cfg.train.max_eval_examples)?);
+    let train_images = if evaluate_only { None } else { Some(images(run, "data", &cfg.data, &v.train_split, cfg.train.max_train_examples)?) };
+    let (test_key, test_data) = if v.test_data.trim().is_empty() { ("data", &cfg.data) } else { ("vision.test_data", &v.test_data) };
+    let test_images = Arc::new(images(run, test_key, test_data, &v.test_split, cfg.train.max_eval_examples)?);
     let num_labels = if v.num_labels > 0 {
         v.num_labels
     } else {
@@ -117,7 +118,7 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let valid = if v.valid_split.trim().is_empty() {
         None
     } else {
-        let imgs = Arc::new(images(run, &v.valid_split, cfg.train.max_eval_examples)?);
+        let imgs = Arc::new(images(run, "data", &cfg.data, &v.valid_split, cfg.train.max_eval_examples)?);
         Some(EvalSet { name: v.valid_split.clone(), label: "validation".into(), in_domain: true, source: Box::new(LazyImages { images: imgs, pre, batch: eval_batch, device: device.clone() }) })
     };
     let tests = vec![EvalSet { name: label.clone(), label, in_domain: true, source: Box::new(LazyImages { images: test_images, pre, batch: eval_batch, device: device.clone() }) }];
