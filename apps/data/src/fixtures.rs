@@ -262,6 +262,21 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(Error::io(format!("writing {}", path.display())))
 }
 
+/// Bytes of a gzip-compressed tar archive holding `members` (`(path inside, content)`), as
+/// M2D2's `data/<domain>.tar.gz`.
+pub fn tar_gz_bytes(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(enc);
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).expect("tar in memory");
+    }
+    b.into_inner().expect("tar in memory").finish().expect("gzip in memory")
+}
+
 /// The commit hash fixtures put in the hub cache by default.
 pub const FIXTURE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 

@@ -6,7 +6,8 @@
 //!   cache, `HF_HOME` / `HF_HUB_CACHE` / `HF_HUB_OFFLINE` honoured, downloaded when online)
 //!   or a local directory;
 //! * [`find_split`] / [`load_split`]: split discovery in the hub's parquet layouts and in
-//!   local directories (parquet, JSON lines), rows as [`Record`]s of [`Field`]s;
+//!   local directories (parquet, JSON lines, text lines, and per-config tar archives such as
+//!   M2D2's), rows as [`Record`]s of [`Field`]s;
 //! * [`lm`]: documents joined by EOS and cut into blocks (GPT-2 on M2D2);
 //! * [`nli`]: premise/hypothesis pairs with the tokenizer's pair template (XLM-R on MultiNLI
 //!   and XNLI);
@@ -42,10 +43,14 @@ pub use error::{Error, Result};
 pub use loader::{permutation, sequential, Loader, LoaderState};
 pub use nli::PairExample;
 pub use record::{
-    check_columns, column, load_split, load_split_hub, load_split_with, read_json_lines, read_parquet, read_split_files, Field, Record,
+    archive_members, check_columns, column, load_split, load_split_hub, load_split_with, read_archive_members, read_json_lines,
+    read_parquet, read_split_files, read_text_lines, Field, Record, TEXT_COLUMN,
 };
 pub use skips::Skips;
 pub use source::{DataFiles, DataSource, HubOptions, Listing, DEFAULT_REVISION};
-pub use splits::{classify, data_files, describe_splits, find_split, find_split_in, list_splits, DataFile, Format, SplitFiles};
+pub use splits::{
+    archives, classify, classify_archive, data_files, describe_splits, find_split, find_split_in, list_splits, split_aliases, DataFile,
+    Format, SplitFiles,
+};
 pub use tokenizers::Tokenizer;
 pub use vision::{ImageExample, Images, Preprocess};

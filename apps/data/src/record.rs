@@ -4,12 +4,12 @@
 use crate::error::{Error, Result};
 use crate::source::{DataFiles, DataSource, HubOptions};
 use crate::splits::{find_split_in, Format, SplitFiles};
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::Field as PqField;
 use parquet::schema::types::Type;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -190,7 +190,13 @@ fn from_json(v: serde_json::Value) -> Field {
 /// the file lacks is an error listing the file's columns).
 pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
     let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| Error::corrupt(path, format!("not a readable parquet file: {e}")))?;
+    parquet_rows(file, path, columns)
+}
+
+/// Rows of parquet data held by `chunk` (a file, or bytes read out of an archive); `path`
+/// names it in messages.
+fn parquet_rows<R: ChunkReader + 'static>(chunk: R, path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    let reader = SerializedFileReader::new(chunk).map_err(|e| Error::corrupt(path, format!("not a readable parquet file: {e}")))?;
     let schema = reader.metadata().file_metadata().schema();
     let projection = match columns {
         None => None,
@@ -235,7 +241,10 @@ pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>
 /// is reported by [`check_columns`], not here: JSON rows may omit null values).
 pub fn read_json_lines(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
     let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-    let mut reader = BufReader::new(file);
+    json_rows(BufReader::new(file), path, columns)
+}
+
+fn json_rows(mut reader: impl BufRead, path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
     let keep = |mut r: Record| -> Record {
         if let Some(cols) = columns {
             r.retain(|k, _| cols.contains(&k.as_str()));
@@ -277,13 +286,120 @@ pub fn read_json_lines(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Reco
     Ok(out)
 }
 
-/// Read the rows of resolved split files, in file order.
+/// The column of the rows of `.txt` files.
+pub const TEXT_COLUMN: &str = "text";
+
+/// Read a text file: one row `{text}` per line, stripped of surrounding whitespace (as M2D2's
+/// loading script does; empty lines give empty texts). With `columns`, `text` must be among
+/// them.
+pub fn read_text_lines(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    text_rows(BufReader::new(file), path, columns)
+}
+
+fn text_rows(mut reader: impl BufRead, path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    if let Some(c) = columns.and_then(|cols| cols.iter().find(|c| **c != TEXT_COLUMN)) {
+        return Err(Error::MissingColumn {
+            column: c.to_string(),
+            context: format!(" in {}", path.display()),
+            available: TEXT_COLUMN.into(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(Error::io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        out.push(Record::from([(TEXT_COLUMN.to_string(), Field::Str(line.trim().to_string()))]));
+    }
+    Ok(out)
+}
+
+fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>> {
+    let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    Ok(tar::Archive::new(reader))
+}
+
+fn member_name(entry: &tar::Entry<'_, Box<dyn Read>>) -> Option<String> {
+    let p = entry.path().ok()?;
+    let s = p.to_str()?.trim_start_matches("./").to_string();
+    (!s.is_empty() && entry.header().entry_type().is_file()).then_some(s)
+}
+
+/// The regular files of a tar archive (`.tar`, `.tar.gz`, `.tgz`), sorted, `./` prefixes
+/// removed; hidden files and macOS `._` resource forks are left out.
+pub fn archive_members(path: &Path) -> Result<Vec<String>> {
+    let mut ar = open_tar(path)?;
+    let bad = |e: std::io::Error| Error::corrupt(path, format!("not a readable tar archive: {e}"));
+    let mut out = Vec::new();
+    for entry in ar.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        if let Some(name) = member_name(&entry) {
+            if !name.rsplit('/').next().unwrap_or("").starts_with('.') {
+                out.push(name);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn rows_of(format: Format, reader: impl BufRead, path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    match format {
+        Format::JsonLines => json_rows(reader, path, columns),
+        Format::Text => text_rows(reader, path, columns),
+        Format::Parquet => {
+            let mut bytes = Vec::new();
+            let mut reader = reader;
+            reader.read_to_end(&mut bytes).map_err(Error::io(format!("reading {}", path.display())))?;
+            parquet_rows(bytes::Bytes::from(bytes), path, columns)
+        }
+    }
+}
+
+/// Read the `members` of a tar archive as `format`, in the order given.
+pub fn read_archive_members(path: &Path, members: &[String], format: Format, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    let mut ar = open_tar(path)?;
+    let bad = |e: std::io::Error| Error::corrupt(path, format!("not a readable tar archive: {e}"));
+    let mut got: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for entry in ar.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let Some(name) = member_name(&entry) else { continue };
+        if members.contains(&name) {
+            let shown = path.join(&name);
+            got.insert(name, rows_of(format, BufReader::new(entry), &shown, columns)?);
+        }
+    }
+    let mut out = Vec::new();
+    for m in members {
+        let mut rows = got.remove(m).ok_or_else(|| Error::corrupt(path, format!("archive member `{m}` is missing")))?;
+        out.append(&mut rows);
+    }
+    Ok(out)
+}
+
+/// Read the rows of resolved split files, in file order (or archive members, in order).
 pub fn read_split_files(files: &SplitFiles, columns: Option<&[&str]>) -> Result<Vec<Record>> {
+    if !files.members.is_empty() {
+        let archive = files.paths.first().ok_or_else(|| Error::Invalid("archive members without an archive".into()))?;
+        return read_archive_members(archive, &files.members, files.format, columns);
+    }
     let mut out = Vec::new();
     for p in &files.paths {
         let mut rows = match files.format {
             Format::Parquet => read_parquet(p, columns)?,
             Format::JsonLines => read_json_lines(p, columns)?,
+            Format::Text => read_text_lines(p, columns)?,
         };
         out.append(&mut rows);
     }
@@ -306,7 +422,7 @@ pub fn load_split_with(files: &DataFiles, split: &str, config: Option<&str>, col
     if let (Some(cols), Format::JsonLines) = (columns, found.format) {
         let any = |c: &str| rows.iter().any(|r| r.contains_key(c));
         if let Some(c) = cols.iter().find(|c| !rows.is_empty() && !any(c)) {
-            let mut all = read_split_files(&SplitFiles { paths: found.paths[..1].to_vec(), ..found.clone() }, None)?;
+            let mut all = read_split_files(&found, None)?;
             all.truncate(1);
             return Err(Error::MissingColumn {
                 column: c.to_string(),

@@ -1,8 +1,9 @@
 //! Split discovery in the layouts hub datasets and local directories use.
 //!
 //! A data file is a `.parquet`, `.jsonl` or `.json` (JSON lines, or one JSON array of
-//! objects) file. Its split and config come from its path (`/`-separated, relative to the
-//! repository root or the directory):
+//! objects), or `.txt` (one `text` row per line, stripped, as M2D2's loading script yields)
+//! file. Its split and config come from its path (`/`-separated, relative to the repository
+//! root or the directory):
 //!
 //! | path | config | split |
 //! |---|---|---|
@@ -15,7 +16,14 @@
 //! The split is the file name up to its first `-` (so `validation` never matches
 //! `validation_matched-….parquet`); a file named by digits only (`0000.parquet`) takes the split
 //! from its folder. When no config is given and the split exists only under one config, that
-//! config is used; a split found under several configs asks for one.
+//! config is used; a split found under several configs asks for one. `validation` also finds
+//! files named `valid`, `dev` or `val` (and each of those the others) when no file has the
+//! name asked for.
+//!
+//! Archives `…/<config>.tar.gz` (`.tgz`, `.tar`) hold a config each (M2D2's
+//! `data/<domain>.tar.gz` of `<domain>/{train,valid,test}.txt`): asked for that config, the
+//! archive is fetched and its members are classified as above; rows are streamed out of it
+//! without unpacking.
 
 use crate::error::{Error, Result};
 use crate::source::{DataFiles, DataSource, Listing};
@@ -30,6 +38,9 @@ pub enum Format {
     Parquet,
     /// JSON lines (`.jsonl`, or `.json` holding JSON lines or one array of objects).
     JsonLines,
+    /// Plain text (`.txt`): one row `{text}` per line, the line stripped of surrounding
+    /// whitespace (empty lines give empty texts).
+    Text,
 }
 
 impl fmt::Display for Format {
@@ -37,6 +48,7 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Parquet => "parquet",
             Format::JsonLines => "JSON lines",
+            Format::Text => "text lines",
         })
     }
 }
@@ -79,6 +91,11 @@ pub fn classify(path: &str) -> Option<DataFile> {
             return None;
         }
         (s, Format::JsonLines)
+    } else if let Some(s) = name.strip_suffix(".txt") {
+        if matches!(s.to_ascii_lowercase().as_str(), "license" | "readme" | "requirements" | "split_names" | "notice" | "citation") {
+            return None;
+        }
+        (s, Format::Text)
     } else {
         return None;
     };
@@ -108,6 +125,28 @@ fn split_of(stem: &str) -> Option<&str> {
     }
 }
 
+/// The config an archive path holds (`data/cs.CL.tar.gz` → `cs.CL`); `None` for other files.
+pub fn classify_archive(path: &str) -> Option<String> {
+    let name = path.rsplit('/').next()?;
+    let stem = name.strip_suffix(".tar.gz").or_else(|| name.strip_suffix(".tgz")).or_else(|| name.strip_suffix(".tar"))?;
+    (!stem.is_empty()).then(|| stem.to_string())
+}
+
+/// The archives of a listing: `(config, path)`.
+pub fn archives(listing: &Listing) -> Vec<(String, String)> {
+    listing.files.iter().filter_map(|p| classify_archive(p).map(|c| (c, p.clone()))).collect()
+}
+
+/// Other names a split goes by: `validation` ↔ `valid`, `dev`, `val`.
+pub fn split_aliases(split: &str) -> &'static [&'static str] {
+    const VALIDATION: &[&str] = &["validation", "valid", "dev", "val"];
+    if VALIDATION.contains(&split) {
+        VALIDATION
+    } else {
+        &[]
+    }
+}
+
 /// Every data file of a listing, classified.
 pub fn data_files(listing: &Listing) -> Vec<DataFile> {
     listing.files.iter().filter_map(|p| classify(p)).collect()
@@ -130,14 +169,34 @@ pub fn describe_splits(listing: &Listing) -> String {
         if listing.files.len() > shown.len() {
             shown.push("…");
         }
+        if !archives(listing).is_empty() {
+            return format!(
+                "{} has no data files outside archives; archives (one config each): {}",
+                listing.origin,
+                archives(listing).iter().map(|(c, _)| c.as_str()).take(24).collect::<Vec<_>>().join(", ")
+            );
+        }
         return format!(
-            "{} has no data files (.parquet, .jsonl, .json); files present: {}",
+            "{} has no data files (.parquet, .jsonl, .json, .txt); files present: {}",
             listing.origin,
             if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
         );
     }
     let join = |s: &BTreeSet<String>| s.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
     let first = splits.values().next().cloned().unwrap_or_default();
+    let arch = archives(listing);
+    let arch_note = if arch.is_empty() {
+        String::new()
+    } else {
+        let mut names: Vec<&str> = arch.iter().map(|(c, _)| c.as_str()).take(24).collect();
+        if arch.len() > names.len() {
+            names.push("…");
+        }
+        format!("; archives (one config each, {} in all): {}", arch.len(), names.join(", "))
+    };
+    if splits.is_empty() && !arch.is_empty() {
+        return format!("{} has no data files outside archives{arch_note}", listing.origin);
+    }
     let body = if splits.len() > 1 && splits.keys().all(Option::is_some) && splits.values().all(|s| *s == first) {
         let configs: Vec<&str> = splits.keys().flatten().map(String::as_str).collect();
         format!("splits {} in each of the configs {}", join(&first), configs.join(", "))
@@ -151,7 +210,7 @@ pub fn describe_splits(listing: &Listing) -> String {
             .collect::<Vec<_>>()
             .join("; ")
     };
-    format!("{} has {body}", listing.origin)
+    format!("{} has {body}{arch_note}", listing.origin)
 }
 
 /// The data files of one split, resolved to local paths.
@@ -165,16 +224,44 @@ pub struct SplitFiles {
     pub format: Format,
     /// Local paths, in shard order.
     pub paths: Vec<PathBuf>,
+    /// When the split lives in an archive: `paths` is that one archive, and these are the
+    /// members to read, in order. Empty otherwise.
+    pub members: Vec<String>,
 }
 
 enum Match {
     Found(Vec<DataFile>),
+    /// The config is an archive at this path, to be opened.
+    Archive(String),
     /// Nothing, or something wrong, with the reason.
     Not(String),
 }
 
 fn match_split(listing: &Listing, split: &str, config: Option<&str>) -> Match {
     let files = data_files(listing);
+    let m = match_files(&files, split, config, listing);
+    if let Match::Not(_) = m {
+        // An archive holding the config (or the only archive, when no config is given).
+        let arch = archives(listing);
+        let pick = match config {
+            Some(c) => arch.iter().find(|(ac, _)| ac == c),
+            None if arch.len() == 1 && files.is_empty() => arch.first(),
+            None => None,
+        };
+        if let Some((_, path)) = pick {
+            return Match::Archive(path.clone());
+        }
+    }
+    m
+}
+
+fn match_files(files: &[DataFile], split: &str, config: Option<&str>, listing: &Listing) -> Match {
+    if !files.iter().any(|f| f.split == split) {
+        if let Some(alias) = split_aliases(split).iter().find(|a| **a != split && files.iter().any(|f| f.split == **a)) {
+            tracing::info!(split, found = alias, "no files named after the split: using its alias");
+            return match_files(files, alias, config, listing);
+        }
+    }
     let wanted = |f: &&DataFile, c: Option<&str>| f.split == split && f.config.as_deref() == c;
     let mut found: Vec<&DataFile> = files.iter().filter(|f| wanted(f, config)).collect();
     if found.is_empty() && config == Some("default") {
@@ -198,7 +285,15 @@ fn match_split(listing: &Listing, split: &str, config: Option<&str>) -> Match {
         }
     }
     if found.is_empty() {
-        return Match::Not(describe_splits(listing));
+        return Match::Not(if listing.files.is_empty() && !files.is_empty() {
+            // Members of an archive: `listing` only names it.
+            let mut names: Vec<String> = files.iter().map(|f| f.split.clone()).collect();
+            names.sort();
+            names.dedup();
+            format!("{} has splits {}", listing.origin, names.join(", "))
+        } else {
+            describe_splits(listing)
+        });
     }
     // One format: parquet before JSON lines.
     let format = found.iter().map(|f| f.format).min().unwrap();
@@ -259,11 +354,35 @@ pub fn find_split_in(files: &DataFiles, split: &str, config: Option<&str>) -> Re
     let resolve = |found: Vec<DataFile>| -> Result<SplitFiles> {
         let first = found[0].clone();
         let paths = found.iter().map(|f| files.get(&f.path)).collect::<Result<Vec<_>>>()?;
-        Ok(SplitFiles { split: first.split, config: first.config, format: first.format, paths })
+        Ok(SplitFiles { split: first.split, config: first.config, format: first.format, paths, members: Vec::new() })
+    };
+    let open_archive = |rel: String| -> Result<SplitFiles> {
+        let path = files.get(&rel)?;
+        let members = crate::record::archive_members(&path)?;
+        let inner = Listing { files: Vec::new(), origin: format!("archive {rel}") };
+        let classified: Vec<DataFile> = members.iter().filter_map(|m| classify(m)).collect();
+        let archive_config = classify_archive(&rel);
+        // Members may sit under `<config>/`: their own config is ignored inside the archive.
+        let flat: Vec<DataFile> = classified.into_iter().map(|f| DataFile { config: None, ..f }).collect();
+        match match_files(&flat, split, None, &inner) {
+            Match::Found(found) => Ok(SplitFiles {
+                split: found[0].split.clone(),
+                config: archive_config,
+                format: found[0].format,
+                paths: vec![path],
+                members: found.into_iter().map(|f| f.path).collect(),
+            }),
+            Match::Not(detail) | Match::Archive(detail) => Err(missing(if flat.is_empty() {
+                format!("archive {rel} holds no data files ({} members)", members.len())
+            } else {
+                detail
+            })),
+        }
     };
     let local_detail = match files.list_local() {
         Ok(listing) => match match_split(&listing, split, config) {
             Match::Found(found) => return resolve(found),
+            Match::Archive(rel) => return open_archive(rel),
             Match::Not(detail) => detail,
         },
         Err(detail) => detail,
@@ -278,6 +397,7 @@ pub fn find_split_in(files: &DataFiles, split: &str, config: Option<&str>) -> Re
             let listing = files.list_remote()?;
             match match_split(&listing, split, config) {
                 Match::Found(found) => resolve(found),
+                Match::Archive(rel) => open_archive(rel),
                 Match::Not(detail) => Err(missing(detail)),
             }
         }

@@ -195,16 +195,89 @@ fn local_dir_discovery() {
     assert_eq!(load("validation")[0]["text"], s("v"));
     assert_eq!(load("extra").len(), 2);
     assert_eq!(load("both")[0]["text"], s("parquet"));
-    let e = err(load_split_hub(&src, &hub, "dev", None, None));
-    assert!(e.contains("no split `dev`") && e.contains("both, extra, test, train, validation"), "{e}");
+    // `dev` is an alias of `validation`.
+    assert_eq!(load_split_hub(&src, &hub, "dev", None, None).unwrap()[0]["text"], s("v"));
+    let e = err(load_split_hub(&src, &hub, "unlabelled", None, None));
+    assert!(e.contains("no split `unlabelled`") && e.contains("both, extra, test, train, validation"), "{e}");
     assert!(!e.contains("dataset_info"), "{e}");
     // load_split (environment hub options) works the same for a local directory.
     assert_eq!(load_split(&src, "train", None).unwrap().len(), 2);
     // An empty directory says it has no data files.
     let empty = tempfile::tempdir().unwrap();
-    std::fs::write(empty.path().join("notes.txt"), "x").unwrap();
+    std::fs::write(empty.path().join("notes.md"), "x").unwrap();
     let e = err(load_split(&DataSource::local(empty.path()), "train", None));
-    assert!(e.contains("no data files") && e.contains("notes.txt"), "{e}");
+    assert!(e.contains("no data files") && e.contains("notes.md"), "{e}");
+}
+
+/// M2D2's hub layout: one `data/<domain>.tar.gz` per domain (config) holding
+/// `<domain>/{train,valid,test}.txt`, one stripped line per row; `validation` finds `valid`.
+#[test]
+fn archives_per_config_m2d2_layout() {
+    let cache = tempfile::tempdir().unwrap();
+    let snap = hub_snapshot(cache.path(), "machelreid/m2d2", "main", COMMIT).unwrap();
+    for domain in ["cs.CL", "Society"] {
+        let train = format!("{domain} one\n  {domain} two  \n\n{domain} three\n");
+        let valid = format!("{domain} valid\n");
+        let test = format!("{domain} test\r\n");
+        let t = format!("{domain}/train.txt");
+        let v = format!("{domain}/valid.txt");
+        let x = format!("{domain}/test.txt");
+        let tgz = tar_gz_bytes(&[(&t, train.as_bytes()), (&v, valid.as_bytes()), (&x, test.as_bytes())]);
+        hub_file(&snap, &format!("data/{domain}.tar.gz"), &tgz).unwrap();
+    }
+    hub_file(&snap, "m2d2.py", b"import datasets").unwrap();
+    hub_file(&snap, "split_names.txt", b"cs.CL\nSociety\n").unwrap();
+    hub_file(&snap, "README.md", b"# M2D2").unwrap();
+    let src = DataSource::hub("machelreid/m2d2");
+    let hub = offline(cache.path());
+    let train = load_split_hub(&src, &hub, "train", Some("Society"), None).unwrap();
+    let texts: Vec<Field> = train.iter().map(|r| r[TEXT_COLUMN].clone()).collect();
+    assert_eq!(texts, vec![s("Society one"), s("Society two"), s(""), s("Society three")]);
+    let val = load_split_hub(&src, &hub, "validation", Some("cs.CL"), Some(&["text"])).unwrap();
+    assert_eq!(val, vec![rec(&[("text", s("cs.CL valid"))])]);
+    assert_eq!(load_split_hub(&src, &hub, "test", Some("cs.CL"), None).unwrap()[0]["text"], s("cs.CL test"));
+    let found = find_split_in(&src.files(&hub), "valid", Some("Society")).unwrap();
+    assert_eq!(
+        (found.format, found.members.clone(), found.config.as_deref()),
+        (Format::Text, vec!["Society/valid.txt".to_string()], Some("Society"))
+    );
+    // A text file has only the `text` column.
+    let e = err(load_split_hub(&src, &hub, "test", Some("cs.CL"), Some(&["content"])));
+    assert!(e.contains("no column `content`") && e.contains("available columns: text"), "{e}");
+    let e = err(load_split_hub(&src, &hub, "train", None, None));
+    assert!(e.contains("no data files outside archives") && e.contains("Society, cs.CL"), "{e}");
+    let e = err(load_split_hub(&src, &hub, "train", Some("Math"), None));
+    assert!(e.contains("(config `Math`)") && e.contains("Society, cs.CL"), "{e}");
+    let e = err(load_split_hub(&src, &hub, "extra", Some("cs.CL"), None));
+    assert!(e.contains("archive data/cs.CL.tar.gz has splits test, train, valid"), "{e}");
+    assert_eq!(archive_members(&found.paths[0]).unwrap(), vec!["Society/test.txt", "Society/train.txt", "Society/valid.txt"]);
+    // LM blocks straight from the archive's lines.
+    let tok = word_tokenizer(&["Society", "one", "two", "three"], TokenizerStyle::Gpt2);
+    let (blocks, skips) = lm::token_blocks(lm::texts(&train, "text").unwrap(), &tok, 3).unwrap();
+    assert_eq!((blocks.len(), skips.empty), (2, 1));
+}
+
+#[test]
+fn text_files_and_split_aliases_in_local_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("train.txt"), b"first line\nsecond line").unwrap();
+    write_json_lines(&dir.path().join("dev.jsonl"), &text_records("text", &["d"])).unwrap();
+    write_file(&dir.path().join("LICENSE.txt"), b"MIT").unwrap();
+    let src = DataSource::local(dir.path());
+    let hub = offline(dir.path());
+    let train = load_split_hub(&src, &hub, "train", None, None).unwrap();
+    assert_eq!(train.len(), 2);
+    assert_eq!(train[1]["text"], s("second line"));
+    assert_eq!(load_split_hub(&src, &hub, "validation", None, None).unwrap()[0]["text"], s("d"));
+    let e = err(load_split_hub(&src, &hub, "test", None, None));
+    assert!(e.contains("splits dev, train") && !e.contains("LICENSE"), "{e}");
+    // A local directory of archives works the same.
+    let arch = tempfile::tempdir().unwrap();
+    write_file(&arch.path().join("math.tar.gz"), &tar_gz_bytes(&[("./math/train.jsonl", b"{\"text\": \"x\"}\n")])).unwrap();
+    let rows = load_split(&DataSource::local(arch.path()), "train", Some("math")).unwrap();
+    assert_eq!(rows[0]["text"], s("x"));
+    // The only archive serves when no config is given.
+    assert_eq!(load_split(&DataSource::local(arch.path()), "train", None).unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
