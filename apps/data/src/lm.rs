@@ -45,7 +45,7 @@ pub fn texts(records: &[Record], column: &str) -> Result<Vec<String>> {
 pub fn token_blocks<I, S>(texts: I, tokenizer: &Tokenizer, block_len: usize) -> Result<(Vec<Vec<u32>>, Skips)>
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: AsRef<str> + Sync,
 {
     let eos = eos_id(tokenizer);
     if eos.is_none() {
@@ -58,38 +58,62 @@ where
 pub fn token_blocks_with<I, S>(texts: I, tokenizer: &Tokenizer, block_len: usize, eos: Option<u32>) -> Result<(Vec<Vec<u32>>, Skips)>
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: AsRef<str> + Sync,
 {
-    let stream = token_stream(texts, tokenizer, eos)?;
-    let (blocks, skips) = (blocks_of(&stream.0, block_len)?, stream.1);
-    Ok((blocks, skips))
+    if block_len == 0 {
+        return Err(Error::Invalid("block length must be at least 1".into()));
+    }
+    let (stream, skips) = token_stream(texts, tokenizer, eos)?;
+    Ok((blocks_of(&stream, block_len)?, skips))
 }
 
 /// The joined token stream of `texts` (EOS after each document when given) and the empty
-/// texts skipped.
+/// texts skipped. Documents are tokenised on all cores; the order is kept.
 pub fn token_stream<I, S>(texts: I, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<(Vec<u32>, Skips)>
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: AsRef<str> + Sync,
 {
     let mut tok = tokenizer.clone();
     tok.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
     tok.with_padding(None);
+    let texts: Vec<S> = texts.into_iter().collect();
+    // Documents are encoded on all cores, in contiguous chunks, and joined in order.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, texts.len().max(1));
+    let chunk = texts.len().div_ceil(threads).max(1);
+    let encode = |part: &[S]| -> Result<(Vec<u32>, Skips)> {
+        let mut skips = Skips::default();
+        let mut stream = Vec::new();
+        for text in part {
+            let text = text.as_ref();
+            if text.trim().is_empty() {
+                skips.empty += 1;
+                continue;
+            }
+            let enc = tok.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            if enc.get_ids().is_empty() {
+                skips.empty += 1;
+                continue;
+            }
+            stream.extend_from_slice(enc.get_ids());
+            stream.extend(eos);
+        }
+        Ok((stream, skips))
+    };
+    let parts: Vec<Result<(Vec<u32>, Skips)>> = if threads <= 1 {
+        vec![encode(&texts)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = texts.chunks(chunk).map(|c| s.spawn(move || encode(c))).collect();
+            handles.into_iter().map(|h| h.join().expect("tokenizer worker panicked")).collect()
+        })
+    };
     let mut skips = Skips::default();
     let mut stream = Vec::new();
-    for text in texts {
-        let text = text.as_ref();
-        if text.trim().is_empty() {
-            skips.empty += 1;
-            continue;
-        }
-        let enc = tok.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        if enc.get_ids().is_empty() {
-            skips.empty += 1;
-            continue;
-        }
-        stream.extend_from_slice(enc.get_ids());
-        stream.extend(eos);
+    for part in parts {
+        let (ids, sk) = part?;
+        stream.extend_from_slice(&ids);
+        skips += sk;
     }
     Ok((stream, skips))
 }

@@ -471,6 +471,11 @@ fn lm_blocks_join_with_eos_and_shift_targets() {
     // Longer: block count and lengths.
     let long: Vec<String> = (0..50).map(|i| words[..(i % 5) + 1].join(" ")).collect();
     let (stream, _) = lm::token_stream(&long, &tok, Some(eos)).unwrap();
+    let sequential: Vec<u32> = long
+        .iter()
+        .flat_map(|t| tok.encode(t.as_str(), false).unwrap().get_ids().iter().copied().chain([eos]).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(stream, sequential, "parallel tokenisation keeps document order");
     let (blocks, _) = lm::token_blocks(&long, &tok, 8).unwrap();
     assert_eq!(blocks.len(), (stream.len() - 1) / 8);
     assert!(blocks.iter().all(|b| b.len() == 9));
