@@ -201,7 +201,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// Forward passes used (targets included).
     pub forward_passes: usize,
-    /// Backward passes used.
+    /// Backward passes used: one per forward graph backpropagated through (an R3F penalty,
+    /// whose target keeps its graph, adds one).
     pub backward_passes: usize,
     /// Whether an ascent was taken.
     pub ascent: bool,
@@ -519,6 +520,7 @@ impl Optimizer {
             let rows = logits.rows()?;
             let task = to_f32(&model.loss(&logits)?)?;
             let mut total = task.clone();
+            let mut graph_targets = 0;
             for (j, p) in self.penalties.iter_mut().enumerate() {
                 let target = match s.targets[i][j].clone() {
                     Some(t) => t,
@@ -534,6 +536,7 @@ impl Optimizer {
                         t
                     }
                 };
+                graph_targets += usize::from(p.settings.through_target && p.bound.region.tracks_current());
                 let t = if p.settings.through_target { target.logits } else { target.logits.detach() };
                 let r = p.bound.measure(&t, &logits.logits, examples)?.affine(p.settings.lambda, 0.0)?;
                 pen_sum += r.to_scalar::<f32>()? as f64 * rows as f64;
@@ -552,7 +555,9 @@ impl Optimizer {
             rows_total += rows;
             let scaled = if k == 1 { total } else { total.affine(rows as f64, 0.0)? };
             let store = scaled.backward()?;
-            s.backward += 1;
+            // A penalty whose target keeps its graph (R3F) backpropagates through a second
+            // forward graph: count it as a backward pass of its own (that is what it costs).
+            s.backward += 1 + graph_targets;
             let mut grads = Vec::with_capacity(params.len());
             for p in params.iter() {
                 match store.get(p.var.as_tensor()) {

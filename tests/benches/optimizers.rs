@@ -3,7 +3,8 @@
 //! `cargo bench -p tram-tests --bench optimizers [alias ...]` (about 3 minutes on 2 cores).
 //!
 //! For every alias in the registry (or the ones named on the command line) it trains a copy
-//! of the same [`EmbeddingClassifier`] on the same batch and reports, relative to the base
+//! of the same per-token [`EmbeddingClassifier`] (every token runs through the hidden layers, as
+//! in a transformer, so matmuls dominate a step) on the same batch and reports, relative to the base
 //! optimizer (`adam` for Adam-based aliases, `sgd` for SGD):
 //!
 //! - the mean time of a step and its ratio to the base's;
@@ -41,7 +42,7 @@
 //! Sizes (defaults in brackets): `TRAM_BENCH_VOCAB` [1024], `TRAM_BENCH_EMBED` [512],
 //! `TRAM_BENCH_HIDDEN` [2048], `TRAM_BENCH_LAYERS` [2], `TRAM_BENCH_CLASSES` [8],
 //! `TRAM_BENCH_BATCH` [256], `TRAM_BENCH_SEQ` [16], `TRAM_BENCH_WARMUP` [2 steps per run, at
-//! least 2: the first TRAM-θ_{t-1} step has δ = 0], `TRAM_BENCH_ROUNDS` [5],
+//! least 2: the first TRAM-θ_{t-1} step has δ = 0], `TRAM_BENCH_ROUNDS` [3],
 //! `TRAM_BENCH_STEPS` [2 timed steps per run per round], `TRAM_BENCH_PASS_REPS` [4 reference
 //! passes of each kind per round], `TRAM_BENCH_MICRO_REPS` [7]. `TRAM_BENCH_VERBOSE=1` prints
 //! δ and ‖ε‖ of every warm-up step.
@@ -284,15 +285,15 @@ impl Settings {
         Settings {
             shape: ClassifierShape {
                 vocab: env_usize("TRAM_BENCH_VOCAB", 1024),
-                embed: env_usize("TRAM_BENCH_EMBED", 512),
-                hidden: env_usize("TRAM_BENCH_HIDDEN", 2048),
+                embed: env_usize("TRAM_BENCH_EMBED", 256),
+                hidden: env_usize("TRAM_BENCH_HIDDEN", 1024),
                 layers: env_usize("TRAM_BENCH_LAYERS", 2),
                 classes: env_usize("TRAM_BENCH_CLASSES", 8),
             },
-            batch: env_usize("TRAM_BENCH_BATCH", 256),
-            seq: env_usize("TRAM_BENCH_SEQ", 16),
+            batch: env_usize("TRAM_BENCH_BATCH", 64),
+            seq: env_usize("TRAM_BENCH_SEQ", 32),
             warmup: env_usize("TRAM_BENCH_WARMUP", 2).max(2),
-            rounds: env_usize("TRAM_BENCH_ROUNDS", 5).max(1),
+            rounds: env_usize("TRAM_BENCH_ROUNDS", 3).max(1),
             steps: env_usize("TRAM_BENCH_STEPS", 2).max(1),
             pass_reps: env_usize("TRAM_BENCH_PASS_REPS", 4).max(1),
             micro_reps: env_usize("TRAM_BENCH_MICRO_REPS", 7).max(1),
@@ -416,7 +417,7 @@ impl Run {
     ) -> anyhow::Result<Run> {
         let alias = label;
         let before = current_bytes();
-        let model = EmbeddingClassifier::random(s.shape, MODEL_SEED, &Device::Cpu)?;
+        let model = EmbeddingClassifier::random_per_token(s.shape, MODEL_SEED, &Device::Cpu)?;
         let mut opt = Optimizer::new(registry, config)?;
         let base = if opt.composition().base.name == "sgd" { "sgd" } else { "adam" };
         let desc = opt.describe();
@@ -561,7 +562,7 @@ fn time_it(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Re
 }
 
 fn micro_costs(registry: &Registry, s: &Settings, batch: &Batch) -> anyhow::Result<Vec<Micro>> {
-    let model = EmbeddingClassifier::random(s.shape, MODEL_SEED, &Device::Cpu)?;
+    let model = EmbeddingClassifier::random_per_token(s.shape, MODEL_SEED, &Device::Cpu)?;
     let params = model.params();
     let logits = model.forward(params, batch, Mode::TRAIN)?;
     let store = model.loss(&logits)?.backward()?;
@@ -712,7 +713,7 @@ fn main() -> anyhow::Result<()> {
     let batches = synthetic_batches(s.shape, 1, s.batch, s.seq, DATA_SEED, &Device::Cpu)?;
     let batch = &batches[0];
     let sh = s.shape;
-    let n_params = EmbeddingClassifier::random(sh, MODEL_SEED, &Device::Cpu)?.params().elem_count();
+    let n_params = EmbeddingClassifier::random_per_token(sh, MODEL_SEED, &Device::Cpu)?.params().elem_count();
     eprintln!(
         "optimizers bench: {} aliases; model vocab {} embed {} hidden {}×{} classes {} ({:.2}M params), batch {}×{}; \
          {} warm-up + {}×{} timed steps each; {} threads",
@@ -781,7 +782,7 @@ fn main() -> anyhow::Result<()> {
     let cpu_start = cpu_sample();
 
     // Reference passes on their own model (the same weights as every run's at the start).
-    let ref_model = EmbeddingClassifier::random(sh, MODEL_SEED, &Device::Cpu)?;
+    let ref_model = EmbeddingClassifier::random_per_token(sh, MODEL_SEED, &Device::Cpu)?;
     PassSamples::default().record(&ref_model, batch, 2)?; // warm caches / allocator
 
     // The runs: every alias, then the noise-sized TRAM-x aliases again with a noise scale at

@@ -28,6 +28,7 @@ pub struct ClassifierShape {
 pub struct EmbeddingClassifier {
     params: Params,
     layers: usize,
+    per_token: bool,
 }
 
 impl EmbeddingClassifier {
@@ -45,7 +46,7 @@ impl EmbeddingClassifier {
                 Ok((n, Var::from_tensor(&t.to_dtype(DType::F32)?)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { params: Params::new(pairs)?, layers })
+        Ok(Self { params: Params::new(pairs)?, layers, per_token: false })
     }
 
     /// A model with deterministic pseudo-random weights (uniform ±1/√fan_in) from `seed`.
@@ -68,6 +69,13 @@ impl EmbeddingClassifier {
         }
         Self::from_tensors(&t, shape.layers)
     }
+
+    /// The same parameters, but every token goes through the hidden layers before the mean
+    /// pool (as in a transformer, where every position runs through every layer): the matmul
+    /// work per step grows with batch × sequence, so matmuls dominate a step (benchmarks).
+    pub fn random_per_token(shape: ClassifierShape, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self { per_token: true, ..Self::random(shape, seed, device)? })
+    }
 }
 
 impl Model for EmbeddingClassifier {
@@ -80,11 +88,14 @@ impl Model for EmbeddingClassifier {
         Ok(w.weight("emb.weight")?.index_select(&ids, 0)?.reshape((b, s, ()))?)
     }
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, _mode: Mode) -> Result<Logits> {
-        let mut x = embeds.mean(1)?;
+        let mut x = if self.per_token { embeds.clone() } else { embeds.mean(1)? };
         for i in 1..=self.layers + 1 {
+            if self.per_token && i == self.layers + 1 {
+                x = x.mean(1)?;
+            }
             let wt = w.weight(&format!("fc{i}.weight"))?;
             let bias = w.weight(&format!("fc{i}.bias"))?;
-            x = x.matmul(&wt.t()?)?.broadcast_add(&bias)?;
+            x = x.broadcast_matmul(&wt.t()?)?.broadcast_add(&bias)?;
             if i <= self.layers {
                 x = x.tanh()?;
             }

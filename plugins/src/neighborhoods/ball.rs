@@ -90,9 +90,11 @@ impl Neighborhood for Ball {
         let eps = grads
             .iter()
             .zip(&t)
-            .map(|(g, t)| {
+            .zip(&tg)
+            .map(|((g, t), tg)| {
                 let e = match (self.config.ascent, t) {
-                    (AscentRule::Paper, Some(t)) => g.mul(&t.sqr()?)?,
+                    // T² ⊙ g = T ⊙ (T ⊙ g): reuse the product the norm needed.
+                    (AscentRule::Paper, Some(t)) => tg.mul(t)?,
                     (AscentRule::Paper, None) => g.clone(),
                     (AscentRule::Reference, Some(t)) => t.sqr()?,
                     (AscentRule::Reference, None) => g.ones_like()?,
