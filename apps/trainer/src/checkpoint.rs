@@ -111,7 +111,12 @@ pub fn read_params(params: &Params, bytes: &[u8], origin: &Path) -> Result<Vec<T
             if t.dims() != p.var.dims() {
                 return Err(Error::checkpoint(
                     origin,
-                    format!("parameter `{}` has shape {:?} there, {:?} in the model: it was written for another model", p.name, t.dims(), p.var.dims()),
+                    format!(
+                        "parameter `{}` has shape {:?} there, {:?} in the model: it was written for another model",
+                        p.name,
+                        t.dims(),
+                        p.var.dims()
+                    ),
                 ));
             }
             Ok(t.to_dtype(p.var.dtype())?.to_device(&device)?)
@@ -132,10 +137,16 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
         // A checkpoint directory without a pointer means a write was interrupted before the
         // pointer landed; with nothing else there, there is no checkpoint.
         let any = std::fs::read_dir(&root)
-            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("step-") && !e.file_name().to_string_lossy().contains(".tmp")))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-") && !e.file_name().to_string_lossy().contains(".tmp"))
+            })
             .unwrap_or(false);
         if any {
-            return Err(Error::checkpoint(&root, "holds checkpoints but no `latest` pointer; the directory was edited by hand: restore `latest` or delete the directory"));
+            return Err(Error::checkpoint(
+                &root,
+                "holds checkpoints but no `latest` pointer; the directory was edited by hand: restore `latest` or delete the directory",
+            ));
         }
         return Ok(None);
     }
@@ -228,8 +239,10 @@ pub struct Loaded {
 /// Read and verify the checkpoint in `dir`.
 pub fn read(dir: &Path) -> Result<Loaded> {
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read(&state_path).map_err(|e| Error::checkpoint(&state_path, format!("cannot read it ({e}); the checkpoint is incomplete")))?;
-    let raw: Value = serde_json::from_slice(&text).map_err(|e| Error::checkpoint(&state_path, format!("not valid JSON ({e}): the checkpoint is corrupt")))?;
+    let text = std::fs::read(&state_path)
+        .map_err(|e| Error::checkpoint(&state_path, format!("cannot read it ({e}); the checkpoint is incomplete")))?;
+    let raw: Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::checkpoint(&state_path, format!("not valid JSON ({e}): the checkpoint is corrupt")))?;
     if raw.get("format").and_then(Value::as_str) != Some(FORMAT) {
         return Err(Error::checkpoint(&state_path, format!("not a tram trainer checkpoint (`format` is not `{FORMAT}`)")));
     }
@@ -246,12 +259,19 @@ pub fn read(dir: &Path) -> Result<Loaded> {
             }
             return Ok(None);
         };
-        let bytes = std::fs::read(&path).map_err(|e| Error::checkpoint(&path, format!("cannot read it ({e}); the checkpoint is incomplete")))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| Error::checkpoint(&path, format!("cannot read it ({e}); the checkpoint is incomplete")))?;
         if bytes.len() as u64 != *size {
-            return Err(Error::checkpoint(&path, format!("has {} bytes, {size} were written: the file is truncated or corrupt", bytes.len())));
+            return Err(Error::checkpoint(
+                &path,
+                format!("has {} bytes, {size} were written: the file is truncated or corrupt", bytes.len()),
+            ));
         }
         if &fnv1a(&bytes) != hash {
-            return Err(Error::checkpoint(&path, "its content hash does not match the one recorded when it was written: the file is corrupt"));
+            return Err(Error::checkpoint(
+                &path,
+                "its content hash does not match the one recorded when it was written: the file is corrupt",
+            ));
         }
         Ok(Some(bytes))
     };

@@ -52,7 +52,14 @@ pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Reg
 }
 
 /// [`run_app`] from explicit sources (tests pass their own environment).
-pub fn run_sources(app: App, sources: &Sources, names: &[String], dry_run: bool, control: &Control, registry: &tram::Registry) -> Result<Summary> {
+pub fn run_sources(
+    app: App,
+    sources: &Sources,
+    names: &[String],
+    dry_run: bool,
+    control: &Control,
+    registry: &tram::Registry,
+) -> Result<Summary> {
     let all = sources.run_names()?;
     let runs = sources.resolve(names, registry)?;
     if dry_run {
@@ -73,7 +80,8 @@ pub fn run_sources(app: App, sources: &Sources, names: &[String], dry_run: bool,
             let spec = RunSpec { app: app.name(), run, row, seed, tokenizer: prepared.tokenizer.clone(), registry };
             match trainer::run(&spec, prepared.model, prepared.data, control)? {
                 Outcome::Finished(r) => {
-                    let cols: Vec<String> = r.columns.iter().map(|c| format!("{} {:.3}/{:.2}%", c.label, c.metrics.perplexity, c.metrics.accuracy)).collect();
+                    let cols: Vec<String> =
+                        r.columns.iter().map(|c| format!("{} {:.3}/{:.2}%", c.label, c.metrics.perplexity, c.metrics.accuracy)).collect();
                     tracing::info!(run = %run.name, seed, "finished: {}", cols.join(", "));
                 }
                 Outcome::Interrupted { .. } => {

@@ -231,7 +231,9 @@ impl Default for XnliConfig {
             valid_split: "validation_matched".into(),
             test_data: "facebook/xnli".into(),
             test_split: "test".into(),
-            languages: ["en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"].map(String::from).to_vec(),
+            languages: ["en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
+                .map(String::from)
+                .to_vec(),
             source_language: "en".into(),
             premise_column: "premise".into(),
             hypothesis_column: "hypothesis".into(),
@@ -310,7 +312,8 @@ impl Overrides {
         let mut pairs = Vec::new();
         for s in sets {
             let s = s.as_ref();
-            let (k, v) = s.split_once('=').ok_or_else(|| Error::Config(format!("--set `{s}`: expected `key=value`, e.g. `train.steps=100`")))?;
+            let (k, v) =
+                s.split_once('=').ok_or_else(|| Error::Config(format!("--set `{s}`: expected `key=value`, e.g. `train.steps=100`")))?;
             let k = k.trim();
             if k.is_empty() || k.split('.').any(str::is_empty) {
                 return Err(Error::Config(format!("--set `{s}`: `{k}` is not a key path such as `optimizer.lr`")));
@@ -358,7 +361,11 @@ impl Overrides {
                 } else {
                     let entry = node.entry(p.to_string()).or_insert_with(|| Value::Object(Default::default()));
                     if !entry.is_object() {
-                        return Err(Error::Config(format!("{}: `{key}` sets a key inside `{}`, which is also given a value", self.name, parts[..=i].join("."))));
+                        return Err(Error::Config(format!(
+                            "{}: `{key}` sets a key inside `{}`, which is also given a value",
+                            self.name,
+                            parts[..=i].join(".")
+                        )));
                     }
                     node = entry.as_object_mut().expect("checked");
                 }
@@ -518,7 +525,9 @@ impl Sources {
             let config = build(None)?;
             let name = names.first().cloned().unwrap_or_else(|| sanitize(&config.optimizer.name));
             if names.len() > 1 || (names.len() == 1 && !valid_run_name(&name)) {
-                return Err(Error::Config(format!("the config has no [[runs]]; --run can only name the run directory once (got {names:?})")));
+                return Err(Error::Config(format!(
+                    "the config has no [[runs]]; --run can only name the run directory once (got {names:?})"
+                )));
             }
             let label = config.label.clone().unwrap_or_else(|| name.clone());
             return Ok(vec![RunConfig { name, label, config }]);
@@ -530,7 +539,10 @@ impl Sources {
                 .iter()
                 .map(|n| {
                     overlays.iter().find(|o| &o.name == n).ok_or_else(|| {
-                        Error::Config(format!("no [[runs]] entry is named `{n}`; the config has: {}", overlays.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")))
+                        Error::Config(format!(
+                            "no [[runs]] entry is named `{n}`; the config has: {}",
+                            overlays.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?

@@ -34,10 +34,16 @@ pub enum Error {
     Tram(#[from] tram::Error),
     /// Loading or saving a model failed.
     #[error(transparent)]
-    Hub(#[from] tram_hub::Error),
+    Hub(Box<tram_hub::Error>),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<tram_hub::Error> for Error {
+    fn from(e: tram_hub::Error) -> Self {
+        Error::Hub(Box::new(e))
+    }
 }
 
 impl Error {

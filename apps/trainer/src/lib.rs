@@ -29,13 +29,16 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
     let bad = |why: String| Error::Config(format!("key `device`: {why}"));
     match name.trim() {
         "cpu" | "" => Ok(candle_core::Device::Cpu),
-        "metal" => candle_core::Device::new_metal(0).map_err(|e| bad(format!("metal is unavailable ({e}); build with candle's metal feature"))),
+        "metal" => {
+            candle_core::Device::new_metal(0).map_err(|e| bad(format!("metal is unavailable ({e}); build with candle's metal feature")))
+        }
         s if s == "cuda" || s.starts_with("cuda:") => {
             let n = match s.strip_prefix("cuda:") {
                 Some(n) => n.parse::<usize>().map_err(|_| bad(format!("`{s}`: expected cuda:<gpu index>")))?,
                 None => 0,
             };
-            candle_core::Device::new_cuda(n).map_err(|e| bad(format!("CUDA device {n} is unavailable ({e}); build with `--features cuda` on a machine with CUDA")))
+            candle_core::Device::new_cuda(n)
+                .map_err(|e| bad(format!("CUDA device {n} is unavailable ({e}); build with `--features cuda` on a machine with CUDA")))
         }
         other => Err(bad(format!("`{other}`: expected cpu, cuda, cuda:<n> or metal"))),
     }

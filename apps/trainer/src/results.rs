@@ -110,8 +110,8 @@ pub struct Cell {
 /// Two-sided 97.5% quantile of Student's t with `df` degrees of freedom.
 pub fn t975(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
-        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101,
+        2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -147,7 +147,9 @@ pub fn collect(dir: &Path) -> Result<Vec<(PathBuf, RunResult)>> {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if p.is_dir() && depth > 0 && !matches!(name.as_str(), "checkpoints" | "model") && !name.starts_with('.') {
                 walk(&p, depth - 1, out);
-            } else if name == crate::trainer::RESULTS_FILE && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with("seed-")) {
+            } else if name == crate::trainer::RESULTS_FILE
+                && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with("seed-"))
+            {
                 out.push(p);
             }
         }
@@ -158,7 +160,8 @@ pub fn collect(dir: &Path) -> Result<Vec<(PathBuf, RunResult)>> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-            let r: RunResult = serde_json::from_slice(&text).map_err(|e| Error::Data(format!("{}: not a results file ({e})", p.display())))?;
+            let r: RunResult =
+                serde_json::from_slice(&text).map_err(|e| Error::Data(format!("{}: not a results file ({e})", p.display())))?;
             Ok((p, r))
         })
         .collect()
@@ -222,7 +225,8 @@ pub fn table(spec: &TableSpec, results: &[RunResult]) -> Table {
             let rs: Vec<&RunResult> = results.iter().filter(|r| r.label == label).collect();
             let mut cells = BTreeMap::new();
             for col in &columns {
-                let xs: Vec<f64> = rs.iter().filter_map(|r| r.columns.iter().find(|c| &c.label == col)).map(|c| spec.metric.of(&c.metrics)).collect();
+                let xs: Vec<f64> =
+                    rs.iter().filter_map(|r| r.columns.iter().find(|c| &c.label == col)).map(|c| spec.metric.of(&c.metrics)).collect();
                 if !xs.is_empty() {
                     cells.insert(col.clone(), cell(&xs));
                 }

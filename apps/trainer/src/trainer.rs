@@ -104,7 +104,17 @@ pub fn fingerprint(run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig
         m.insert("seed".into(), json!(seed));
         m.insert("optimizer".into(), serde_json::to_value(optimizer).unwrap_or(Value::Null));
         if let Some(Value::Object(t)) = m.get_mut("train") {
-            for k in ["steps", "epochs", "evaluate_only", "eval_every", "checkpoint_every", "log_every", "progress", "eval_batch_size", "max_eval_examples"] {
+            for k in [
+                "steps",
+                "epochs",
+                "evaluate_only",
+                "eval_every",
+                "checkpoint_every",
+                "log_every",
+                "progress",
+                "eval_batch_size",
+                "max_eval_examples",
+            ] {
                 t.remove(k);
             }
         }
@@ -140,6 +150,11 @@ impl Metrics {
         self.bytes += s.len() as u64;
         Ok(())
     }
+}
+
+/// Whether `step` is a multiple of a non-zero interval `n` (MSRV 1.80: no `is_multiple_of`).
+fn every(step: u64, n: u64) -> bool {
+    step.checked_rem(n) == Some(0)
 }
 
 fn num(x: f64) -> Value {
@@ -200,15 +215,22 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
             opt.load_state_bytes(&params, &ck.files.optimizer, &ck.dir.join(checkpoint::OPTIMIZER_FILE).display().to_string())?;
             if let Some(b) = &ck.state.best {
                 let snap = match &ck.files.best {
-                    Some(bytes) => Some(Snapshot::from_tensors(&params, checkpoint::read_params(&params, bytes, &ck.dir.join(checkpoint::BEST_FILE))?)?),
+                    Some(bytes) => Some(Snapshot::from_tensors(
+                        &params,
+                        checkpoint::read_params(&params, bytes, &ck.dir.join(checkpoint::BEST_FILE))?,
+                    )?),
                     None if cfg.train.select == Select::Best => {
-                        return Err(Error::checkpoint(&ck.dir, "records a best validation step but has no best.safetensors: the checkpoint is corrupt"))
+                        return Err(Error::checkpoint(
+                            &ck.dir,
+                            "records a best validation step but has no best.safetensors: the checkpoint is corrupt",
+                        ))
                     }
                     None => None,
                 };
                 best = Some((b.clone(), snap));
             }
-            let pos: u128 = ck.state.dropout_position.parse().map_err(|_| Error::checkpoint(&ck.dir, "dropout_position is not a number"))?;
+            let pos: u128 =
+                ck.state.dropout_position.parse().map_err(|_| Error::checkpoint(&ck.dir, "dropout_position is not a number"))?;
             model.set_dropout_position(pos)?;
             data.train.restore(&ck.state.data_position)?;
             step = ck.state.step;
@@ -256,7 +278,13 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let mut last_eval = None;
     let started = Instant::now();
     let (mut window_units, mut window_start) = (0usize, Instant::now());
-    let save = |step: u64, best: &Option<(Best, Option<Snapshot>)>, metrics_bytes: u64, seconds: f64, opt: &Optimizer, data: &TaskData| -> Result<PathBuf> {
+    let save = |step: u64,
+                best: &Option<(Best, Option<Snapshot>)>,
+                metrics_bytes: u64,
+                seconds: f64,
+                opt: &Optimizer,
+                data: &TaskData|
+     -> Result<PathBuf> {
         let files = CheckpointFiles {
             model: checkpoint::params_bytes(&params, None)?,
             optimizer: opt.state_bytes(&params)?,
@@ -283,7 +311,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let validate = |step: u64, best: &mut Option<(Best, Option<Snapshot>)>, metrics: &mut Metrics| -> Result<()> {
         let Some(valid) = &data.valid else { return Ok(()) };
         let m = evaluate(model.as_ref(), valid.source.as_ref())?;
-        let improved = m.loss.is_finite() && best.as_ref().map_or(true, |(b, _)| m.loss < b.loss);
+        let improved = m.loss.is_finite() && best.as_ref().map(|(b, _)| m.loss < b.loss).unwrap_or(true);
         let mut line = eval_line("eval", step, valid, &m);
         line["best"] = json!(improved);
         metrics.line(&line)?;
@@ -305,7 +333,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         }
         let report = opt.step(model.as_ref(), &batches)?;
         step += 1;
-        if step % cfg.train.log_every == 0 || step == total {
+        if every(step, cfg.train.log_every) || step == total {
             metrics.line(&json!({
                 "type": "train", "step": step, "lr": report.lr, "loss": num(report.loss), "penalty": report.penalty.map(num),
                 "delta": report.delta.map(num), "epsilon_norm": num(report.epsilon_norm), "grad_norm": num(report.grad_norm),
@@ -320,15 +348,15 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         let delta = report.delta.map(|d| format!(" δ {d:.3e}")).unwrap_or_default();
         pb.set_message(format!("loss {:.4}{delta} {rate:.0} {}/s", report.loss, data.unit));
         pb.set_position(step);
-        if step % cfg.train.log_every == 0 {
+        if every(step, cfg.train.log_every) {
             tracing::debug!(step, loss = report.loss, delta = ?report.delta, lr = report.lr, rate, unit = data.unit, "step");
         }
-        if cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 {
+        if every(step, cfg.train.eval_every) {
             validate(step, &mut best, &mut metrics)?;
             last_eval = Some(step);
         }
         let elapsed = train_seconds + started.elapsed().as_secs_f64();
-        if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step < total {
+        if every(step, cfg.train.checkpoint_every) && step < total {
             save(step, &best, metrics.bytes, elapsed, &opt, &data)?;
             last_checkpoint = step;
         }
@@ -336,7 +364,11 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
             control.stop.store(true, Ordering::SeqCst);
         }
         if control.stop.load(Ordering::SeqCst) && step < total {
-            let d = if last_checkpoint == step { checkpoint::latest(&dir)?.unwrap_or_default() } else { save(step, &best, metrics.bytes, elapsed, &opt, &data)? };
+            let d = if last_checkpoint == step {
+                checkpoint::latest(&dir)?.unwrap_or_default()
+            } else {
+                save(step, &best, metrics.bytes, elapsed, &opt, &data)?
+            };
             pb.abandon_with_message(format!("interrupted at step {step}; resume with --resume"));
             tracing::warn!(step, checkpoint = %d.display(), "interrupted: checkpoint written; run again with --resume to continue");
             return Ok(Outcome::Interrupted { step, checkpoint: d });

@@ -29,7 +29,12 @@ fn env(pairs: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
     Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
-fn resolve(file: &std::path::Path, envs: &[(&str, &str)], sets: &[&str], runs: &[&str]) -> tram_trainer::Result<Vec<tram_trainer::RunConfig>> {
+fn resolve(
+    file: &std::path::Path,
+    envs: &[(&str, &str)],
+    sets: &[&str],
+    runs: &[&str],
+) -> tram_trainer::Result<Vec<tram_trainer::RunConfig>> {
     let s = Sources { file: Some(file.to_path_buf()), sets: sets.iter().map(|s| s.to_string()).collect(), env: env(envs) };
     s.resolve(&runs.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &registry())
 }
@@ -127,7 +132,7 @@ fn shipped_configs_resolve() {
     for e in std::fs::read_dir(&configs).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name == "optimizers.toml" || p.extension().map_or(true, |x| x != "toml") {
+        if name == "optimizers.toml" || p.extension().and_then(|x| x.to_str()) != Some("toml") {
             continue;
         }
         let s = Sources { file: Some(p.clone()), sets: vec![], env: Some(vec![]) };

@@ -57,7 +57,10 @@ fn vision_end_to_end_mean_and_confidence_interval() {
     let cfg = write_config(&dir, &config(&out));
     let s = run_sources(App::Vision, &sources(&cfg, &[]), &[], false, &Control::default(), &registry()).unwrap();
     let md = &s.tables[0];
-    assert!(md.contains("| method | Tiny | seeds |") && md.contains("| SGD |") && md.contains("| TRAM-θ_{t-1} |") && md.contains(" ± "), "{md}");
+    assert!(
+        md.contains("| method | Tiny | seeds |") && md.contains("| SGD |") && md.contains("| TRAM-θ_{t-1} |") && md.contains(" ± "),
+        "{md}"
+    );
     let r: Value = serde_json::from_slice(&std::fs::read(out.join("tram-prev/seed-1/results.json")).unwrap()).unwrap();
     // 12 training images in batches of 4, one epoch: 3 steps; the cosine schedule spans them.
     assert_eq!(r["steps"], 3);
@@ -69,7 +72,8 @@ fn vision_end_to_end_mean_and_confidence_interval() {
     let cell = &table["table"]["rows"][1]["cells"]["Tiny"];
     assert_eq!(cell["n"], 2);
     let (a, b) = (
-        serde_json::from_slice::<Value>(&std::fs::read(out.join("tram-prev/seed-0/results.json")).unwrap()).unwrap()["columns"][0]["metrics"]["accuracy"]
+        serde_json::from_slice::<Value>(&std::fs::read(out.join("tram-prev/seed-0/results.json")).unwrap()).unwrap()["columns"][0]
+            ["metrics"]["accuracy"]
             .as_f64()
             .unwrap(),
         r["columns"][0]["metrics"]["accuracy"].as_f64().unwrap(),
@@ -97,9 +101,16 @@ fn vision_undecodable_images_are_skipped_and_bad_labels_are_errors() {
     let mut rows = tram_data::fixtures::image_records(
         "img",
         "label",
-        &[(tram_data::fixtures::png_solid(8, 8, [1, 2, 3]), 0), (b"not an image".to_vec(), 1), (tram_data::fixtures::png_solid(8, 8, [9, 9, 9]), 2)],
+        &[
+            (tram_data::fixtures::png_solid(8, 8, [1, 2, 3]), 0),
+            (b"not an image".to_vec(), 1),
+            (tram_data::fixtures::png_solid(8, 8, [9, 9, 9]), 2),
+        ],
     );
-    rows.push(tram_data::Record::from([("img".to_string(), tram_data::fixtures::image_field(None, "gone.png")), ("label".to_string(), tram_data::Field::Int(1))]));
+    rows.push(tram_data::Record::from([
+        ("img".to_string(), tram_data::fixtures::image_field(None, "gone.png")),
+        ("label".to_string(), tram_data::Field::Int(1)),
+    ]));
     tram_data::fixtures::write_parquet(&local.join("train.parquet"), &rows).unwrap();
     tram_data::fixtures::write_parquet(&local.join("test.parquet"), &rows).unwrap();
     let cfg = write_config(&dir, &config(&dir.join("out")));

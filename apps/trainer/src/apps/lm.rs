@@ -12,7 +12,14 @@ use candle_core::Device;
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
 
-fn blocks(source: &DataSource, domain: &str, split: &str, run: &RunConfig, tokenizer: &Tokenizer, limit: Option<usize>) -> Result<Vec<Vec<u32>>> {
+fn blocks(
+    source: &DataSource,
+    domain: &str,
+    split: &str,
+    run: &RunConfig,
+    tokenizer: &Tokenizer,
+    limit: Option<usize>,
+) -> Result<Vec<Vec<u32>>> {
     let lm = &run.config.lm;
     let what = format!("{} (domain `{domain}`, split `{split}`)", run.config.data);
     let records = tram_data::load_split(source, split, super::subset(domain)).map_err(data_err(&what))?;

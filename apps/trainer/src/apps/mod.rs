@@ -47,7 +47,11 @@ impl App {
     pub fn table_spec(self, run: Option<&RunConfig>) -> TableSpec {
         match self {
             App::Lm => {
-                let split = run.map(|r| format!(" — trained on {}", r.config.lm.train_label.clone().unwrap_or_else(|| r.config.lm.train_domain.clone()))).unwrap_or_default();
+                let split = run
+                    .map(|r| {
+                        format!(" — trained on {}", r.config.lm.train_label.clone().unwrap_or_else(|| r.config.lm.train_domain.clone()))
+                    })
+                    .unwrap_or_default();
                 TableSpec {
                     title: format!("Cross-domain language modelling (paper Table 4){split}"),
                     metric: crate::results::Metric::Perplexity,

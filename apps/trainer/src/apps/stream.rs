@@ -28,7 +28,8 @@ pub struct Shuffled<T> {
 
 fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(0x5851_F42D_4C95_7F2D));
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(0x5851_F42D_4C95_7F2D));
     order.shuffle(&mut rng);
     order
 }

@@ -97,13 +97,20 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     triple("mean", &v.mean, &mut pre.mean)?;
     triple("std", &v.std, &mut pre.std)?;
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
-    let train_images = if evaluate_only { None } else { Some(images(run, "data", &cfg.data, &v.train_split, cfg.train.max_train_examples)?) };
+    let train_images =
+        if evaluate_only { None } else { Some(images(run, "data", &cfg.data, &v.train_split, cfg.train.max_train_examples)?) };
     let (test_key, test_data) = if v.test_data.trim().is_empty() { ("data", &cfg.data) } else { ("vision.test_data", &v.test_data) };
     let test_images = Arc::new(images(run, test_key, test_data, &v.test_split, cfg.train.max_eval_examples)?);
     let num_labels = if v.num_labels > 0 {
         v.num_labels
     } else {
-        train_images.iter().chain(std::iter::once(test_images.as_ref())).flat_map(|i| i.labels.iter()).max().map(|m| *m as usize + 1).unwrap_or(0)
+        train_images
+            .iter()
+            .chain(std::iter::once(test_images.as_ref()))
+            .flat_map(|i| i.labels.iter())
+            .max()
+            .map(|m| *m as usize + 1)
+            .unwrap_or(0)
     };
     for imgs in train_images.iter().chain(std::iter::once(test_images.as_ref())) {
         if let Some(bad) = imgs.labels.iter().find(|l| **l as usize >= num_labels) {
@@ -119,9 +126,19 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
         None
     } else {
         let imgs = Arc::new(images(run, "data", &cfg.data, &v.valid_split, cfg.train.max_eval_examples)?);
-        Some(EvalSet { name: v.valid_split.clone(), label: "validation".into(), in_domain: true, source: Box::new(LazyImages { images: imgs, pre, batch: eval_batch, device: device.clone() }) })
+        Some(EvalSet {
+            name: v.valid_split.clone(),
+            label: "validation".into(),
+            in_domain: true,
+            source: Box::new(LazyImages { images: imgs, pre, batch: eval_batch, device: device.clone() }),
+        })
     };
-    let tests = vec![EvalSet { name: label.clone(), label, in_domain: true, source: Box::new(LazyImages { images: test_images, pre, batch: eval_batch, device: device.clone() }) }];
+    let tests = vec![EvalSet {
+        name: label.clone(),
+        label,
+        in_domain: true,
+        source: Box::new(LazyImages { images: test_images, pre, batch: eval_batch, device: device.clone() }),
+    }];
     let train: Box<dyn crate::task::TrainStream> = match train_images {
         None => Box::new(Empty),
         Some(imgs) => {

@@ -12,7 +12,15 @@ use tram_data::nli::PairExample;
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
 
-fn pairs(source: &DataSource, what_key: &str, subset: &str, split: &str, run: &RunConfig, tokenizer: &Tokenizer, limit: Option<usize>) -> Result<Vec<PairExample>> {
+fn pairs(
+    source: &DataSource,
+    what_key: &str,
+    subset: &str,
+    split: &str,
+    run: &RunConfig,
+    tokenizer: &Tokenizer,
+    limit: Option<usize>,
+) -> Result<Vec<PairExample>> {
     let x = &run.config.xnli;
     let what = format!("{what_key} (config `{subset}`, split `{split}`)");
     let mut records = tram_data::load_split(source, split, super::subset(subset)).map_err(data_err(&what))?;
@@ -20,7 +28,8 @@ fn pairs(source: &DataSource, what_key: &str, subset: &str, split: &str, run: &R
         records.truncate(n);
     }
     let (examples, skips) =
-        tram_data::nli::encode(&records, tokenizer, &x.premise_column, &x.hypothesis_column, &x.label_column, x.max_length).map_err(data_err(&what))?;
+        tram_data::nli::encode(&records, tokenizer, &x.premise_column, &x.hypothesis_column, &x.label_column, x.max_length)
+            .map_err(data_err(&what))?;
     if !skips.is_empty() {
         tracing::warn!(data = %what, %skips, "rows skipped");
     }

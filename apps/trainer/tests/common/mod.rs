@@ -139,23 +139,33 @@ pub fn fixtures() -> &'static Fixtures {
         for (d, (name, _)) in DOMAINS.iter().enumerate() {
             for split in ["train", "validation", "test"] {
                 let recs = m2d2_records(d, split);
-                fixtures::hub_file(&snap, &format!("{name}/{split}-00000-of-00001.parquet"), &fixtures::parquet_bytes(&recs).unwrap()).unwrap();
+                fixtures::hub_file(&snap, &format!("{name}/{split}-00000-of-00001.parquet"), &fixtures::parquet_bytes(&recs).unwrap())
+                    .unwrap();
                 fixtures::write_json_lines(&local.join(name).join(format!("{split}.jsonl")), &recs).unwrap();
             }
         }
         // MultiNLI-like and XNLI-like.
         let snap = fixtures::hub_snapshot(&cache, MNLI, "main", fixtures::FIXTURE_COMMIT).unwrap();
         fixtures::hub_file(&snap, "data/train-00000-of-00001.parquet", &fixtures::parquet_bytes(&nli_rows("en", 24, 0)).unwrap()).unwrap();
-        fixtures::hub_file(&snap, "data/validation_matched-00000-of-00001.parquet", &fixtures::parquet_bytes(&nli_rows("en", 9, 1)).unwrap())
-            .unwrap();
+        fixtures::hub_file(
+            &snap,
+            "data/validation_matched-00000-of-00001.parquet",
+            &fixtures::parquet_bytes(&nli_rows("en", 9, 1)).unwrap(),
+        )
+        .unwrap();
         let snap = fixtures::hub_snapshot(&cache, XNLI, "main", fixtures::FIXTURE_COMMIT).unwrap();
         for (i, lang) in ["en", "de", "fr"].iter().enumerate() {
-            fixtures::hub_file(&snap, &format!("{lang}/test-00000-of-00001.parquet"), &fixtures::parquet_bytes(&nli_rows(lang, 9, i as u64 + 2)).unwrap())
-                .unwrap();
+            fixtures::hub_file(
+                &snap,
+                &format!("{lang}/test-00000-of-00001.parquet"),
+                &fixtures::parquet_bytes(&nli_rows(lang, 9, i as u64 + 2)).unwrap(),
+            )
+            .unwrap();
         }
         // Images.
         let snap = fixtures::hub_snapshot(&cache, IMAGES, "main", fixtures::FIXTURE_COMMIT).unwrap();
-        fixtures::hub_file(&snap, "plain_text/train-00000-of-00001.parquet", &fixtures::parquet_bytes(&image_rows(12, 0)).unwrap()).unwrap();
+        fixtures::hub_file(&snap, "plain_text/train-00000-of-00001.parquet", &fixtures::parquet_bytes(&image_rows(12, 0)).unwrap())
+            .unwrap();
         fixtures::hub_file(&snap, "plain_text/test-00000-of-00001.parquet", &fixtures::parquet_bytes(&image_rows(6, 1)).unwrap()).unwrap();
         std::env::set_var("HF_HOME", &home);
         std::env::remove_var("HF_HUB_CACHE");
