@@ -517,10 +517,11 @@ impl Run {
         self.resident + self.transient_peak
     }
     /// The time the step's model passes take when run on their own: every backward pass
-    /// covers `1 + through_target` graph forwards; the remaining forwards are no-grad targets.
+    /// covers one graph forward (the engine counts R3F's graph-carrying target as a backward
+    /// pass of its own); the remaining forwards are no-grad targets.
     fn pass_time(&self, p: &PassTimes) -> f64 {
         let (fwd, bwd) = self.passes();
-        let graph = bwd * (1 + self.through_target) as f64;
+        let graph = bwd;
         let nograd = (fwd - graph).max(0.0);
         graph * p.fwd_bwd + nograd * p.fwd_nograd
     }
@@ -958,8 +959,8 @@ fn main() -> anyhow::Result<()> {
          beyond base = bookkeeping − the base optimizer's own bookkeeping (its update), i.e. what the composition adds; \
          peak = model + optimizer state + the step's transient peak (counting allocator); \
          ascents = timed steps that took the two-pass ascent. \
-         † the backward also runs through a graph-carrying target forward (R3F `through_target`): \
-         the pass time counts that branch as a forward+backward, which the `units` model does not. \
+         † the backward also runs through a graph-carrying target forward (R3F `through_target`), which the engine \
+         counts as a backward pass of its own. \
          Rows `… σ=…` repeat the noise-sized TRAM-x aliases with a larger noise scale: at the default σ = 1e-5 their δ \
          is at f32 rounding level on this model (it can come out ≤ 0, and then no ascent is taken); mean δ is in the CSV.\n",
         MAX_DEVIATION * 100.0,
