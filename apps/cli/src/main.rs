@@ -8,8 +8,9 @@ use tram::{Kind, Optimizer, OptimizerConfig, Registry};
 #[derive(Parser)]
 #[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
 struct Cli {
-    /// Load components from a run-time plugin library (repeatable). `TRAM_PLUGINS`, a path
-    /// list like `PATH`, names more (loaded first). See docs/writing-a-plugin.md.
+    /// Load components from a run-time plugin library (repeatable). The paths join those of
+    /// `TRAM_PLUGINS` (a path list like `PATH`, loaded first) for every registry this process
+    /// builds. See docs/writing-a-plugin.md.
     #[arg(long = "plugin", value_name = "PATH", global = true)]
     plugins: Vec<std::path::PathBuf>,
     #[command(subcommand)]
@@ -79,9 +80,15 @@ fn list(registry: &Registry) {
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    if !cli.plugins.is_empty() {
+        // Through the environment, so that registries built elsewhere in this process see them too.
+        let mut paths: Vec<std::path::PathBuf> =
+            std::env::var_os(tram::PLUGINS_ENV).map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
+        paths.extend(cli.plugins.iter().cloned());
+        std::env::set_var(tram::PLUGINS_ENV, std::env::join_paths(paths)?);
+    }
     let mut registry = tram_plugins::registry()?;
     registry.load_env_plugins()?;
-    registry.load_plugins(&cli.plugins)?;
     match cli.command {
         Command::List => list(&registry),
         Command::Explain { composition } => {

@@ -87,4 +87,8 @@ fn plugin_errors_are_reported_not_crashes() {
     let o = tram(&["list", "--plugin", p, "--plugin", p], None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
+    // The flag adds to TRAM_PLUGINS: both are loaded.
+    let o = tram(&["list", "--plugin", p], Some(plugin()));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
 }
