@@ -50,6 +50,9 @@ pub struct RunResult {
     pub optimizer: Value,
     /// Steps skipped (non-finite loss or gradient).
     pub skipped_steps: u64,
+    /// Data rows left out, per split read.
+    #[serde(default)]
+    pub skipped_rows: crate::task::Skipped,
     /// Steps without ascent (zero / non-finite radius or norm).
     pub no_ascent_steps: u64,
     /// Wall-clock seconds of training.

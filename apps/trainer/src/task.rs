@@ -70,4 +70,9 @@ pub struct TaskData {
     pub tests: Vec<EvalSet>,
     /// What the throughput counts (`tokens` or `examples`).
     pub unit: &'static str,
+    /// Rows left out of each split read (empty texts, undecodable images, missing labels, ...).
+    pub skipped: Skipped,
 }
+
+/// Rows left out, per split read (`<domain or config>/<split>`).
+pub type Skipped = std::collections::BTreeMap<String, tram_data::Skips>;

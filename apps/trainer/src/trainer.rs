@@ -95,7 +95,7 @@ pub fn resolved_optimizer(run: &RunConfig, seed: u64, total: u64) -> tram::Optim
 }
 
 /// The part of the configuration a checkpoint must agree with to be resumed.
-pub fn fingerprint(run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig) -> Value {
+pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig) -> Value {
     let mut v = run.config.to_json();
     if let Some(m) = v.as_object_mut() {
         for k in ["out", "seeds", "label"] {
@@ -119,8 +119,8 @@ pub fn fingerprint(run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig
             }
         }
         // Only the app's own section matters.
-        for app in ["lm", "xnli", "vision"] {
-            m.remove(app);
+        for other in ["lm", "xnli", "vision"].into_iter().filter(|a| *a != app) {
+            m.remove(other);
         }
     }
     v
@@ -190,7 +190,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
     let mut opt = Optimizer::new(spec.registry, opt_config.clone())?;
-    let print = fingerprint(run, spec.seed, &opt_config);
+    let print = fingerprint(spec.app, run, spec.seed, &opt_config);
     let params = model.params().clone();
 
     let mut step = 0u64;
@@ -424,6 +424,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         columns,
         optimizer: opt.describe(),
         skipped_steps: opt.skipped_steps(),
+        skipped_rows: data.skipped.clone(),
         no_ascent_steps: opt.no_ascent_steps(),
         train_seconds,
         eval_seconds: eval_started.elapsed().as_secs_f64(),

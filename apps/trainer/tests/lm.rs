@@ -200,6 +200,8 @@ fn lm_bad_checkpoints_are_clear_errors() {
     // A different configuration.
     let err = try_resume(&["optimizer.lr=0.5"]);
     assert!(err.contains("different configuration") && err.contains("optimizer.lr"), "{err}");
+    let err = try_resume(&["lm.block_size=4"]);
+    assert!(err.contains("lm.block_size"), "{err}");
     // A corrupt model file.
     let model = checkpoint.join("model.safetensors");
     let mut bytes = std::fs::read(&model).unwrap();
@@ -261,7 +263,9 @@ fn lm_bad_inputs_are_clear_errors() {
         }
     }
     let runs = sources(&cfg, &[&format!("data={}", local.display())]).resolve(&["adam".to_string()], &reg).unwrap();
-    assert!(App::Lm.prepare(&runs[0], 0).is_ok());
+    let p = App::Lm.prepare(&runs[0], 0).unwrap();
+    assert_eq!(p.data.skipped["soc/train"].empty, 2);
+    assert_eq!(p.data.skipped["hist/test"].total(), 2);
     // A malformed JSON line is an error naming the file and line.
     std::fs::write(local.join("hist").join("test.jsonl"), "{\"text\": \"the war\"}\n{not json\n").unwrap();
     let runs = sources(&cfg, &[&format!("data={}", local.display())]).resolve(&["adam".to_string()], &reg).unwrap();

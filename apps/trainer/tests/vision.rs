@@ -119,6 +119,7 @@ fn vision_undecodable_images_are_skipped_and_bad_labels_are_errors() {
     let runs = sources(&cfg, &[&data, "vision.subset=\"\""]).resolve(&["sgd".to_string()], &reg).unwrap();
     let p = App::Vision.prepare(&runs[0], 0).unwrap();
     assert_eq!(p.data.tests[0].source.len(), 2);
+    assert_eq!(p.data.skipped.values().map(|s| s.undecodable).sum::<usize>(), 4, "{:?}", p.data.skipped);
     let runs = sources(&cfg, &[&data, "vision.subset=\"\"", "vision.num_labels=2"]).resolve(&["sgd".to_string()], &reg).unwrap();
     let e = App::Vision.prepare(&runs[0], 0).err().unwrap().to_string();
     assert!(e.contains("vision.num_labels"), "{e}");

@@ -19,6 +19,7 @@ fn blocks(
     run: &RunConfig,
     tokenizer: &Tokenizer,
     limit: Option<usize>,
+    skipped: &mut crate::task::Skipped,
 ) -> Result<Vec<Vec<u32>>> {
     let lm = &run.config.lm;
     let what = format!("{} (domain `{domain}`, split `{split}`)", run.config.data);
@@ -30,6 +31,7 @@ fn blocks(
     let (blocks, skips) = tram_data::lm::token_blocks(&texts, tokenizer, lm.block_size).map_err(data_err(&what))?;
     if !skips.is_empty() {
         tracing::warn!(domain, split, %skips, "rows skipped");
+        skipped.insert(format!("{domain}/{split}"), skips);
     }
     if blocks.is_empty() {
         return Err(Error::Data(format!(
@@ -77,27 +79,28 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let eval_batch = cfg.train.eval_batch_size.unwrap_or(cfg.train.batch_size);
 
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
+    let mut skipped = crate::task::Skipped::new();
     let train_blocks = if evaluate_only {
         Vec::new()
     } else {
-        blocks(&data, &lm.train_domain, &lm.train_split, run, &tokenizer, cfg.train.max_train_examples)?
+        blocks(&data, &lm.train_domain, &lm.train_split, run, &tokenizer, cfg.train.max_train_examples, &mut skipped)?
     };
     let valid = if lm.valid_split.trim().is_empty() {
         None
     } else {
-        let b = blocks(&data, &lm.train_domain, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        let b = blocks(&data, &lm.train_domain, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
         Some(eval_set(&format!("{}/{}", lm.train_domain, lm.valid_split), "validation", true, b, eval_batch, &device)?)
     };
     let mut tests = Vec::new();
     let train_label = lm.train_label.clone().unwrap_or_else(|| lm.train_domain.clone());
-    let b = blocks(&data, &lm.train_domain, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+    let b = blocks(&data, &lm.train_domain, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
     tests.push(eval_set(&lm.train_domain, &train_label, true, b, eval_batch, &device)?);
     for (i, d) in lm.test_domains.iter().enumerate() {
         if d == &lm.train_domain {
             return Err(Error::Config(format!("key `lm.test_domains`: `{d}` is the training domain; list only unseen domains")));
         }
         let label = lm.test_labels.get(i).cloned().unwrap_or_else(|| d.clone());
-        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
         tests.push(eval_set(d, &label, false, b, eval_batch, &device)?);
     }
     let train: Box<dyn crate::task::TrainStream> = if evaluate_only {
@@ -115,7 +118,7 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
             tokens,
         )?)
     };
-    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "tokens" }, tokenizer: Some(tokenizer_path) })
+    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "tokens", skipped }, tokenizer: Some(tokenizer_path) })
 }
 
 /// The stream of a run that does not train.

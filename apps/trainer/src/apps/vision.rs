@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tram::Batch;
 use tram_data::{Images, Preprocess};
 
-fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usize>) -> Result<Images> {
+fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usize>, skipped: &mut crate::task::Skipped) -> Result<Images> {
     let v = &run.config.vision;
     let source = data_source(key, data)?;
     let what = format!("{data} (split `{split}`)");
@@ -26,6 +26,7 @@ fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usi
     let (imgs, skips) = Images::from_records(&records, &v.image_column, &v.label_column).map_err(data_err(&what))?;
     if !skips.is_empty() {
         tracing::warn!(data = %what, %skips, "rows skipped");
+        skipped.insert(format!("{data}/{split}"), skips);
     }
     if imgs.is_empty() {
         return Err(Error::Data(format!("{what}: no usable images ({} rows, {skips})", records.len())));
@@ -97,10 +98,14 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     triple("mean", &v.mean, &mut pre.mean)?;
     triple("std", &v.std, &mut pre.std)?;
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
-    let train_images =
-        if evaluate_only { None } else { Some(images(run, "data", &cfg.data, &v.train_split, cfg.train.max_train_examples)?) };
+    let mut skipped = crate::task::Skipped::new();
+    let train_images = if evaluate_only {
+        None
+    } else {
+        Some(images(run, "data", &cfg.data, &v.train_split, cfg.train.max_train_examples, &mut skipped)?)
+    };
     let (test_key, test_data) = if v.test_data.trim().is_empty() { ("data", &cfg.data) } else { ("vision.test_data", &v.test_data) };
-    let test_images = Arc::new(images(run, test_key, test_data, &v.test_split, cfg.train.max_eval_examples)?);
+    let test_images = Arc::new(images(run, test_key, test_data, &v.test_split, cfg.train.max_eval_examples, &mut skipped)?);
     let num_labels = if v.num_labels > 0 {
         v.num_labels
     } else {
@@ -125,7 +130,7 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let valid = if v.valid_split.trim().is_empty() {
         None
     } else {
-        let imgs = Arc::new(images(run, "data", &cfg.data, &v.valid_split, cfg.train.max_eval_examples)?);
+        let imgs = Arc::new(images(run, "data", &cfg.data, &v.valid_split, cfg.train.max_eval_examples, &mut skipped)?);
         Some(EvalSet {
             name: v.valid_split.clone(),
             label: "validation".into(),
@@ -162,5 +167,5 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
             )?)
         }
     };
-    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "images" }, tokenizer: None })
+    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "images", skipped }, tokenizer: None })
 }

@@ -12,6 +12,7 @@ use tram_data::nli::PairExample;
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
 
+#[allow(clippy::too_many_arguments)]
 fn pairs(
     source: &DataSource,
     what_key: &str,
@@ -20,6 +21,7 @@ fn pairs(
     run: &RunConfig,
     tokenizer: &Tokenizer,
     limit: Option<usize>,
+    skipped: &mut crate::task::Skipped,
 ) -> Result<Vec<PairExample>> {
     let x = &run.config.xnli;
     let what = format!("{what_key} (config `{subset}`, split `{split}`)");
@@ -32,6 +34,7 @@ fn pairs(
             .map_err(data_err(&what))?;
     if !skips.is_empty() {
         tracing::warn!(data = %what, %skips, "rows skipped");
+        skipped.insert(format!("{subset}/{split}"), skips);
     }
     if let Some(bad) = examples.iter().find(|e| e.label as usize >= x.num_labels) {
         return Err(Error::Data(format!("{what}: label {} is not below xnli.num_labels = {}", bad.label, x.num_labels)));
@@ -67,11 +70,13 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let eval_batch = cfg.train.eval_batch_size.unwrap_or(cfg.train.batch_size);
     let train_data = data_source("data", &cfg.data)?;
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
+    let mut skipped = crate::task::Skipped::new();
 
     let train: Box<dyn crate::task::TrainStream> = if evaluate_only {
         Box::new(Empty)
     } else {
-        let ex = pairs(&train_data, &cfg.data, &x.train_subset, &x.train_split, run, &tokenizer, cfg.train.max_train_examples)?;
+        let ex =
+            pairs(&train_data, &cfg.data, &x.train_subset, &x.train_split, run, &tokenizer, cfg.train.max_train_examples, &mut skipped)?;
         let dev = device.clone();
         Box::new(Shuffled::new(
             ex,
@@ -84,18 +89,19 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let valid = if x.valid_split.trim().is_empty() {
         None
     } else {
-        let ex = pairs(&train_data, &cfg.data, &x.train_subset, &x.valid_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        let ex =
+            pairs(&train_data, &cfg.data, &x.train_subset, &x.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
         Some(eval_set(&format!("{}/{}", x.source_language, x.valid_split), "validation", true, ex, eval_batch, pad, &device)?)
     };
     let test_data = data_source("xnli.test_data", &x.test_data)?;
     let mut tests = Vec::new();
     for lang in &x.languages {
-        let ex = pairs(&test_data, &x.test_data, lang, &x.test_split, run, &tokenizer, cfg.train.max_eval_examples)?;
+        let ex = pairs(&test_data, &x.test_data, lang, &x.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
         let label = lang.chars().next().map(|c| c.to_uppercase().collect::<String>() + &lang[c.len_utf8()..]).unwrap_or_default();
         tests.push(eval_set(lang, &label, lang == &x.source_language, ex, eval_batch, pad, &device)?);
     }
     if tests.is_empty() {
         return Err(Error::Config("key `xnli.languages`: no evaluation language given".into()));
     }
-    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "examples" }, tokenizer: Some(tokenizer_path) })
+    Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "examples", skipped }, tokenizer: Some(tokenizer_path) })
 }
