@@ -24,7 +24,9 @@
 //! # What else the loader guarantees
 //!
 //! - The [`libloading::Library`] is kept alive by the registry, by every [`Entry`] build closure
-//!   it registered and by every component built from those, so it outlives every object it made.
+//!   it registered and by every component built from those, so it outlives every object it made
+//!   (on Unix it is also opened `RTLD_NODELETE`: threads its copy of candle started may outlive
+//!   all of those, so its code is never unmapped).
 //! - Built components are wrapped in delegating wrappers. A plugin links its *own copy* of
 //!   candle, whose tensor ids come from a counter separate from the host's; an autograd graph
 //!   mixing tensors made by both could mix up gradients. The wrappers therefore re-label every
@@ -435,6 +437,31 @@ unsafe fn checked_register_fn(library: &libloading::Library, path: &str) -> Resu
     Ok(std::ptr::read_unaligned(std::ptr::addr_of!((*(addr as *const PluginDeclaration)).register)))
 }
 
+/// `dlopen` with symbols resolved now (a missing one is a load error, not a crash later) and,
+/// where the platform has it, `RTLD_NODELETE`: threads that the plugin's copy of candle started
+/// (its own rayon pool) keep running its code after the last object it made is gone, so the
+/// code is never unmapped even when the last [`PluginLibrary`] handle closes it.
+///
+/// # Safety
+/// Loading a library runs its initialisers.
+unsafe fn open_library(path: &Path) -> std::result::Result<libloading::Library, libloading::Error> {
+    #[cfg(unix)]
+    {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        const RTLD_NODELETE: std::os::raw::c_int = 0x1000;
+        #[cfg(any(target_os = "macos", target_os = "ios"))]
+        const RTLD_NODELETE: std::os::raw::c_int = 0x80;
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "macos", target_os = "ios")))]
+        const RTLD_NODELETE: std::os::raw::c_int = 0;
+        Library::open(Some(path), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE).map(Into::into)
+    }
+    #[cfg(not(unix))]
+    {
+        libloading::Library::new(path)
+    }
+}
+
 impl Registry {
     /// Load the run-time plugin at `path` (a `cdylib` exporting
     /// [`export_plugin!`](crate::export_plugin)) and register its components and aliases, with
@@ -461,7 +488,7 @@ impl Registry {
         let origin = canonical.display().to_string();
         // SAFETY: loading a library runs its initialisers; a tram plugin's are Rust's own.
         // What runs next is checked first (see `checked_register_fn`).
-        let library = unsafe { libloading::Library::new(&canonical) }
+        let library = unsafe { open_library(&canonical) }
             .map_err(|e| Error::Plugin { path: origin.clone(), reason: format!("cannot be loaded as a shared library: {e}") })?;
         let register = unsafe { checked_register_fn(&library, &origin)? };
         let library = Arc::new(PluginLibrary { _library: library, path: canonical });
