@@ -776,6 +776,127 @@ mod tests {
         assert!(err.to_string().contains("/no/such/libplugin.so") && err.to_string().contains("no such file"), "{err}");
     }
 
+    /// Wrappers need a library handle; any shared library will do for their host-side logic.
+    #[cfg(target_os = "linux")]
+    fn some_library() -> Arc<PluginLibrary> {
+        let library = unsafe { libloading::Library::new("libc.so.6") }.unwrap();
+        Arc::new(PluginLibrary { _library: library, path: "libc.so.6".into() })
+    }
+
+    #[cfg(target_os = "linux")]
+    mod wrappers {
+        use super::*;
+        use crate::model::{Model, Weights};
+        use crate::noise::SeededNoise;
+        use crate::region::NoiseSlot;
+        use candle_core::{Device, Var};
+
+        /// Doubles the input embeddings; its target is the embeddings themselves.
+        struct Doubling;
+        impl TrustRegion for Doubling {
+            fn name(&self) -> &str {
+                "doubling"
+            }
+            fn init(&mut self, _: &Params) -> Result<()> {
+                Ok(())
+            }
+            fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
+                Ok(Logits { logits: ctx.batch.inputs.clone(), targets: ctx.batch.targets.clone() })
+            }
+            fn tracks_current(&self) -> bool {
+                false
+            }
+            fn noised_embeds(&mut self, _: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Option<Tensor>> {
+                Ok(Some(embeds.affine(2.0, 0.0)?))
+            }
+            fn perturbs_input(&self) -> bool {
+                true
+            }
+            fn state(&self, _: &Params) -> Vec<(String, Tensor)> {
+                Vec::new()
+            }
+            fn load_state(&mut self, _: &Params, _: &crate::state::StateReader<'_>) -> Result<()> {
+                Ok(())
+            }
+        }
+
+        struct Identity(Params);
+        impl Model for Identity {
+            fn params(&self) -> &Params {
+                &self.0
+            }
+            fn embed(&self, _: &dyn Weights, b: &Batch, _: Mode) -> Result<Tensor> {
+                Ok(b.inputs.clone())
+            }
+            fn forward_embeds(&self, _: &dyn Weights, x: &Tensor, b: &Batch, _: Mode) -> Result<Logits> {
+                Ok(Logits { logits: x.clone(), targets: b.targets.clone() })
+            }
+        }
+
+        fn with_ctx<T>(f: impl FnOnce(&mut TargetCtx<'_>) -> T) -> T {
+            let dev = Device::Cpu;
+            let model = Identity(Params::new(Vec::new()).unwrap());
+            let batch = Batch::new(Tensor::new(&[[1f32, 2.0]], &dev).unwrap(), Tensor::new(&[0u32], &dev).unwrap());
+            let (mut source, mut sample) = (SeededNoise::new(0), None);
+            let mut slot = NoiseSlot { source: &mut source, sample: &mut sample };
+            let mut ctx = TargetCtx { model: &model, batch: &batch, mode: Mode::EVAL, noise: &mut slot };
+            f(&mut ctx)
+        }
+
+        fn region() -> PluginTrustRegion {
+            PluginTrustRegion { inner: Box::new(Doubling), library: some_library() }
+        }
+
+        #[test]
+        fn a_plugin_target_is_relabelled_and_differentiating_through_it_is_refused() {
+            let mut r = region();
+            with_ctx(|ctx| {
+                let t = r.target(ctx, false).unwrap();
+                assert_ne!(t.logits.id(), ctx.batch.inputs.id(), "a fresh id of this program's candle");
+                assert_eq!(t.logits.to_vec2::<f32>().unwrap(), [[1.0, 2.0]]);
+                let err = r.target(ctx, true).unwrap_err().to_string();
+                assert!(err.contains("through_target=true") && err.contains("doubling"), "{err}");
+            });
+        }
+
+        #[test]
+        fn plugin_noised_embeddings_keep_their_value_and_pass_the_gradient_through() {
+            let mut r = region();
+            let x = Var::new(&[[1f32, -3.0]], &Device::Cpu).unwrap();
+            let noised = with_ctx(|ctx| r.noised_embeds(ctx, x.as_tensor()).unwrap().unwrap());
+            assert_eq!(noised.to_vec2::<f32>().unwrap(), [[2.0, -6.0]]);
+            let g = noised.sum_all().unwrap().backward().unwrap();
+            assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[1.0, 1.0]]);
+        }
+
+        struct Half;
+        impl Neighborhood for Half {
+            fn name(&self) -> &str {
+                "half"
+            }
+            fn rho(&self) -> f64 {
+                0.5
+            }
+            fn radius_source(&self) -> RadiusSource {
+                RadiusSource::Fixed
+            }
+            fn perturbation(&self, _: &Params, grads: &[Tensor], _: f64) -> Result<Ascent> {
+                Ok(Ascent::Step(grads.to_vec()))
+            }
+        }
+
+        #[test]
+        fn plugin_ascent_steps_are_relabelled_and_unchanged() {
+            let n = PluginNeighborhood { inner: Box::new(Half), _library: some_library() };
+            let g = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+            let params = Params::new(Vec::new()).unwrap();
+            let Ascent::Step(eps) = n.perturbation(&params, std::slice::from_ref(&g), 1.0).unwrap() else { panic!("no step") };
+            assert_ne!(eps[0].id(), g.id());
+            assert_eq!(eps[0].to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+            assert_eq!((n.name(), n.rho(), n.radius_source()), ("half", 0.5, RadiusSource::Fixed));
+        }
+    }
+
     #[test]
     fn a_panicking_registration_becomes_an_error() {
         let err = catch_panics(|| panic!("boom")).unwrap_err();
