@@ -4,7 +4,7 @@
 //! (the "Plugins in Rust" declaration pattern): a `#[no_mangle]` static holding a build
 //! [`Fingerprint`] and the crate's registration function.
 //!
-//! ```ignore
+//! ```text
 //! pub fn register(r: &mut dyn tram::plugin::Registrar) -> tram::Result<()> {
 //!     r.register(tram::Entry::new(tram::Kind::Distance, "renyi", "Rényi divergence", docs(), build))
 //! }
@@ -293,7 +293,7 @@ impl PluginDeclaration {
 /// Export a plugin's registration function `fn(&mut dyn Registrar) -> tram::Result<()>` from
 /// a `cdylib`. Use once per crate.
 ///
-/// ```ignore
+/// ```text
 /// tram::export_plugin!(register);
 /// ```
 #[macro_export]

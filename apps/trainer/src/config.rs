@@ -40,6 +40,11 @@ pub const ENV_RESERVED: &[&str] = &["TRAM_PLUGINS", "TRAM_LOG"];
 pub struct Config {
     /// The pretrained model: a hub id `org/name[@revision]` or a local directory in hub layout.
     pub model: String,
+    /// Where the weights start: `pretrained` (read from `model`) or `random` (a fresh
+    /// initialisation of the architecture `model`'s config.json describes, seeded by the run's
+    /// seed: pretraining from scratch; GPT-2 only; no weights file is needed).
+    #[serde(skip_serializing_if = "ModelInit::is_pretrained")]
+    pub init: ModelInit,
     /// The training data: a hub dataset id `org/name[@revision]` or a local directory of
     /// parquet / JSON-lines files with the hub dataset's columns.
     pub data: String,
@@ -73,6 +78,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             model: String::new(),
+            init: ModelInit::Pretrained,
             data: String::new(),
             out: PathBuf::from("runs"),
             seed: 0,
@@ -87,6 +93,23 @@ impl Default for Config {
             vision: VisionConfig::default(),
             runs: Vec::new(),
         }
+    }
+}
+
+/// Where a run's weights start.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelInit {
+    /// The checkpoint's weights.
+    #[default]
+    Pretrained,
+    /// A fresh random initialisation (training from scratch).
+    Random,
+}
+
+impl ModelInit {
+    fn is_pretrained(&self) -> bool {
+        *self == ModelInit::Pretrained
     }
 }
 
@@ -160,12 +183,20 @@ pub struct LmConfig {
     pub train_domain: String,
     /// Column label of the training domain in the table (defaults to `train_domain`).
     pub train_label: Option<String>,
+    /// More domains whose training and validation splits are mixed with the training
+    /// domain's (pretraining on a mixture); their test splits are in-domain columns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix_domains: Vec<String>,
     /// The unseen test domains, in table order.
     pub test_domains: Vec<String>,
     /// Column labels of the test domains (same length as `test_domains`, or empty).
     pub test_labels: Vec<String>,
     /// Token block length (1024 in the paper).
     pub block_size: usize,
+    /// Evaluate on at most this many blocks of each validation and test split, evenly spaced
+    /// through it (quick runs; unset: every block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_eval_blocks: Option<usize>,
     /// The text column.
     pub text_column: String,
     /// Split names.
@@ -181,9 +212,11 @@ impl Default for LmConfig {
         Self {
             train_domain: String::new(),
             train_label: None,
+            mix_domains: Vec::new(),
             test_domains: Vec::new(),
             test_labels: Vec::new(),
             block_size: 1024,
+            max_eval_blocks: None,
             text_column: "text".into(),
             train_split: "train".into(),
             valid_split: "validation".into(),
@@ -631,6 +664,8 @@ impl Config {
 /// Load the configuration of one run from a file (no `[[runs]]` selection), for library use.
 pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config> {
     let s = Sources { file: file.map(Path::to_path_buf), sets: sets.to_vec(), env: None };
-    let mut runs = s.resolve(&[], &tram_plugins::registry()?)?;
+    let mut registry = tram_plugins::registry()?;
+    registry.load_env_plugins()?; // components from TRAM_PLUGINS, as the `tram` command does
+    let mut runs = s.resolve(&[], &registry)?;
     Ok(runs.remove(0).config)
 }
