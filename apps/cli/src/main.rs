@@ -32,6 +32,9 @@ enum Command {
     Xnli(tram_trainer::cli::AppArgs),
     /// Cross-dataset image classification: ViT-B/16 on CIFAR-100 / Cars / Flowers (paper Table 3).
     Vision(tram_trainer::cli::AppArgs),
+    /// Loss-surface and representation analysis of finished runs (paper Table 6): ε-sharpness
+    /// in and out of domain with their correlation, and CKA to the pretrained model per domain.
+    Analyze(tram_analysis::cli::AnalyzeArgs),
 }
 
 fn run_app(app: tram_trainer::apps::App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> Result<()> {
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
         Command::Lm(args) => run_app(tram_trainer::apps::App::Lm, &args, &registry)?,
         Command::Xnli(args) => run_app(tram_trainer::apps::App::Xnli, &args, &registry)?,
         Command::Vision(args) => run_app(tram_trainer::apps::App::Vision, &args, &registry)?,
+        Command::Analyze(args) => println!("{}", tram_analysis::cli::run(&args)?),
     }
     Ok(())
 }
