@@ -19,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The quickstart: a small pretrained GPT-2 fine-tuned on one bundled domain with each
+    /// method, perplexity on every domain (paper Table 4 and Figure 2 in miniature, offline, minutes on a CPU).
+    Quickstart(tram_quickstart::cli::Args),
     /// Print every registered component (kind, name, summary, parameters with defaults) and every alias.
     List,
     /// Parse a composition or alias and print its canonical form and resolved parameters.
@@ -98,6 +101,12 @@ fn main() -> Result<()> {
             let opt = Optimizer::new(&registry, OptimizerConfig::new(composition, 1e-3))?;
             println!("{opt}");
             println!("{}", serde_json::to_string_pretty(&opt.describe())?);
+        }
+        Command::Quickstart(args) => {
+            let code = tram_quickstart::cli::main(args, &registry)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
         Command::Lm(args) => run_app(tram_trainer::apps::App::Lm, &args, &registry)?,
         Command::Xnli(args) => run_app(tram_trainer::apps::App::Xnli, &args, &registry)?,

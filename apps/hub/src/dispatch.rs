@@ -35,3 +35,10 @@ pub fn load_model_from(files: &ModelFiles, opts: &LoadOptions) -> Result<Box<dyn
     let weights = files.weights(&opts.device, opts.dtype)?;
     tram_models::from_config(&config, weights, opts).map_err(|error| Error::Model { source_desc: files.source().to_string(), error })
 }
+
+/// A new, randomly initialised model of the architecture `files`' `config.json` describes
+/// (no weights are read; `tram_models::random_from_config`), for training from scratch.
+pub fn init_model_from(files: &ModelFiles, opts: &LoadOptions) -> Result<Box<dyn Pretrained>> {
+    let config = crate::load::read_config(&files.config_path()?)?;
+    tram_models::random_from_config(&config, opts).map_err(|error| Error::Model { source_desc: files.source().to_string(), error })
+}

@@ -23,7 +23,7 @@ mod load;
 mod save;
 mod source;
 
-pub use dispatch::{load_model, load_model_from, SUPPORTED_MODEL_TYPES};
+pub use dispatch::{init_model_from, load_model, load_model_from, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
 pub use load::{
     load_safetensors, load_tokenizer, read_config, read_weight_index, Checkpoint, WeightFiles, WeightMap, CONFIG_FILE, TOKENIZER_FILE,

@@ -164,6 +164,51 @@ impl Gpt2 {
         Ok(Self { config, params, dropout })
     }
 
+    /// Freshly initialised weights for `config`, as `transformers`' `GPT2PreTrainedModel`
+    /// initialises a new model: embeddings and `Conv1D` weights `N(0, initializer_range²)`,
+    /// the residual projections (`attn.c_proj`, `mlp.c_proj`) `N(0, initializer_range² / (2 ·
+    /// n_layer))`, biases 0, LayerNorm weights 1. Each tensor's values depend only on `seed`
+    /// and its name. For pretraining from scratch ([`Gpt2::from_weights`] takes the result).
+    pub fn init_weights(config: &Gpt2Config, opts: &LoadOptions) -> Result<WeightMap> {
+        let (h, f, std) = (config.n_embd, config.inner(), config.initializer_range);
+        let proj_std = std / ((2 * config.n_layer.max(1)) as f64).sqrt();
+        let (dt, dev) = (opts.dtype, &opts.device);
+        let mut w = WeightMap::new();
+        let normal = |w: &mut WeightMap, name: String, dims: &[usize], std: f64| -> Result<()> {
+            let t = crate::layers::init_normal(dims, std, crate::checkpoint::name_seed(opts.seed, &name), dt, dev)?;
+            w.insert(name, t);
+            Ok(())
+        };
+        normal(&mut w, "transformer.wte.weight".into(), &[config.vocab_size, h], std)?;
+        normal(&mut w, "transformer.wpe.weight".into(), &[config.n_positions, h], std)?;
+        let ones = |n: usize| Tensor::ones(n, dt, dev);
+        let zeros = |n: usize| Tensor::zeros(n, dt, dev);
+        for i in 0..config.n_layer {
+            let p = format!("transformer.h.{i}.");
+            for ln in ["ln_1", "ln_2"] {
+                w.insert(format!("{p}{ln}.weight"), ones(h)?);
+                w.insert(format!("{p}{ln}.bias"), zeros(h)?);
+            }
+            normal(&mut w, format!("{p}attn.c_attn.weight"), &[h, 3 * h], std)?;
+            w.insert(format!("{p}attn.c_attn.bias"), zeros(3 * h)?);
+            normal(&mut w, format!("{p}attn.c_proj.weight"), &[h, h], proj_std)?;
+            w.insert(format!("{p}attn.c_proj.bias"), zeros(h)?);
+            normal(&mut w, format!("{p}mlp.c_fc.weight"), &[h, f], std)?;
+            w.insert(format!("{p}mlp.c_fc.bias"), zeros(f)?);
+            normal(&mut w, format!("{p}mlp.c_proj.weight"), &[f, h], proj_std)?;
+            w.insert(format!("{p}mlp.c_proj.bias"), zeros(h)?);
+        }
+        w.insert("transformer.ln_f.weight".into(), ones(h)?);
+        w.insert("transformer.ln_f.bias".into(), zeros(h)?);
+        Ok(w)
+    }
+
+    /// A new, randomly initialised model ([`Gpt2::init_weights`]).
+    pub fn random(config: Gpt2Config, opts: &LoadOptions) -> Result<Self> {
+        let weights = Self::init_weights(&config, opts)?;
+        Self::from_weights(config, weights, opts)
+    }
+
     /// The config.
     pub fn config(&self) -> &Gpt2Config {
         &self.config

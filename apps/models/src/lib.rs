@@ -59,6 +59,21 @@ pub trait Pretrained: tram::Model + Send {
 /// The `model_type` values [`from_config`] accepts.
 pub const MODEL_TYPES: &[&str] = &["gpt2", "vit", "bert", "roberta", "xlm-roberta", "camembert"];
 
+/// The `model_type` values [`random_from_config`] accepts.
+pub const RANDOM_INIT_MODEL_TYPES: &[&str] = &["gpt2"];
+
+/// A new, randomly initialised model of the architecture a `config.json` describes, for
+/// training from scratch: GPT-2 ([`Gpt2::random`]); other architectures are an error.
+pub fn random_from_config(config: &serde_json::Value, opts: &LoadOptions) -> tram::Result<Box<dyn Pretrained>> {
+    match config.get("model_type").and_then(|m| m.as_str()).unwrap_or("") {
+        "gpt2" => Ok(Box::new(Gpt2::random(Gpt2Config::from_json(config)?, opts)?)),
+        other => Err(tram::Error::Model(format!(
+            "random initialisation supports model_type {}, not `{other}`; start from a pretrained checkpoint instead",
+            RANDOM_INIT_MODEL_TYPES.join(", ")
+        ))),
+    }
+}
+
 /// Build the model a `config.json` describes (by its `model_type`) from checkpoint tensors:
 /// GPT-2 → [`Gpt2`] (`GPT2LMHeadModel`), ViT → [`Vit`] (`ViTForImageClassification`), BERT →
 /// [`Bert`] (`BertForSequenceClassification`), RoBERTa / XLM-R → [`Roberta`]

@@ -4,7 +4,7 @@
 //! `exp(mean token NLL)` over every block of a split.
 
 use super::stream::{tokens, Shuffled};
-use super::{data_err, data_source, load_options, model_source, Prepared};
+use super::{data_err, data_source, load_model, load_options, model_source, Prepared};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::task::{BatchList, EvalSet, TaskData};
@@ -45,6 +45,17 @@ fn blocks(
     Ok(blocks)
 }
 
+/// At most `max` blocks, evenly spaced through `blocks` (all of them when `max` is `None`).
+fn spread(blocks: Vec<Vec<u32>>, max: Option<usize>) -> Vec<Vec<u32>> {
+    match max {
+        Some(k) if k < blocks.len() => {
+            let n = blocks.len();
+            (0..k).map(|i| blocks[i * n / k].clone()).collect()
+        }
+        _ => blocks,
+    }
+}
+
 fn eval_set(name: &str, label: &str, in_domain: bool, blocks: Vec<Vec<u32>>, batch: usize, device: &Device) -> Result<EvalSet> {
     let n = blocks.len();
     let batches = blocks.chunks(batch).map(|c| tram_data::lm::batch(c, device).map_err(data_err(name))).collect::<Result<Vec<_>>>()?;
@@ -73,35 +84,52 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let tokenizer_path = files.tokenizer_path()?;
     let tokenizer = tram_hub::load_tokenizer(&tokenizer_path)?;
     let opts = load_options(run, seed, None)?;
-    let model = tram_hub::load_model_from(&files, &opts)?;
+    let model = load_model(run, &files, &opts)?;
     let data = data_source("data", &cfg.data)?;
     let device = opts.device.clone();
     let eval_batch = cfg.train.eval_batch_size.unwrap_or(cfg.train.batch_size);
 
     let evaluate_only = cfg.train.evaluate_only || cfg.train.steps == Some(0);
     let mut skipped = crate::task::Skipped::new();
-    let train_blocks = if evaluate_only {
-        Vec::new()
-    } else {
-        blocks(&data, &lm.train_domain, &lm.train_split, run, &tokenizer, cfg.train.max_train_examples, &mut skipped)?
-    };
+    // The training domain first, then the domains mixed with it (pretraining on a mixture).
+    let trained: Vec<&String> = std::iter::once(&lm.train_domain).chain(&lm.mix_domains).collect();
+    for (i, d) in lm.mix_domains.iter().enumerate() {
+        if trained[..=i].contains(&d) {
+            return Err(Error::Config(format!("key `lm.mix_domains`: `{d}` is listed twice (or is the training domain)")));
+        }
+    }
+    let mut train_blocks = Vec::new();
+    if !evaluate_only {
+        for d in &trained {
+            train_blocks.extend(blocks(&data, d, &lm.train_split, run, &tokenizer, cfg.train.max_train_examples, &mut skipped)?);
+        }
+    }
     let valid = if lm.valid_split.trim().is_empty() {
         None
     } else {
-        let b = blocks(&data, &lm.train_domain, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
-        Some(eval_set(&format!("{}/{}", lm.train_domain, lm.valid_split), "validation", true, b, eval_batch, &device)?)
+        let mut b = Vec::new();
+        for d in &trained {
+            b.extend(blocks(&data, d, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?);
+        }
+        let name = if lm.mix_domains.is_empty() { format!("{}/{}", lm.train_domain, lm.valid_split) } else { format!("mixture/{}", lm.valid_split) };
+        Some(eval_set(&name, "validation", true, spread(b, lm.max_eval_blocks), eval_batch, &device)?)
     };
     let mut tests = Vec::new();
     let train_label = lm.train_label.clone().unwrap_or_else(|| lm.train_domain.clone());
-    let b = blocks(&data, &lm.train_domain, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
-    tests.push(eval_set(&lm.train_domain, &train_label, true, b, eval_batch, &device)?);
+    for (i, d) in trained.iter().enumerate() {
+        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
+        let label = if i == 0 { train_label.clone() } else { d.to_string() };
+        tests.push(eval_set(d, &label, true, spread(b, lm.max_eval_blocks), eval_batch, &device)?);
+    }
     for (i, d) in lm.test_domains.iter().enumerate() {
-        if d == &lm.train_domain {
-            return Err(Error::Config(format!("key `lm.test_domains`: `{d}` is the training domain; list only unseen domains")));
+        if trained.contains(&d) {
+            return Err(Error::Config(format!(
+                "key `lm.test_domains`: `{d}` is a training domain (`lm.train_domain` or `lm.mix_domains`); list only unseen domains"
+            )));
         }
         let label = lm.test_labels.get(i).cloned().unwrap_or_else(|| d.clone());
         let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
-        tests.push(eval_set(d, &label, false, b, eval_batch, &device)?);
+        tests.push(eval_set(d, &label, false, spread(b, lm.max_eval_blocks), eval_batch, &device)?);
     }
     let train: Box<dyn crate::task::TrainStream> = if evaluate_only {
         Box::new(Empty)

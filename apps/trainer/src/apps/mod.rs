@@ -92,6 +92,18 @@ pub fn load_options(run: &RunConfig, seed: u64, num_labels: Option<usize>) -> Re
     Ok(LoadOptions { dtype: crate::dtype(&run.config.dtype)?, device: crate::device(&run.config.device)?, seed, num_labels })
 }
 
+/// The model of a run: the checkpoint's weights, or a fresh initialisation of its
+/// architecture when `init = "random"`.
+pub fn load_model(run: &RunConfig, files: &tram_hub::ModelFiles, opts: &LoadOptions) -> Result<Box<dyn Pretrained>> {
+    Ok(match run.config.init {
+        crate::config::ModelInit::Pretrained => tram_hub::load_model_from(files, opts)?,
+        crate::config::ModelInit::Random => {
+            tracing::info!(model = %run.config.model, seed = opts.seed, "random initialisation (init = \"random\")");
+            tram_hub::init_model_from(files, opts)?
+        }
+    })
+}
+
 /// The model source of a run.
 pub fn model_source(run: &RunConfig) -> Result<tram_hub::ModelSource> {
     if run.config.model.trim().is_empty() {

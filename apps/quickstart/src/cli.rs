@@ -1,0 +1,139 @@
+//! `tram quickstart` and its subcommands.
+
+use crate::{repo_path, Options, PretrainOptions, DATA_DIR, DEFAULT_OUT, MODEL_DIR};
+use anyhow::Result;
+use std::path::PathBuf;
+use tram_trainer::Control;
+
+/// `tram quickstart [OPTIONS]` runs the quickstart; `build-tokenizer` and `pretrain` rebuild
+/// the bundled tokenizer and model.
+#[derive(clap::Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// Rebuild the bundled tokenizer or model instead of running the quickstart.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The quickstart's options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The quickstart's options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Methods to fine-tune with (comma separated or repeated): adam, sam, asam, fsam, r3f,
+    /// tram-prev, tram-pretrained, tram-noise, tram-fisher (default: all; the zero-shot row of
+    /// the untouched checkpoint always runs).
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub methods: Vec<String>,
+    /// Optimizer steps per method (default: the config's).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// The domain to fine-tune on (default: the config's, `novels`); the others are the unseen domains.
+    #[arg(long, value_name = "DOMAIN")]
+    pub train_domain: Option<String>,
+    /// Output directory (its rows' earlier results are replaced).
+    #[arg(long, default_value = DEFAULT_OUT)]
+    pub out: PathBuf,
+    /// The corpus: <domain>/{train,validation,test}.txt (default: data/quickstart).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The pretrained model in hub layout (default: models/quickstart).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// The config with one [[runs]] row per method (default: configs/quickstart/finetune.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override any config key, as `tram lm --set` (e.g. `--set optimizer.lr=1e-3`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// No progress output (the table is still printed).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Rebuild the bundled artefacts.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Command {
+    /// Train the byte-level BPE tokenizer on every domain's train.txt and write tokenizer.json
+    /// (and the vocabulary size into the model's config.json).
+    BuildTokenizer {
+        /// The corpus (default: data/quickstart).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Vocabulary size, including the 256 byte symbols and <|endoftext|>.
+        #[arg(long, default_value_t = crate::tokenizer::DEFAULT_VOCAB_SIZE)]
+        vocab_size: usize,
+        /// The model directory whose tokenizer.json (and config.json vocab_size) to write
+        /// (default: models/quickstart).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+    },
+    /// Pretrain the quickstart model from a random initialisation on the mixture of every
+    /// domain (`tram lm` with configs/quickstart/pretrain.toml) and install it.
+    Pretrain {
+        /// The pretraining config (default: configs/quickstart/pretrain.toml).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Override a config key (e.g. `--set train.steps=100`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Where to install the pretrained model (default: models/quickstart).
+        #[arg(long, value_name = "DIR")]
+        install: Option<PathBuf>,
+        /// Leave the model in the run's output directory only.
+        #[arg(long, conflicts_with = "install")]
+        no_install: bool,
+    },
+}
+
+/// Run `tram quickstart` as parsed; returns the process exit status.
+pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
+    let control = Control::default();
+    tram_trainer::cli::install_ctrlc(&control)?;
+    match args.command {
+        Some(Command::BuildTokenizer { data, vocab_size, model }) => {
+            let data = data.unwrap_or_else(|| repo_path(DATA_DIR));
+            let model = model.unwrap_or_else(|| repo_path(MODEL_DIR));
+            let out = model.join("tokenizer.json");
+            let config = model.join("config.json");
+            let n = crate::tokenizer::build(&data, vocab_size, &out, config.is_file().then_some(config.as_path()))?;
+            println!("wrote {} ({n} tokens, trained on {})", out.display(), data.display());
+        }
+        Some(Command::Pretrain { config, sets, install, no_install }) => {
+            let install = if no_install { None } else { Some(install.unwrap_or_else(|| repo_path(MODEL_DIR))) };
+            let opts = PretrainOptions { config, sets, install: install.clone() };
+            let model = crate::pretrain(&opts, &control, registry)?;
+            match install {
+                Some(dir) => println!("pretrained model: {} (installed in {})", model.display(), dir.display()),
+                None => println!("pretrained model: {}", model.display()),
+            }
+        }
+        None => {
+            let a = args.run;
+            let opts = Options {
+                methods: a.methods,
+                steps: a.steps,
+                train_domain: a.train_domain,
+                out: a.out,
+                data: a.data,
+                model: a.model,
+                config: a.config,
+                sets: a.sets,
+                progress: !a.quiet,
+            };
+            let report = match crate::run(&opts, &control, registry) {
+                Err(e) if control.stop.load(std::sync::atomic::Ordering::SeqCst) => {
+                    eprintln!("interrupted ({e})");
+                    return Ok(130);
+                }
+                r => r?,
+            };
+            println!("\n{}", report.text);
+            let files: Vec<String> = report.files.iter().map(|f| f.display().to_string()).collect();
+            println!("wrote {}", files.join(", "));
+            println!("quickstart took {:.1} s", report.seconds);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,272 @@
+//! # tram-quickstart
+//!
+//! A miniature of the TRAM paper's cross-domain language-modelling experiment (Sherborne et
+//! al., ICLR 2024, Table 4 and Figure 2) that runs offline in minutes on two CPU cores: a small
+//! GPT-2 pretrained on a mixture of five genres of English (`models/quickstart`, built from
+//! `data/quickstart` by [`pretrain`]) is fine-tuned on one genre with each method, and every
+//! genre's test perplexity shows how much of the other genres each method keeps.
+//!
+//! It is the `tram lm` app ([`tram_trainer::apps::App::Lm`]) run with the bundled config
+//! `configs/quickstart/finetune.toml` (one `[[runs]]` row per method), the bundled model and
+//! the bundled corpus; this crate adds the table with the best cell of each column marked
+//! ([`table`]), the plot of in-domain against zero-shot perplexity ([`plot`]), the tokenizer
+//! ([`tokenizer`]) and the pretraining command ([`pretrain`]).
+
+pub mod cli;
+pub mod plot;
+pub mod table;
+pub mod tokenizer;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tram_trainer::apps::App;
+use tram_trainer::config::Sources;
+use tram_trainer::Control;
+
+/// The bundled corpus (relative to the repository root).
+pub const DATA_DIR: &str = "data/quickstart";
+/// The bundled pretrained model.
+pub const MODEL_DIR: &str = "models/quickstart";
+/// The quickstart's fine-tuning config: one `[[runs]]` row per method.
+pub const FINETUNE_CONFIG: &str = "configs/quickstart/finetune.toml";
+/// The config that pretrains the bundled model from a random initialisation.
+pub const PRETRAIN_CONFIG: &str = "configs/quickstart/pretrain.toml";
+/// The run name of the untouched checkpoint's row.
+pub const ZERO_SHOT: &str = "zero-shot";
+/// Default output directory.
+pub const DEFAULT_OUT: &str = "runs/quickstart";
+
+/// A path of the repository: `rel` itself when it exists relative to the current directory,
+/// else `rel` under the repository this binary was built from (so `cargo run` works from any
+/// directory of the checkout).
+pub fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    if built.exists() {
+        built
+    } else {
+        here
+    }
+}
+
+/// The domains of a corpus directory: its sub-directories that hold a `train.txt`, sorted.
+pub fn domains(data: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(data).with_context(|| format!("reading the corpus directory {}", data.display()))?;
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("train.txt").is_file())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Methods: `[[runs]]` names of the config (empty: every row). The zero-shot row always runs.
+    pub methods: Vec<String>,
+    /// Optimizer steps per method (`None`: the config's).
+    pub steps: Option<u64>,
+    /// The domain to fine-tune on (`None`: the config's).
+    pub train_domain: Option<String>,
+    /// Output directory: `<out>/<method>/seed-<seed>/` per method, the tables and the plot.
+    pub out: PathBuf,
+    /// The corpus (`None`: the bundled one).
+    pub data: Option<PathBuf>,
+    /// The pretrained model (`None`: the bundled one).
+    pub model: Option<PathBuf>,
+    /// The config (`None`: the bundled `configs/quickstart/finetune.toml`).
+    pub config: Option<PathBuf>,
+    /// More `key=value` overrides of the config (as `tram lm --set`).
+    pub sets: Vec<String>,
+    /// Show progress (per-method lines and the trainer's progress bar).
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            methods: Vec::new(),
+            steps: None,
+            train_domain: None,
+            out: PathBuf::from(DEFAULT_OUT),
+            data: None,
+            model: None,
+            config: None,
+            sets: Vec::new(),
+            progress: true,
+        }
+    }
+}
+
+/// What [`run`] produced.
+#[derive(Debug)]
+pub struct Report {
+    /// The table.
+    pub table: table::QuickTable,
+    /// The terminal rendering of the table.
+    pub text: String,
+    /// Files written (tables and plots).
+    pub files: Vec<PathBuf>,
+    /// Wall-clock seconds of the whole quickstart.
+    pub seconds: f64,
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+fn toml_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|s| toml_string(s)).collect::<Vec<_>>().join(", "))
+}
+
+/// The sources of the quickstart's runs: the config, the bundled paths, the options.
+pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
+    let config = opts.config.clone().unwrap_or_else(|| repo_path(FINETUNE_CONFIG));
+    let data = opts.data.clone().unwrap_or_else(|| repo_path(DATA_DIR));
+    let model = opts.model.clone().unwrap_or_else(|| repo_path(MODEL_DIR));
+    let all = domains(&data)?;
+    if all.len() < 2 {
+        bail!("{} needs at least two domains (<domain>/train.txt, validation.txt, test.txt); found {all:?}", data.display());
+    }
+    let mut sets = vec![
+        format!("model={}", toml_string(&model.display().to_string())),
+        format!("data={}", toml_string(&data.display().to_string())),
+        format!("out={}", toml_string(&opts.out.display().to_string())),
+    ];
+    if let Some(s) = opts.steps {
+        sets.push(format!("train.steps={s}"));
+    }
+    if let Some(d) = &opts.train_domain {
+        sets.push(format!("lm.train_domain={}", toml_string(d)));
+    }
+    sets.extend(opts.sets.iter().cloned());
+    // The unseen domains: every other domain of the corpus.
+    let probe = Sources { file: Some(config.clone()), sets: sets.clone(), env: None };
+    let registry = tram_plugins::registry()?;
+    let first = probe.resolve(&[], &registry).context("resolving the quickstart config")?;
+    let train = first.first().map(|r| r.config.lm.train_domain.clone()).unwrap_or_default();
+    if !all.contains(&train) {
+        bail!("the training domain `{train}` is not a domain of {} ({})", data.display(), all.join(", "));
+    }
+    let unseen: Vec<String> = all.iter().filter(|d| **d != train).cloned().collect();
+    sets.insert(3, format!("lm.test_domains={}", toml_list(&unseen)));
+    Ok((Sources { file: Some(config), sets, env: None }, all))
+}
+
+/// Run the quickstart: the zero-shot row and one fine-tuning run per method, then the table
+/// (printed by the caller from [`Report::text`]), `quickstart.{md,csv,json}` and
+/// `quickstart.{svg,png}` in `opts.out`.
+pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Result<Report> {
+    let started = Instant::now();
+    let (sources, _) = sources(opts)?;
+    let names = sources.run_names()?;
+    if !names.iter().any(|n| n == ZERO_SHOT) {
+        bail!("the config has no `{ZERO_SHOT}` run (the untouched checkpoint's row)");
+    }
+    let mut selected = vec![ZERO_SHOT.to_string()];
+    if opts.methods.is_empty() {
+        selected.extend(names.iter().filter(|n| *n != ZERO_SHOT).cloned());
+    } else {
+        for m in &opts.methods {
+            if !names.contains(m) {
+                bail!("unknown method `{m}`; the quickstart has: {}", names.iter().filter(|n| *n != ZERO_SHOT).cloned().collect::<Vec<_>>().join(", "));
+            }
+            if !selected.contains(m) {
+                selected.push(m.clone());
+            }
+        }
+    }
+    let runs = sources.resolve(&selected, registry)?;
+    // The quickstart owns its output directory: earlier results of these rows are replaced.
+    for r in &runs {
+        let dir = r.config.out.join(&r.name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the previous results in {}", dir.display()))?;
+        }
+    }
+    let out = runs[0].config.out.clone();
+    let train_domain = runs[0].config.lm.train_domain.clone();
+    if opts.progress {
+        eprintln!(
+            "quickstart: {} fine-tuned on `{train_domain}` with {} method(s), {} steps each; perplexity on {} test splits → {}",
+            runs[0].config.model,
+            runs.len() - 1,
+            runs.iter().find(|r| r.name != ZERO_SHOT).and_then(|r| r.config.train.steps).map(|s| s.to_string()).unwrap_or("-".into()),
+            runs[0].config.lm.test_domains.len() + 1,
+            out.display()
+        );
+    }
+    let n = runs.len();
+    for (i, r) in runs.iter().enumerate() {
+        let t = Instant::now();
+        if opts.progress {
+            let what = if r.name == ZERO_SHOT { "no training".to_string() } else { format!("`{}`", r.config.optimizer.name) };
+            eprintln!("[{}/{n}] {} ({what})", i + 1, r.label);
+        }
+        let summary = tram_trainer::cli::run_sources(App::Lm, &sources, std::slice::from_ref(&r.name), false, control, registry)
+            .with_context(|| format!("quickstart row `{}`", r.name))?;
+        if summary.interrupted {
+            bail!("interrupted");
+        }
+        if opts.progress {
+            let res = table::read_result(&r.dir(r.seeds()[0]))?;
+            let cols: Vec<String> = res.columns.iter().map(|c| format!("{} {:.1}", c.label, c.metrics.perplexity)).collect();
+            eprintln!("      {:.1} s; perplexity: {}", t.elapsed().as_secs_f64(), cols.join(", "));
+        }
+    }
+    let results: Vec<tram_trainer::results::RunResult> = tram_trainer::results::collect(&out)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| selected.contains(&r.run))
+        .collect();
+    let quick = table::QuickTable::from_results(&train_domain, &results)?;
+    let mut files = quick.write(&out)?;
+    files.extend(plot::draw(&quick, &out)?);
+    Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Options of [`pretrain`].
+#[derive(Clone, Debug, Default)]
+pub struct PretrainOptions {
+    /// The pretraining config (`None`: the bundled `configs/quickstart/pretrain.toml`).
+    pub config: Option<PathBuf>,
+    /// `key=value` overrides.
+    pub sets: Vec<String>,
+    /// Where to install the pretrained model (`None`: don't; the model stays in the run's
+    /// output directory).
+    pub install: Option<PathBuf>,
+}
+
+/// Pretrain the quickstart model: `tram lm` with the pretraining config (a random-init GPT-2
+/// trained on the mixture of every domain), then copy the selected model (`config.json`,
+/// `model.safetensors`, `tokenizer.json`) to `install`. Returns the run's model directory.
+pub fn pretrain(opts: &PretrainOptions, control: &Control, registry: &tram::Registry) -> Result<PathBuf> {
+    let config = opts.config.clone().unwrap_or_else(|| repo_path(PRETRAIN_CONFIG));
+    let sources = Sources { file: Some(config), sets: opts.sets.clone(), env: None };
+    let runs = sources.resolve(&[], registry)?;
+    if runs.len() != 1 {
+        bail!("the pretraining config must describe one run, found {}", runs.len());
+    }
+    let summary = tram_trainer::cli::run_sources(App::Lm, &sources, &[], false, control, registry)?;
+    if summary.interrupted {
+        bail!("interrupted: run the same command again with `--set` unchanged to start over (or `tram lm --resume` on the config)");
+    }
+    for t in &summary.tables {
+        println!("{t}");
+    }
+    let run = &runs[0];
+    let model = run.dir(run.seeds()[0]).join(tram_trainer::trainer::MODEL_DIR);
+    if let Some(dest) = &opts.install {
+        std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+            std::fs::copy(model.join(f), dest.join(f)).with_context(|| format!("copying {f} into {}", dest.display()))?;
+        }
+    }
+    Ok(model)
+}
