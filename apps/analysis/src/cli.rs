@@ -37,6 +37,9 @@ pub struct AnalyzeArgs {
     /// Cut every evaluation set to N examples (default: each run's own train.max_eval_examples).
     #[arg(long, value_name = "N")]
     pub max_examples: Option<usize>,
+    /// Use at most N batches of every evaluation set.
+    #[arg(long, value_name = "N")]
+    pub max_batches: Option<usize>,
     /// Evaluate on this split of each domain / language (e.g. `validation`, as the paper did)
     /// instead of the runs' test split.
     #[arg(long, value_name = "SPLIT")]
@@ -68,6 +71,7 @@ impl AnalyzeArgs {
                 eval_every: self.eval_every,
             },
             max_examples: self.max_examples,
+            max_batches: self.max_batches,
             split: self.split.clone(),
             device: self.device.clone(),
             sets: self.sets.clone(),

@@ -31,7 +31,9 @@ pub mod stats;
 
 pub use cka::{linear_cka, representation_cka, representations};
 pub use error::{Error, Result};
-pub use report::Report;
-pub use runs::{analyze_run, analyze_runs, analyze_to, find_runs, AnalyzeOptions, DomainResult, RunAnalysis};
+pub use report::{summary, Report};
+pub use runs::{
+    analyze_run, analyze_run_cached, analyze_runs, analyze_to, find_runs, quick_analysis, AnalyzeOptions, Cache, DomainResult, RunAnalysis,
+};
 pub use sharpness::{mean_loss, sharpness, Sharpness, SharpnessConfig};
 pub use stats::pearson;

@@ -138,8 +138,11 @@ pub fn report(options: &AnalyzeOptions, runs: Vec<RunAnalysis>) -> Report {
         let correlations: Vec<f64> = ood
             .iter()
             .filter_map(|l| {
-                let pairs: Vec<(f64, f64)> =
-                    rs.iter().filter_map(|r| Some((run_mean(r, true, phi)?, value(r, l, phi)?))).filter(|(a, b)| a.is_finite() && b.is_finite()).collect();
+                let pairs: Vec<(f64, f64)> = rs
+                    .iter()
+                    .filter_map(|r| Some((run_mean(r, true, phi)?, value(r, l, phi)?)))
+                    .filter(|(a, b)| a.is_finite() && b.is_finite())
+                    .collect();
                 let (a, b): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
                 pearson(&a, &b)
             })
@@ -233,7 +236,9 @@ pub fn markdown(r: &Report) -> String {
             let n = r.runs.iter().filter(|x| x.domains.iter().any(|d| d.in_domain) && x.domains.iter().any(|d| !d.in_domain)).count();
             match r.pooled_pearson {
                 Some(p) => s.push_str(&format!("\nPearson over all {n} runs (in-domain φ vs ZS-average φ): {p:.2}\n")),
-                None => s.push_str(&format!("\nPearson over all {n} runs (in-domain φ vs ZS-average φ): — (needs two runs with different values)\n")),
+                None => s.push_str(&format!(
+                    "\nPearson over all {n} runs (in-domain φ vs ZS-average φ): — (needs two runs with different values)\n"
+                )),
             }
         }
         s.push('\n');
@@ -264,6 +269,68 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     s
+}
+
+/// A compact plain-text table for a terminal: per method the in-domain and zero-shot-average
+/// ε-sharpness and CKA, then the pooled correlation.
+pub fn summary(r: &Report) -> String {
+    let o = &r.options;
+    let in_labels: Vec<&str> = r.columns.iter().filter(|(_, i)| *i).map(|(l, _)| l.as_str()).collect();
+    let in_name = match in_labels.as_slice() {
+        [one] => one.to_string(),
+        _ => "in-domain".to_string(),
+    };
+    let has_ood = r.columns.iter().any(|(_, i)| !i);
+    let mut header = vec!["method".to_string()];
+    if o.measure_sharpness {
+        header.push(format!("φ {in_name}"));
+        if has_ood {
+            header.push("φ ZS Avg.".into());
+        }
+    }
+    if o.measure_cka {
+        header.push(format!("CKA {in_name}"));
+        if has_ood {
+            header.push("CKA ZS Avg.".into());
+        }
+    }
+    let mut rows = vec![header];
+    for (s, c) in r.sharpness.iter().zip(&r.cka) {
+        let mut row = vec![s.label.clone()];
+        if o.measure_sharpness {
+            row.push(stat(s.in_domain.as_ref(), false, 2));
+            if has_ood {
+                row.push(stat(s.zero_shot.as_ref(), false, 2));
+            }
+        }
+        if o.measure_cka {
+            let ins: Vec<f64> = in_labels.iter().filter_map(|l| c.domains.get(*l)).map(|s| s.mean).collect();
+            row.push(stat(Stat::of(&ins).as_ref(), false, 3));
+            if has_ood {
+                row.push(stat(c.zero_shot.as_ref(), false, 3));
+            }
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let sc = &o.sharpness;
+    let batches = o.max_batches.map(|b| format!(" on at most {b} batches of {} per domain", sc.batch_size)).unwrap_or_default();
+    let mut out = format!(
+        "ε-sharpness φ (lower = flatter; ε = {}, {} ascent steps × {} micro-batches{batches}) and CKA to the pretrained model (higher = closer):\n",
+        sc.epsilon, sc.steps, sc.accumulation
+    );
+    for row in &rows {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).enumerate().map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") }).collect();
+        out.push_str(&format!("  {}\n", cells.join("  ")));
+    }
+    if o.measure_sharpness && has_ood {
+        match r.pooled_pearson {
+            Some(p) => out.push_str(&format!("  Pearson r (in-domain vs ZS-average φ, all runs): {p:.2}\n")),
+            None => out.push_str("  Pearson r (in-domain vs ZS-average φ, all runs): —\n"),
+        }
+    }
+    out
 }
 
 fn csv_field(s: &str) -> String {
@@ -322,10 +389,11 @@ pub fn cka_csv(r: &Report) -> String {
 
 /// Every measurement, one line per run and domain.
 pub fn runs_csv(r: &Report) -> String {
-    let h: Vec<String> = ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let h: Vec<String> =
+        ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let mut out = csv_line(&h);
     for run in &r.runs {
         for d in &run.domains {

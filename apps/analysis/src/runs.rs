@@ -16,6 +16,7 @@
 use crate::error::{Error, Result};
 use crate::report::{self, Report};
 use crate::sharpness::{sharpness, SharpnessConfig};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ pub struct AnalyzeOptions {
     /// Cut every evaluation set to this many examples (token blocks come from this many
     /// documents for `lm`); `None` keeps each run's own `train.max_eval_examples`.
     pub max_examples: Option<usize>,
+    /// Use at most this many batches of every evaluation set (a time budget independent of
+    /// document lengths); `None`: all.
+    pub max_batches: Option<usize>,
     /// Evaluate on this split of every domain / language instead of the run's test split
     /// (`lm.test_split`, `xnli.test_split`, `vision.test_split`); the paper measured
     /// sharpness on the validation sets.
@@ -54,6 +58,7 @@ impl Default for AnalyzeOptions {
         Self {
             sharpness: SharpnessConfig::default(),
             max_examples: None,
+            max_batches: None,
             split: None,
             device: None,
             sets: Vec::new(),
@@ -64,12 +69,12 @@ impl Default for AnalyzeOptions {
 }
 
 impl AnalyzeOptions {
-    /// Small settings for a quick look (the quickstart): at most `examples` examples per
-    /// domain in batches of 8, 3 ascent steps of 2 micro-batches each.
-    pub fn quick(examples: usize) -> Self {
+    /// Small settings for a quick look (the quickstart): per domain at most `batches`
+    /// batches of 8 examples, and 3 ascent steps of 2 micro-batches each (ε = 1e-3, lr 1e-3).
+    pub fn quick(batches: usize) -> Self {
         Self {
             sharpness: SharpnessConfig { steps: 3, batch_size: 8, accumulation: 2, ..SharpnessConfig::default() },
-            max_examples: Some(examples),
+            max_batches: Some(batches),
             ..Self::default()
         }
     }
@@ -204,22 +209,77 @@ pub fn analysis_config(result: &RunResult, opts: &AnalyzeOptions) -> Result<RunC
         let (k, raw) = s.split_once('=').ok_or_else(|| Error::Input(format!("--set `{s}`: expected `key=value`")))?;
         set_path(&mut v, k.trim(), tram_trainer::config::parse_value(raw.trim()))?;
     }
-    let config: Config = serde_json::from_value(v)
-        .map_err(|e| Error::Input(format!("the configuration of run `{}` seed {} (with the analysis overrides): {e}", result.run, result.seed)))?;
+    let config: Config = serde_json::from_value(v).map_err(|e| {
+        Error::Input(format!("the configuration of run `{}` seed {} (with the analysis overrides): {e}", result.run, result.seed))
+    })?;
     Ok(RunConfig { name: result.run.clone(), label: result.label.clone(), config })
 }
 
-fn collect_batches(source: &dyn tram_trainer::task::EvalSource) -> Result<Vec<Batch>> {
-    source.batches().map(|b| b.map_err(Error::from)).collect()
+/// One evaluation set as the analysis uses it: its batches and the pretrained model's
+/// representations of them.
+struct SetData {
+    name: String,
+    label: String,
+    in_domain: bool,
+    batches: Vec<Batch>,
+    pretrained: Option<Tensor>,
+}
+
+/// Evaluation sets and pretrained representations, shared by the runs whose configurations
+/// build the same sets from the same pretrained model (seeds and methods of one experiment).
+#[derive(Default)]
+pub struct Cache {
+    entries: Vec<(String, std::rc::Rc<Vec<SetData>>)>,
+}
+
+/// What decides the evaluation sets and the pretrained representations of a run: its
+/// configuration without the keys that only change training.
+fn cache_key(app: &str, run: &RunConfig) -> String {
+    let mut v = run.config.to_json();
+    if let Some(m) = v.as_object_mut() {
+        for k in ["out", "seed", "seeds", "label", "optimizer"] {
+            m.remove(k);
+        }
+        let (eval_batch, max_eval) = (run.config.train.eval_batch_size, run.config.train.max_eval_examples);
+        m.insert("train".into(), serde_json::json!({"eval_batch_size": eval_batch, "max_eval_examples": max_eval}));
+    }
+    format!("{app}:{v}")
+}
+
+fn set_data(prepared: &tram_trainer::apps::Prepared, opts: &AnalyzeOptions) -> Result<Vec<SetData>> {
+    let pre = prepared.model.as_ref();
+    prepared
+        .data
+        .tests
+        .iter()
+        .map(|set| {
+            let mut batches = Vec::new();
+            for b in set.source.batches() {
+                if opts.max_batches.is_some_and(|m| batches.len() >= m) {
+                    break;
+                }
+                batches.push(b?);
+            }
+            if batches.is_empty() {
+                return Err(Error::Input(format!("evaluation set `{}` has no examples", set.name)));
+            }
+            let pretrained =
+                if opts.measure_cka { Some(crate::cka::representations(pre, &pre.params().detached(), &batches)?) } else { None };
+            Ok(SetData { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, batches, pretrained })
+        })
+        .collect()
 }
 
 /// Analyse one finished run (its directory and `results.json`).
 pub fn analyze_run(dir: &Path, result: &RunResult, opts: &AnalyzeOptions) -> Result<RunAnalysis> {
+    analyze_run_cached(dir, result, opts, &mut Cache::default())
+}
+
+/// [`analyze_run`], reusing the evaluation sets and pretrained representations in `cache`.
+pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions, cache: &mut Cache) -> Result<RunAnalysis> {
     let started = Instant::now();
     let app = app_of(&result.app)?;
     let run = analysis_config(result, opts)?;
-    let prepared = app.prepare(&run, result.seed)?;
-    let pretrained = prepared.model;
     let model_dir = dir.join(tram_trainer::trainer::MODEL_DIR);
     let fine: Option<Box<dyn tram_models::Pretrained>> = if model_dir.join("config.json").is_file() {
         let opts = tram_models::LoadOptions {
@@ -240,24 +300,43 @@ pub fn analyze_run(dir: &Path, result: &RunResult, opts: &AnalyzeOptions) -> Res
             result.steps
         )));
     };
-    let tuned: &dyn Model = match &fine {
-        Some(m) => m.as_ref(),
-        None => pretrained.as_ref(),
+    let key = cache_key(app.name(), &run);
+    let cached = cache.entries.iter().find(|(k, _)| k == &key).map(|(_, d)| d.clone());
+    // A run that did not train is measured on the pretrained model itself.
+    let mut pretrained_model = None;
+    let sets = match cached {
+        Some(d) if fine.is_some() => d,
+        cached => {
+            let prepared = app.prepare(&run, result.seed)?;
+            let d = match cached {
+                Some(d) => d,
+                None => {
+                    let d = std::rc::Rc::new(set_data(&prepared, opts)?);
+                    cache.entries.push((key, d.clone()));
+                    d
+                }
+            };
+            pretrained_model = Some(prepared.model);
+            d
+        }
+    };
+    let tuned: &dyn Model = match (&fine, &pretrained_model) {
+        (Some(m), _) => m.as_ref(),
+        (None, Some(m)) => m.as_ref(),
+        (None, None) => unreachable!("a run without a fine-tuned model prepares the pretrained one"),
     };
     let mut domains = Vec::new();
-    for set in &prepared.data.tests {
-        let batches = collect_batches(set.source.as_ref())?;
+    for set in sets.iter() {
         let t = Instant::now();
-        let cka = if opts.measure_cka {
-            match &fine {
-                Some(m) => crate::cka::representation_cka(pretrained.as_ref(), m.as_ref(), &batches)?,
-                None => crate::cka::representation_cka(pretrained.as_ref(), pretrained.as_ref(), &batches)?,
+        let cka = match &set.pretrained {
+            Some(x) => {
+                let y = crate::cka::representations(tuned, &tuned.params().detached(), &set.batches)?;
+                crate::cka::linear_cka(x, &y)?
             }
-        } else {
-            f64::NAN
+            None => f64::NAN,
         };
         let (loss, max_loss, phi, rows) = if opts.measure_sharpness {
-            let s = sharpness(tuned, &batches, &opts.sharpness)?;
+            let s = sharpness(tuned, &set.batches, &opts.sharpness)?;
             (s.loss, s.max_loss, s.sharpness, s.rows)
         } else {
             (f64::NAN, f64::NAN, f64::NAN, 0)
@@ -267,7 +346,7 @@ pub fn analyze_run(dir: &Path, result: &RunResult, opts: &AnalyzeOptions) -> Res
             name: set.name.clone(),
             label: set.label.clone(),
             in_domain: set.in_domain,
-            examples: set.source.len(),
+            examples: set.batches.iter().map(|b| b.examples()).sum::<tram::Result<usize>>()?,
             rows,
             loss,
             max_loss,
@@ -294,9 +373,10 @@ pub fn analyze_runs(dirs: &[PathBuf], opts: &AnalyzeOptions) -> Result<Report> {
     opts.sharpness.validate()?;
     let found = find_runs(dirs)?;
     let mut runs = Vec::with_capacity(found.len());
+    let mut cache = Cache::default();
     for (dir, result) in &found {
         tracing::info!(run = %result.run, seed = result.seed, dir = %dir.display(), "analysing");
-        runs.push(analyze_run(dir, result, opts)?);
+        runs.push(analyze_run_cached(dir, result, opts, &mut cache)?);
     }
     Ok(report::report(opts, runs))
 }
@@ -307,4 +387,14 @@ pub fn analyze_to(dirs: &[PathBuf], opts: &AnalyzeOptions, out: &Path) -> Result
     let r = analyze_runs(dirs, opts)?;
     report::write(&r, out)?;
     Ok(r)
+}
+
+/// Batches per domain the quickstart's analysis uses ([`AnalyzeOptions::quick`]).
+pub const QUICK_BATCHES: usize = 2;
+
+/// The quickstart's analysis: every finished run under `out` (the quickstart's output
+/// directory) with [`AnalyzeOptions::quick`]`(`[`QUICK_BATCHES`]`)`, the files written into
+/// `<out>/analysis`. Print [`crate::report::summary`] of the result for a terminal.
+pub fn quick_analysis(out: &Path) -> Result<Report> {
+    analyze_to(&[out.to_path_buf()], &AnalyzeOptions::quick(QUICK_BATCHES), &out.join("analysis"))
 }

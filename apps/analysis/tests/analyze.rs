@@ -52,7 +52,10 @@ optimizer = {{ name = "tram-noise" }}
 }
 
 fn quick() -> AnalyzeOptions {
-    AnalyzeOptions { sharpness: SharpnessConfig { steps: 3, lr: 1e-2, batch_size: 4, accumulation: 2, ..SharpnessConfig::default() }, ..AnalyzeOptions::default() }
+    AnalyzeOptions {
+        sharpness: SharpnessConfig { steps: 3, lr: 1e-2, batch_size: 4, accumulation: 2, ..SharpnessConfig::default() },
+        ..AnalyzeOptions::default()
+    }
 }
 
 fn read_json(p: &Path) -> Value {
@@ -122,7 +125,15 @@ fn analyze_xnli_runs_writes_table_6() {
     assert!((cka.domains["De"].mean - want).abs() < 1e-12);
 
     let md = std::fs::read_to_string(dest.join("analysis.md")).unwrap();
-    for needle in ["## (a) ε-sharpness", "| method | En | ZS Avg. | Pearson | runs |", "| Adam |", "| TRAM-x |", "## (b) CKA", "| method | En | De | Fr | ZS Avg. | runs |", "Pearson over all 4 runs"] {
+    for needle in [
+        "## (a) ε-sharpness",
+        "| method | En | ZS Avg. | Pearson | runs |",
+        "| Adam |",
+        "| TRAM-x |",
+        "## (b) CKA",
+        "| method | En | De | Fr | ZS Avg. | runs |",
+        "Pearson over all 4 runs",
+    ] {
         assert!(md.contains(needle), "{needle} not in\n{md}");
     }
     let csv = std::fs::read_to_string(dest.join("sharpness.csv")).unwrap();
@@ -137,11 +148,32 @@ fn analyze_xnli_runs_writes_table_6() {
     assert_eq!(json["sharpness"][1]["label"], "TRAM-x");
 
     // Deterministic: the same measurements again from the output directory as a whole.
-    let again = analyze_to(&[out.clone()], &quick(), &dir.join("analysis2")).unwrap();
+    let again = analyze_to(std::slice::from_ref(&out), &quick(), &dir.join("analysis2")).unwrap();
     assert_eq!(again.runs.iter().map(|r| &r.domains).collect::<Vec<_>>(), r.runs.iter().map(|r| &r.domains).collect::<Vec<_>>());
 
+    // Without the shared cache of evaluation sets and pretrained representations: the same.
+    let (d, res) = tram_analysis::find_runs(&[out.join("tram-noise/seed-1")]).unwrap().remove(0);
+    let alone = tram_analysis::analyze_run(&d, &res, &quick()).unwrap();
+    assert_eq!(&alone.domains, &r.runs[3].domains);
+    // At most one batch of 4 examples per language.
+    let one = tram_analysis::analyze_run(&d, &res, &AnalyzeOptions { max_batches: Some(1), ..quick() }).unwrap();
+    assert!(one.domains.iter().all(|d| d.examples == 4), "{:?}", one.domains);
+
     // The command's arguments: defaults are the paper's, options reach the analysis.
-    let args = Cli::parse_from(["tram", out.to_str().unwrap(), "--steps", "2", "--max-examples", "5", "--no-cka", "--batch-size", "4", "--lr", "0.01"]).args;
+    let args = Cli::parse_from([
+        "tram",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--max-examples",
+        "5",
+        "--no-cka",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.01",
+    ])
+    .args;
     let o = args.options();
     assert_eq!((o.sharpness.steps, o.sharpness.batch_size, o.sharpness.accumulation, o.sharpness.epsilon), (2, 4, 4, 1e-3));
     assert!(!o.measure_cka && o.measure_sharpness);
@@ -218,7 +250,10 @@ fn analyze_lm_runs_with_a_zero_shot_row_and_a_validation_split() {
     let sam = &r.runs[1];
     assert!(sam.fine_tuned);
     assert_eq!(sam.composition, "ball+adam");
-    assert_eq!(sam.domains.iter().map(|d| (d.label.as_str(), d.in_domain)).collect::<Vec<_>>(), [("Soc.", true), ("Cult.", false), ("Hist.", false)]);
+    assert_eq!(
+        sam.domains.iter().map(|d| (d.label.as_str(), d.in_domain)).collect::<Vec<_>>(),
+        [("Soc.", true), ("Cult.", false), ("Hist.", false)]
+    );
     for d in &sam.domains {
         assert!(d.cka > 0.0 && d.cka < 1.0, "{d:?}");
         assert!(d.rows > 0 && d.rows % 8 == 0, "token rows of 8-token blocks: {d:?}");
@@ -227,16 +262,27 @@ fn analyze_lm_runs_with_a_zero_shot_row_and_a_validation_split() {
     assert!(r.sharpness.iter().all(|s| s.pearson.is_none()));
     assert!(r.markdown.contains("| method | Soc. | ZS Avg. | Pearson | runs |"), "{}", r.markdown);
     assert!(r.markdown.contains("| GPT-2 |") && r.markdown.contains("validation"));
+
+    // The quickstart's call: every run under the output directory, small settings.
+    let q = tram_analysis::quick_analysis(&out).unwrap();
+    assert_eq!(q.runs.len(), 2);
+    assert!(q.runs.iter().all(|r| r.domains.iter().all(|d| d.examples <= 2 * 8)));
+    assert!(out.join("analysis/analysis.md").is_file());
+    let text = tram_analysis::summary(&q);
+    println!("{text}");
+    for needle in ["method", "φ Soc.", "φ ZS Avg.", "CKA Soc.", "CKA ZS Avg.", "GPT-2", "SAM", "Pearson r"] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
 }
 
 #[test]
 fn analyze_errors_name_the_problem() {
     fixtures();
     let dir = scratch("analysis-errors");
-    let e = analyze_to(&[dir.clone()], &quick(), &dir.join("a")).unwrap_err().to_string();
+    let e = analyze_to(std::slice::from_ref(&dir), &quick(), &dir.join("a")).unwrap_err().to_string();
     assert!(e.contains("no finished runs"), "{e}");
     let e = analyze_to(&[dir.join("missing")], &quick(), &dir.join("a")).unwrap_err().to_string();
     assert!(e.contains("is not a directory"), "{e}");
     let bad = AnalyzeOptions { sharpness: SharpnessConfig { accumulation: 0, ..SharpnessConfig::default() }, ..AnalyzeOptions::default() };
-    assert!(analyze_to(&[dir.clone()], &bad, &dir.join("a")).unwrap_err().to_string().contains("accumulation"));
+    assert!(analyze_to(std::slice::from_ref(&dir), &bad, &dir.join("a")).unwrap_err().to_string().contains("accumulation"));
 }

@@ -29,7 +29,8 @@ fn orthogonal(d: usize, seed: u64) -> Tensor {
     for k in 0..3 {
         let v = Tensor::from_vec(values(d, seed + k), (d, 1), &Device::Cpu).unwrap();
         let vv = v.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let h = (Tensor::eye(d, DType::F64, &Device::Cpu).unwrap() - v.matmul(&v.t().unwrap()).unwrap().affine(2.0 / vv, 0.0).unwrap()).unwrap();
+        let h = (Tensor::eye(d, DType::F64, &Device::Cpu).unwrap() - v.matmul(&v.t().unwrap()).unwrap().affine(2.0 / vv, 0.0).unwrap())
+            .unwrap();
         q = q.matmul(&h).unwrap();
     }
     q
@@ -55,14 +56,23 @@ fn cka_of_identical_representations_is_one() {
 fn cka_is_invariant_to_orthogonal_transforms_and_isotropic_scaling() {
     for (n, dx, dy) in [(40, 7, 5), (6, 12, 9)] {
         let x = matrix(n, dx, 1);
-        let y = (matrix(n, dy, 2) + x.narrow(1, 0, dy.min(dx)).unwrap().pad_with_zeros(1, 0, dy.saturating_sub(dx)).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
+        let y = (matrix(n, dy, 2)
+            + x.narrow(1, 0, dy.min(dx)).unwrap().pad_with_zeros(1, 0, dy.saturating_sub(dx)).unwrap().affine(0.5, 0.0).unwrap())
+        .unwrap();
         let base = linear_cka(&x, &y).unwrap();
         assert!(base > 0.0 && base < 1.0, "{base}");
         let qx = orthogonal(dx, 10);
         let qy = orthogonal(dy, 20);
         // The reflections really are orthogonal.
         let eye = qx.t().unwrap().matmul(&qx).unwrap();
-        let err = (eye - Tensor::eye(dx, DType::F64, &Device::Cpu).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        let err = (eye - Tensor::eye(dx, DType::F64, &Device::Cpu).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(err < 1e-12);
         let rotated = linear_cka(&x.matmul(&qx).unwrap(), &y.matmul(&qy).unwrap()).unwrap();
         assert!(close(rotated, base, 1e-12), "orthogonal: {rotated} vs {base}");

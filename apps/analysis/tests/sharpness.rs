@@ -68,7 +68,9 @@ impl Model for Quadratic {
 }
 
 fn dummy_batches(k: usize) -> Vec<Batch> {
-    (0..k).map(|_| Batch::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::U32, &Device::Cpu).unwrap())).collect()
+    (0..k)
+        .map(|_| Batch::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::U32, &Device::Cpu).unwrap()))
+        .collect()
 }
 
 fn inside_box(theta0: &[f64], probe: &[f64], eps: f64, tol: f64) -> bool {
@@ -135,9 +137,7 @@ fn paper_default_box_and_many_probes() {
     let cfg = SharpnessConfig { steps: 30, lr: 1e-2, eval_every: 1, ..SharpnessConfig::default() };
     let s = sharpness(&model, &dummy_batches(5), &cfg).unwrap();
     assert_eq!(s.probe_losses.len(), 30);
-    let corner: Vec<f64> = (0..50)
-        .map(|i| theta[i] + 1e-3 * (theta[i].abs() + 1.0) * (a[i] * theta[i] + b[i]).signum())
-        .collect();
+    let corner: Vec<f64> = (0..50).map(|i| theta[i] + 1e-3 * (theta[i].abs() + 1.0) * (a[i] * theta[i] + b[i]).signum()).collect();
     let want = 100.0 * (model.value(&corner) - s.loss) / (1.0 + s.loss);
     assert!((s.sharpness - want).abs() < 1e-9, "{} vs {want}", s.sharpness);
     assert_eq!(s.max_loss, s.probe_losses.iter().cloned().fold(s.loss, f64::max));
@@ -175,7 +175,12 @@ fn constant_loss_has_zero_sharpness() {
         let w = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
         let model = Constant { params: Params::new([("w".to_string(), w)]).unwrap(), connected };
         let batches: Vec<Batch> = (0..4u32)
-            .map(|i| Batch::new(Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(), Tensor::new(&[i % 3, (i + 1) % 3], &Device::Cpu).unwrap()))
+            .map(|i| {
+                Batch::new(
+                    Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+                    Tensor::new(&[i % 3, (i + 1) % 3], &Device::Cpu).unwrap(),
+                )
+            })
             .collect();
         let s = sharpness(&model, &batches, &SharpnessConfig { steps: 5, lr: 10.0, eval_every: 1, ..SharpnessConfig::default() }).unwrap();
         assert_eq!(s.sharpness, 0.0, "connected = {connected}");
@@ -240,7 +245,21 @@ fn mlp_batches() -> Vec<Batch> {
 
 /// The exact bits of every parameter (bf16 → f32 is exact).
 fn bits(p: &Params) -> Vec<Vec<u32>> {
-    p.iter().map(|p| p.var.as_tensor().flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()).collect()
+    p.iter()
+        .map(|p| {
+            p.var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
