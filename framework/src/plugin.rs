@@ -61,7 +61,8 @@ pub const MAGIC: [u8; 8] = *b"TRAMPLUG";
 pub const ABI_VERSION: u32 = 1;
 /// The symbol [`export_plugin!`](crate::export_plugin) defines.
 pub const DECLARATION_SYMBOL: &str = "TRAM_PLUGIN_DECLARATION";
-/// Environment variable with plugin paths to load (a path list, like `PATH`).
+/// Environment variable with plugins to load: a path list, like `PATH`, of plugin libraries
+/// and of directories, each of which loads every shared library in it (see [`plugin_files`]).
 pub const PLUGINS_ENV: &str = "TRAM_PLUGINS";
 
 /// `rustc --version` of the compiler that built this framework.
@@ -520,28 +521,61 @@ impl Registry {
         Ok(names)
     }
 
-    /// [`Registry::load_plugin`] for each path in turn; returns every name registered.
+    /// [`Registry::load_plugin`] for each path in turn, where a directory stands for every
+    /// shared library in it ([`plugin_files`]); returns every name registered. Stops at the
+    /// first error, keeping what was loaded before it.
     pub fn load_plugins<P: AsRef<Path>>(&mut self, paths: impl IntoIterator<Item = P>) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for p in paths {
-            names.extend(self.load_plugin(p)?);
+            for file in plugin_files(p.as_ref())? {
+                names.extend(self.load_plugin(file)?);
+            }
         }
         Ok(names)
     }
 
-    /// Load every plugin listed in the environment variable [`PLUGINS_ENV`] (`TRAM_PLUGINS`,
-    /// a path list separated like `PATH`); empty entries are skipped.
+    /// Load every plugin listed in the environment variable [`PLUGINS_ENV`] (`TRAM_PLUGINS`):
+    /// see [`Registry::load_plugin_list`].
     pub fn load_env_plugins(&mut self) -> Result<Vec<String>> {
         match std::env::var_os(PLUGINS_ENV) {
-            Some(list) => self.load_plugins(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty())),
+            Some(list) => self.load_plugin_list(&list),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Load the plugins of a path list separated like `PATH` (the value of `TRAM_PLUGINS`):
+    /// each entry is a plugin library or a directory of them ([`Registry::load_plugins`]);
+    /// empty entries are skipped.
+    pub fn load_plugin_list(&mut self, list: &std::ffi::OsStr) -> Result<Vec<String>> {
+        self.load_plugins(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()))
     }
 
     /// The plugin libraries loaded into this registry.
     pub fn plugins(&self) -> impl Iterator<Item = &PluginLibrary> {
         self.plugins.iter().map(|l| l.as_ref())
     }
+}
+
+/// The plugin libraries `path` stands for: a directory stands for every file in it (not in
+/// its sub-directories) whose name ends in this platform's shared-library extension
+/// (`.so` on Linux, `.dylib` on macOS, `.dll` on Windows), in name order; anything else for
+/// itself. A directory that cannot be read is an [`Error::Plugin`] naming it.
+pub fn plugin_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let err =
+        |e: std::io::Error| Error::Plugin { path: path.display().to_string(), reason: format!("cannot read the plugin directory: {e}") };
+    let ext = std::env::consts::DLL_EXTENSION;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(err)? {
+        let p = entry.map_err(err)?.path();
+        if p.extension().is_some_and(|e| e == ext) && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// A plugin's constructor with the library it lives in. `inner` is declared (so dropped) first.

@@ -8,9 +8,10 @@ use tram::{Kind, Optimizer, OptimizerConfig, Registry};
 #[derive(Parser)]
 #[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
 struct Cli {
-    /// Load components from a run-time plugin library (repeatable). The paths join those of
-    /// `TRAM_PLUGINS` (a path list like `PATH`, loaded first) for every registry this process
-    /// builds. See docs/writing-a-plugin.md.
+    /// Load components from a run-time plugin library, or from every shared library in a
+    /// directory (repeatable). The paths join those of `TRAM_PLUGINS` (a path list like `PATH`,
+    /// loaded first) for every registry this process builds; the apps' configs may add more
+    /// with `plugins = [...]`. See docs/writing-a-plugin.md.
     #[arg(long = "plugin", value_name = "PATH", global = true)]
     plugins: Vec<std::path::PathBuf>,
     #[command(subcommand)]

@@ -92,3 +92,21 @@ fn plugin_errors_are_reported_not_crashes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn the_environment_variable_may_name_a_directory_of_plugins() {
+    let dir = std::env::temp_dir().join(format!("tram-cli-plugin-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(plugin(), dir.join(plugin().file_name().unwrap())).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a library").unwrap();
+    let out = stdout(&tram(&["list"], Some(&dir)));
+    let canonical = plugin().canonicalize().unwrap().display().to_string();
+    let line = out.lines().find(|l| l.trim_start().starts_with("renyi ")).unwrap_or_else(|| panic!("no renyi in:\n{out}"));
+    assert!(line.contains(&format!("[{canonical}]")), "{line}");
+    // `--plugin` takes a directory too.
+    let out = stdout(&tram(&["explain", "tram-noise-renyi", "--plugin", dir.to_str().unwrap()], None));
+    assert!(out.starts_with("noise(distance=renyi)+ball+adam\n"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -60,6 +60,14 @@ pub struct Config {
     pub dtype: String,
     /// Row name in the results table (defaults to the run name).
     pub label: Option<String>,
+    /// Run-time plugins to load before the optimizer is built: plugin libraries (`cdylib`s made
+    /// with `tram::export_plugin!`) or directories, each standing for every shared library in
+    /// it. Relative paths written in a config file (top level or a `[[runs]]` entry) are
+    /// relative to the file's directory; given with `--set`, to the working directory. They
+    /// join `TRAM_PLUGINS` and `--plugin` (a library already loaded from those is not loaded
+    /// again). See docs/writing-a-plugin.md.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PathBuf>,
     /// The optimizer: a composition or alias and its component tables (see `configs/optimizers.toml`).
     pub optimizer: OptimizerConfig,
     /// The training loop.
@@ -86,6 +94,7 @@ impl Default for Config {
             device: "cpu".into(),
             dtype: "f32".into(),
             label: None,
+            plugins: Vec::new(),
             optimizer: OptimizerConfig::default(),
             train: TrainConfig::default(),
             lm: LmConfig::default(),
@@ -439,9 +448,12 @@ struct RunOverlay {
     values: serde_json::Map<String, Value>,
 }
 
+/// How the metadata of a [`RunOverlay`] is named.
+const RUN_OVERLAY_PREFIX: &str = "[[runs]] entry";
+
 impl Provider for RunOverlay {
     fn metadata(&self) -> Metadata {
-        Metadata::named(format!("[[runs]] entry `{}`", self.name))
+        Metadata::named(format!("{RUN_OVERLAY_PREFIX} `{}`", self.name))
     }
     fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
         Serialized::defaults(Value::Object(self.values.clone())).data()
@@ -507,6 +519,18 @@ impl Sources {
         Ok(f)
     }
 
+    /// `plugins` as extracted from `f`, relative ones joined to the config file's directory
+    /// when the file (its top level or a `[[runs]]` entry) set them.
+    fn plugin_paths(&self, f: &Figment, plugins: Vec<PathBuf>) -> Vec<PathBuf> {
+        let from_file = f
+            .find_metadata("plugins")
+            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))) || m.name.starts_with(RUN_OVERLAY_PREFIX));
+        match self.file.as_deref().and_then(Path::parent) {
+            Some(dir) if from_file => plugins.into_iter().map(|p| if p.is_relative() { dir.join(p) } else { p }).collect(),
+            _ => plugins,
+        }
+    }
+
     /// The names of the `[[runs]]` of the file (after overrides: `--set runs=[]` clears them).
     pub fn run_names(&self) -> Result<Vec<String>> {
         Ok(self.overlays()?.into_iter().map(|r| r.name).collect())
@@ -550,7 +574,9 @@ impl Sources {
             if let Some(o) = overlay {
                 f = f.merge(o.clone());
             }
-            let config: Config = f.merge(env.clone()).merge(sets.clone()).extract().map_err(figment_error)?;
+            let f = f.merge(env.clone()).merge(sets.clone());
+            let mut config: Config = f.extract().map_err(figment_error)?;
+            config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
             config.validate(registry)?;
             Ok(config)
         };
@@ -647,8 +673,29 @@ impl Config {
             return bad("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype));
         }
         crate::check_device_name(&self.device)?;
-        tram::Optimizer::new(registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
+        let registry = self.plugin_registry(registry)?;
+        tram::Optimizer::new(&registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
         Ok(())
+    }
+
+    /// `registry` with this config's `plugins` loaded: the registry the run's optimizer is
+    /// built from. Libraries `registry` already has (from `TRAM_PLUGINS` or `--plugin`) are
+    /// not loaded again; a path that does not load is an error naming the key and the path.
+    pub fn plugin_registry<'r>(&self, registry: &'r tram::Registry) -> Result<std::borrow::Cow<'r, tram::Registry>> {
+        if self.plugins.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(registry));
+        }
+        let mut r = registry.clone();
+        for path in &self.plugins {
+            let bad = |e: tram::Error| Error::Config(format!("key `plugins`: `{}`: {e}", path.display()));
+            for file in tram::plugin::plugin_files(path).map_err(bad)? {
+                let loaded = file.canonicalize().is_ok_and(|c| r.plugins().any(|l| l.path() == c));
+                if !loaded {
+                    r.load_plugin(&file).map_err(bad)?;
+                }
+            }
+        }
+        Ok(std::borrow::Cow::Owned(r))
     }
 
     /// The config as JSON (recorded in results and checkpoints).
@@ -665,7 +712,7 @@ impl Config {
 pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config> {
     let s = Sources { file: file.map(Path::to_path_buf), sets: sets.to_vec(), env: None };
     let mut registry = tram_plugins::registry()?;
-    registry.load_env_plugins()?; // components from TRAM_PLUGINS, as the `tram` command does
+    registry.load_env_plugins()?; // components from TRAM_PLUGINS, as the `tram` command does (`plugins` are loaded by `validate`)
     let mut runs = s.resolve(&[], &registry)?;
     Ok(runs.remove(0).config)
 }

@@ -98,7 +98,9 @@ pub fn resolved_optimizer(run: &RunConfig, seed: u64, total: u64) -> tram::Optim
 pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::OptimizerConfig) -> Value {
     let mut v = run.config.to_json();
     if let Some(m) = v.as_object_mut() {
-        for k in ["out", "seeds", "label"] {
+        // Where plugins are loaded from is not part of the run (the optimizer, with every
+        // component's name and parameters, is).
+        for k in ["out", "seeds", "label", "plugins"] {
             m.remove(k);
         }
         m.insert("seed".into(), json!(seed));
@@ -189,7 +191,8 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let results_path = dir.join(RESULTS_FILE);
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
-    let mut opt = Optimizer::new(spec.registry, opt_config.clone())?;
+    let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`
+    let mut opt = Optimizer::new(&registry, opt_config.clone())?;
     let print = fingerprint(spec.app, run, spec.seed, &opt_config);
     let params = model.params().clone();
 

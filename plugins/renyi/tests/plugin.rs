@@ -260,3 +260,36 @@ fn a_shared_library_that_is_not_a_plugin_is_a_clear_error() {
     assert!(matches!(err, Error::Plugin { .. }) && msg.contains("not a tram plugin") && msg.contains("TRAM_PLUGIN_DECLARATION"), "{msg}");
     assert_eq!(r.names(None), names);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_directory_in_a_plugin_list_loads_every_shared_library_in_it_in_name_order() {
+    use std::os::unix::fs::symlink;
+    let ext = std::env::consts::DLL_EXTENSION;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join(format!("libtram_renyi.{ext}"));
+    symlink(plugin(), &lib).unwrap();
+    // Other files and sub-directories are not loaded (a second renyi would be a duplicate).
+    std::fs::write(dir.path().join("README.txt"), "not a library").unwrap();
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    symlink(plugin(), dir.path().join("nested").join(format!("libtram_renyi.{ext}"))).unwrap();
+    assert_eq!(tram::plugin::plugin_files(dir.path()).unwrap(), [lib]);
+    let empty = tempfile::tempdir().unwrap();
+
+    // The value of TRAM_PLUGINS, with an empty directory and an empty entry.
+    let list = std::env::join_paths([dir.path(), Path::new(""), empty.path()]).unwrap();
+    let mut r = tram_plugins::registry().unwrap();
+    assert_eq!(r.load_plugin_list(&list).unwrap(), ["renyi", "tram-noise-renyi"]);
+    assert_eq!(r.find("renyi").unwrap().origin, plugin().canonicalize().unwrap().display().to_string());
+
+    // In name order: the plugin loads, then the library after it that is not one is an error naming it.
+    let bad_dir = tempfile::tempdir().unwrap();
+    symlink(plugin(), bad_dir.path().join(format!("a-renyi.{ext}"))).unwrap();
+    let bad = bad_dir.path().join(format!("b-garbage.{ext}"));
+    std::fs::write(&bad, b"this is not a shared library").unwrap();
+    let mut r = tram_plugins::registry().unwrap();
+    let err = r.load_plugins([bad_dir.path()]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("b-garbage") && msg.contains("cannot be loaded"), "{msg}");
+    assert!(r.find("renyi").is_some(), "the library before it was loaded");
+}
