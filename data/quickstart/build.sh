@@ -24,7 +24,6 @@ packages=(
   bash=5.2.15-2+b13
   grep=3.8-5
   sed=4.9-1+deb12u1
-  gawk=1:5.2.1-2
   tar=1.34+dfsg-1.2+deb12u1
   diffutils=1:3.8-4
   make=4.3-4.1

@@ -87,8 +87,19 @@ pub enum Command {
     },
 }
 
+/// The quickstart's tensors are small: candle's CPU thread pool, which spin-waits at a barrier
+/// after every op, costs more than it gains on them (and far more when other programs share
+/// the cores). Unless `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` says otherwise, the
+/// quickstart's commands compute on one thread. Must run before candle's first computation.
+pub fn default_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Run `tram quickstart` as parsed; returns the process exit status.
 pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
+    default_threads();
     let control = Control::default();
     tram_trainer::cli::install_ctrlc(&control)?;
     match args.command {
