@@ -40,6 +40,9 @@ pub struct AnalyzeArgs {
     /// Use at most N batches of every evaluation set.
     #[arg(long, value_name = "N")]
     pub max_batches: Option<usize>,
+    /// Measure ε-sharpness on only the first N of those batches (CKA uses them all).
+    #[arg(long, value_name = "N")]
+    pub sharpness_batches: Option<usize>,
     /// Evaluate on this split of each domain / language (e.g. `validation`, as the paper did)
     /// instead of the runs' test split.
     #[arg(long, value_name = "SPLIT")]
@@ -72,6 +75,7 @@ impl AnalyzeArgs {
             },
             max_examples: self.max_examples,
             max_batches: self.max_batches,
+            sharpness_batches: self.sharpness_batches,
             split: self.split.clone(),
             device: self.device.clone(),
             sets: self.sets.clone(),

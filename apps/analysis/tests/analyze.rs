@@ -264,9 +264,9 @@ fn analyze_lm_runs_with_a_zero_shot_row_and_a_validation_split() {
     assert!(r.markdown.contains("| GPT-2 |") && r.markdown.contains("validation"));
 
     // The quickstart's call: every run under the output directory, small settings.
-    let q = tram_analysis::quick_analysis(&out).unwrap();
+    let q = tram_analysis::quick_analysis(std::slice::from_ref(&out), &out.join("analysis")).unwrap();
     assert_eq!(q.runs.len(), 2);
-    assert!(q.runs.iter().all(|r| r.domains.iter().all(|d| d.examples <= 2 * 8)));
+    assert!(q.runs.iter().all(|r| r.domains.iter().all(|d| d.examples <= 2 * 4 && d.rows <= 4 * 8)), "{:?}", q.runs);
     assert!(out.join("analysis/analysis.md").is_file());
     let text = tram_analysis::summary(&q);
     println!("{text}");
