@@ -314,10 +314,20 @@ pub fn summary(r: &Report) -> String {
     }
     let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let sc = &o.sharpness;
-    let batches = o.max_batches.map(|b| format!(" on at most {b} batches of {} per domain", sc.batch_size)).unwrap_or_default();
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let per_set =
+        |batches: Option<usize>| batches.map(|b| format!(" on {} per domain", plural(b * sc.batch_size, "example"))).unwrap_or_default();
+    let sharp_batches = match (o.sharpness_batches, o.max_batches) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut out = format!(
-        "ε-sharpness φ (lower = flatter; ε = {}, {} ascent steps × {} micro-batches{batches}) and CKA to the pretrained model (higher = closer):\n",
-        sc.epsilon, sc.steps, sc.accumulation
+        "ε-sharpness φ (lower = flatter; ε = {}, {} of {} each{}) and CKA to the pretrained model (higher = closer{}):\n",
+        sc.epsilon,
+        plural(sc.steps, "SGD ascent step"),
+        plural(sc.accumulation * sc.batch_size, "example"),
+        per_set(sharp_batches),
+        per_set(o.max_batches)
     );
     for row in &rows {
         let cells: Vec<String> =

@@ -141,6 +141,7 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
                 r => r?,
             };
             println!("\n{}", report.text);
+            println!("{}", report.analysis);
             let files: Vec<String> = report.files.iter().map(|f| f.display().to_string()).collect();
             println!("wrote {}", files.join(", "));
             println!("quickstart took {:.1} s", report.seconds);

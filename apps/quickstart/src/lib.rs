@@ -115,6 +115,9 @@ pub struct Report {
     pub files: Vec<PathBuf>,
     /// Wall-clock seconds of the whole quickstart.
     pub seconds: f64,
+    /// ε-sharpness in and out of domain and CKA to the pretrained model per method (paper
+    /// Table 6 in miniature, [`tram_analysis::summary`]); the files are in `<out>/analysis`.
+    pub analysis: String,
 }
 
 fn toml_string(s: &str) -> String {
@@ -228,7 +231,15 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     let quick = table::QuickTable::from_results(&train_domain, &results)?;
     let mut files = quick.write(&out)?;
     files.extend(plot::draw(&quick, &out)?);
-    Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64() })
+    // Paper Table 6 in miniature: ε-sharpness in / out of domain and CKA to the pretrained model.
+    if opts.progress {
+        eprintln!("analysis: ε-sharpness and CKA of every row (small subsets, one ascent step)");
+    }
+    let dirs: Vec<PathBuf> = runs.iter().flat_map(|r| r.seeds().into_iter().map(move |s| r.dir(s))).collect();
+    let analysis = tram_analysis::quick_analysis(&dirs, &out.join("analysis"))?;
+    files.push(out.join("analysis").join("analysis.md"));
+    let analysis = tram_analysis::summary(&analysis);
+    Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64(), analysis })
 }
 
 /// Options of [`pretrain`].
