@@ -336,6 +336,11 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
     for set in sets.iter() {
         let t = Instant::now();
         let cka = match &set.pretrained {
+            // CKA of a single example is undefined.
+            Some(x) if x.dim(0)? < 2 => {
+                tracing::warn!(set = %set.name, "one example: no CKA");
+                f64::NAN
+            }
             Some(x) => {
                 let y = crate::cka::representations(tuned, &tuned.params().detached(), &set.batches)?;
                 crate::cka::linear_cka(x, &y)?

@@ -158,6 +158,10 @@ fn analyze_xnli_runs_writes_table_6() {
     // At most one batch of 4 examples per language.
     let one = tram_analysis::analyze_run(&d, &res, &AnalyzeOptions { max_batches: Some(1), ..quick() }).unwrap();
     assert!(one.domains.iter().all(|d| d.examples == 4), "{:?}", one.domains);
+    // A single example: no CKA (NaN, null in the JSON), sharpness still measured.
+    let single = AnalyzeOptions { max_batches: Some(1), sharpness: SharpnessConfig { batch_size: 1, ..quick().sharpness }, ..quick() };
+    let one = tram_analysis::analyze_run(&d, &res, &single).unwrap();
+    assert!(one.domains.iter().all(|d| d.examples == 1 && d.cka.is_nan() && d.sharpness.is_finite()), "{:?}", one.domains);
 
     // The command's arguments: defaults are the paper's, options reach the analysis.
     let args = Cli::parse_from([
