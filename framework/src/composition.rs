@@ -101,7 +101,10 @@ impl Composition {
                 (_, true) => return Err(err(format!("`reg:` takes a trust region, and `{}` is a {}", r.term.name, entry.kind))),
                 (Kind::TrustRegion, false) => {
                     if region.is_some() {
-                        return Err(err(format!("two trust regions size the neighborhood (`{}`); write extra ones as penalties, e.g. `reg:{}`", r.text, r.text)));
+                        return Err(err(format!(
+                            "two trust regions size the neighborhood (`{}`); write extra ones as penalties, e.g. `reg:{}`",
+                            r.text, r.text
+                        )));
                     }
                     if neighborhood.is_some() {
                         return Err(err(format!("trust region `{}` must come before the neighborhood", r.text)));
@@ -129,7 +132,10 @@ impl Composition {
             }
         }
         let Some(base) = base else {
-            return Err(err(format!("no base optimizer; end the composition with one of: {}", registry.names(Some(Kind::Base)).join(", "))));
+            return Err(err(format!(
+                "no base optimizer; end the composition with one of: {}",
+                registry.names(Some(Kind::Base)).join(", ")
+            )));
         };
         if region.is_some() && neighborhood.is_none() {
             let r = region.as_ref().map(|t| t.to_string()).unwrap_or_default();
@@ -178,7 +184,8 @@ fn parse_term(input: &str, text: &str) -> Result<RawTerm> {
     };
     let (name, args) = match rest.find('(') {
         Some(i) => {
-            let close = rest.rfind(')').filter(|&c| c == rest.len() - 1).ok_or_else(|| err(format!("`{text}`: parameters must end with `)`")))?;
+            let close =
+                rest.rfind(')').filter(|&c| c == rest.len() - 1).ok_or_else(|| err(format!("`{text}`: parameters must end with `)`")))?;
             (rest[..i].trim(), Some(&rest[i + 1..close]))
         }
         None => (rest, None),
@@ -240,7 +247,9 @@ fn parse_value(v: &str) -> Value {
 /// A value as written in a composition string (parses back to the same value).
 pub fn value_literal(v: &Value) -> String {
     match v {
-        Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && parse_value(s) == *v => s.clone(),
+        Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && parse_value(s) == *v => {
+            s.clone()
+        }
         Value::String(s) => format!("\"{s}\""),
         other => other.to_string(),
     }
@@ -250,7 +259,9 @@ pub fn value_literal(v: &Value) -> String {
 /// written after the alias replaces the alias's default base.
 fn expand_alias(input: &str, raw: Vec<RawTerm>, registry: &Registry) -> Result<Vec<RawTerm>> {
     let plain = |ts: &[RawTerm]| -> Option<String> {
-        ts.iter().all(|t| !t.penalty && t.term.params.is_empty()).then(|| ts.iter().map(|t| t.term.name.as_str()).collect::<Vec<_>>().join("+"))
+        ts.iter()
+            .all(|t| !t.penalty && t.term.params.is_empty())
+            .then(|| ts.iter().map(|t| t.term.name.as_str()).collect::<Vec<_>>().join("+"))
     };
     for cut in (1..=raw.len()).rev() {
         let Some(name) = plain(&raw[..cut]) else { continue };
@@ -258,7 +269,10 @@ fn expand_alias(input: &str, raw: Vec<RawTerm>, registry: &Registry) -> Result<V
         let rest = &raw[cut..];
         let is_base = |t: &RawTerm| registry.find(&t.term.name).is_some_and(|e| e.kind == Kind::Base);
         if !(rest.is_empty() || (rest.len() == 1 && is_base(&rest[0]))) {
-            return Err(Error::composition(input, format!("alias `{}` may only be followed by a base optimizer (e.g. `{}+sgd`)", alias.name, alias.name)));
+            return Err(Error::composition(
+                input,
+                format!("alias `{}` may only be followed by a base optimizer (e.g. `{}+sgd`)", alias.name, alias.name),
+            ));
         }
         let mut expanded = split_terms(&alias.composition)?;
         if let Some(base) = rest.first() {
@@ -279,7 +293,14 @@ mod tests {
 
     #[test]
     fn values_round_trip_through_literals() {
-        for v in [Value::from(0.05), Value::from(2), Value::Bool(true), Value::String("kl-sym".into()), Value::String("a b".into()), Value::String("true".into())] {
+        for v in [
+            Value::from(0.05),
+            Value::from(2),
+            Value::Bool(true),
+            Value::String("kl-sym".into()),
+            Value::String("a b".into()),
+            Value::String("true".into()),
+        ] {
             assert_eq!(parse_value(&value_literal(&v)), v, "{v}");
         }
     }

@@ -235,7 +235,9 @@ fn merged(table: Option<&Value>, inline: &BTreeMap<String, Value>, what: &str) -
     let mut m = match table {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(other) => return Err(Error::Config { component: what.into(), reason: format!("expected a table of parameters, found `{other}`") }),
+        Some(other) => {
+            return Err(Error::Config { component: what.into(), reason: format!("expected a table of parameters, found `{other}`") })
+        }
     };
     for (k, v) in inline {
         m.insert(k.clone(), v.clone());
@@ -273,7 +275,10 @@ impl Optimizer {
             if registry.find(key.strip_prefix("reg:").unwrap_or(key)).is_none() {
                 return Err(Error::Config {
                     component: format!("optimizer table `{key}`"),
-                    reason: format!("no registered component is called `{key}`; this composition (`{composition}`) uses: {}", known.join(", ")),
+                    reason: format!(
+                        "no registered component is called `{key}`; this composition (`{composition}`) uses: {}",
+                        known.join(", ")
+                    ),
                 });
             }
             tracing::debug!(table = %key, %composition, "optimizer table not used by this composition");
@@ -292,10 +297,11 @@ impl Optimizer {
                 Component::TrustRegion(r) => r,
                 _ => return Err(wrong_kind(&term.name, Kind::TrustRegion)),
             };
-            let distance = match registry.build(Kind::Distance, &settings.distance, tables.get(&settings.distance).unwrap_or(&Value::Null))? {
-                Component::Distance(d) => d,
-                _ => return Err(wrong_kind(&settings.distance, Kind::Distance)),
-            };
+            let distance =
+                match registry.build(Kind::Distance, &settings.distance, tables.get(&settings.distance).unwrap_or(&Value::Null))? {
+                    Component::Distance(d) => d,
+                    _ => return Err(wrong_kind(&settings.distance, Kind::Distance)),
+                };
             let Value::Object(role) = role else { unreachable!("take_keys returns an object") };
             Ok((BoundRegion { region, distance, settings }, role))
         };
@@ -311,7 +317,10 @@ impl Optimizer {
                 if !role.is_empty() {
                     return Err(Error::Config {
                         component: format!("trust region `{}`", t.name),
-                        reason: format!("`lambda` / `through_target` apply to penalties only; write `reg:{}` to use it as a penalty", t.name),
+                        reason: format!(
+                            "`lambda` / `through_target` apply to penalties only; write `reg:{}` to use it as a penalty",
+                            t.name
+                        ),
                     });
                 }
                 Some(b)
@@ -349,13 +358,28 @@ impl Optimizer {
             _ => return Err(wrong_kind(&b.name, Kind::Base)),
         };
         if !(config.lr.is_finite() && config.lr >= 0.0) {
-            return Err(Error::Config { component: "optimizer".into(), reason: format!("lr must be a finite number >= 0, got {}", config.lr) });
+            return Err(Error::Config {
+                component: "optimizer".into(),
+                reason: format!("lr must be a finite number >= 0, got {}", config.lr),
+            });
         }
         if let Some(c) = config.max_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
             return Err(Error::Config { component: "optimizer".into(), reason: format!("max_grad_norm must be > 0, got {c}") });
         }
         let noise = Box::new(SeededNoise::new(config.seed));
-        Ok(Optimizer { composition, config, penalties, region, neighborhood, base, noise, step: 0, skipped: 0, no_ascent: 0, initialized: false })
+        Ok(Optimizer {
+            composition,
+            config,
+            penalties,
+            region,
+            neighborhood,
+            base,
+            noise,
+            step: 0,
+            skipped: 0,
+            no_ascent: 0,
+            initialized: false,
+        })
     }
 
     /// The canonical composition.
@@ -444,7 +468,12 @@ impl Optimizer {
         }
         let lr = self.config.lr * self.config.schedule.factor(self.step);
         let mode = if self.config.train_mode { Mode::TRAIN } else { Mode::EVAL };
-        let mut scratch = Scratch { noise: vec![None; batches.len()], targets: vec![vec![None; self.penalties.len()]; batches.len()], forward: 0, backward: 0 };
+        let mut scratch = Scratch {
+            noise: vec![None; batches.len()],
+            targets: vec![vec![None; self.penalties.len()]; batches.len()],
+            forward: 0,
+            backward: 0,
+        };
         let mut report = StepReport { step: self.step, lr, ..Default::default() };
 
         let first = self.pass(model, batches, mode, true, &mut scratch)?;
@@ -480,7 +509,13 @@ impl Optimizer {
             self.skipped += 1;
             self.step += 1;
             report.skipped = true;
-            tracing::warn!(step = report.step, loss = report.loss, grad_norm = report.grad_norm, skipped = self.skipped, "non-finite loss or gradient: step skipped, parameters unchanged");
+            tracing::warn!(
+                step = report.step,
+                loss = report.loss,
+                grad_norm = report.grad_norm,
+                skipped = self.skipped,
+                "non-finite loss or gradient: step skipped, parameters unchanged"
+            );
             return Ok(report);
         }
         if let Some(max) = self.config.max_grad_norm {
@@ -513,7 +548,10 @@ impl Optimizer {
                 let r = self.region.as_mut().expect("noising implies a region");
                 let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
                 let mut ctx = TargetCtx { model, batch, mode, noise: &mut slot };
-                embeds = r.region.noised_embeds(&mut ctx, &embeds)?.ok_or_else(|| Error::Model(format!("trust region `{}` did not noise the input", r.region.name())))?;
+                embeds = r
+                    .region
+                    .noised_embeds(&mut ctx, &embeds)?
+                    .ok_or_else(|| Error::Model(format!("trust region `{}` did not noise the input", r.region.name())))?;
             }
             let logits = model.forward_embeds(params, &embeds, batch, mode)?;
             s.forward += 1;

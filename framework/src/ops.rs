@@ -28,10 +28,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// Σ of squares of every tensor, as one f32 scalar tensor (one device sync when read).
 pub fn sum_sq(tensors: &[Tensor]) -> Result<Tensor> {
-    let parts = tensors
-        .iter()
-        .map(|t| to_f32(t)?.sqr()?.sum_all().map_err(Into::into))
-        .collect::<Result<Vec<_>>>()?;
+    let parts = tensors.iter().map(|t| to_f32(t)?.sqr()?.sum_all().map_err(Into::into)).collect::<Result<Vec<_>>>()?;
     Ok(Tensor::stack(&parts, 0)?.sum_all()?)
 }
 

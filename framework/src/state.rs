@@ -28,7 +28,8 @@ impl StateReader<'_> {
     }
     /// The tensor stored under `key`; missing is a checkpoint error.
     pub fn require(&self, key: &str) -> Result<Tensor> {
-        self.get(key).ok_or_else(|| Error::Checkpoint { path: self.path.into(), reason: format!("tensor `{}{key}` is missing", self.prefix) })
+        self.get(key)
+            .ok_or_else(|| Error::Checkpoint { path: self.path.into(), reason: format!("tensor `{}{key}` is missing", self.prefix) })
     }
     /// The tensor for parameter `name` under `key`, checked against the parameter's shape.
     pub fn require_like(&self, key: &str, like: &Tensor) -> Result<Tensor> {
@@ -117,7 +118,8 @@ impl Optimizer {
     /// Restore state from safetensors bytes (`origin` names them in errors).
     pub fn load_state_bytes(&mut self, params: &Params, bytes: &[u8], origin: &str) -> Result<()> {
         let bad = |reason: String| Error::Checkpoint { path: origin.into(), reason };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e}); it is truncated or corrupt")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e}); it is truncated or corrupt")))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad(format!("not a TRAM optimizer state (format `{}`)", meta.get("format").cloned().unwrap_or_default())));
@@ -157,6 +159,7 @@ pub fn snapshot_state(key: &str, params: &Params, snapshot: &crate::model::Snaps
 
 /// Read a snapshot written by [`snapshot_state`], checking every parameter's shape.
 pub fn load_snapshot(key: &str, params: &Params, reader: &StateReader<'_>) -> Result<crate::model::Snapshot> {
-    let tensors = params.iter().map(|p| reader.require_like(&format!("{key}/{}", p.name), p.var.as_tensor())).collect::<Result<Vec<_>>>()?;
+    let tensors =
+        params.iter().map(|p| reader.require_like(&format!("{key}/{}", p.name), p.var.as_tensor())).collect::<Result<Vec<_>>>()?;
     crate::model::Snapshot::from_tensors(params, tensors)
 }

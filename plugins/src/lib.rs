@@ -66,7 +66,8 @@ mod tests {
     #[test]
     fn registry_has_every_builtin() {
         let r = registry().unwrap();
-        for n in ["prev", "pretrained", "noise", "ema", "kl", "kl-reverse", "kl-sym", "mmd", "l2", "ball", "fisher", "sgd", "adam", "adamw"] {
+        for n in ["prev", "pretrained", "noise", "ema", "kl", "kl-reverse", "kl-sym", "mmd", "l2", "ball", "fisher", "sgd", "adam", "adamw"]
+        {
             assert!(r.find(n).is_some(), "{n} missing");
         }
     }

@@ -121,7 +121,14 @@ impl Lcg {
 
 /// A learnable synthetic task: the label is a function of which half of the vocabulary
 /// dominates the first tokens, so losses fall quickly.
-pub fn synthetic_batches(shape: ClassifierShape, n_batches: usize, batch: usize, seq: usize, seed: u64, device: &Device) -> Result<Vec<Batch>> {
+pub fn synthetic_batches(
+    shape: ClassifierShape,
+    n_batches: usize,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<Batch>> {
     let mut rng = Lcg(seed ^ 0x9e3779b97f4a7c15);
     (0..n_batches)
         .map(|_| {

@@ -170,7 +170,12 @@ fn accumulation_computes_one_ascent_over_all_micro_batches() {
             let ra = oa.step(&a, &data).unwrap();
             let rb = ob.step(&b, std::slice::from_ref(&joined)).unwrap();
             assert!((ra.loss - rb.loss).abs() < 1e-5, "{c}: loss {} vs {}", ra.loss, rb.loss);
-            assert!((ra.epsilon_norm - rb.epsilon_norm).abs() < 1e-5 * (1.0 + rb.epsilon_norm), "{c}: ‖ε‖ {} vs {}", ra.epsilon_norm, rb.epsilon_norm);
+            assert!(
+                (ra.epsilon_norm - rb.epsilon_norm).abs() < 1e-5 * (1.0 + rb.epsilon_norm),
+                "{c}: ‖ε‖ {} vs {}",
+                ra.epsilon_norm,
+                rb.epsilon_norm
+            );
             assert_eq!(ra.backward_passes, 2 * rb.backward_passes, "{c}");
         }
         assert!(max_abs_diff(&a, &b) < 1e-5, "{c}: {}", max_abs_diff(&a, &b));

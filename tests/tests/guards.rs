@@ -31,7 +31,10 @@ fn flat() -> Flat {
 
 #[test]
 fn zero_gradient_gives_no_ascent_and_no_nan() {
-    let batch = Batch::new(Tensor::new(&[[0.5f32, 1.0, -1.0], [2.0, 0.0, 0.0]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 2], &Device::Cpu).unwrap());
+    let batch = Batch::new(
+        Tensor::new(&[[0.5f32, 1.0, -1.0], [2.0, 0.0, 0.0]], &Device::Cpu).unwrap(),
+        Tensor::new(&[0u32, 2], &Device::Cpu).unwrap(),
+    );
     for c in ["sam", "asam", "fsam", "tram-noise", "tram-pretrained", "tram-fisher", "sam+sgd"] {
         let m = flat();
         let mut opt = Optimizer::new(&tram_plugins::registry().unwrap(), OptimizerConfig::new(c, 0.1)).unwrap();
@@ -53,7 +56,8 @@ fn poison_row(m: &dyn Model, row: usize) {
 
 #[test]
 fn a_nan_loss_skips_the_step_and_leaves_parameters_bitwise_unchanged() {
-    let poisoned = Batch::new(Tensor::new(&[[31u32, 1, 2], [3, 4, 31]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 1], &Device::Cpu).unwrap());
+    let poisoned =
+        Batch::new(Tensor::new(&[[31u32, 1, 2], [3, 4, 31]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 1], &Device::Cpu).unwrap());
     for c in ["adam", "sgd", "sam", "tram-noise", "tram-prev", "tram-fisher", "trpo", "r3f", "asam+mesa"] {
         let m = model(11);
         poison_row(&m, 31);
@@ -66,12 +70,17 @@ fn a_nan_loss_skips_the_step_and_leaves_parameters_bitwise_unchanged() {
         assert_bitwise_equal(&m, &before, c);
         // A clean batch (token 31 unused) trains again, and NaN stays confined to the poisoned row.
         let mut clean = batches(1, 3);
-        let ids: Vec<Vec<u32>> = clean[0].inputs.to_vec2::<u32>().unwrap().into_iter().map(|r| r.into_iter().map(|t| t % 31).collect()).collect();
+        let ids: Vec<Vec<u32>> =
+            clean[0].inputs.to_vec2::<u32>().unwrap().into_iter().map(|r| r.into_iter().map(|t| t % 31).collect()).collect();
         clean[0].inputs = Tensor::new(ids, &Device::Cpu).unwrap();
         let ok = opt.step(&m, &clean).unwrap();
         assert!(!ok.skipped && ok.loss.is_finite(), "{c}: {ok:?}");
         for p in m.params().iter().skip(1) {
-            assert!(p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()), "{c}: {} has NaN", p.name);
+            assert!(
+                p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()),
+                "{c}: {} has NaN",
+                p.name
+            );
         }
     }
 }
@@ -98,7 +107,11 @@ fn nan_in_the_target_drops_the_ascent_or_skips_the_penalised_step() {
             assert!(max_abs_diff(&m, &before) > 0.0, "{c}: the plain base step should have moved θ");
         }
         for p in m.params().iter() {
-            assert!(p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()), "{c}: NaN reached {}", p.name);
+            assert!(
+                p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()),
+                "{c}: NaN reached {}",
+                p.name
+            );
         }
     }
 }
@@ -108,7 +121,8 @@ fn bad_input_is_an_error_not_a_panic() {
     let m = model(13);
     let mut opt = optimizer("sam");
     assert!(opt.step(&m, &[]).unwrap_err().to_string().contains("at least one batch"));
-    let wrong = Batch::new(Tensor::zeros((2, 3, 4), DType::U32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap());
+    let wrong =
+        Batch::new(Tensor::zeros((2, 3, 4), DType::U32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap());
     assert!(opt.step(&m, &[wrong]).is_err());
     // A parameter that gets no gradient is named, with the fix.
     struct Unused(Params);
@@ -123,7 +137,13 @@ fn bad_input_is_an_error_not_a_panic() {
             Ok(Logits { logits: e.broadcast_mul(&w.weight("used")?)?, targets: b.targets.clone() })
         }
     }
-    let m = Unused(Params::new([("used".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap()), ("unused".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap())]).unwrap());
+    let m = Unused(
+        Params::new([
+            ("used".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap()),
+            ("unused".to_string(), Var::ones(3, DType::F32, &Device::Cpu).unwrap()),
+        ])
+        .unwrap(),
+    );
     let b = Batch::new(Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap());
     let e = optimizer("adam").step(&m, std::slice::from_ref(&b)).unwrap_err().to_string();
     assert!(e.contains("`unused`") && e.contains("allow_missing_gradients"), "{e}");

@@ -36,7 +36,24 @@ fn noise_ball_adam_is_tram_x_on_adam() {
 #[test]
 fn every_paper_row_has_an_alias_that_builds() {
     let r = registry();
-    for a in ["sgd", "adam", "adamw", "sam", "asam", "fsam", "trpo", "r3f", "mesa", "asam+trpo", "asam+r3f", "asam+mesa", "tram-prev", "tram-pretrained", "tram-noise", "tram-fisher"] {
+    for a in [
+        "sgd",
+        "adam",
+        "adamw",
+        "sam",
+        "asam",
+        "fsam",
+        "trpo",
+        "r3f",
+        "mesa",
+        "asam+trpo",
+        "asam+r3f",
+        "asam+mesa",
+        "tram-prev",
+        "tram-pretrained",
+        "tram-noise",
+        "tram-fisher",
+    ] {
         assert!(r.alias(a).is_some(), "alias {a} missing");
         Optimizer::new(&r, OptimizerConfig::new(a, 1e-3)).unwrap_or_else(|e| panic!("{a}: {e}"));
         if !["sgd", "adam", "adamw"].contains(&a) {
@@ -106,7 +123,8 @@ fn malformed_compositions_say_how_to_fix_them() {
 #[test]
 fn tables_configure_components_and_inline_values_win() {
     let r = registry();
-    let cfg = OptimizerConfig::new("ball(rho=0.3)+sgd", 0.1).with("ball", "rho", 0.2).with("ball", "eta", 0.01).with("sgd", "momentum", 0.5);
+    let cfg =
+        OptimizerConfig::new("ball(rho=0.3)+sgd", 0.1).with("ball", "rho", 0.2).with("ball", "eta", 0.01).with("sgd", "momentum", 0.5);
     let o = Optimizer::new(&r, cfg).unwrap();
     let d = o.describe();
     assert_eq!(d["neighborhood"]["params"]["rho"], 0.3);

@@ -101,7 +101,8 @@ fn bad_checkpoints_are_clear_errors() {
     let e = optimizer("sam").load_state(m.params(), &path).unwrap_err().to_string();
     assert!(e.contains("prev+ball+adam") && e.contains("ball+adam") && e.contains("same composition"), "{e}");
 
-    let other_shape = tram_tests::EmbeddingClassifier::random(tram_tests::ClassifierShape { hidden: 7, ..SHAPE }, 1, &candle_core::Device::Cpu).unwrap();
+    let other_shape =
+        tram_tests::EmbeddingClassifier::random(tram_tests::ClassifierShape { hidden: 7, ..SHAPE }, 1, &candle_core::Device::Cpu).unwrap();
     let e = optimizer("tram-prev").load_state(other_shape.params(), &path).unwrap_err().to_string();
     assert!(e.contains("shape") && e.contains("fc1"), "{e}");
 }

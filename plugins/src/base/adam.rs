@@ -30,7 +30,12 @@ impl AdamConfig {
     }
     /// Parameter docs.
     pub fn docs(decay_doc: &'static str) -> Vec<tram::ParamDoc> {
-        let docs: [(&str, &str); 4] = [("beta1", "β1, first-moment decay"), ("beta2", "β2, second-moment decay"), ("eps", "ε in the denominator"), ("weight_decay", decay_doc)];
+        let docs: [(&str, &str); 4] = [
+            ("beta1", "β1, first-moment decay"),
+            ("beta2", "β2, second-moment decay"),
+            ("eps", "ε in the denominator"),
+            ("weight_decay", decay_doc),
+        ];
         param_docs::<AdamConfig>(&docs)
     }
     /// Parse and validate.
@@ -41,7 +46,10 @@ impl AdamConfig {
         }
         let c: AdamConfig = parse_params(component, &v)?;
         if !((0.0..1.0).contains(&c.beta1) && (0.0..1.0).contains(&c.beta2) && c.eps > 0.0 && c.weight_decay >= 0.0) {
-            return Err(Error::Config { component: component.into(), reason: "need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0".into() });
+            return Err(Error::Config {
+                component: component.into(),
+                reason: "need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0".into(),
+            });
         }
         Ok(c)
     }

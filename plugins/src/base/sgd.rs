@@ -76,7 +76,10 @@ impl BaseOptimizer for Sgd {
 fn build(v: &Value) -> Result<Component> {
     let config: SgdConfig = parse_params("base optimizer `sgd`", v)?;
     if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
-        return Err(Error::Config { component: "base optimizer `sgd`".into(), reason: "nesterov needs momentum > 0 and dampening = 0".into() });
+        return Err(Error::Config {
+            component: "base optimizer `sgd`".into(),
+            reason: "nesterov needs momentum > 0 and dampening = 0".into(),
+        });
     }
     Ok(Component::Base(Box::new(Sgd { config, buffers: HashMap::new() })))
 }

@@ -94,7 +94,10 @@ impl Distance for Mmd {
 fn build(v: &Value) -> Result<Component> {
     let config: MmdConfig = parse_params("distance `mmd`", v)?;
     if config.bandwidths.is_empty() || config.bandwidths.iter().any(|b| !(b.is_finite() && *b > 0.0)) {
-        return Err(Error::Config { component: "distance `mmd`".into(), reason: "bandwidths must be a non-empty list of positive numbers".into() });
+        return Err(Error::Config {
+            component: "distance `mmd`".into(),
+            reason: "bandwidths must be a non-empty list of positive numbers".into(),
+        });
     }
     Ok(Component::Distance(Box::new(Mmd { config })))
 }

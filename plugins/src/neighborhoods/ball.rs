@@ -81,7 +81,16 @@ impl Neighborhood for Ball {
     }
     fn perturbation(&self, params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent> {
         let t = self.scaling(params)?;
-        let tg = grads.iter().zip(&t).map(|(g, t)| Ok(match t { Some(t) => g.mul(t)?, None => g.clone() })).collect::<Result<Vec<_>>>()?;
+        let tg = grads
+            .iter()
+            .zip(&t)
+            .map(|(g, t)| {
+                Ok(match t {
+                    Some(t) => g.mul(t)?,
+                    None => g.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let norm = global_norm(&tg)?;
         if !(norm.is_finite() && norm > 0.0) {
             return Ok(Ascent::None);
@@ -138,7 +147,11 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn params() -> Params {
-        Params::new([("w".to_string(), Var::new(&[[1f32, -2.0]], &Device::Cpu).unwrap()), ("b".to_string(), Var::new(&[0.5f32], &Device::Cpu).unwrap())]).unwrap()
+        Params::new([
+            ("w".to_string(), Var::new(&[[1f32, -2.0]], &Device::Cpu).unwrap()),
+            ("b".to_string(), Var::new(&[0.5f32], &Device::Cpu).unwrap()),
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -166,7 +179,10 @@ mod tests {
     #[test]
     fn zero_or_nan_gradient_gives_no_ascent() {
         let b = Ball { config: BallConfig::default(), sized: false };
-        let z = vec![Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap()];
+        let z = vec![
+            Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        ];
         assert!(matches!(b.perturbation(&params(), &z, 1.0).unwrap(), Ascent::None));
         let n = vec![Tensor::new(&[[f32::NAN, 0.0]], &Device::Cpu).unwrap(), Tensor::new(&[1f32], &Device::Cpu).unwrap()];
         assert!(matches!(b.perturbation(&params(), &n, 1.0).unwrap(), Ascent::None));

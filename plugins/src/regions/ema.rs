@@ -65,7 +65,10 @@ impl TrustRegion for MovingAverage {
 fn build(v: &Value) -> Result<Component> {
     let config: EmaConfig = parse_params("trust region `ema`", v)?;
     if !(0.0..=1.0).contains(&config.decay) {
-        return Err(Error::Config { component: "trust region `ema`".into(), reason: format!("decay must be in [0, 1], got {}", config.decay) });
+        return Err(Error::Config {
+            component: "trust region `ema`".into(),
+            reason: format!("decay must be in [0, 1], got {}", config.decay),
+        });
     }
     Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: None })))
 }

@@ -74,7 +74,10 @@ impl TrustRegion for InputNoise {
 fn build(v: &Value) -> Result<Component> {
     let config: NoiseConfig = parse_params("trust region `noise`", v)?;
     if !(config.sigma.is_finite() && config.sigma >= 0.0) {
-        return Err(Error::Config { component: "trust region `noise`".into(), reason: format!("sigma must be finite and >= 0, got {}", config.sigma) });
+        return Err(Error::Config {
+            component: "trust region `noise`".into(),
+            reason: format!("sigma must be finite and >= 0, got {}", config.sigma),
+        });
     }
     Ok(Component::TrustRegion(Box::new(InputNoise { config })))
 }

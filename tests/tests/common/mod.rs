@@ -47,7 +47,19 @@ pub fn assert_bitwise_equal(a: &dyn Model, b: &dyn Model, what: &str) {
 pub fn max_abs_diff(a: &dyn Model, b: &dyn Model) -> f32 {
     let mut m = 0f32;
     for (pa, pb) in a.params().iter().zip(b.params().iter()) {
-        let d = pa.var.as_tensor().sub(pb.var.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = pa
+            .var
+            .as_tensor()
+            .sub(pb.var.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         m = m.max(d);
     }
     m
