@@ -145,6 +145,7 @@ fn tables_configure_components_and_inline_values_win() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 fn optimizer_config_loads_from_toml_and_environment_with_figment() {
     use figment::providers::{Env, Format, Toml};
     let toml = r#"
