@@ -599,7 +599,10 @@ impl Optimizer {
             let mut grads = Vec::with_capacity(params.len());
             for p in params.iter() {
                 match store.get(p.var.as_tensor()) {
-                    Some(g) => grads.push(g.clone()),
+                    // Detached: candle's gradient of a variable carries the op graph of the
+                    // backward pass (and through it the forward activations); kept in optimizer
+                    // state (Adam's moments) it would retain every step's graph.
+                    Some(g) => grads.push(g.detach()),
                     None if self.config.allow_missing_gradients => grads.push(p.var.as_tensor().zeros_like()?),
                     None => return Err(Error::MissingGradient(p.name.clone())),
                 }
