@@ -1,0 +1,216 @@
+//! The quickstart end to end on the bundled corpus and model, reduced to a few steps and two
+//! methods, and the bundled checkpoint against an untrained model of the same configuration.
+
+use std::path::Path;
+use tram_quickstart::table::QuickTable;
+use tram_quickstart::{repo_path, Options, DATA_DIR, MODEL_DIR};
+use tram_trainer::task::{BatchList, EvalSource};
+use tram_trainer::Control;
+
+fn positive(x: f64, what: &str) {
+    assert!(x.is_finite() && x > 0.0, "{what}: perplexity {x} is not finite and positive");
+}
+
+#[test]
+fn reduced_quickstart_writes_parseable_tables_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let opts = Options {
+        methods: vec!["adam".into(), "tram-noise".into()],
+        steps: Some(2),
+        out: out.clone(),
+        sets: vec!["lm.max_eval_blocks=3".into(), "train.max_train_examples=30".into(), "train.eval_every=1".into()],
+        progress: false,
+        ..Default::default()
+    };
+    let registry = tram_plugins::registry().unwrap();
+    let report = tram_quickstart::run(&opts, &Control::default(), &registry).unwrap();
+
+    let domains = tram_quickstart::domains(&repo_path(DATA_DIR)).unwrap();
+    assert_eq!(domains, ["bible", "dictionary", "jargon", "manuals", "novels"]);
+    let columns = ["novels", "bible", "dictionary", "jargon", "manuals"];
+    let rows = ["zero-shot", "adam", "tram-noise"];
+
+    // JSON: the table, rows and columns in order, finite positive perplexities.
+    let json: QuickTable = serde_json::from_str(&std::fs::read_to_string(out.join("quickstart.json")).unwrap()).unwrap();
+    assert_eq!(json, report.table);
+    assert_eq!(json.train_domain, "novels");
+    assert_eq!(json.columns, columns);
+    assert_eq!(json.rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), rows);
+    assert_eq!(json.rows.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), ["Pretrained (zero-shot)", "Adam", "TRAM-x"]);
+    for r in &json.rows {
+        assert_eq!(r.perplexity.len(), columns.len());
+        for (p, c) in r.perplexity.iter().zip(&columns) {
+            positive(*p, &format!("{} on {c}", r.method));
+        }
+        positive(r.zero_shot_average, &r.method);
+        let mean = r.perplexity[1..].iter().sum::<f64>() / 4.0;
+        assert!((r.zero_shot_average - mean).abs() < 1e-9 * mean, "the zero-shot average is the mean over the unseen domains");
+    }
+    assert_eq!(json.rows[0].steps, 0, "the zero-shot row does not train");
+    assert_eq!(json.rows[0].composition, "");
+    assert_eq!((json.rows[1].steps, json.rows[1].composition.as_str()), (2, "adam"));
+    assert_eq!((json.rows[2].steps, json.rows[2].composition.as_str()), (2, "noise+ball+adam"));
+    assert_ne!(json.rows[0].perplexity, json.rows[1].perplexity, "fine-tuning changes the model");
+    assert_eq!(json.best.len(), columns.len() + 1);
+    for b in &json.best {
+        assert!(matches!(b, Some(1) | Some(2)), "the best of a column is a fine-tuned row, got {b:?}");
+    }
+
+    // CSV: a header and one line per row, numbers that parse.
+    let csv = std::fs::read_to_string(out.join("quickstart.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + rows.len());
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&header[..3], ["method", "label", "composition"]);
+    assert_eq!(&header[3..8], columns);
+    assert_eq!(header[8], "zero_shot_average");
+    for (line, row) in lines[1..].iter().zip(rows) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[0], row);
+        for x in &f[3..9] {
+            positive(x.parse().unwrap(), row);
+        }
+    }
+
+    // Markdown and the terminal text: every row and column, best values marked.
+    let md = std::fs::read_to_string(out.join("quickstart.md")).unwrap();
+    for needle in ["| method | novels (in-domain) | bible | dictionary | jargon | manuals | ZS Avg. |", "| Pretrained (zero-shot) |", "| Adam |", "| TRAM-x |", "**"] {
+        assert!(md.contains(needle), "quickstart.md lacks `{needle}`:\n{md}");
+    }
+    assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 1 + rows.len());
+    assert!(report.text.contains("TRAM-x") && report.text.contains('*'), "{}", report.text);
+
+    // Plots: an SVG with the labels, a PNG of the documented size.
+    let svg = std::fs::read_to_string(out.join("quickstart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for label in ["Adam", "TRAM-x", "Pretrained (zero-shot)"] {
+        assert!(svg.contains(label), "the SVG lacks the label {label}");
+    }
+    let png = image::open(out.join("quickstart.png")).unwrap();
+    assert_eq!((png.width(), png.height()), tram_quickstart::plot::SIZE);
+    let rgb = png.to_rgb8();
+    assert!(rgb.pixels().any(|p| p.0 != [255, 255, 255]), "the PNG is blank");
+
+    // The trainer's own outputs are there too.
+    for r in rows {
+        assert!(out.join(r).join("seed-0").join("results.json").is_file());
+    }
+    for f in ["results.md", "results.csv", "results.json"] {
+        assert!(out.join(f).is_file());
+    }
+    for f in ["quickstart.md", "quickstart.csv", "quickstart.json", "quickstart.svg", "quickstart.png"] {
+        assert!(report.files.contains(&out.join(f)), "{f} is reported");
+    }
+}
+
+#[test]
+fn unknown_methods_and_domains_are_errors() {
+    let registry = tram_plugins::registry().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { methods: vec!["nope".into()], out: dir.path().into(), progress: false, ..Default::default() };
+    let e = tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err().to_string();
+    assert!(e.contains("unknown method `nope`") && e.contains("tram-fisher"), "{e}");
+    let opts = Options { train_domain: Some("poetry".into()), out: dir.path().into(), progress: false, ..Default::default() };
+    let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
+    assert!(e.contains("`poetry` is not a domain") && e.contains("novels"), "{e}");
+}
+
+/// Test perplexity of `model` on (up to) 24 evenly spaced blocks of 128 tokens of a domain.
+fn perplexity(model: &dyn tram_models::Pretrained, tokenizer: &tram_hub::Tokenizer, domain: &str) -> f64 {
+    let text = std::fs::read_to_string(repo_path(DATA_DIR).join(domain).join("test.txt")).unwrap();
+    let (blocks, _) = tram_data::lm::token_blocks(text.lines(), tokenizer, 128).unwrap();
+    assert!(blocks.len() >= 24, "{domain}: only {} test blocks", blocks.len());
+    let picked: Vec<Vec<u32>> = (0..24).map(|i| blocks[i * blocks.len() / 24].clone()).collect();
+    let batches: Vec<tram::Batch> = picked.chunks(8).map(|c| tram_data::lm::batch(c, &candle_core::Device::Cpu).unwrap()).collect();
+    let source = BatchList(batches, picked.len());
+    assert_eq!(source.len(), 24);
+    tram_trainer::eval::evaluate(model, &source).unwrap().perplexity
+}
+
+#[test]
+fn bundled_checkpoint_beats_an_untrained_model_of_its_configuration_on_every_domain() {
+    let dir = repo_path(MODEL_DIR);
+    assert!(Path::new(&dir).join("model.safetensors").is_file(), "the bundled model is missing from {}", dir.display());
+    let files = tram_hub::ModelSource::local(&dir).files(&tram_hub::HubOptions::from_env());
+    let tokenizer = files.tokenizer().unwrap();
+    let config = files.config().unwrap();
+    assert_eq!(config["model_type"], "gpt2");
+    assert_eq!(config["vocab_size"].as_u64().unwrap() as usize, tokenizer.get_vocab_size(true), "tokenizer and model agree");
+    assert_eq!(tokenizer.token_to_id(tram_quickstart::tokenizer::EOS), Some(0));
+    let opts = tram_models::LoadOptions::default();
+    let pretrained = tram_hub::load_model_from(&files, &opts).unwrap();
+    let untrained = tram_hub::init_model_from(&files, &opts).unwrap();
+    assert_eq!(pretrained.params().elem_count(), untrained.params().elem_count());
+    for domain in tram_quickstart::domains(&repo_path(DATA_DIR)).unwrap() {
+        let p = perplexity(pretrained.as_ref(), &tokenizer, &domain);
+        let u = perplexity(untrained.as_ref(), &tokenizer, &domain);
+        positive(p, &domain);
+        positive(u, &domain);
+        // An untrained model is close to uniform over the vocabulary; pretraining must do far better.
+        assert!(u > 1000.0, "{domain}: untrained perplexity {u}");
+        assert!(p < u / 10.0, "{domain}: pretrained perplexity {p} is not well below the untrained {u}");
+    }
+}
+
+#[test]
+fn the_tokenizer_is_deterministic_and_byte_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("corpus");
+    for (d, text) in [("a", "the cat sat on the mat\nthe dog sat on the log\n"), ("b", "fn main() { println!(\"hi\"); }\nlet x = 1;\n")] {
+        std::fs::create_dir_all(data.join(d)).unwrap();
+        std::fs::write(data.join(d).join("train.txt"), text.repeat(20)).unwrap();
+    }
+    let (one, two) = (dir.path().join("1.json"), dir.path().join("2.json"));
+    let n = tram_quickstart::tokenizer::build(&data, 300, &one, None).unwrap();
+    tram_quickstart::tokenizer::build(&data, 300, &two, None).unwrap();
+    assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap(), "same corpus, same tokenizer");
+    assert!(n <= 300 && n > 257, "{n}");
+    let tok = tram_hub::load_tokenizer(&one).unwrap();
+    assert_eq!(tok.token_to_id(tram_quickstart::tokenizer::EOS), Some(0));
+    // Byte-level: any text round-trips, even characters never seen in training.
+    let text = "Ünïcödé — θ₀ & the cat";
+    let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+    assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    assert!(tram_quickstart::tokenizer::build(&data, 100, &one, None).is_err(), "too small a vocabulary");
+}
+
+#[test]
+fn pretraining_starts_from_a_random_initialisation_on_the_mixture_of_every_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pretrain");
+    let install = dir.path().join("installed");
+    let opts = tram_quickstart::PretrainOptions {
+        config: None,
+        sets: vec![
+            format!("out={}", serde_json::to_string(&out.display().to_string()).unwrap()),
+            format!("model={}", serde_json::to_string(&repo_path(MODEL_DIR).display().to_string()).unwrap()),
+            format!("data={}", serde_json::to_string(&repo_path(DATA_DIR).display().to_string()).unwrap()),
+            "train.steps=2".into(),
+            "train.batch_size=2".into(),
+            "train.eval_every=1".into(),
+            "train.checkpoint_every=0".into(),
+            "train.max_train_examples=40".into(),
+            "lm.max_eval_blocks=2".into(),
+            "train.progress=false".into(),
+        ],
+        install: Some(install.clone()),
+    };
+    let registry = tram_plugins::registry().unwrap();
+    let model = tram_quickstart::pretrain(&opts, &Control::default(), &registry).unwrap();
+    let result = tram_quickstart::table::read_result(&out.join("pretrain").join("seed-0")).unwrap();
+    assert_eq!(result.steps, 2);
+    let cols: Vec<(&str, bool)> = result.columns.iter().map(|c| (c.name.as_str(), c.in_domain)).collect();
+    assert_eq!(cols, [("bible", true), ("dictionary", true), ("jargon", true), ("manuals", true), ("novels", true)]);
+    assert_eq!(result.config["init"], "random");
+    for c in &result.columns {
+        // Two steps from a random start: still close to uniform over the 4096 tokens.
+        assert!(c.metrics.perplexity > 1000.0, "{}: {}", c.name, c.metrics.perplexity);
+        assert_eq!(c.metrics.rows, 2 * 128, "{}: two blocks of 128 tokens", c.name);
+    }
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(std::fs::read(model.join(f)).unwrap(), std::fs::read(install.join(f)).unwrap(), "{f} installed");
+    }
+    let files = tram_hub::ModelSource::local(&install).files(&tram_hub::HubOptions::from_env());
+    tram_hub::load_model_from(&files, &tram_models::LoadOptions::default()).unwrap();
+}
