@@ -178,7 +178,10 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     } else {
         for m in &opts.methods {
             if !names.contains(m) {
-                bail!("unknown method `{m}`; the quickstart has: {}", names.iter().filter(|n| *n != ZERO_SHOT).cloned().collect::<Vec<_>>().join(", "));
+                bail!(
+                    "unknown method `{m}`; the quickstart has: {}",
+                    names.iter().filter(|n| *n != ZERO_SHOT).cloned().collect::<Vec<_>>().join(", ")
+                );
             }
             if !selected.contains(m) {
                 selected.push(m.clone());
@@ -223,11 +226,8 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
             eprintln!("      {:.1} s; perplexity: {}", t.elapsed().as_secs_f64(), cols.join(", "));
         }
     }
-    let results: Vec<tram_trainer::results::RunResult> = tram_trainer::results::collect(&out)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| selected.contains(&r.run))
-        .collect();
+    let results: Vec<tram_trainer::results::RunResult> =
+        tram_trainer::results::collect(&out)?.into_iter().map(|(_, r)| r).filter(|r| selected.contains(&r.run)).collect();
     let quick = table::QuickTable::from_results(&train_domain, &results)?;
     let mut files = quick.write(&out)?;
     files.extend(plot::draw(&quick, &out)?);

@@ -50,11 +50,12 @@ pub fn read_result(dir: &Path) -> Result<RunResult> {
 }
 
 fn argmin(xs: impl Iterator<Item = (usize, f64)>) -> Option<usize> {
-    xs.filter(|(_, x)| x.is_finite()).fold(None, |best: Option<(usize, f64)>, (i, x)| match best {
-        Some((_, b)) if b <= x => best,
-        _ => Some((i, x)),
-    })
-    .map(|(i, _)| i)
+    xs.filter(|(_, x)| x.is_finite())
+        .fold(None, |best: Option<(usize, f64)>, (i, x)| match best {
+            Some((_, b)) if b <= x => best,
+            _ => Some((i, x)),
+        })
+        .map(|(i, _)| i)
 }
 
 impl QuickTable {
@@ -120,8 +121,7 @@ impl QuickTable {
         for i in 0..self.rows.len() {
             lines.push(self.cells(i, |s| format!("{s}*")));
         }
-        let widths: Vec<usize> =
-            (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
         let mut out = format!(
             "Test perplexity (lower is better) after fine-tuning on `{}`; ZS Avg. = mean over the {} unseen domains; * = best fine-tuned method in the column\n\n",
             self.train_domain,
@@ -178,7 +178,9 @@ impl QuickTable {
             f.push(r.zero_shot_average.to_string());
             f.extend([r.steps.to_string(), r.selected_step.to_string(), format!("{:.3}", r.train_seconds)]);
             let names: Vec<String> = self.columns.iter().cloned().chain(std::iter::once("ZS Avg.".to_string())).collect();
-            f.push(self.best.iter().enumerate().filter(|(_, b)| **b == Some(i)).map(|(c, _)| names[c].clone()).collect::<Vec<_>>().join(" "));
+            f.push(
+                self.best.iter().enumerate().filter(|(_, b)| **b == Some(i)).map(|(c, _)| names[c].clone()).collect::<Vec<_>>().join(" "),
+            );
             out.push_str(&(f.iter().map(|x| field(x)).collect::<Vec<_>>().join(",") + "\n"));
         }
         out

@@ -75,7 +75,13 @@ fn reduced_quickstart_writes_parseable_tables_and_plots() {
 
     // Markdown and the terminal text: every row and column, best values marked.
     let md = std::fs::read_to_string(out.join("quickstart.md")).unwrap();
-    for needle in ["| method | novels (in-domain) | bible | dictionary | jargon | manuals | ZS Avg. |", "| Pretrained (zero-shot) |", "| Adam |", "| TRAM-x |", "**"] {
+    for needle in [
+        "| method | novels (in-domain) | bible | dictionary | jargon | manuals | ZS Avg. |",
+        "| Pretrained (zero-shot) |",
+        "| Adam |",
+        "| TRAM-x |",
+        "**",
+    ] {
         assert!(md.contains(needle), "quickstart.md lacks `{needle}`:\n{md}");
     }
     assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 1 + rows.len());

@@ -111,7 +111,11 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
         for d in &trained {
             b.extend(blocks(&data, d, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?);
         }
-        let name = if lm.mix_domains.is_empty() { format!("{}/{}", lm.train_domain, lm.valid_split) } else { format!("mixture/{}", lm.valid_split) };
+        let name = if lm.mix_domains.is_empty() {
+            format!("{}/{}", lm.train_domain, lm.valid_split)
+        } else {
+            format!("mixture/{}", lm.valid_split)
+        };
         Some(eval_set(&name, "validation", true, spread(b, lm.max_eval_blocks), eval_batch, &device)?)
     };
     let mut tests = Vec::new();
