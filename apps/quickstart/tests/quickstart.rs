@@ -19,7 +19,14 @@ fn reduced_quickstart_writes_parseable_tables_and_plots() {
         methods: vec!["adam".into(), "tram-noise".into()],
         steps: Some(2),
         out: out.clone(),
-        sets: vec!["lm.max_eval_blocks=3".into(), "train.max_train_examples=30".into(), "train.eval_every=1".into()],
+        sets: vec![
+            "lm.max_eval_blocks=3".into(),
+            "train.max_train_examples=30".into(),
+            "train.eval_every=1".into(),
+            // Two steps at the full rate, the last model evaluated: fine-tuning shows.
+            "optimizer.schedule={ kind = \"constant\" }".into(),
+            "train.select=\"last\"".into(),
+        ],
         progress: false,
         ..Default::default()
     };
