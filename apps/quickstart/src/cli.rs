@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// No progress output (the table is still printed).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Only rebuild the table and the plot from the results already in --out.
+    #[arg(long)]
+    pub table: bool,
 }
 
 /// Rebuild the bundled artefacts.
@@ -119,6 +122,11 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
                 Some(dir) => println!("pretrained model: {} (installed in {})", model.display(), dir.display()),
                 None => println!("pretrained model: {}", model.display()),
             }
+        }
+        None if args.run.table => {
+            let (quick, files) = crate::rebuild(&args.run.out)?;
+            println!("{}", quick.text());
+            println!("wrote {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
         }
         None => {
             let a = args.run;

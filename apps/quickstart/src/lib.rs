@@ -242,6 +242,20 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64(), analysis })
 }
 
+/// Rebuild `quickstart.{md,csv,json,svg,png}` from the results already under `out` (every
+/// row found there); returns the table and the files written.
+pub fn rebuild(out: &Path) -> Result<(table::QuickTable, Vec<PathBuf>)> {
+    let results: Vec<tram_trainer::results::RunResult> = tram_trainer::results::collect(out)?.into_iter().map(|(_, r)| r).collect();
+    let train_domain = results
+        .first()
+        .and_then(|r| r.config.get("lm").and_then(|l| l.get("train_domain")).and_then(|d| d.as_str()).map(String::from))
+        .with_context(|| format!("no quickstart results under {}", out.display()))?;
+    let quick = table::QuickTable::from_results(&train_domain, &results)?;
+    let mut files = quick.write(out)?;
+    files.extend(plot::draw(&quick, out)?);
+    Ok((quick, files))
+}
+
 /// Options of [`pretrain`].
 #[derive(Clone, Debug, Default)]
 pub struct PretrainOptions {

@@ -28,13 +28,42 @@ fn register() -> Result<()> {
     }
 }
 
-fn colour(method: &str) -> RGBColor {
-    if method == crate::ZERO_SHOT {
-        RGBColor(110, 110, 110)
-    } else if method.starts_with("tram") {
-        RGBColor(200, 40, 40)
-    } else {
-        RGBColor(30, 90, 190)
+/// Colours of the fine-tuned rows (TRAM variants in warm colours), in row order after the
+/// zero-shot row; the untouched checkpoint is grey.
+const PALETTE: &[RGBColor] = &[
+    RGBColor(31, 90, 190),
+    RGBColor(0, 160, 210),
+    RGBColor(100, 70, 180),
+    RGBColor(0, 140, 100),
+    RGBColor(130, 130, 20),
+    RGBColor(210, 30, 40),
+    RGBColor(240, 130, 0),
+    RGBColor(190, 0, 150),
+    RGBColor(140, 70, 30),
+];
+const GREY: RGBColor = RGBColor(110, 110, 110);
+
+/// Colour and marker of a row: a grey square for the untouched checkpoint, triangles for
+/// TRAM, circles for the baselines.
+fn style(t: &QuickTable, i: usize) -> (RGBColor, char) {
+    let m = &t.rows[i].method;
+    if m == crate::ZERO_SHOT {
+        return (GREY, 's');
+    }
+    let k = t.rows[..i].iter().filter(|r| r.method != crate::ZERO_SHOT).count();
+    (PALETTE[k % PALETTE.len()], if m.starts_with("tram") { 't' } else { 'c' })
+}
+
+fn marker<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, at: (i32, i32), colour: RGBColor, shape: char) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
+    let (x, y) = at;
+    match shape {
+        's' => area.draw(&Rectangle::new([(x - 6, y - 6), (x + 6, y + 6)], colour.filled())).map_err(err),
+        't' => area.draw(&Polygon::new(vec![(x, y - 8), (x - 7, y + 5), (x + 7, y + 5)], colour.filled())).map_err(err),
+        _ => area.draw(&Circle::new((x, y), 6, colour.filled())).map_err(err),
     }
 }
 
@@ -58,17 +87,17 @@ fn finite(p: &(f64, f64)) -> bool {
     p.0.is_finite() && p.1.is_finite()
 }
 
-/// One panel: the rows `show` (indices into the table) as points; labelled ones get their
-/// label beside the point (pushed down where labels would overlap). `root` is the whole
-/// drawing (labels are placed in its pixel coordinates).
+/// One panel: the rows `show` (indices into the table) as markers, the untouched checkpoint's
+/// values as grey reference lines where they fall inside; `label_zero_shot` writes its name
+/// beside its marker. Markers are drawn on `root` in its pixel coordinates.
 fn panel<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     area: &DrawingArea<DB, Shift>,
     t: &QuickTable,
     title: &str,
     show: &[usize],
-    labelled: &[usize],
-) -> Result<Option<(f64, f64, f64, f64)>>
+    label_zero_shot: bool,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -76,16 +105,16 @@ where
     let pts: Vec<(f64, f64)> = t.rows.iter().map(|r| (r.perplexity[0], r.zero_shot_average)).collect();
     let shown: Vec<usize> = show.iter().copied().filter(|i| finite(&pts[*i])).collect();
     if shown.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let (xmin, xmax) = shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].0), b.max(pts[*i].0)));
     let (ymin, ymax) = shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].1), b.max(pts[*i].1)));
     let ((x0, x1), (y0, y1)) = (padded(xmin, xmax), padded(ymin, ymax));
     let mut chart = ChartBuilder::on(area)
-        .caption(title, (FAMILY, 17))
-        .margin(14)
+        .caption(title, (FAMILY, 16))
+        .margin(12)
         .x_label_area_size(44)
-        .y_label_area_size(62)
+        .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
     chart
@@ -94,7 +123,7 @@ where
         .y_desc(format!("zero-shot avg. perplexity ({} unseen domains)", t.columns.len().saturating_sub(1)))
         .axis_desc_style((FAMILY, 14))
         .label_style((FAMILY, 12))
-        .x_labels(6)
+        .x_labels(5)
         .y_labels(8)
         .x_label_formatter(&|x| tick(*x, x1 - x0))
         .y_label_formatter(&|y| tick(*y, y1 - y0))
@@ -102,46 +131,56 @@ where
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()
         .map_err(err)?;
-    // The untouched checkpoint's values as reference lines (where they fall inside the panel).
-    if let Some(z) = t.rows.iter().position(|r| r.method == crate::ZERO_SHOT) {
+    let zero = t.rows.iter().position(|r| r.method == crate::ZERO_SHOT);
+    if let Some(z) = zero {
         let (zx, zy) = pts[z];
-        let grey = RGBColor(150, 150, 150);
+        let line = RGBColor(160, 160, 160);
         if zx.is_finite() && zx >= x0 && zx <= x1 {
-            chart.draw_series(LineSeries::new([(zx, y0), (zx, y1)], grey.stroke_width(1))).map_err(err)?;
+            chart.draw_series(LineSeries::new([(zx, y0), (zx, y1)], line.stroke_width(1))).map_err(err)?;
         }
         if zy.is_finite() && zy >= y0 && zy <= y1 {
-            chart.draw_series(LineSeries::new([(x0, zy), (x1, zy)], grey.stroke_width(1))).map_err(err)?;
+            chart.draw_series(LineSeries::new([(x0, zy), (x1, zy)], line.stroke_width(1))).map_err(err)?;
         }
     }
     for &i in &shown {
-        chart.draw_series(std::iter::once(Circle::new(pts[i], 6, colour(&t.rows[i].method).filled()))).map_err(err)?;
+        let (c, m) = style(t, i);
+        marker(root, chart.backend_coord(&pts[i]), c, m)?;
     }
-    let mut order: Vec<usize> = shown.iter().copied().filter(|i| labelled.contains(i)).collect();
-    let pix: Vec<(i32, i32)> = pts.iter().map(|p| chart.backend_coord(p)).collect();
-    order.sort_by_key(|i| (pix[*i].1, pix[*i].0));
-    let ((ax0, _), (ax1, _)) = (area.get_base_pixel(), {
-        let (w, h) = area.dim_in_pixel();
-        let (bx, by) = area.get_base_pixel();
-        (bx + w as i32, by + h as i32)
-    });
-    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
-    let style = TextStyle::from((FAMILY, 14).into_font()).color(&BLACK);
-    for i in order {
-        let label = &t.rows[i].label;
-        let lw = (label.chars().count() as i32) * 8 + 4;
-        let (px, py) = pix[i];
-        let mut x = px + 10;
-        if x + lw > ax1 - 4 {
-            x = (px - 10 - lw).max(ax0 + 4);
+    if let (true, Some(z)) = (label_zero_shot, zero) {
+        if shown.contains(&z) {
+            let (px, py) = chart.backend_coord(&pts[z]);
+            let label = &t.rows[z].label;
+            let lw = label.chars().count() as i32 * 8;
+            let right = area.get_base_pixel().0 + area.dim_in_pixel().0 as i32;
+            let x = if px + 12 + lw < right { px + 12 } else { px - 12 - lw };
+            root.draw(&Text::new(label.clone(), (x, py - 22), TextStyle::from((FAMILY, 14).into_font()).color(&BLACK))).map_err(err)?;
         }
-        let mut y = py - 9;
-        while placed.iter().any(|&(bx0, by0, bx1, by1)| x < bx1 && bx0 < x + lw && y < by1 && by0 < y + 15) {
-            y += 15;
-        }
-        placed.push((x, y, x + lw, y + 15));
-        root.draw(&Text::new(label.clone(), (x, y), style.clone())).map_err(err)?;
     }
-    Ok(Some((x0, x1, y0, y1)))
+    Ok(())
+}
+
+/// The legend: marker, label, in-domain and zero-shot-average perplexity of every row.
+fn legend<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, area: &DrawingArea<DB, Shift>, t: &QuickTable) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
+    let (bx, by) = area.get_base_pixel();
+    let head = TextStyle::from((FAMILY, 13).into_font()).color(&RGBColor(60, 60, 60));
+    let text = TextStyle::from((FAMILY, 14).into_font()).color(&BLACK);
+    let y0 = by + 40;
+    root.draw(&Text::new("method", (bx + 30, y0), head.clone())).map_err(err)?;
+    root.draw(&Text::new("in-dom.", (bx + 172, y0), head.clone())).map_err(err)?;
+    root.draw(&Text::new("ZS avg.", (bx + 232, y0), head)).map_err(err)?;
+    for (k, r) in t.rows.iter().enumerate() {
+        let y = y0 + 26 + 24 * k as i32;
+        let (c, m) = style(t, k);
+        marker(root, (bx + 14, y + 7), c, m)?;
+        root.draw(&Text::new(r.label.clone(), (bx + 30, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(format!("{:.2}", r.perplexity[0]), (bx + 172, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(format!("{:.2}", r.zero_shot_average), (bx + 232, y), text.clone())).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, t: &QuickTable) -> Result<()>
@@ -150,20 +189,23 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
-    let title = root
+    let titled = root
         .titled(&format!("Fine-tuned on `{}`: in-domain vs zero-shot perplexity of each method", t.train_domain), (FAMILY, 21))
         .map_err(err)?;
-    let (body, foot) = title.split_vertically(SIZE.1 as i32 - 62);
-    let (left, right) = body.split_horizontally(SIZE.0 as i32 * 2 / 5);
+    let h = titled.dim_in_pixel().1 as i32;
+    let (body, foot) = titled.split_vertically(h - 30);
+    let w = SIZE.0 as i32;
+    let (plots, side) = body.split_horizontally(w - 300);
+    let (left, right) = plots.split_horizontally((w - 300) * 9 / 20);
     let all: Vec<usize> = (0..t.rows.len()).collect();
     let tuned: Vec<usize> = all.iter().copied().filter(|i| t.rows[*i].method != crate::ZERO_SHOT).collect();
-    let zero: Vec<usize> = all.iter().copied().filter(|i| t.rows[*i].method == crate::ZERO_SHOT).collect();
-    panel(root, &left, t, "all rows (grey: the untouched checkpoint)", &all, &zero)?;
-    panel(root, &right, t, "the fine-tuned methods (zoom)", &tuned, &tuned)?;
+    panel(root, &left, t, "every row", &all, true)?;
+    panel(root, &right, t, "the fine-tuned methods (zoom)", &tuned, false)?;
+    legend(root, &side, t)?;
     let note = TextStyle::from((FAMILY, 13).into_font()).color(&RGBColor(80, 80, 80));
     foot.draw(&Text::new(
-        "lower-left is better: low in-domain perplexity while keeping the other domains · red: TRAM · blue: baselines · grey lines: the untouched checkpoint",
-        (16, 12),
+        "lower-left is better: low in-domain perplexity while keeping the other domains · triangles: TRAM · circles: baselines · grey: the untouched checkpoint",
+        (16, 6),
         note,
     ))
     .map_err(err)?;
@@ -186,6 +228,12 @@ pub fn draw(t: &QuickTable, dir: &Path) -> Result<Vec<PathBuf>> {
         chart(&root, t)?;
     }
     let img = image::RgbImage::from_raw(SIZE.0, SIZE.1, buf).ok_or_else(|| anyhow!("plot buffer has the wrong size"))?;
-    img.save_with_format(&png, image::ImageFormat::Png).with_context(|| format!("writing {}", png.display()))?;
+    let file = std::fs::File::create(&png).with_context(|| format!("writing {}", png.display()))?;
+    let encoder = image::codecs::png::PngEncoder::new_with_quality(
+        std::io::BufWriter::new(file),
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    );
+    img.write_with_encoder(encoder).with_context(|| format!("writing {}", png.display()))?;
     Ok(vec![svg, png])
 }

@@ -105,6 +105,10 @@ fn reduced_quickstart_writes_parseable_tables_and_plots() {
     let rgb = png.to_rgb8();
     assert!(rgb.pixels().any(|p| p.0 != [255, 255, 255]), "the PNG is blank");
 
+    // `tram quickstart --table` rebuilds the same table from the results on disk.
+    let (again, _) = tram_quickstart::rebuild(&out).unwrap();
+    assert_eq!(again, report.table);
+
     // The trainer's own outputs are there too.
     for r in rows {
         assert!(out.join(r).join("seed-0").join("results.json").is_file());
