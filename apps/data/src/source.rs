@@ -73,7 +73,7 @@ impl DataSource {
         {
             return Err(invalid(format!("bad revision `{revision}`; expected `org/name@<branch, tag or commit>`")));
         }
-        if let Err(why) = check_repo_id(id) {
+        if let Err(why) = tram_hub::check_repo_id(id) {
             return Err(invalid(format!(
                 "not an existing directory, and `{id}` is not a hub dataset id ({why}); expected `org/name` or \
                  `org/name@revision`, or a path to a local directory"
@@ -92,28 +92,6 @@ impl DataSource {
     pub fn files_from_env(&self) -> DataFiles {
         DataFiles::new(self.clone(), HubOptions::from_env())
     }
-}
-
-fn check_repo_id(id: &str) -> std::result::Result<(), String> {
-    let parts: Vec<&str> = id.split('/').collect();
-    if parts.len() > 2 {
-        return Err("more than one `/`".into());
-    }
-    for p in &parts {
-        if p.is_empty() {
-            return Err("empty name part".into());
-        }
-        if p.len() > 96 {
-            return Err("name part longer than 96 characters".into());
-        }
-        if let Some(c) = p.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-            return Err(format!("character `{c}` is not allowed; use letters, digits, `-`, `_`, `.`"));
-        }
-        if p.contains("--") || p.contains("..") || p.starts_with(['-', '.']) || p.ends_with(['-', '.']) {
-            return Err("`--` and `..` are not allowed, nor `-` / `.` at either end".into());
-        }
-    }
-    Ok(())
 }
 
 impl FromStr for DataSource {

@@ -30,5 +30,5 @@ pub use load::{
     WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 pub use save::{safetensors_bytes, save_model, save_pretrained, NamedTensors, TOKENIZER_SIDE_FILES};
-pub use source::{HubOptions, ModelFiles, ModelSource, DEFAULT_ENDPOINT, DEFAULT_REVISION};
+pub use source::{check_repo_id, HubOptions, ModelFiles, ModelSource, DEFAULT_ENDPOINT, DEFAULT_REVISION};
 pub use tokenizers::Tokenizer;

@@ -97,7 +97,9 @@ impl ModelSource {
     }
 }
 
-fn check_repo_id(id: &str) -> std::result::Result<(), String> {
+/// Check a hub repository id (`org/name` or `name`): the reason it is invalid, if it is.
+/// Shared by model and dataset sources.
+pub fn check_repo_id(id: &str) -> std::result::Result<(), String> {
     let parts: Vec<&str> = id.split('/').collect();
     if parts.len() > 2 {
         return Err("more than one `/`".into());
