@@ -54,18 +54,55 @@ pub fn u64_tensor(v: u64) -> Result<Tensor> {
     Ok(Tensor::new(&[v as i64], &Device::Cpu)?)
 }
 
-/// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Write `bytes` to `path` atomically: a temp file in the same directory (`.<name>.tmp<pid>`),
+/// fsync, rename. On failure (a full disk, say) the temp file is removed, not left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |context: String| move |source| Error::Io { context, source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("state"), std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
-    f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
+        f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Serialise tensors to safetensors bytes that depend only on the tensors and `metadata`.
+///
+/// `safetensors::serialize` takes the metadata as a `HashMap` and writes it in the map's
+/// (random) iteration order, so two identical saves differ in bytes when there is more than one
+/// entry. Here the tensors are serialised without metadata (their order is fixed: by dtype,
+/// then name) and the metadata is spliced into the header in key order.
+pub fn safetensors_bytes(tensors: Vec<(String, Tensor)>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::Checkpoint { path: "<memory>".into(), reason };
+    let plain = safetensors::serialize(tensors, None).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(plain[..8].try_into().expect("8 bytes")) as usize;
+    let header = std::str::from_utf8(&plain[8..8 + n]).map_err(|e| bad(e.to_string()))?.trim_end();
+    let entries = header.strip_prefix('{').and_then(|h| h.strip_suffix('}')).ok_or_else(|| bad("unexpected safetensors header".into()))?;
+    let meta = serde_json::to_string(metadata).map_err(|e| bad(e.to_string()))?;
+    let mut spliced = format!("{{\"__metadata__\":{meta}");
+    if !entries.is_empty() {
+        spliced.push(',');
+        spliced.push_str(entries);
+    }
+    spliced.push('}');
+    // The data starts 8-byte aligned, as safetensors writes it.
+    while spliced.len() % 8 != 0 {
+        spliced.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + spliced.len() + plain.len() - 8 - n);
+    out.extend((spliced.len() as u64).to_le_bytes());
+    out.extend(spliced.as_bytes());
+    out.extend(&plain[8 + n..]);
+    Ok(out)
 }
 
 impl Optimizer {
@@ -89,7 +126,7 @@ impl Optimizer {
     /// Serialise the optimizer state to safetensors bytes.
     pub fn state_bytes(&self, params: &Params) -> Result<Vec<u8>> {
         let tensors = self.state_tensors(params)?;
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("version".to_string(), VERSION.to_string());
         meta.insert("composition".to_string(), self.to_string());
@@ -100,7 +137,7 @@ impl Optimizer {
         }
         let tensors: Vec<(String, Tensor)> =
             tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
-        safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::Checkpoint { path: "<memory>".into(), reason: e.to_string() })
+        safetensors_bytes(tensors, &meta)
     }
 
     /// Save the optimizer state to `path` atomically.

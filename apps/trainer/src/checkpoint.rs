@@ -9,8 +9,14 @@
 //! ```
 //! A checkpoint is written into a temporary directory that is renamed into place, and only
 //! then does `latest` (written atomically) point at it; older checkpoints are removed after.
-//! Every file's size and FNV-1a hash are recorded in `trainer.json` and checked on load, so a
-//! truncated or edited checkpoint is an error, never a silent restart.
+//! Every file's size and FNV-1a hash are recorded in `trainer.json`, and `trainer.json` carries
+//! the hash of its own text ([`TrainerState::state_hash`]); all are checked on load, so a
+//! truncated or edited checkpoint (a changed step, data position or metrics length included)
+//! is an error, never a silent restart or a silently different run.
+//!
+//! A checkpoint's bytes depend only on the run: two identical runs write identical files.
+//! The wall-clock training time, which does not, is kept beside the checkpoints in
+//! `checkpoints/timing.json` (informational; not verified).
 
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -22,8 +28,8 @@ use tram::{Params, Snapshot};
 
 /// `format` of `trainer.json`.
 pub const FORMAT: &str = "tram-trainer-checkpoint";
-/// Its version.
-pub const VERSION: u32 = 1;
+/// Its version (2: `trainer.json` hashes itself; the training time moved to `timing.json`).
+pub const VERSION: u32 = 2;
 /// Parameters file.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// Optimizer state file.
@@ -34,6 +40,8 @@ pub const BEST_FILE: &str = "best.safetensors";
 pub const STATE_FILE: &str = "trainer.json";
 /// Pointer to the latest checkpoint.
 pub const LATEST: &str = "latest";
+/// Training seconds up to the latest checkpoint, beside the checkpoints (not part of one).
+pub const TIMING_FILE: &str = "timing.json";
 
 /// The model selection state.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,12 +71,19 @@ pub struct TrainerState {
     pub best: Option<Best>,
     /// Bytes of `metrics.jsonl` written up to this checkpoint.
     pub metrics_bytes: u64,
-    /// Seconds of training so far (informational).
-    pub train_seconds: f64,
     /// The configuration that must match on resume.
     pub fingerprint: Value,
     /// File name → (size, FNV-1a 64 hash as hex).
     pub files: BTreeMap<String, (u64, String)>,
+    /// FNV-1a 64 of this file's text as written with this field empty (set by [`write`],
+    /// checked by [`read`]).
+    #[serde(default)]
+    pub state_hash: String,
+}
+
+/// The `"state_hash": "<hex>"` text of a pretty-printed `trainer.json`.
+fn state_hash_text(hash: &str) -> String {
+    format!("\"state_hash\": \"{hash}\"")
 }
 
 /// FNV-1a 64 of `bytes`.
@@ -189,30 +204,12 @@ pub fn write(run_dir: &Path, mut state: TrainerState, files: CheckpointFiles) ->
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    let mut list: Vec<(&str, &[u8])> = vec![(MODEL_FILE, &files.model), (OPTIMIZER_FILE, &files.optimizer)];
-    if let Some(b) = &files.best {
-        list.push((BEST_FILE, b));
+    let written = write_into(&root, &tmp, &name, &mut state, &files);
+    if written.is_err() {
+        // A full disk or a write error: leave no partial checkpoint behind.
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    state.files.clear();
-    for (file, bytes) in &list {
-        write_file(&tmp.join(file), bytes)?;
-        state.files.insert(file.to_string(), (bytes.len() as u64, fnv1a(bytes)));
-    }
-    let json = serde_json::to_vec_pretty(&state).expect("trainer state serialises");
-    write_file(&tmp.join(STATE_FILE), &json)?;
-    let dir = root.join(&name);
-    if dir.exists() {
-        // Same step written again (e.g. a final checkpoint right after a periodic one).
-        let old = root.join(format!(".{name}.old{}", std::process::id()));
-        std::fs::rename(&dir, &old).map_err(|e| Error::io(format!("moving {} aside", dir.display()), e))?;
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dir.display()), e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dir.display()), e))?;
-    }
-    if let Ok(d) = std::fs::File::open(&root) {
-        let _ = d.sync_all();
-    }
+    let dir = written?;
     tram::state::write_atomic(&root.join(LATEST), name.as_bytes())?;
     // Remove every other checkpoint and leftover temporary directory.
     if let Ok(entries) = std::fs::read_dir(&root) {
@@ -222,6 +219,38 @@ pub fn write(run_dir: &Path, mut state: TrainerState, files: CheckpointFiles) ->
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+    Ok(dir)
+}
+
+/// Write the files into `tmp` and rename it to `root/name`.
+fn write_into(root: &Path, tmp: &Path, name: &str, state: &mut TrainerState, files: &CheckpointFiles) -> Result<PathBuf> {
+    let mut list: Vec<(&str, &[u8])> = vec![(MODEL_FILE, &files.model), (OPTIMIZER_FILE, &files.optimizer)];
+    if let Some(b) = &files.best {
+        list.push((BEST_FILE, b));
+    }
+    state.files.clear();
+    for (file, bytes) in &list {
+        write_file(&tmp.join(file), bytes)?;
+        state.files.insert(file.to_string(), (bytes.len() as u64, fnv1a(bytes)));
+    }
+    state.state_hash = String::new();
+    let unhashed = serde_json::to_string_pretty(&state).expect("trainer state serialises");
+    let hash = fnv1a(unhashed.as_bytes());
+    let json = unhashed.replacen(&state_hash_text(""), &state_hash_text(&hash), 1);
+    write_file(&tmp.join(STATE_FILE), json.as_bytes())?;
+    let dir = root.join(name);
+    if dir.exists() {
+        // Same step written again (e.g. a final checkpoint right after a periodic one).
+        let old = root.join(format!(".{name}.old{}", std::process::id()));
+        std::fs::rename(&dir, &old).map_err(|e| Error::io(format!("moving {} aside", dir.display()), e))?;
+        std::fs::rename(tmp, &dir).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dir.display()), e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, &dir).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), dir.display()), e))?;
+    }
+    if let Ok(d) = std::fs::File::open(root) {
+        let _ = d.sync_all();
     }
     Ok(dir)
 }
@@ -251,6 +280,16 @@ pub fn read(dir: &Path) -> Result<Loaded> {
         return Err(Error::checkpoint(&state_path, format!("format version {version}; this build reads version {VERSION}")));
     }
     let state: TrainerState = serde_json::from_value(raw).map_err(|e| Error::checkpoint(&state_path, format!("malformed ({e})")))?;
+    // The file's own hash: the text with the hash's value emptied must hash to it.
+    let text = String::from_utf8_lossy(&text);
+    let hashed = state.state_hash.len() == 16 && text.matches(&state_hash_text(&state.state_hash)).count() == 1;
+    if !hashed || fnv1a(text.replacen(&state_hash_text(&state.state_hash), &state_hash_text(""), 1).as_bytes()) != state.state_hash {
+        return Err(Error::checkpoint(
+            &state_path,
+            "its content hash does not match the one recorded when it was written: the file was edited or is corrupt \
+             (restore it, or delete the checkpoints to start over)",
+        ));
+    }
     let read_one = |file: &str, required: bool| -> Result<Option<Vec<u8>>> {
         let path = dir.join(file);
         let Some((size, hash)) = state.files.get(file) else {
@@ -281,22 +320,44 @@ pub fn read(dir: &Path) -> Result<Loaded> {
     Ok(Loaded { dir: dir.to_path_buf(), state, files: CheckpointFiles { model, optimizer, best } })
 }
 
-/// The keys of two fingerprints that differ (dotted paths).
+/// The keys of two fingerprints that differ (dotted paths), `a` being the checkpoint's.
 pub fn differences(a: &Value, b: &Value) -> Vec<String> {
-    fn walk(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    differences_from(a, b, "checkpoint")
+}
+
+/// The keys of two fingerprints that differ (dotted paths), `a` being the one recorded in
+/// `origin` (e.g. `checkpoint`, `results`).
+pub fn differences_from(a: &Value, b: &Value, origin: &str) -> Vec<String> {
+    fn walk(a: &Value, b: &Value, path: &str, origin: &str, out: &mut Vec<String>) {
         match (a, b) {
             (Value::Object(x), Value::Object(y)) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
                     let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    walk(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &p, out);
+                    walk(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &p, origin, out);
                 }
             }
-            _ if a != b => out.push(format!("{path} (checkpoint: {a}, now: {b})")),
+            _ if a != b => out.push(format!("{path} ({origin}: {a}, now: {b})")),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    walk(a, b, "", &mut out);
+    walk(a, b, "", origin, &mut out);
     out
+}
+
+/// Record the training seconds up to the checkpoint just written (see [`TIMING_FILE`]).
+pub fn write_timing(run_dir: &Path, train_seconds: f64) -> Result<()> {
+    let v = serde_json::json!({ "train_seconds": train_seconds });
+    Ok(tram::state::write_atomic(&checkpoints_dir(run_dir).join(TIMING_FILE), v.to_string().as_bytes())?)
+}
+
+/// The training seconds recorded by [`write_timing`] (0 when absent or unreadable: they are
+/// informational).
+pub fn read_timing(run_dir: &Path) -> f64 {
+    std::fs::read(checkpoints_dir(run_dir).join(TIMING_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("train_seconds").and_then(Value::as_f64))
+        .unwrap_or(0.0)
 }

@@ -3,8 +3,9 @@
 
 use crate::apps::App;
 use crate::config::Sources;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::results;
+use crate::rundir;
 use crate::trainer::{self, Control, Outcome, RunSpec};
 use std::path::PathBuf;
 
@@ -21,9 +22,15 @@ pub struct AppArgs {
     /// Run only these `[[runs]]` rows of the config (repeatable or comma separated; default: all).
     #[arg(long = "run", value_name = "NAME", value_delimiter = ',')]
     pub runs: Vec<String>,
-    /// Continue from the checkpoints in the output directories (finished runs are kept).
-    #[arg(long)]
+    /// Continue every run from the checkpoint in its output directory; a finished run whose
+    /// results match the configuration is kept and skipped (results of another configuration
+    /// are an error). See apps/trainer/README.md, "Run directories".
+    #[arg(long, conflicts_with = "force")]
     pub resume: bool,
+    /// Discard the results, checkpoints, metrics and model an earlier run left in a run's
+    /// output directory and train it again (without it they are never overwritten).
+    #[arg(long)]
+    pub force: bool,
     /// Only rebuild the results table from the results.json files under DIR.
     #[arg(long, value_name = "DIR")]
     pub table: Option<PathBuf>,
@@ -48,7 +55,9 @@ pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Reg
         return Ok(Summary { tables: vec![md], interrupted: false });
     }
     let sources = Sources { file: args.config.clone(), sets: args.sets.clone(), env: None };
-    run_sources(app, &sources, &args.runs, args.dry_run, control, registry)
+    // The flags join the control's (which shares its stop flag with the Ctrl-C handler).
+    let control = Control { resume: control.resume || args.resume, force: control.force || args.force, ..control.clone() };
+    run_sources(app, &sources, &args.runs, args.dry_run, &control, registry)
 }
 
 /// [`run_app`] from explicit sources (tests pass their own environment).
@@ -67,6 +76,27 @@ pub fn run_sources(
             println!("# run `{}` ({})\n{}", r.name, r.label, toml::to_string(&r.config.to_json()).unwrap_or_default());
         }
         return Ok(Summary { tables: Vec::new(), interrupted: false });
+    }
+    // Every output checked before the first step: a clash found after hours of training of
+    // the first rows would be found too late.
+    let mut dirs: Vec<(PathBuf, &str)> = Vec::new();
+    for run in &runs {
+        for seed in run.seeds() {
+            let dir = run.dir(seed);
+            if let Some((_, other)) = dirs.iter().find(|(d, _)| d == &dir) {
+                return Err(Error::Config(format!(
+                    "runs `{other}` and `{}` would both write {}: select each run once (`--run`), list each seed once (`seeds`), \
+                     and give runs distinct names",
+                    run.name,
+                    dir.display()
+                )));
+            }
+            rundir::preflight(app.name(), run, seed, control)?;
+            dirs.push((dir, &run.name));
+        }
+        for table in ["results.json", "results.csv", "results.md"] {
+            rundir::check_kind(&run.config.out.join(table), false, "results table")?;
+        }
     }
     let mut outs: Vec<(PathBuf, usize)> = Vec::new();
     let mut interrupted = false;
@@ -100,16 +130,17 @@ pub fn run_sources(
     Ok(Summary { tables, interrupted })
 }
 
-/// Install a Ctrl-C handler that asks running training to stop with a checkpoint; a second
-/// Ctrl-C exits at once.
+/// Install a handler for Ctrl-C (SIGINT) and for SIGTERM and SIGHUP (what schedulers and a
+/// closed terminal send) that asks running training to stop after the current step with a
+/// checkpoint; a second signal exits at once.
 pub fn install_ctrlc(control: &Control) -> Result<()> {
     let stop = control.stop.clone();
     ctrlc::set_handler(move || {
         if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            eprintln!("second interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("Ctrl-C: finishing the current step, writing a checkpoint (Ctrl-C again to exit at once)");
+        eprintln!("interrupted (Ctrl-C or SIGTERM): finishing the current step, writing a checkpoint (interrupt again to exit at once)");
     })
-    .map_err(|e| crate::error::Error::Config(format!("cannot install the Ctrl-C handler: {e}")))
+    .map_err(|e| Error::Config(format!("cannot install the Ctrl-C / SIGTERM handler: {e}")))
 }

@@ -17,6 +17,9 @@ pub enum Error {
         /// What is wrong, and the fix.
         reason: String,
     },
+    /// The run directory is in use by another process (it holds the directory's lock).
+    #[error("{0}")]
+    Busy(String),
     /// The data cannot be used.
     #[error("data: {0}")]
     Data(String),

@@ -32,8 +32,14 @@ pub struct Control {
     pub stop: Arc<AtomicBool>,
     /// Stop as if interrupted once this many steps are done (tests, time-boxed jobs).
     pub stop_after: Option<u64>,
-    /// Continue from the run directory's checkpoint when there is one.
+    /// Continue from the run directory's checkpoint when there is one; a finished run whose
+    /// recorded results match the configuration is kept and skipped (another configuration
+    /// is an error).
     pub resume: bool,
+    /// Discard what an earlier run left in the run directory (results, checkpoints, metrics,
+    /// model) and train from the start. Without it, a run directory with results or a
+    /// checkpoint is never overwritten.
+    pub force: bool,
 }
 
 /// How a run ended.
@@ -141,6 +147,17 @@ impl Metrics {
         if len < keep {
             return Err(Error::checkpoint(path, format!("has {len} bytes, the checkpoint recorded {keep}: the metrics log was truncated")));
         }
+        if keep > 0 {
+            // The checkpoint's length must end a line, or resuming would splice two lines.
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8];
+            let mut reader = std::fs::File::open(path).map_err(io)?;
+            reader.seek(SeekFrom::Start(keep - 1)).map_err(io)?;
+            reader.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                return Err(Error::checkpoint(path, format!("the checkpoint's length {keep} does not end a line of the metrics log")));
+            }
+        }
         file.set_len(keep).map_err(io)?;
         Ok(Self { file, bytes: keep })
     }
@@ -187,7 +204,17 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let run = spec.run;
     let cfg = &run.config;
     let dir = run.dir(spec.seed);
+    crate::rundir::check_outputs(&dir)?;
+    if control.resume && control.force {
+        return Err(Error::Config("--resume keeps a run's results and --force discards them: pass one of them".into()));
+    }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    // Held until this function returns (or the process dies): no second writer.
+    let lock = crate::rundir::RunLock::acquire(&dir)?;
+    crate::rundir::remove_stale_temps(&dir, &lock)?;
+    if control.force {
+        crate::rundir::discard(&dir, &lock)?;
+    }
     let results_path = dir.join(RESULTS_FILE);
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
@@ -195,6 +222,26 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let mut opt = Optimizer::new(&registry, opt_config.clone())?;
     let print = fingerprint(spec.app, run, spec.seed, &opt_config);
     let params = model.params().clone();
+    // Recorded results are kept: skipped on --resume when they are this configuration's.
+    if let Some(mut recorded) = crate::rundir::recorded_result(&dir)? {
+        if !control.resume {
+            return Err(crate::rundir::already_finished(&dir));
+        }
+        let mut diff = crate::rundir::result_differences(spec.app, run, spec.seed, &recorded);
+        if recorded.steps != total {
+            diff.push(format!("steps (results: {}, now: {total})", recorded.steps));
+        }
+        if !diff.is_empty() {
+            return Err(crate::rundir::other_config(&dir, &diff));
+        }
+        if (recorded.label.as_str(), recorded.row) != (run.label.as_str(), spec.row) {
+            // Only where the row sits in the table changed.
+            (recorded.label, recorded.row) = (run.label.clone(), spec.row);
+            tram::state::write_atomic(&results_path, &serde_json::to_vec_pretty(&recorded).expect("results serialise"))?;
+        }
+        tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "already finished: results kept");
+        return Ok(Outcome::Finished(Box::new(recorded)));
+    }
 
     let mut step = 0u64;
     let mut best: Option<(Best, Option<Snapshot>)> = None;
@@ -237,37 +284,17 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
             model.set_dropout_position(pos)?;
             data.train.restore(&ck.state.data_position)?;
             step = ck.state.step;
-            train_seconds = ck.state.train_seconds;
+            train_seconds = checkpoint::read_timing(&dir);
             metrics_keep = ck.state.metrics_bytes;
             tracing::info!(run = %run.name, seed = spec.seed, step, checkpoint = %ck.dir.display(), "resuming");
         }
-        Some(ck_dir) => {
-            return Err(Error::checkpoint(
-                &ck_dir,
-                format!("{} already holds a checkpoint of this run; pass --resume to continue it, or delete the directory / choose another `out` to start over", dir.display()),
-            ));
-        }
+        Some(ck_dir) => return Err(crate::rundir::checkpoint_without_resume(&dir, &ck_dir)),
         None => {
-            if results_path.exists() && !control.resume {
-                return Err(Error::Config(format!(
-                    "{} already holds the results of this run; pass --resume to keep them, or delete the directory / choose another `out`",
-                    dir.display()
-                )));
-            }
             if control.resume {
                 tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "no checkpoint to resume: starting");
             }
         }
     }
-    if control.resume && step == total {
-        if let Ok(text) = std::fs::read(&results_path) {
-            if let Ok(r) = serde_json::from_slice::<RunResult>(&text) {
-                tracing::info!(run = %run.name, seed = spec.seed, "already finished");
-                return Ok(Outcome::Finished(Box::new(r)));
-            }
-        }
-    }
-    let _ = std::fs::remove_file(&results_path);
     let mut metrics = Metrics::open(&dir.join(METRICS_FILE), metrics_keep)?;
     if step == 0 {
         metrics.line(&json!({"type": "start", "run": run.name, "seed": spec.seed, "steps": total, "optimizer": opt.describe(), "parameters": params.elem_count()}))?;
@@ -278,7 +305,9 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let pb = progress_bar(total, cfg.train.progress, format!("{} seed {}", run.name, spec.seed));
     pb.set_position(step);
     let mut last_checkpoint = step;
-    let mut last_eval = None;
+    // A checkpoint at the last step is only written after the final validation (periodic and
+    // interrupt checkpoints come before it), so resuming from one must not validate again.
+    let mut last_eval = (step > 0 && step == total).then_some(total);
     let started = Instant::now();
     let (mut window_units, mut window_start) = (0usize, Instant::now());
     let save = |step: u64,
@@ -302,11 +331,12 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
             dropout_position: model.dropout_position()?.to_string(),
             best: best.as_ref().map(|(b, _)| b.clone()),
             metrics_bytes,
-            train_seconds: seconds,
             fingerprint: print.clone(),
             files: Default::default(),
+            state_hash: String::new(),
         };
         let d = checkpoint::write(&dir, state, files)?;
+        checkpoint::write_timing(&dir, seconds)?;
         tracing::info!(step, checkpoint = %d.display(), "checkpoint written");
         Ok(d)
     };
