@@ -91,7 +91,12 @@ fn saved_state_is_byte_identical_for_identical_runs() {
         };
         let first = save();
         for _ in 0..4 {
-            assert!(save() == first, "{c}: two identical runs saved different optimizer state bytes");
+            let again = save();
+            if again != first {
+                let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+                eprintln!("{}\n{}", String::from_utf8_lossy(&first[8..8 + n]), String::from_utf8_lossy(&again[8..8 + n]));
+            }
+            assert!(again == first, "{c}: two identical runs saved different optimizer state bytes");
         }
         // Still a valid safetensors file whose metadata reads back.
         let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
