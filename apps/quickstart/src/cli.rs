@@ -32,9 +32,17 @@ pub struct RunArgs {
     /// The domain to fine-tune on (default: the config's, `novels`); the others are the unseen domains.
     #[arg(long, value_name = "DOMAIN")]
     pub train_domain: Option<String>,
-    /// Output directory (its rows' earlier results are replaced).
+    /// Output directory. Earlier results of the selected rows there are never replaced without
+    /// --force; with --resume, rows already finished with the same settings are kept.
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
+    /// Keep the rows already finished in --out with the same settings and run only the others
+    /// (an interrupted row continues from its checkpoint).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Delete the selected rows' earlier results in --out and run them again.
+    #[arg(long)]
+    pub force: bool,
     /// The corpus: <domain>/{train,validation,test}.txt (default: data/quickstart).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -87,6 +95,12 @@ pub enum Command {
         /// Leave the model in the run's output directory only.
         #[arg(long, conflicts_with = "install")]
         no_install: bool,
+        /// Continue an interrupted pretraining from its checkpoint (a finished one is kept).
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
+        /// Delete an earlier pretraining run's results and checkpoints and train again.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -114,7 +128,8 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
             let n = crate::tokenizer::build(&data, vocab_size, &out, config.is_file().then_some(config.as_path()))?;
             println!("wrote {} ({n} tokens, trained on {})", out.display(), data.display());
         }
-        Some(Command::Pretrain { config, sets, install, no_install }) => {
+        Some(Command::Pretrain { config, sets, install, no_install, resume, force }) => {
+            let control = Control { resume, force, ..control.clone() };
             let install = if no_install { None } else { Some(install.unwrap_or_else(|| repo_path(MODEL_DIR))) };
             let opts = PretrainOptions { config, sets, install: install.clone() };
             let model = crate::pretrain(&opts, &control, registry)?;
@@ -130,6 +145,7 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
         }
         None => {
             let a = args.run;
+            let control = Control { resume: a.resume, force: a.force, ..control.clone() };
             let opts = Options {
                 methods: a.methods,
                 steps: a.steps,

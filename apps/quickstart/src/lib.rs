@@ -164,7 +164,9 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
 
 /// Run the quickstart: the zero-shot row and one fine-tuning run per method, then the table
 /// (printed by the caller from [`Report::text`]), `quickstart.{md,csv,json}` and
-/// `quickstart.{svg,png}` in `opts.out`.
+/// `quickstart.{svg,png}` in `opts.out`. Earlier results of the selected rows in `opts.out`
+/// are an error unless `control.resume` (rows finished with the same settings are kept and
+/// skipped) or `control.force` (they are deleted first).
 pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Result<Report> {
     let started = Instant::now();
     let (sources, _) = sources(opts)?;
@@ -189,11 +191,13 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         }
     }
     let runs = sources.resolve(&selected, registry)?;
-    // The quickstart owns its output directory: earlier results of these rows are replaced.
-    for r in &runs {
-        let dir = r.config.out.join(&r.name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the previous results in {}", dir.display()))?;
+    // Earlier results of these rows are kept (the trainer refuses to overwrite them; with
+    // `control.resume` the rows finished with the same settings are skipped) unless
+    // `control.force`: then every seed of the row goes, so that no stale seed joins the table.
+    if control.force {
+        for r in &runs {
+            let dir = r.config.out.join(&r.name);
+            tram_trainer::rundir::discard_tree(&dir).with_context(|| format!("removing the previous results in {}", dir.display()))?;
         }
     }
     let out = runs[0].config.out.clone();
@@ -208,6 +212,8 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
             out.display()
         );
     }
+    // The table holds what this command ran: no other seed's results left in `out`.
+    let ran: Vec<(String, u64)> = runs.iter().flat_map(|r| r.seeds().into_iter().map(move |s| (r.name.clone(), s))).collect();
     let n = runs.len();
     for (i, r) in runs.iter().enumerate() {
         let t = Instant::now();
@@ -218,7 +224,7 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         let summary = tram_trainer::cli::run_sources(App::Lm, &sources, std::slice::from_ref(&r.name), false, control, registry)
             .with_context(|| format!("quickstart row `{}`", r.name))?;
         if summary.interrupted {
-            bail!("interrupted");
+            bail!("interrupted: run the same command with --resume to continue");
         }
         if opts.progress {
             let res = table::read_result(&r.dir(r.seeds()[0]))?;
@@ -227,7 +233,7 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         }
     }
     let results: Vec<tram_trainer::results::RunResult> =
-        tram_trainer::results::collect(&out)?.into_iter().map(|(_, r)| r).filter(|r| selected.contains(&r.run)).collect();
+        tram_trainer::results::collect(&out)?.into_iter().map(|(_, r)| r).filter(|r| ran.contains(&(r.run.clone(), r.seed))).collect();
     let quick = table::QuickTable::from_results(&train_domain, &results)?;
     let mut files = quick.write(&out)?;
     files.extend(plot::draw(&quick, &out)?);
@@ -280,7 +286,7 @@ pub fn pretrain(opts: &PretrainOptions, control: &Control, registry: &tram::Regi
     }
     let summary = tram_trainer::cli::run_sources(App::Lm, &sources, &[], false, control, registry)?;
     if summary.interrupted {
-        bail!("interrupted: run the same command again with `--set` unchanged to start over (or `tram lm --resume` on the config)");
+        bail!("interrupted: run the same command with --resume to continue (or --force to start over)");
     }
     for t in &summary.tables {
         println!("{t}");
