@@ -123,6 +123,8 @@ pub fn run_sources(
     }
     let mut tables = Vec::new();
     for (out, i) in outs {
+        // What an earlier command's crash left of the table files.
+        rundir::remove_dead_temps(&out)?;
         let md = results::write_table(&app.table_spec(runs.get(i)), &out)?;
         tracing::info!(dir = %out.display(), "results table written (results.json, results.csv, results.md)");
         tables.push(md);

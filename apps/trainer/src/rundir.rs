@@ -116,24 +116,40 @@ fn temp_pid(name: &str) -> Option<u32> {
 
 /// Remove the temporary files and directories a crashed or failed write left in the run
 /// directory, its `checkpoints/` and its `model/`; call it holding the run's [`RunLock`]. A
-/// temporary of a process that is still alive is left alone. Returns what was removed.
+/// temporary of another process that is still alive is left alone (with the lock held, none of
+/// this process's can be in flight). Returns what was removed.
 pub fn remove_stale_temps(dir: &Path, _lock: &RunLock) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for d in [dir.to_path_buf(), checkpoint::checkpoints_dir(dir), dir.join(MODEL_DIR)] {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(pid) = temp_pid(&name) else { continue };
-            if alive(pid) {
-                tracing::warn!(path = %e.path().display(), pid, "leaving the temporary file of a running process");
-                continue;
-            }
-            let p = e.path();
-            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            r.map_err(|err| Error::io(format!("removing the stale temporary {}", p.display()), err))?;
-            tracing::info!(path = %p.display(), "removed a stale temporary file");
-            removed.push(p);
+        removed.extend(remove_temps(&d, true)?);
+    }
+    Ok(removed)
+}
+
+/// Remove the temporary files in `dir` (not below it) of processes no longer alive, for a
+/// directory no lock guards, such as `<out>` with its tables (this process's are kept).
+pub fn remove_dead_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    remove_temps(dir, false)
+}
+
+fn remove_temps(dir: &Path, own_are_stale: bool) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(removed) };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = temp_pid(&name) else { continue };
+        if pid == std::process::id() && !own_are_stale {
+            continue;
         }
+        if alive(pid) {
+            tracing::warn!(path = %e.path().display(), pid, "leaving the temporary file of a running process");
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|err| Error::io(format!("removing the stale temporary {}", p.display()), err))?;
+        tracing::info!(path = %p.display(), "removed a stale temporary file");
+        removed.push(p);
     }
     Ok(removed)
 }
@@ -151,9 +167,15 @@ pub fn check_outputs(dir: &Path) -> Result<()> {
             )));
         }
     }
+    let (checkpoints, model) = (checkpoint::checkpoints_dir(dir), dir.join(MODEL_DIR));
     let expect = [
-        (checkpoint::checkpoints_dir(dir), true, "training checkpoints"),
-        (dir.join(MODEL_DIR), true, "selected model"),
+        (checkpoints.clone(), true, "training checkpoints"),
+        (checkpoints.join(checkpoint::LATEST), false, "latest-checkpoint pointer"),
+        (checkpoints.join(checkpoint::TIMING_FILE), false, "training time"),
+        (model.clone(), true, "selected model"),
+        (model.join("model.safetensors"), false, "selected model"),
+        (model.join("config.json"), false, "selected model"),
+        (model.join("tokenizer.json"), false, "selected model"),
         (dir.join(METRICS_FILE), false, "metrics log"),
         (dir.join(RESULTS_FILE), false, "results"),
         (dir.join(LOCK_FILE), false, "lock file"),

@@ -295,8 +295,14 @@ fn stale_temporary_files_are_removed_and_a_live_processs_are_kept() {
         seed.join(format!("model/.model.safetensors.tmp{dead}")),
         seed.join(format!("checkpoints/.step-00000003.tmp{dead}/model.safetensors")),
         seed.join(format!("checkpoints/.step-00000002.old{dead}/trainer.json")),
+        // The table's, in `out` (no lock there: only dead processes' go).
+        dir.join(format!("out/.results.md.tmp{dead}")),
     ];
-    let kept = [seed.join(format!(".results.json.tmp{}", live.id())), seed.join("notes.tmp1")];
+    let kept = [
+        seed.join(format!(".results.json.tmp{}", live.id())),
+        dir.join(format!("out/.results.md.tmp{}", live.id())),
+        seed.join("notes.tmp1"),
+    ];
     for p in stale.iter().chain(&kept) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"partial").unwrap();
@@ -363,6 +369,8 @@ fn output_clashes_are_found_before_the_first_step() {
     let second = out.join("tram-noise/seed-1");
     for (path, is_dir, needle) in [
         (second.join("model"), false, "selected model"),
+        (second.join("model/config.json"), true, "selected model"),
+        (second.join("checkpoints/latest"), true, "latest-checkpoint pointer"),
         (second.join("checkpoints"), false, "training checkpoints"),
         (second.join("results.json"), true, "results"),
         (second.join("metrics.jsonl"), true, "metrics log"),
