@@ -106,6 +106,18 @@ fn saved_state_is_byte_identical_for_identical_runs() {
 }
 
 #[test]
+fn a_failed_atomic_write_leaves_no_temporary_file() {
+    // The rename fails (a non-empty directory is in the way), as a full disk fails the write:
+    // the temporary `.name.tmp<pid>` used to stay forever.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("state.safetensors");
+    std::fs::create_dir_all(target.join("inside")).unwrap();
+    assert!(tram::state::write_atomic(&target, b"bytes").is_err());
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(left, ["state.safetensors"], "a temporary file was left behind");
+}
+
+#[test]
 fn bad_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let m = model(23);
