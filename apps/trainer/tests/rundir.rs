@@ -157,6 +157,8 @@ fn rerunning_a_multi_row_config_with_resume_runs_only_the_unfinished_rows() {
     let e = run(&cfg, &[], &[], &Control::default()).unwrap_err().to_string();
     assert!(e.contains("adam/seed-1"), "{e}");
     assert!(!dir.join("out/tram-noise").exists(), "a row was trained before the refusal");
+    // Finished rows are recognised by their results, not their checkpoints.
+    std::fs::remove_dir_all(dir.join("out/adam/seed-1/checkpoints")).unwrap();
     let s = run(&cfg, &[], &[], &resume()).unwrap();
     assert!(read(&dir.join("out/adam/seed-1/results.json")) == adam, "the finished row was trained again");
     assert!(dir.join("out/tram-noise/seed-1/results.json").is_file());
