@@ -212,6 +212,13 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
             out.display()
         );
     }
+    // Every row's output directory checked before the first row trains (results without
+    // --resume / --force, a file in the way, another process's lock).
+    for r in &runs {
+        for seed in r.seeds() {
+            tram_trainer::rundir::preflight(App::Lm.name(), r, seed, control).with_context(|| format!("quickstart row `{}`", r.name))?;
+        }
+    }
     // The table holds what this command ran: no other seed's results left in `out`.
     let ran: Vec<(String, u64)> = runs.iter().flat_map(|r| r.seeds().into_iter().map(move |s| (r.name.clone(), s))).collect();
     let n = runs.len();

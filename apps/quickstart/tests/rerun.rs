@@ -25,10 +25,18 @@ fn rerunning_into_the_same_out_needs_resume_or_force() {
     tram_quickstart::run(&opts, &Control::default(), &registry).unwrap();
     let adam = out.join("adam/seed-0/results.json");
     let first = read(&adam);
-    // Again, without a flag: refused before anything is trained; the results stay.
+    // Again, without a flag: refused; the results stay.
     let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
     assert!(e.contains("already holds the results") && e.contains("--force") && e.contains("--resume"), "{e}");
     assert!(read(&adam) == first);
+    // A clash in the last row is found before the first row runs.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(fresh.join("adam/seed-0")).unwrap();
+    std::fs::write(fresh.join("adam/seed-0/model"), b"not a directory").unwrap();
+    let e =
+        format!("{:#}", tram_quickstart::run(&Options { out: fresh.clone(), ..opts.clone() }, &Control::default(), &registry).unwrap_err());
+    assert!(e.contains("selected model"), "{e}");
+    assert!(!fresh.join("zero-shot").exists(), "the zero-shot row ran before the clash was found");
     // --resume: the finished rows are kept as they are.
     let resume = Control { resume: true, ..Default::default() };
     let report = tram_quickstart::run(&opts, &resume, &registry).unwrap();
