@@ -212,9 +212,6 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     // Held until this function returns (or the process dies): no second writer.
     let lock = crate::rundir::RunLock::acquire(&dir)?;
     crate::rundir::remove_stale_temps(&dir, &lock)?;
-    if control.force {
-        crate::rundir::discard(&dir, &lock)?;
-    }
     let results_path = dir.join(RESULTS_FILE);
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
@@ -222,6 +219,10 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let mut opt = Optimizer::new(&registry, opt_config.clone())?;
     let print = fingerprint(spec.app, run, spec.seed, &opt_config);
     let params = model.params().clone();
+    if control.force {
+        // Only now that the run is known to start (its optimizer builds).
+        crate::rundir::discard(&dir, &lock)?;
+    }
     // Recorded results are kept: skipped on --resume when they are this configuration's.
     if let Some(mut recorded) = crate::rundir::recorded_result(&dir)? {
         if !control.resume {
