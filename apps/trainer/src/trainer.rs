@@ -1,6 +1,7 @@
 //! The training loop shared by every app: optimizer steps with accumulation, metrics lines,
 //! validation on the training domain and model selection, checkpoints (periodic, final, on
-//! Ctrl-C), exact resume, and the final evaluation on every test set.
+//! Ctrl-C or SIGTERM), exact resume, and the final evaluation on every test set. A run holds its
+//! run directory's lock throughout (see [`crate::rundir`]).
 
 use crate::checkpoint::{self, Best, CheckpointFiles, TrainerState};
 use crate::config::{RunConfig, Select};

@@ -237,6 +237,23 @@ fn an_edited_trainer_json_is_refused() {
 }
 
 #[test]
+fn a_metrics_log_whose_lines_moved_is_refused_on_resume() {
+    fixtures();
+    let dir = scratch("rundir-metrics-edit");
+    let cfg = config(&dir);
+    assert!(run(&cfg, &[], &["adam"], &Control { stop_after: Some(2), ..Default::default() }).unwrap().interrupted);
+    // One byte less in the first line, and a line written after the checkpoint: the
+    // checkpoint's length now falls inside a line, and cutting the log there would splice the
+    // resumed lines onto half a line.
+    let log = dir.join("out/adam/seed-1/metrics.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"type\":\"start\"", "\"type\":\"star\"", 1) + "{\"type\":\"train\",\"step\":3}\n";
+    std::fs::write(&log, edited).unwrap();
+    let e = run(&cfg, &[], &["adam"], &resume()).unwrap_err().to_string();
+    assert!(e.contains("metrics.jsonl") && e.contains("does not end a line"), "{e}");
+}
+
+#[test]
 fn resume_after_a_kill_during_the_final_evaluation_matches_an_uninterrupted_run() {
     fixtures();
     let dir = scratch("rundir-final-eval");
