@@ -126,7 +126,7 @@ fn bad_batches_are_rejected() {
     let msg = err(m.forward(m.params(), &Batch::new(ids.clone(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap()), Mode::EVAL));
     assert_mentions(&msg, &["targets", "[2, 7]"]);
     let none = Tensor::zeros((2, 7), DType::U32, &Device::Cpu).unwrap();
-    let msg = err(m.forward(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(none) }, Mode::EVAL));
+    let msg = err(m.forward(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(none), token_types: None }, Mode::EVAL));
     assert_mentions(&msg, &["no positions"]);
 
     let f = fixture("vit");

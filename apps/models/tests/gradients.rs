@@ -49,7 +49,7 @@ fn gpt2_every_parameter_gets_a_gradient() {
     // Next-token targets: the inputs shifted left; the last position of each row is masked.
     let targets = Tensor::cat(&[ids.narrow(1, 1, 6).unwrap(), Tensor::zeros((2, 1), DType::U32, &Device::Cpu).unwrap()], 1).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
-    let batch = Batch { inputs: ids, targets, mask: Some(mask) };
+    let batch = Batch { inputs: ids, targets, mask: Some(mask), token_types: None };
     for p in [0.0, 0.1] {
         let c = Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], p)).unwrap();
         let m = Gpt2::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -75,7 +75,7 @@ fn vit_every_parameter_gets_a_gradient() {
 #[test]
 fn bert_every_parameter_gets_a_gradient() {
     let f = fixture("bert");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Bert::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -90,7 +90,7 @@ fn bert_every_parameter_gets_a_gradient() {
 #[test]
 fn xlm_roberta_every_parameter_gets_a_gradient() {
     let f = fixture("xlm-roberta");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Roberta::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -109,7 +109,7 @@ fn bf16_gradients_reach_every_parameter() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
     assert!(m.params().iter().all(|p| p.var.dtype() == DType::BF16));
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     check_all_gradients("bert bf16", &m, &batch);
     let f = fixture("gpt2");
     let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
@@ -177,7 +177,7 @@ fn gradients_match_finite_differences() {
     for name in ["bert", "xlm-roberta"] {
         let f = fixture(name);
         let c = EncoderConfig::from_json(&dropout_config(&f, &keys, 0.0)).unwrap();
-        let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+        let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
         if name == "bert" {
             check_directional_derivative(name, &Bert::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
         } else {
