@@ -124,6 +124,7 @@ impl Gpt2 {
     /// buffers are ignored.
     pub fn from_weights(config: Gpt2Config, weights: WeightMap, opts: &LoadOptions) -> Result<Self> {
         let (h, f) = (config.n_embd, config.inner());
+        let weights_have_head = weights.contains_key("lm_head.weight");
         let mut l = Loader::new(weights, "transformer", opts, Self::ARCHITECTURE)?;
         l.required("transformer.wte.weight", &[config.vocab_size, h])?;
         l.required("transformer.wpe.weight", &[config.n_positions, h])?;
@@ -146,6 +147,15 @@ impl Gpt2 {
         l.required("transformer.ln_f.bias", &[h])?;
         let tied = config.tie_word_embeddings;
         if !tied {
+            if !weights_have_head {
+                return Err(Error::Model(format!(
+                    "{}: config.json says tie_word_embeddings = false, but the checkpoint has no `lm_head.weight` (expected shape \
+                     [{}, {h}]); the untied LM head is not replaced by a random or tied one: use the complete checkpoint, or set \
+                     tie_word_embeddings = true if the head really is wte",
+                    Self::ARCHITECTURE,
+                    config.vocab_size
+                )));
+            }
             l.required("lm_head.weight", &[config.vocab_size, h])?;
         }
         // Tied LM head, causal-mask buffers of older checkpoints.

@@ -185,3 +185,45 @@ fn gradients_match_finite_differences() {
         }
     }
 }
+
+/// The untied LM head is a trainable parameter: it gets a gradient, and the backward matches
+/// finite differences (with token types embedded through `wte` as well).
+#[test]
+fn gpt2_untied_head_is_trained() {
+    let f = fixture("gpt2-untied");
+    let ids = f.ids("input_ids");
+    let batch = Batch::new(ids.clone(), ids.clone()).with_token_types(f.ids("token_type_ids"));
+    let c = Gpt2Config::from_json(&f.config).unwrap();
+    let m = Gpt2::from_weights(c.clone(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert!(m.params().position("lm_head.weight").is_some());
+    check_all_gradients("gpt2-untied", &m, &batch);
+    let opts = LoadOptions { dtype: DType::F64, ..LoadOptions::default() };
+    let c64 = Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], 0.0)).unwrap();
+    check_directional_derivative("gpt2-untied", &Gpt2::from_weights(c64, f.weights.clone(), &opts).unwrap(), &batch);
+    // A new untied model has its own head too.
+    let r = Gpt2::random(c, &LoadOptions::default()).unwrap();
+    assert_eq!(r.params().len(), m.params().len());
+    let (head, wte) = (tram::Weights::weight(r.params(), "lm_head.weight").unwrap(), tram::Weights::weight(r.params(), "transformer.wte.weight").unwrap());
+    assert_eq!(head.dims(), wte.dims());
+    assert!(common::rel_diff(&head, &wte) > 0.5, "an independent initialisation");
+}
+
+/// With a sentence pair, the second row of BERT's token-type table (segment 1) is used and
+/// trained; the backward through the token types matches finite differences.
+#[test]
+fn bert_pair_trains_the_second_token_type() {
+    let f = fixture("bert");
+    let batch = Batch::new(f.ids("pair_input_ids"), labels(2, 3))
+        .with_mask(f.ids("pair_attention_mask"))
+        .with_token_types(f.ids("pair_token_type_ids"));
+    let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    check_all_gradients("bert pair", &m, &batch);
+    let loss = m.loss(&m.forward(m.params(), &batch, Mode::TRAIN).unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    let table = m.params().iter().find(|p| p.name == "bert.embeddings.token_type_embeddings.weight").unwrap();
+    let g = grads.get(table.var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+    assert!(g[1].iter().any(|v| *v != 0.0), "segment 1's embedding gets a gradient");
+    let opts = LoadOptions { dtype: DType::F64, ..LoadOptions::default() };
+    let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], 0.0)).unwrap();
+    check_directional_derivative("bert pair", &Bert::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
+}

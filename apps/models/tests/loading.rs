@@ -286,3 +286,46 @@ fn parameters_take_the_requested_dtype() {
     let loss = m.loss(&out).unwrap();
     assert_eq!(loss.dtype(), DType::F32, "the loss is computed in f32");
 }
+
+/// A saved config states the dtype the weights are saved in, whatever the checkpoint said
+/// (a float16 checkpoint trained in f32 is saved as float32), and a classifier's
+/// `problem_type` names what the head was trained for.
+#[test]
+fn saved_configs_state_the_saved_dtype_and_problem_type() {
+    let f = fixture("bert");
+    let mut half = f.config_with("torch_dtype", json!("float16"));
+    half["dtype"] = json!("float16");
+    half["problem_type"] = json!("multi_label_classification");
+    for (dtype, name) in [(DType::F32, "float32"), (DType::BF16, "bfloat16")] {
+        let opts = LoadOptions { dtype, ..LoadOptions::default() };
+        let m = Bert::from_weights(EncoderConfig::from_json(&half).unwrap(), f.weights.clone(), &opts).unwrap();
+        let c = m.config_json();
+        assert_eq!(c["dtype"], json!(name));
+        assert_eq!(c["torch_dtype"], json!(name), "the legacy key is corrected too");
+        assert_eq!(c["problem_type"], json!("single_label_classification"));
+    }
+    for name in ["gpt2", "gpt2-untied", "vit", "xlm-roberta"] {
+        let f = fixture(name);
+        let opts = LoadOptions { dtype: DType::BF16, ..LoadOptions::default() };
+        let m = tram_models::from_config(&f.config_with("dtype", json!("float16")), f.weights.clone(), &opts).unwrap();
+        assert_eq!(m.config_json()["dtype"], json!("bfloat16"), "{name}");
+        assert!(m.config_json().get("torch_dtype").is_none(), "{name}: no legacy key added");
+    }
+}
+
+/// An untied GPT-2 reads, keeps and writes back its own head: the parameter is
+/// `lm_head.weight` from the checkpoint, and the saved config stays untied.
+#[test]
+fn gpt2_untied_head_is_loaded_and_kept() {
+    let f = fixture("gpt2-untied");
+    let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert_eq!(m.params().len(), f.weights.len());
+    assert!(same(&value(m.params(), "lm_head.weight"), &f.weights["lm_head.weight"]));
+    assert_eq!(m.params().iter().last().unwrap().name, "lm_head.weight", "transformers' state-dict order");
+    assert_eq!(m.config_json()["tie_word_embeddings"], json!(false));
+    // The tied fixture still ignores a separate lm_head.weight, as transformers does.
+    let f = fixture("gpt2");
+    let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert_eq!(m.lm_head_name(), "transformer.wte.weight");
+    assert_eq!(m.config_json()["tie_word_embeddings"], json!(true));
+}
