@@ -7,7 +7,7 @@
 //! absent, as in `transformers`), `targets` `[batch]` labels. The logits are
 //! `classifier(dropout(tanh(pooler.dense(h[CLS]))))`; the representation is `h[CLS]`.
 
-use crate::checkpoint::{config_out, params_dtype, dropout_seed, num_labels, Init, Loader};
+use crate::checkpoint::{config_out, dropout_seed, num_labels, params_dtype, Init, Loader};
 use crate::encoder::{class_targets, first_token, Encoder, EncoderConfig, Family};
 use crate::layers::{linear, Dropout};
 use crate::{LoadOptions, Pretrained, WeightMap};
@@ -91,7 +91,15 @@ impl Model for Bert {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
-        let hidden = self.encoder.forward_embeds(w, embeds, &batch.inputs, batch.token_types.as_ref(), batch.mask.as_ref(), &self.dropout, mode.train)?;
+        let hidden = self.encoder.forward_embeds(
+            w,
+            embeds,
+            &batch.inputs,
+            batch.token_types.as_ref(),
+            batch.mask.as_ref(),
+            &self.dropout,
+            mode.train,
+        )?;
         let pooled = self.pool(w, &hidden)?;
         let pooled = self.dropout.apply_p(&pooled, self.encoder.cfg.classifier_dropout_prob(), mode.train)?;
         let logits = linear(&pooled, &w.weight("classifier.weight")?, Some(&w.weight("classifier.bias")?))?;

@@ -61,8 +61,7 @@ impl<'a> ConfigFields<'a> {
     }
 
     fn parse<T: DeserializeOwned>(&self, key: &str, v: &serde_json::Value, expected: &str) -> Result<T> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| self.error(format_args!("field `{key}` = {} is not {expected} ({e})", short(v))))
+        serde_json::from_value(v.clone()).map_err(|e| self.error(format_args!("field `{key}` = {} is not {expected} ({e})", short(v))))
     }
 
     /// A field that must be present (and not null).

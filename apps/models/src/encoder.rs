@@ -242,11 +242,7 @@ impl Encoder {
             return Ok(table.narrow(0, 0, 1)?.unsqueeze(0)?.broadcast_as((b, s, c.hidden_size))?);
         };
         if tt.dims() != [b, s] {
-            return Err(Error::Model(format!(
-                "{}: token type ids {:?} do not match the token ids [{b}, {s}]",
-                c.family.name(),
-                tt.dims()
-            )));
+            return Err(Error::Model(format!("{}: token type ids {:?} do not match the token ids [{b}, {s}]", c.family.name(), tt.dims())));
         }
         let tt = ids_u32(tt)?;
         let max = tt.max_all()?.to_scalar::<u32>()?;

@@ -13,7 +13,7 @@
 //! are the positions with mask 1 in row-major order (all positions without a mask); the
 //! representation is the mean of the final hidden states over the masked positions.
 
-use crate::checkpoint::{config_out, params_dtype, dropout_seed, ids_u32, ConfigFields, Loader};
+use crate::checkpoint::{config_out, dropout_seed, ids_u32, params_dtype, ConfigFields, Loader};
 use crate::layers::{
     activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped,
 };
@@ -159,7 +159,9 @@ impl Gpt2 {
             l.required("lm_head.weight", &[config.vocab_size, h])?;
         }
         // Tied LM head, causal-mask buffers of older checkpoints.
-        l.ignore(|k| (tied && k == "lm_head.weight") || (k.ends_with(".attn.bias") && !k.contains("c_attn")) || k.ends_with(".attn.masked_bias"));
+        l.ignore(|k| {
+            (tied && k == "lm_head.weight") || (k.ends_with(".attn.bias") && !k.contains("c_attn")) || k.ends_with(".attn.masked_bias")
+        });
         let (params, _) = l.finish(config.initializer_range)?;
         let dropout = Dropout::new(config.resid_pdrop, dropout_seed(opts.seed));
         Ok(Self { config, params, dropout })

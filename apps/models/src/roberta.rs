@@ -10,7 +10,7 @@
 //! `pad_token_id + 1` and padding tokens get `pad_token_id`. The logits are
 //! `out_proj(dropout(tanh(dense(dropout(h[<s>])))))`; the representation is `h[<s>]`.
 
-use crate::checkpoint::{config_out, params_dtype, dropout_seed, model_type, num_labels, Init, Loader};
+use crate::checkpoint::{config_out, dropout_seed, model_type, num_labels, params_dtype, Init, Loader};
 use crate::encoder::{class_targets, first_token, Encoder, EncoderConfig, Family};
 use crate::layers::{linear, Dropout};
 use crate::{LoadOptions, Pretrained, WeightMap};
@@ -96,7 +96,15 @@ impl Model for Roberta {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
-        let hidden = self.encoder.forward_embeds(w, embeds, &batch.inputs, batch.token_types.as_ref(), batch.mask.as_ref(), &self.dropout, mode.train)?;
+        let hidden = self.encoder.forward_embeds(
+            w,
+            embeds,
+            &batch.inputs,
+            batch.token_types.as_ref(),
+            batch.mask.as_ref(),
+            &self.dropout,
+            mode.train,
+        )?;
         let p = self.encoder.cfg.classifier_dropout_prob();
         let x = self.dropout.apply_p(&first_token(&hidden)?, p, mode.train)?;
         let x = linear(&x, &w.weight("classifier.dense.weight")?, Some(&w.weight("classifier.dense.bias")?))?.tanh()?;
@@ -113,7 +121,13 @@ impl Model for Roberta {
 
 impl Pretrained for Roberta {
     fn config_json(&self) -> serde_json::Value {
-        config_out(&self.encoder.cfg.to_json(), architecture(&self.model_type), &self.model_type, Some(self.labels), params_dtype(&self.params))
+        config_out(
+            &self.encoder.cfg.to_json(),
+            architecture(&self.model_type),
+            &self.model_type,
+            Some(self.labels),
+            params_dtype(&self.params),
+        )
     }
     fn dropout_position(&self) -> Result<u128> {
         self.dropout.position()

@@ -9,7 +9,7 @@
 //! projections `[batch, patches, hidden]`; the CLS token and positions are added after. The
 //! logits are `classifier(layernorm(h)[CLS])`; the representation is `layernorm(h)[CLS]`.
 
-use crate::checkpoint::{config_out, params_dtype, divides, dropout_seed, num_labels, ConfigFields, Init, Loader};
+use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, params_dtype, ConfigFields, Init, Loader};
 use crate::encoder::{class_targets, first_token};
 use crate::layers::{activation, attention_with, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
 use crate::{LoadOptions, Pretrained, WeightMap};

@@ -75,7 +75,8 @@ fn vit_every_parameter_gets_a_gradient() {
 #[test]
 fn bert_every_parameter_gets_a_gradient() {
     let f = fixture("bert");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Bert::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -90,7 +91,8 @@ fn bert_every_parameter_gets_a_gradient() {
 #[test]
 fn xlm_roberta_every_parameter_gets_a_gradient() {
     let f = fixture("xlm-roberta");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Roberta::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -109,7 +111,8 @@ fn bf16_gradients_reach_every_parameter() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
     assert!(m.params().iter().all(|p| p.var.dtype() == DType::BF16));
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     check_all_gradients("bert bf16", &m, &batch);
     let f = fixture("gpt2");
     let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
@@ -177,7 +180,12 @@ fn gradients_match_finite_differences() {
     for name in ["bert", "xlm-roberta"] {
         let f = fixture(name);
         let c = EncoderConfig::from_json(&dropout_config(&f, &keys, 0.0)).unwrap();
-        let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+        let batch = Batch {
+            inputs: f.ids("padded_input_ids"),
+            targets: labels(3, 3),
+            mask: Some(f.ids("padded_attention_mask")),
+            token_types: None,
+        };
         if name == "bert" {
             check_directional_derivative(name, &Bert::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
         } else {
@@ -203,7 +211,10 @@ fn gpt2_untied_head_is_trained() {
     // A new untied model has its own head too.
     let r = Gpt2::random(c, &LoadOptions::default()).unwrap();
     assert_eq!(r.params().len(), m.params().len());
-    let (head, wte) = (tram::Weights::weight(r.params(), "lm_head.weight").unwrap(), tram::Weights::weight(r.params(), "transformer.wte.weight").unwrap());
+    let (head, wte) = (
+        tram::Weights::weight(r.params(), "lm_head.weight").unwrap(),
+        tram::Weights::weight(r.params(), "transformer.wte.weight").unwrap(),
+    );
     assert_eq!(head.dims(), wte.dims());
     assert!(common::rel_diff(&head, &wte) > 0.5, "an independent initialisation");
 }

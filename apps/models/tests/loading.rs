@@ -176,7 +176,8 @@ fn saved_configs_name_the_task_class_and_round_trip() {
 fn dropout_only_in_train_mode_and_its_stream_checkpoints() {
     let f = fixture("xlm-roberta");
     let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let w = m.params();
     let eval = m.forward(w, &batch, Mode::EVAL).unwrap().logits;
     assert_close("eval logits", &eval, &f.get("padded_logits"), 1e-5);
@@ -247,14 +248,16 @@ fn noise_enters_at_the_input_embeddings() {
 fn representations_are_the_base_model_outputs() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let r = m.representation(m.params(), &batch, Mode::EVAL).unwrap();
     assert_eq!(r.dims(), &[3, 32]);
     assert_close("bert representation", &r, &f.get("padded_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), 1e-5);
 
     let f = fixture("xlm-roberta");
     let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let r = m.representation(m.params(), &batch, Mode::EVAL).unwrap();
     assert_close("xlm-r representation", &r, &f.get("padded_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), 1e-5);
 
@@ -268,7 +271,9 @@ fn representations_are_the_base_model_outputs() {
     let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
     let ids = f.ids("input_ids");
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
-    let r = m.representation(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(mask), token_types: None }, Mode::EVAL).unwrap();
+    let r = m
+        .representation(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(mask), token_types: None }, Mode::EVAL)
+        .unwrap();
     let h = f.get("hidden");
     let want =
         Tensor::stack(&[h.get(0).unwrap().mean(0).unwrap(), h.get(1).unwrap().narrow(0, 0, 2).unwrap().mean(0).unwrap()], 0).unwrap();

@@ -173,7 +173,12 @@ fn check_bert_pair(dtype: DType) {
     let hidden = m.encode(w, &ids, Some(&types), Some(&mask), Mode::EVAL).unwrap();
     assert_close(&format!("bert {dtype:?} pair hidden"), &hidden, &f.get("pair_hidden"), tol(dtype));
     let repr = m.representation(w, &batch, Mode::EVAL).unwrap();
-    assert_close(&format!("bert {dtype:?} pair representation"), &repr, &f.get("pair_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), tol(dtype));
+    assert_close(
+        &format!("bert {dtype:?} pair representation"),
+        &repr,
+        &f.get("pair_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(),
+        tol(dtype),
+    );
 }
 
 #[test]
@@ -192,7 +197,8 @@ fn bert_sentence_pair_with_token_types_matches_transformers_bf16() {
 fn bert_pair_without_its_token_types_differs_from_transformers() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch::new(f.ids("pair_input_ids"), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap()).with_mask(f.ids("pair_attention_mask"));
+    let batch =
+        Batch::new(f.ids("pair_input_ids"), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap()).with_mask(f.ids("pair_attention_mask"));
     let logits = m.forward(m.params(), &batch, Mode::EVAL).unwrap().logits;
     let rel = common::rel_diff(&logits, &f.get("pair_logits"));
     println!("pair logits with all type ids 0: relative difference {rel:.3e}");
@@ -218,7 +224,12 @@ fn check_gpt2_untied(dtype: DType) {
     // GPT-2 embeds token type ids with wte, as transformers does.
     let typed = Batch::new(ids, targets).with_token_types(f.ids("token_type_ids"));
     let out = m.forward(w, &typed, Mode::EVAL).unwrap();
-    assert_close(&format!("gpt2-untied {dtype:?} typed logits"), &out.logits, &f.get("typed_logits").reshape((b * s, v)).unwrap(), tol(dtype));
+    assert_close(
+        &format!("gpt2-untied {dtype:?} typed logits"),
+        &out.logits,
+        &f.get("typed_logits").reshape((b * s, v)).unwrap(),
+        tol(dtype),
+    );
 }
 
 #[test]
