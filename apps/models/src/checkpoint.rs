@@ -52,7 +52,22 @@ impl<'a> ConfigFields<'a> {
                 )));
             }
         }
-        Ok(Self { obj, model_type: mt.unwrap_or("<missing>").to_string(), what })
+        let f = Self { obj, model_type: mt.unwrap_or("<missing>").to_string(), what };
+        // Checkpoint-wide features whose weights the models would read as plain dense
+        // float weights: refused, never ignored.
+        if obj.get("quantization_config").is_some_and(|q| !q.is_null()) {
+            return Err(f.error(
+                "field `quantization_config` is set: quantized checkpoints are not supported (supported: dense float32 / bfloat16 / \
+                 float16 weights; dequantize and save the model with transformers first)",
+            ));
+        }
+        if obj.get("pruned_heads").is_some_and(|p| !(p.is_null() || p.as_object().is_some_and(|m| m.is_empty()))) {
+            return Err(f.error(format_args!(
+                "field `pruned_heads` = {} is not supported (supported: no pruned heads, `{{}}`)",
+                short(&obj["pruned_heads"])
+            )));
+        }
+        Ok(f)
     }
 
     /// An error about this config: `config.json (model_type `vit`): {msg}`.
@@ -337,8 +352,23 @@ impl<'a> Loader<'a> {
         if t.dims() != shape {
             return Err(self.shape_error(name, &key, t.dims(), shape));
         }
+        self.check_float(&key, &t)?;
         self.used.insert(key);
         self.push(name, &t)
+    }
+
+    /// A weight stored as integers (a quantized checkpoint) would be cast to floats without
+    /// its scales: refused.
+    fn check_float(&self, key: &str, t: &Tensor) -> Result<()> {
+        if !t.dtype().is_float() {
+            return Err(Error::Model(format!(
+                "{}: checkpoint tensor `{key}` is stored as {:?}, not as floating point; quantized or integer weights are not \
+                 supported (dequantize the checkpoint first)",
+                self.what,
+                t.dtype()
+            )));
+        }
+        Ok(())
     }
 
     /// A task-head tensor: read when present, else initialised (and logged). With a
@@ -347,6 +377,7 @@ impl<'a> Loader<'a> {
         if let Some(key) = self.find(name) {
             let t = self.tensors[&key].clone();
             if t.dims() == shape {
+                self.check_float(&key, &t)?;
                 self.used.insert(key);
                 return self.push(name, &t);
             }

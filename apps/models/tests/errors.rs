@@ -232,3 +232,26 @@ fn untied_gpt2_without_its_head_is_refused() {
     let msg = err(Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
     assert_mentions(&msg, &["lm_head.weight", "[16, 53]", "[53, 16]"]);
 }
+
+/// Quantized or pruned checkpoints would be read as plain dense weights: they are refused by
+/// name instead.
+#[test]
+fn quantized_and_pruned_checkpoints_are_refused() {
+    let f = fixture("bert");
+    let msg =
+        err(EncoderConfig::from_json(&f.config_with("quantization_config", json!({"quant_method": "bitsandbytes", "load_in_8bit": true}))));
+    assert_mentions(&msg, &["quantization_config", "model_type `bert`", "not supported"]);
+    let msg = err(EncoderConfig::from_json(&f.config_with("pruned_heads", json!({"0": [1]}))));
+    assert_mentions(&msg, &["pruned_heads", "not supported"]);
+    EncoderConfig::from_json(&f.config_with("pruned_heads", json!({}))).unwrap();
+    let g = fixture("gpt2");
+    let msg = err(Gpt2Config::from_json(&g.config_with("quantization_config", json!({"quant_method": "gptq"}))));
+    assert_mentions(&msg, &["quantization_config", "model_type `gpt2`"]);
+
+    // An int8 weight of the right shape is not cast to float without its scales.
+    let mut w = f.weights.clone();
+    let q = w["bert.encoder.layer.0.attention.self.query.weight"].to_dtype(DType::U8).unwrap();
+    w.insert("bert.encoder.layer.0.attention.self.query.weight".into(), q);
+    let msg = err(Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
+    assert_mentions(&msg, &["bert.encoder.layer.0.attention.self.query.weight", "U8", "quantized"]);
+}
