@@ -172,19 +172,33 @@ fn short(v: &serde_json::Value) -> String {
 }
 
 /// Number of labels: the override in `opts`, else `id2label`'s size, else `num_labels`, else 2
-/// (the `transformers` default).
+/// (the `transformers` default). An `id2label` that is not an object or a `num_labels` that is
+/// not an integer is an error naming the field (not a silent 2); a `num_labels` that
+/// contradicts `id2label` is logged, and `id2label` wins as in `transformers`.
 pub(crate) fn num_labels(v: &serde_json::Value, opts: &LoadOptions) -> Result<usize> {
-    let n = if let Some(n) = opts.num_labels {
-        n
-    } else if let Some(m) = v.get("id2label").and_then(|m| m.as_object()) {
-        m.len()
-    } else if let Some(n) = v.get("num_labels").and_then(|n| n.as_u64()) {
-        n as usize
-    } else {
-        2
+    let mt = model_type(v).unwrap_or("<missing>");
+    let bad = |m: String| Err(Error::Model(format!("config.json (model_type `{mt}`): {m}")));
+    let id2label = match v.get("id2label") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(m)) => Some(m.len()),
+        Some(other) => return bad(format!("field `id2label` = {} is not an object of label names", short(other))),
     };
+    let declared = match v.get("num_labels") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(n) => match n.as_u64() {
+            Some(n) => Some(n as usize),
+            None => return bad(format!("field `num_labels` = {} is not a non-negative integer", short(n))),
+        },
+    };
+    if let (Some(a), Some(b)) = (id2label, declared) {
+        if a != b && opts.num_labels.is_none() {
+            // transformers keeps id2label too, with the same warning.
+            tracing::warn!("config.json (model_type `{mt}`): num_labels = {b} contradicts id2label, which names {a} labels: using {a}");
+        }
+    }
+    let n = opts.num_labels.or(id2label).or(declared).unwrap_or(2);
     if n == 0 {
-        return Err(Error::Model("a classification head needs at least one label (num_labels = 0)".into()));
+        return bad("a classification head needs at least one label (num_labels = 0)".into());
     }
     Ok(n)
 }
@@ -477,6 +491,12 @@ mod tests {
         let opts = LoadOptions::default();
         assert_eq!(num_labels(&raw, &opts).unwrap(), 2);
         assert_eq!(num_labels(&serde_json::json!({}), &opts).unwrap(), 2);
-        assert_eq!(num_labels(&raw, &LoadOptions { num_labels: Some(7), ..opts }).unwrap(), 7);
+        assert_eq!(num_labels(&raw, &LoadOptions { num_labels: Some(7), ..opts.clone() }).unwrap(), 7);
+        // Malformed label fields are errors naming the field, not a silent default of 2.
+        let e = num_labels(&serde_json::json!({"model_type": "bert", "num_labels": "3"}), &opts).unwrap_err().to_string();
+        assert!(e.contains("field `num_labels`") && e.contains("model_type `bert`"), "{e}");
+        let e = num_labels(&serde_json::json!({"model_type": "vit", "id2label": ["a", "b", "c"]}), &opts).unwrap_err().to_string();
+        assert!(e.contains("field `id2label`") && e.contains("model_type `vit`"), "{e}");
+        assert_eq!(num_labels(&serde_json::json!({"id2label": {"0": "a"}, "num_labels": 3}), &opts).unwrap(), 1);
     }
 }

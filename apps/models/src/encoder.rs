@@ -108,7 +108,20 @@ impl EncoderConfig {
             type_vocab_size: f.or("type_vocab_size", count, 2)?,
             initializer_range: f.positive("initializer_range", 0.02)?,
             layer_norm_eps: f.positive("layer_norm_eps", 1e-12)?,
-            pad_token_id: f.or("pad_token_id", "a token id", if roberta { 1 } else { 0 })?,
+            pad_token_id: match f.optional("pad_token_id", "a token id")? {
+                Some(id) => id,
+                // BERT does not use it; RoBERTa's positions count from it.
+                None if roberta && f.raw("pad_token_id").is_some() => {
+                    return Err(f.error("field `pad_token_id` is null, but RoBERTa / XLM-R position ids count from the padding id"))
+                }
+                None => {
+                    if roberta {
+                        1
+                    } else {
+                        0
+                    }
+                }
+            },
             position_embedding_type: f.or("position_embedding_type", "a string", "absolute".to_string())?,
             classifier_dropout: f.optional("classifier_dropout", "a number or null")?,
             family,
