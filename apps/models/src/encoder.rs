@@ -94,6 +94,7 @@ impl EncoderConfig {
     pub fn from_json_as(v: &serde_json::Value, family: Family) -> Result<Self> {
         let f = ConfigFields::new(v, family.model_types(), family.name())?;
         let roberta = family == Family::Roberta;
+        let default_pad = if roberta { 1 } else { 0 };
         let count = "a non-negative integer";
         let c = Self {
             vocab_size: f.required("vocab_size", count)?,
@@ -114,13 +115,7 @@ impl EncoderConfig {
                 None if roberta && f.raw("pad_token_id").is_some() => {
                     return Err(f.error("field `pad_token_id` is null, but RoBERTa / XLM-R position ids count from the padding id"))
                 }
-                None => {
-                    if roberta {
-                        1
-                    } else {
-                        0
-                    }
-                }
+                None => default_pad,
             },
             position_embedding_type: f.or("position_embedding_type", "a string", "absolute".to_string())?,
             classifier_dropout: f.optional("classifier_dropout", "a number or null")?,
