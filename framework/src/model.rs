@@ -155,12 +155,24 @@ pub struct Batch {
     pub targets: Tensor,
     /// Optional padding / attention mask (1 = real position).
     pub mask: Option<Tensor>,
+    /// Optional token type (segment) ids `[batch, seq]` of sentence-pair inputs, as the
+    /// tokenizer's pair template assigns them (`[CLS] a [SEP]` 0, `b [SEP]` 1 for BERT). Models
+    /// with token-type embeddings read all zeros when absent; models without them refuse them.
+    pub token_types: Option<Tensor>,
 }
 
 impl Batch {
-    /// A batch without a mask.
+    /// A batch without a mask or token types.
     pub fn new(inputs: Tensor, targets: Tensor) -> Self {
-        Self { inputs, targets, mask: None }
+        Self { inputs, targets, mask: None, token_types: None }
+    }
+    /// This batch with the attention mask `mask` (1 = real position).
+    pub fn with_mask(self, mask: Tensor) -> Self {
+        Self { mask: Some(mask), ..self }
+    }
+    /// This batch with the token type ids `token_types` `[batch, seq]`.
+    pub fn with_token_types(self, token_types: Tensor) -> Self {
+        Self { token_types: Some(token_types), ..self }
     }
     /// Number of examples (the leading dimension of `inputs`).
     pub fn examples(&self) -> Result<usize> {

@@ -147,5 +147,6 @@ pub fn batch(blocks: &[Vec<u32>], device: &Device) -> Result<tram::Batch> {
         inputs: Tensor::from_vec(inputs, (b, l), device)?,
         targets: Tensor::from_vec(targets, (b, l), device)?,
         mask: Some(Tensor::ones((b, l), candle_core::DType::U32, device)?),
+        token_types: None,
     })
 }

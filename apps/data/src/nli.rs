@@ -12,6 +12,9 @@ use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams
 pub struct PairExample {
     /// Token ids, special tokens included (`<s> a </s></s> b </s>`, `[CLS] a [SEP] b [SEP]`).
     pub ids: Vec<u32>,
+    /// The tokenizer's token type (segment) id of each token, aligned with `ids` (BERT's
+    /// template: 0 for `[CLS] a [SEP]`, 1 for `b [SEP]`; XLM-R's: all 0).
+    pub type_ids: Vec<u32>,
     /// The class id.
     pub label: u32,
 }
@@ -64,7 +67,8 @@ pub fn label(r: &Record, col: &str, row: usize) -> Result<Option<u32>> {
 
 /// Encode `(premise, hypothesis)` pairs with the tokenizer's pair template (its
 /// post-processor adds the special tokens: `<s> a </s></s> b </s>` for XLM-R, `[CLS] a [SEP]
-/// b [SEP]` for BERT), truncating the longer side first to at most `max_len` tokens in all
+/// b [SEP]` for BERT) and keeping its token type ids (segment ids: BERT gives `b [SEP]` type
+/// 1), truncating the longer side first to at most `max_len` tokens in all
 /// (the tokenizer's own padding is turned off; `max_len` must leave room for one token of each
 /// side besides the template's special tokens). Rows with an empty or null text are counted in
 /// [`Skips::empty`]; a missing, null or negative label in [`Skips::missing_label`]; a pair
@@ -110,7 +114,9 @@ pub fn encode(
             continue;
         };
         match tok.encode((a, b), true) {
-            Ok(enc) if enc.get_ids().len() <= max_len => out.push(PairExample { ids: enc.get_ids().to_vec(), label: y }),
+            Ok(enc) if enc.get_ids().len() <= max_len => {
+                out.push(PairExample { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), label: y })
+            }
             Ok(enc) => {
                 tracing::warn!(row = i, tokens = enc.get_ids().len(), max_len, "pair does not fit max_len: skipped");
                 skips.too_long += 1;
@@ -126,7 +132,9 @@ pub fn encode(
 }
 
 /// A batch of pairs: inputs `[B, S]` u32 padded with `pad_id` to the longest example, mask
-/// `[B, S]` u32 (1 = real token), targets `[B]` u32.
+/// `[B, S]` u32 (1 = real token), token types `[B, S]` u32 (the examples' `type_ids`, 0 on
+/// padding), targets `[B]` u32. An example whose `type_ids` do not match its `ids` in length
+/// is an error.
 pub fn batch(examples: &[PairExample], pad_id: u32, device: &Device) -> Result<tram::Batch> {
     batch_refs(&examples.iter().collect::<Vec<_>>(), pad_id, device)
 }
@@ -140,7 +148,17 @@ pub fn batch_refs(examples: &[&PairExample], pad_id: u32, device: &Device) -> Re
     let b = examples.len();
     let mut ids = Vec::with_capacity(b * s);
     let mut mask = Vec::with_capacity(b * s);
-    for e in examples {
+    let mut types = Vec::with_capacity(b * s);
+    for (i, e) in examples.iter().enumerate() {
+        if e.type_ids.len() != e.ids.len() {
+            return Err(Error::Invalid(format!(
+                "pair example {i} has {} token ids but {} token type ids; they must align",
+                e.ids.len(),
+                e.type_ids.len()
+            )));
+        }
+        types.extend_from_slice(&e.type_ids);
+        types.resize(types.len() + s - e.ids.len(), 0u32);
         ids.extend_from_slice(&e.ids);
         ids.resize(ids.len() + s - e.ids.len(), pad_id);
         mask.resize(mask.len() + e.ids.len(), 1u32);
@@ -151,5 +169,6 @@ pub fn batch_refs(examples: &[&PairExample], pad_id: u32, device: &Device) -> Re
         inputs: Tensor::from_vec(ids, (b, s), device)?,
         targets: Tensor::from_vec(targets, b, device)?,
         mask: Some(Tensor::from_vec(mask, (b, s), device)?),
+        token_types: Some(Tensor::from_vec(types, (b, s), device)?),
     })
 }

@@ -516,6 +516,7 @@ fn nli_pairs_use_the_tokenizer_template_truncate_and_pad() {
     assert_eq!(skips, Skips { empty: 2, missing_label: 3, ..Skips::default() });
     assert_eq!(ex.len(), 2);
     assert_eq!(ex[0].ids, vec![bos, id("the"), id("cat"), id("sat"), sep, sep, id("a"), id("dog"), sep]);
+    assert_eq!(ex[0].type_ids, vec![0; 9], "XLM-R's template gives every token type 0");
     assert_eq!(ex[0].label, 2);
     // 6 + 3 words + 4 specials = 13 > 10: the longer side (premise) is cut first → 3 + 3.
     assert_eq!(ex[1].ids, vec![bos, id("the"), id("cat"), id("sat"), sep, sep, id("a"), id("dog"), id("ran"), sep]);
@@ -526,6 +527,7 @@ fn nli_pairs_use_the_tokenizer_template_truncate_and_pad() {
     assert_eq!(inputs[1], ex[1].ids);
     assert_eq!(b.mask.unwrap().to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0], vec![1; 10]]);
     assert_eq!(b.targets.to_vec1::<u32>().unwrap(), vec![2, 0]);
+    assert_eq!(b.token_types.unwrap().to_vec2::<u32>().unwrap(), vec![vec![0; 10]; 2]);
     // Batches over picked examples pad to their own longest.
     let b = nli::batch_refs(&[&ex[0]], pad, &Device::Cpu).unwrap();
     assert_eq!(b.inputs.dims(), &[1, 9]);
@@ -536,6 +538,17 @@ fn nli_pairs_use_the_tokenizer_template_truncate_and_pad() {
     let (ex, _) = nli::encode(&rows[..1], &bert, "premise", "hypothesis", "label", 64).unwrap();
     assert_eq!(ex[0].ids, vec![bid("[CLS]"), bid("the"), bid("cat"), bid("sat"), bid("[SEP]"), bid("a"), bid("dog"), bid("[SEP]")]);
     assert_eq!(nli::pad_id(&bert), bid("[PAD]"));
+    // The tokenizer's segment ids are kept (the second sentence and its [SEP] are type 1)
+    // and reach the batch, padded with 0.
+    assert_eq!(ex[0].type_ids, vec![0, 0, 0, 0, 0, 1, 1, 1]);
+    let (ex2, _) = nli::encode(&rows[..2], &bert, "premise", "hypothesis", "label", 64).unwrap();
+    let b = nli::batch(&ex2, bid("[PAD]"), &Device::Cpu).unwrap();
+    let types = b.token_types.unwrap().to_vec2::<u32>().unwrap();
+    assert_eq!(types[0], vec![0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], "padding gets type 0");
+    assert_eq!(types[1], vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]);
+    let mut bad = ex2[0].clone();
+    bad.type_ids.pop();
+    assert!(err(nli::batch(&[bad], 0, &Device::Cpu)).contains("token type ids"));
 
     // A max_len that cannot hold the special tokens is an error, not a crash; the smallest
     // one that can keeps one token of each side.

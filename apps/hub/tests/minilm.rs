@@ -120,7 +120,7 @@ fn minilm_matches_transformers_bert() {
     assert_eq!(config["model_type"], "bert");
     let weights = files.weights(&Device::Cpu, DType::F32).unwrap();
     let bert = Bert::from_weights(BertConfig::from_json(&config).unwrap(), weights, &tram_models::LoadOptions::default()).unwrap();
-    let hidden = bert.encode(bert.params(), &ids, Some(&mask), tram::Mode::EVAL).unwrap();
+    let hidden = bert.encode(bert.params(), &ids, None, Some(&mask), tram::Mode::EVAL).unwrap();
     assert_eq!(hidden.dims(), &[b, s, 384]);
     let hidden = hidden.i((.., ..kept, ..)).unwrap().contiguous().unwrap();
 

@@ -3,10 +3,11 @@
 //! `bert.pooler.dense.*`, `classifier.*`.
 //!
 //! Batches: `inputs` `[batch, seq]` token ids, `mask` `[batch, seq]` attention mask
-//! (1 = real token), `targets` `[batch]` labels. Token type ids are all 0. The logits are
+//! (1 = real token), `token_types` `[batch, seq]` segment ids of sentence pairs (all 0 when
+//! absent, as in `transformers`), `targets` `[batch]` labels. The logits are
 //! `classifier(dropout(tanh(pooler.dense(h[CLS]))))`; the representation is `h[CLS]`.
 
-use crate::checkpoint::{config_out, dropout_seed, num_labels, Init, Loader};
+use crate::checkpoint::{config_out, dropout_seed, num_labels, params_dtype, Init, Loader};
 use crate::encoder::{class_targets, first_token, Encoder, EncoderConfig, Family};
 use crate::layers::{linear, Dropout};
 use crate::{LoadOptions, Pretrained, WeightMap};
@@ -65,11 +66,12 @@ impl Bert {
         self.labels
     }
 
-    /// `last_hidden_state` `[batch, seq, hidden]` of token `ids` `[batch, seq]` with an
-    /// optional attention mask (1 = real token).
-    pub fn encode(&self, w: &dyn Weights, ids: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+    /// `last_hidden_state` `[batch, seq, hidden]` of token `ids` `[batch, seq]` with optional
+    /// token type ids `[batch, seq]` (all 0 when `None`) and an optional attention mask (1 =
+    /// real token).
+    pub fn encode(&self, w: &dyn Weights, ids: &Tensor, token_types: Option<&Tensor>, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let e = self.encoder.word_embeddings(w, ids)?;
-        self.encoder.forward_embeds(w, &e, ids, mask, &self.dropout, mode.train)
+        self.encoder.forward_embeds(w, &e, ids, token_types, mask, &self.dropout, mode.train)
     }
 
     /// `tanh(pooler.dense(h[CLS]))` of a `last_hidden_state`.
@@ -89,7 +91,15 @@ impl Model for Bert {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
-        let hidden = self.encoder.forward_embeds(w, embeds, &batch.inputs, batch.mask.as_ref(), &self.dropout, mode.train)?;
+        let hidden = self.encoder.forward_embeds(
+            w,
+            embeds,
+            &batch.inputs,
+            batch.token_types.as_ref(),
+            batch.mask.as_ref(),
+            &self.dropout,
+            mode.train,
+        )?;
         let pooled = self.pool(w, &hidden)?;
         let pooled = self.dropout.apply_p(&pooled, self.encoder.cfg.classifier_dropout_prob(), mode.train)?;
         let logits = linear(&pooled, &w.weight("classifier.weight")?, Some(&w.weight("classifier.bias")?))?;
@@ -97,14 +107,14 @@ impl Model for Bert {
     }
 
     fn representation(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor> {
-        let hidden = self.encode(w, &batch.inputs, batch.mask.as_ref(), mode)?;
+        let hidden = self.encode(w, &batch.inputs, batch.token_types.as_ref(), batch.mask.as_ref(), mode)?;
         Ok(first_token(&hidden)?.to_dtype(DType::F32)?)
     }
 }
 
 impl Pretrained for Bert {
     fn config_json(&self) -> serde_json::Value {
-        config_out(&self.encoder.cfg.to_json(), Self::ARCHITECTURE, "bert", Some(self.labels))
+        config_out(&self.encoder.cfg.to_json(), Self::ARCHITECTURE, "bert", Some(self.labels), params_dtype(&self.params))
     }
     fn dropout_position(&self) -> Result<u128> {
         self.dropout.position()

@@ -15,59 +15,234 @@ pub(crate) fn model_type(v: &serde_json::Value) -> Option<&str> {
     v.get("model_type").and_then(|m| m.as_str())
 }
 
-/// Deserialise `v` into `T`, rejecting a `model_type` outside `accepted` and naming the
-/// offending field and the file's `model_type` in every error.
-pub(crate) fn parse_config<T: DeserializeOwned>(v: &serde_json::Value, accepted: &[&str], what: &str) -> Result<T> {
-    if !v.is_object() {
-        return Err(Error::Model(format!("{what} config.json must be a JSON object, got {}", short(v))));
-    }
-    let mt = model_type(v);
-    if let Some(mt) = mt {
-        if !accepted.contains(&mt) {
-            return Err(Error::Model(format!(
-                "config.json has model_type `{mt}`, which is not a {what} model (accepted model_type: {})",
-                accepted.join(", ")
+/// The fields of a `config.json`, read one by one so that every error names the field, the
+/// value found and the model type (`config.json (model_type `vit`): field `image_size` = [16,32]
+/// ...`). Create with [`ConfigFields::new`], which also rejects a `model_type` of another
+/// architecture.
+pub(crate) struct ConfigFields<'a> {
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    /// The file's `model_type` (`<missing>` when absent), for messages.
+    pub(crate) model_type: String,
+    /// The architecture, for messages (`"ViT"`).
+    pub(crate) what: &'static str,
+}
+
+impl<'a> ConfigFields<'a> {
+    /// Read `v` as a `what` config, accepting a `model_type` in `accepted` (or none).
+    pub(crate) fn new(v: &'a serde_json::Value, accepted: &[&str], what: &'static str) -> Result<Self> {
+        let Some(obj) = v.as_object() else {
+            return Err(Error::Model(format!("{what} config.json must be a JSON object, got {}", short(v))));
+        };
+        let mt = match obj.get("model_type") {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(other) => {
+                return Err(Error::Model(format!(
+                    "{what} config.json: field `model_type` = {} is not a string (accepted model_type: {})",
+                    short(other),
+                    accepted.join(", ")
+                )))
+            }
+        };
+        if let Some(mt) = mt {
+            if !accepted.contains(&mt) {
+                return Err(Error::Model(format!(
+                    "config.json has model_type `{mt}`, which is not a {what} model (accepted model_type: {})",
+                    accepted.join(", ")
+                )));
+            }
+        }
+        let f = Self { obj, model_type: mt.unwrap_or("<missing>").to_string(), what };
+        // Checkpoint-wide features whose weights the models would read as plain dense
+        // float weights: refused, never ignored.
+        if obj.get("quantization_config").is_some_and(|q| !q.is_null()) {
+            return Err(f.error(
+                "field `quantization_config` is set: quantized checkpoints are not supported (supported: dense float32 / bfloat16 / \
+                 float16 weights; dequantize and save the model with transformers first)",
+            ));
+        }
+        if obj.get("pruned_heads").is_some_and(|p| !(p.is_null() || p.as_object().is_some_and(|m| m.is_empty()))) {
+            return Err(f.error(format_args!(
+                "field `pruned_heads` = {} is not supported (supported: no pruned heads, `{{}}`)",
+                short(&obj["pruned_heads"])
             )));
         }
+        Ok(f)
     }
-    serde_json::from_value(v.clone())
-        .map_err(|e| Error::Model(format!("config.json (model_type `{}`) is not a valid {what} config: {e}", mt.unwrap_or("<missing>"))))
+
+    /// An error about this config: `config.json (model_type `vit`): {msg}`.
+    pub(crate) fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::Model(format!("config.json (model_type `{}`, {}): {msg}", self.model_type, self.what))
+    }
+
+    fn parse<T: DeserializeOwned>(&self, key: &str, v: &serde_json::Value, expected: &str) -> Result<T> {
+        serde_json::from_value(v.clone()).map_err(|e| self.error(format_args!("field `{key}` = {} is not {expected} ({e})", short(v))))
+    }
+
+    /// A field that must be present (and not null).
+    pub(crate) fn required<T: DeserializeOwned>(&self, key: &str, expected: &str) -> Result<T> {
+        match self.obj.get(key) {
+            None | Some(serde_json::Value::Null) => {
+                Err(self.error(format_args!("missing field `{key}` ({expected}); the model's dimensions must be given")))
+            }
+            Some(v) => self.parse(key, v, expected),
+        }
+    }
+
+    /// A field that may be absent or null (`None` then).
+    pub(crate) fn optional<T: DeserializeOwned>(&self, key: &str, expected: &str) -> Result<Option<T>> {
+        match self.obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => self.parse(key, v, expected).map(Some),
+        }
+    }
+
+    /// A field with a `transformers` default, used when it is absent.
+    pub(crate) fn or<T: DeserializeOwned>(&self, key: &str, expected: &str, default: T) -> Result<T> {
+        match self.obj.get(key) {
+            None => Ok(default),
+            Some(v) => self.parse(key, v, expected),
+        }
+    }
+
+    /// The raw value of a field, if present.
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a serde_json::Value> {
+        self.obj.get(key)
+    }
+
+    /// A dropout probability in `[0, 1)`.
+    pub(crate) fn probability(&self, key: &str, default: f64) -> Result<f64> {
+        let p: f64 = self.or(key, "a number", default)?;
+        self.check_probability(key, p)?;
+        Ok(p)
+    }
+
+    /// Check that `p` (the value of `key`) lies in `[0, 1)`.
+    pub(crate) fn check_probability(&self, key: &str, p: f64) -> Result<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(self.error(format_args!("field `{key}` = {p} is outside [0, 1) (a dropout probability)")));
+        }
+        Ok(())
+    }
+
+    /// A positive, finite number (an epsilon or a standard deviation).
+    pub(crate) fn positive(&self, key: &str, default: f64) -> Result<f64> {
+        let x: f64 = self.or(key, "a number", default)?;
+        if !(x.is_finite() && x > 0.0) {
+            return Err(self.error(format_args!("field `{key}` = {x} must be a positive finite number")));
+        }
+        Ok(x)
+    }
+
+    /// An activation name the models implement.
+    pub(crate) fn activation(&self, key: &str, default: &str) -> Result<String> {
+        let a: String = self.or(key, "an activation name", default.to_string())?;
+        crate::layers::activation(&a, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
+            .map_err(|e| self.error(format_args!("field `{key}`: {e}")))?;
+        Ok(a)
+    }
+
+    /// Check `hidden` (of `hidden_key`) is a positive multiple of `heads` (of `heads_key`).
+    pub(crate) fn check_heads(&self, hidden_key: &str, hidden: usize, heads_key: &str, heads: usize) -> Result<()> {
+        if hidden == 0 || heads == 0 || !divides(heads, hidden) {
+            return Err(self.error(format_args!("{hidden_key} {hidden} is not a positive multiple of {heads_key} {heads}")));
+        }
+        Ok(())
+    }
+
+    /// A boolean field whose only supported value is `supported` (a feature the models do not
+    /// implement, which would otherwise be ignored silently).
+    pub(crate) fn only(&self, key: &str, supported: bool, why: &str) -> Result<()> {
+        let v: bool = self.or(key, "true or false", supported)?;
+        if v != supported {
+            return Err(self.error(format_args!("field `{key}` = {v} is not supported (supported: {supported}; {why})")));
+        }
+        Ok(())
+    }
 }
 
 fn short(v: &serde_json::Value) -> String {
     let s = v.to_string();
     if s.len() > 60 {
-        format!("{}…", &s[..60])
+        let cut = (0..=60).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        format!("{}…", &s[..cut])
     } else {
         s
     }
 }
 
 /// Number of labels: the override in `opts`, else `id2label`'s size, else `num_labels`, else 2
-/// (the `transformers` default).
+/// (the `transformers` default). An `id2label` that is not an object or a `num_labels` that is
+/// not an integer is an error naming the field (not a silent 2); a `num_labels` that
+/// contradicts `id2label` is logged, and `id2label` wins as in `transformers`.
 pub(crate) fn num_labels(v: &serde_json::Value, opts: &LoadOptions) -> Result<usize> {
-    let n = if let Some(n) = opts.num_labels {
-        n
-    } else if let Some(m) = v.get("id2label").and_then(|m| m.as_object()) {
-        m.len()
-    } else if let Some(n) = v.get("num_labels").and_then(|n| n.as_u64()) {
-        n as usize
-    } else {
-        2
+    let mt = model_type(v).unwrap_or("<missing>");
+    let bad = |m: String| Err(Error::Model(format!("config.json (model_type `{mt}`): {m}")));
+    let id2label = match v.get("id2label") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(m)) => Some(m.len()),
+        Some(other) => return bad(format!("field `id2label` = {} is not an object of label names", short(other))),
     };
+    let declared = match v.get("num_labels") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(n) => match n.as_u64() {
+            Some(n) => Some(n as usize),
+            None => return bad(format!("field `num_labels` = {} is not a non-negative integer", short(n))),
+        },
+    };
+    if let (Some(a), Some(b)) = (id2label, declared) {
+        if a != b && opts.num_labels.is_none() {
+            // transformers keeps id2label too, with the same warning.
+            tracing::warn!("config.json (model_type `{mt}`): num_labels = {b} contradicts id2label, which names {a} labels: using {a}");
+        }
+    }
+    let n = opts.num_labels.or(id2label).or(declared).unwrap_or(2);
     if n == 0 {
-        return Err(Error::Model("a classification head needs at least one label (num_labels = 0)".into()));
+        return bad("a classification head needs at least one label (num_labels = 0)".into());
     }
     Ok(n)
 }
 
-/// The `config.json` to save: the original fields with `architectures`, `model_type` and
-/// (when the number of labels changed) `id2label` / `label2id` set.
-pub(crate) fn config_out(raw: &serde_json::Value, architecture: &str, model_type: &str, labels: Option<usize>) -> serde_json::Value {
+/// The `transformers` name of a parameter dtype (`config.json`'s `dtype` / `torch_dtype`).
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float32",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        DType::U8 => "uint8",
+        DType::U32 => "uint32",
+        DType::I64 => "int64",
+        _ => "float32",
+    }
+}
+
+/// The dtype the parameters are saved in (that of the first; f32 for a model without any).
+pub(crate) fn params_dtype(params: &Params) -> DType {
+    params.iter().next().map(|p| p.var.dtype()).unwrap_or(DType::F32)
+}
+
+/// The `config.json` to save: the original fields with `architectures`, `model_type`, the
+/// `dtype` the weights are saved in (`torch_dtype` too when the original had it: a float16
+/// checkpoint trained and saved in f32 must not claim float16) and, for classifiers, the
+/// labels: `id2label` / `label2id` when their number changed, and `problem_type` set to the
+/// single-label classification the models train (the task head was trained with
+/// cross-entropy whatever the original said).
+pub(crate) fn config_out(
+    raw: &serde_json::Value,
+    architecture: &str,
+    model_type: &str,
+    labels: Option<usize>,
+    dtype: DType,
+) -> serde_json::Value {
     let mut v = raw.clone();
     let Some(obj) = v.as_object_mut() else { return v };
     obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("model_type".into(), serde_json::json!(model_type));
+    obj.insert("dtype".into(), serde_json::json!(dtype_name(dtype)));
+    if obj.contains_key("torch_dtype") {
+        obj.insert("torch_dtype".into(), serde_json::json!(dtype_name(dtype)));
+    }
     if let Some(n) = labels {
         let same = obj.get("id2label").and_then(|m| m.as_object()).is_some_and(|m| m.len() == n);
         if !same {
@@ -77,6 +252,9 @@ pub(crate) fn config_out(raw: &serde_json::Value, architecture: &str, model_type
             obj.insert("label2id".into(), label2id.into());
         }
         obj.remove("num_labels");
+        if obj.get("problem_type").is_some_and(|p| !p.is_null()) {
+            obj.insert("problem_type".into(), serde_json::json!("single_label_classification"));
+        }
     }
     v
 }
@@ -188,8 +366,23 @@ impl<'a> Loader<'a> {
         if t.dims() != shape {
             return Err(self.shape_error(name, &key, t.dims(), shape));
         }
+        self.check_float(&key, &t)?;
         self.used.insert(key);
         self.push(name, &t)
+    }
+
+    /// A weight stored as integers (a quantized checkpoint) would be cast to floats without
+    /// its scales: refused.
+    fn check_float(&self, key: &str, t: &Tensor) -> Result<()> {
+        if !t.dtype().is_float() {
+            return Err(Error::Model(format!(
+                "{}: checkpoint tensor `{key}` is stored as {:?}, not as floating point; quantized or integer weights are not \
+                 supported (dequantize the checkpoint first)",
+                self.what,
+                t.dtype()
+            )));
+        }
+        Ok(())
     }
 
     /// A task-head tensor: read when present, else initialised (and logged). With a
@@ -198,6 +391,7 @@ impl<'a> Loader<'a> {
         if let Some(key) = self.find(name) {
             let t = self.tensors[&key].clone();
             if t.dims() == shape {
+                self.check_float(&key, &t)?;
                 self.used.insert(key);
                 return self.push(name, &t);
             }
@@ -288,15 +482,21 @@ mod tests {
     #[test]
     fn saved_config_labels_follow_the_head() {
         let raw = serde_json::json!({"model_type": "bert", "id2label": {"0": "neg", "1": "pos"}, "num_labels": 2});
-        let same = config_out(&raw, "BertForSequenceClassification", "bert", Some(2));
+        let same = config_out(&raw, "BertForSequenceClassification", "bert", Some(2), DType::F32);
         assert_eq!(same["id2label"]["1"], "pos", "existing labels are kept");
-        let more = config_out(&raw, "BertForSequenceClassification", "bert", Some(3));
+        let more = config_out(&raw, "BertForSequenceClassification", "bert", Some(3), DType::F32);
         assert_eq!(more["id2label"].as_object().unwrap().len(), 3);
         assert_eq!(more["architectures"], serde_json::json!(["BertForSequenceClassification"]));
         assert!(more.get("num_labels").is_none());
         let opts = LoadOptions::default();
         assert_eq!(num_labels(&raw, &opts).unwrap(), 2);
         assert_eq!(num_labels(&serde_json::json!({}), &opts).unwrap(), 2);
-        assert_eq!(num_labels(&raw, &LoadOptions { num_labels: Some(7), ..opts }).unwrap(), 7);
+        assert_eq!(num_labels(&raw, &LoadOptions { num_labels: Some(7), ..opts.clone() }).unwrap(), 7);
+        // Malformed label fields are errors naming the field, not a silent default of 2.
+        let e = num_labels(&serde_json::json!({"model_type": "bert", "num_labels": "3"}), &opts).unwrap_err().to_string();
+        assert!(e.contains("field `num_labels`") && e.contains("model_type `bert`"), "{e}");
+        let e = num_labels(&serde_json::json!({"model_type": "vit", "id2label": ["a", "b", "c"]}), &opts).unwrap_err().to_string();
+        assert!(e.contains("field `id2label`") && e.contains("model_type `vit`"), "{e}");
+        assert_eq!(num_labels(&serde_json::json!({"id2label": {"0": "a"}, "num_labels": 3}), &opts).unwrap(), 1);
     }
 }

@@ -3,9 +3,9 @@
 //! `last_hidden_state`. The two families differ only in position ids (RoBERTa counts from
 //! `pad_token_id + 1` and gives padding the padding position) and in their task heads.
 
-use crate::checkpoint::{divides, ids_u32, parse_config, Loader};
+use crate::checkpoint::{ids_u32, ConfigFields, Loader};
 use crate::layers::{activation, attention_with, embedding, layer_norm, linear, merge_heads, padding_bias, split_heads, Dropout, Scoped};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use tram::{Error, Result, Weights};
 
@@ -56,7 +56,7 @@ pub struct EncoderConfig {
     pub hidden_dropout_prob: f64,
     /// Dropout on attention probabilities.
     pub attention_probs_dropout_prob: f64,
-    /// Token-type table size (2 for BERT, 1 for RoBERTa).
+    /// Token-type table size (`transformers` default 2; RoBERTa / XLM-R checkpoints say 1).
     pub type_vocab_size: usize,
     /// Std of new-head initialisation.
     pub initializer_range: f64,
@@ -76,25 +76,6 @@ pub struct EncoderConfig {
     pub raw: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    vocab_size: usize,
-    hidden_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    intermediate_size: usize,
-    max_position_embeddings: usize,
-    hidden_act: Option<String>,
-    hidden_dropout_prob: Option<f64>,
-    attention_probs_dropout_prob: Option<f64>,
-    type_vocab_size: Option<usize>,
-    initializer_range: Option<f64>,
-    layer_norm_eps: Option<f64>,
-    pad_token_id: Option<u32>,
-    position_embedding_type: Option<String>,
-    classifier_dropout: Option<f64>,
-}
-
 impl EncoderConfig {
     /// Parse a `config.json`; the family (and its defaults) follow `model_type`
     /// (`bert` when absent).
@@ -106,60 +87,57 @@ impl EncoderConfig {
         Self::from_json_as(v, family)
     }
 
-    /// Parse a `config.json` of the given family.
+    /// Parse a `config.json` of the given family. Absent fields take the defaults of
+    /// `transformers`' `BertConfig` / `RobertaConfig` / `XLMRobertaConfig` (5.24; checked
+    /// against `tests/fixtures/config_defaults.json`); the dimensions are required. Every
+    /// error names the field and the model type.
     pub fn from_json_as(v: &serde_json::Value, family: Family) -> Result<Self> {
-        let r: Raw = parse_config(v, family.model_types(), family.name())?;
+        let f = ConfigFields::new(v, family.model_types(), family.name())?;
         let roberta = family == Family::Roberta;
+        let default_pad = if roberta { 1 } else { 0 };
+        let count = "a non-negative integer";
         let c = Self {
-            vocab_size: r.vocab_size,
-            hidden_size: r.hidden_size,
-            num_hidden_layers: r.num_hidden_layers,
-            num_attention_heads: r.num_attention_heads,
-            intermediate_size: r.intermediate_size,
-            max_position_embeddings: r.max_position_embeddings,
-            hidden_act: r.hidden_act.unwrap_or_else(|| "gelu".into()),
-            hidden_dropout_prob: r.hidden_dropout_prob.unwrap_or(0.1),
-            attention_probs_dropout_prob: r.attention_probs_dropout_prob.unwrap_or(0.1),
-            type_vocab_size: r.type_vocab_size.unwrap_or(if roberta { 1 } else { 2 }),
-            initializer_range: r.initializer_range.unwrap_or(0.02),
-            layer_norm_eps: r.layer_norm_eps.unwrap_or(if roberta { 1e-5 } else { 1e-12 }),
-            pad_token_id: r.pad_token_id.unwrap_or(if roberta { 1 } else { 0 }),
-            position_embedding_type: r.position_embedding_type.unwrap_or_else(|| "absolute".into()),
-            classifier_dropout: r.classifier_dropout,
+            vocab_size: f.required("vocab_size", count)?,
+            hidden_size: f.required("hidden_size", count)?,
+            num_hidden_layers: f.required("num_hidden_layers", count)?,
+            num_attention_heads: f.required("num_attention_heads", count)?,
+            intermediate_size: f.required("intermediate_size", count)?,
+            max_position_embeddings: f.required("max_position_embeddings", count)?,
+            hidden_act: f.activation("hidden_act", "gelu")?,
+            hidden_dropout_prob: f.probability("hidden_dropout_prob", 0.1)?,
+            attention_probs_dropout_prob: f.probability("attention_probs_dropout_prob", 0.1)?,
+            type_vocab_size: f.or("type_vocab_size", count, 2)?,
+            initializer_range: f.positive("initializer_range", 0.02)?,
+            layer_norm_eps: f.positive("layer_norm_eps", 1e-12)?,
+            pad_token_id: match f.optional("pad_token_id", "a token id")? {
+                Some(id) => id,
+                // BERT does not use it; RoBERTa's positions count from it.
+                None if roberta && f.raw("pad_token_id").is_some() => {
+                    return Err(f.error("field `pad_token_id` is null, but RoBERTa / XLM-R position ids count from the padding id"))
+                }
+                None => default_pad,
+            },
+            position_embedding_type: f.or("position_embedding_type", "a string", "absolute".to_string())?,
+            classifier_dropout: f.optional("classifier_dropout", "a number or null")?,
             family,
             raw: v.clone(),
         };
-        c.validate()?;
+        f.check_heads("hidden_size", c.hidden_size, "num_attention_heads", c.num_attention_heads)?;
+        if c.position_embedding_type != "absolute" {
+            return Err(f.error(format_args!(
+                "field `position_embedding_type` = `{}` is not supported (supported: `absolute`)",
+                c.position_embedding_type
+            )));
+        }
+        if c.type_vocab_size == 0 {
+            return Err(f.error("field `type_vocab_size` = 0: the model needs at least 1 token type"));
+        }
+        if let Some(p) = c.classifier_dropout {
+            f.check_probability("classifier_dropout", p)?;
+        }
+        f.only("is_decoder", false, "the models are bidirectional encoders; a decoder's causal attention is not implemented")?;
+        f.only("add_cross_attention", false, "cross-attention layers are not implemented")?;
         Ok(c)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let mt = crate::checkpoint::model_type(&self.raw).unwrap_or("<missing>");
-        let bad = |m: String| Err(Error::Model(format!("config.json (model_type `{mt}`): {m}")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || !divides(self.num_attention_heads, self.hidden_size) {
-            return bad(format!(
-                "hidden_size {} is not a positive multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        if self.position_embedding_type != "absolute" {
-            return bad(format!("position_embedding_type `{}` is not supported (only `absolute`)", self.position_embedding_type));
-        }
-        if self.type_vocab_size == 0 {
-            return bad("type_vocab_size must be at least 1".into());
-        }
-        crate::layers::activation(&self.hidden_act, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
-            .map_err(|e| Error::Model(format!("config.json (model_type `{mt}`): hidden_act: {e}")))?;
-        for (name, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
-            ("classifier_dropout", self.classifier_dropout.unwrap_or(0.0)),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} = {p} is outside [0, 1)"));
-            }
-        }
-        Ok(())
     }
 
     /// The classifier dropout probability.
@@ -263,26 +241,55 @@ impl Encoder {
         Ok(Tensor::from_vec(pos, (b, s), ids.device())?)
     }
 
+    /// Token-type embeddings `[batch, seq, hidden]` of `token_types` `[batch, seq]`, or of all
+    /// zeros when absent (`transformers`' default `token_type_ids`). An id outside
+    /// `0..type_vocab_size` is an error naming both.
+    fn token_type_embeddings(&self, table: &Tensor, token_types: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let Some(tt) = token_types else {
+            return Ok(table.narrow(0, 0, 1)?.unsqueeze(0)?.broadcast_as((b, s, c.hidden_size))?);
+        };
+        if tt.dims() != [b, s] {
+            return Err(Error::Model(format!("{}: token type ids {:?} do not match the token ids [{b}, {s}]", c.family.name(), tt.dims())));
+        }
+        let tt = ids_u32(tt)?;
+        let max = tt.max_all()?.to_scalar::<u32>()?;
+        if max as usize >= c.type_vocab_size {
+            return Err(Error::Model(format!(
+                "{}: token type id {max} is outside 0..{} (config.json type_vocab_size = {}); the tokenizer's pair template \
+                 assigns segment ids this model has no embeddings for",
+                c.family.name(),
+                c.type_vocab_size,
+                c.type_vocab_size
+            )));
+        }
+        embedding(table, &tt)
+    }
+
     /// `last_hidden_state` `[batch, seq, hidden]` from word embeddings `embeds`, the token
-    /// `ids` (for position ids) and an optional `[batch, seq]` attention mask.
+    /// `ids` (for position ids), optional `[batch, seq]` token type ids (all 0 when absent)
+    /// and an optional `[batch, seq]` attention mask.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_embeds(
         &self,
         w: &dyn Weights,
         embeds: &Tensor,
         ids: &Tensor,
+        token_types: Option<&Tensor>,
         mask: Option<&Tensor>,
         dropout: &Dropout,
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.cfg;
-        let (b, s, h) = embeds.dims3()?;
+        let (b, s, _) = embeds.dims3()?;
+        let h = c.hidden_size;
         if ids.dims() != [b, s] {
             return Err(Error::Model(format!("embeddings {:?} do not match token ids {:?}", embeds.dims(), ids.dims())));
         }
         let e = Scoped::new(w, format!("{}.embeddings.", self.base));
         let pos = embedding(&e.get("position_embeddings.weight")?, &self.position_ids(ids)?)?;
-        let typ = e.get("token_type_embeddings.weight")?.narrow(0, 0, 1)?; // token_type_ids = 0
-        let x = embeds.add(&pos)?.broadcast_add(&typ)?;
+        let typ = self.token_type_embeddings(&e.get("token_type_embeddings.weight")?, token_types, b, s)?;
+        let x = embeds.add(&pos)?.add(&typ)?;
         let x = layer_norm(&x, &e.get("LayerNorm.weight")?, &e.get("LayerNorm.bias")?, c.layer_norm_eps)?;
         let mut x = dropout.apply_p(&x, c.hidden_dropout_prob, train)?;
         let bias = match mask {

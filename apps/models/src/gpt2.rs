@@ -2,42 +2,29 @@
 //! `transformer.wte.weight`, `transformer.wpe.weight`, `transformer.h.{i}.ln_1.*`,
 //! `transformer.h.{i}.attn.c_attn.*` (`Conv1D`, weight `[in, out]`), `attn.c_proj.*`, `ln_2.*`,
 //! `mlp.c_fc.*`, `mlp.c_proj.*`, `transformer.ln_f.*`. The LM head is tied to `wte` (no
-//! separate parameter).
+//! separate parameter) unless the config says `tie_word_embeddings = false`: then it is the
+//! trainable `lm_head.weight` `[vocab, n_embd]`, read from and saved to the checkpoint.
 //!
 //! Batches: `inputs` `[batch, seq]` token ids, `targets` `[batch, seq]` next-token ids
-//! (already shifted by the caller), `mask` `[batch, seq]` (1 = this position's target counts).
+//! (already shifted by the caller), `mask` `[batch, seq]` (1 = this position's target counts),
+//! optional `token_types` `[batch, seq]` (embedded with `wte` and added to the input, as
+//! `transformers`' `token_type_ids`).
 //! Attention is causal, so right padding does not change the real positions. The logits rows
 //! are the positions with mask 1 in row-major order (all positions without a mask); the
 //! representation is the mean of the final hidden states over the masked positions.
 
-use crate::checkpoint::{config_out, divides, dropout_seed, ids_u32, parse_config, Loader};
+use crate::checkpoint::{config_out, dropout_seed, ids_u32, params_dtype, ConfigFields, Loader};
 use crate::layers::{
     activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped,
 };
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tram::{Batch, Error, Logits, Mode, Model, Params, Result, Weights};
 
-fn gelu_new() -> String {
-    "gelu_new".into()
-}
-fn p01() -> f64 {
-    0.1
-}
-fn eps() -> f64 {
-    1e-5
-}
-fn std02() -> f64 {
-    0.02
-}
-fn yes() -> bool {
-    true
-}
-
 /// Hugging Face `GPT2Config` fields used by the model; the dimensions are required, the rest
-/// default as in `transformers`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// default as in `transformers` (5.24; checked against `tests/fixtures/config_defaults.json`).
+#[derive(Clone, Debug, Serialize)]
 pub struct Gpt2Config {
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -50,59 +37,57 @@ pub struct Gpt2Config {
     /// Attention heads per block.
     pub n_head: usize,
     /// Feed-forward width (`4 · n_embd` when null).
-    #[serde(default)]
     pub n_inner: Option<usize>,
     /// Feed-forward activation.
-    #[serde(default = "gelu_new")]
     pub activation_function: String,
     /// Dropout on sub-layer outputs.
-    #[serde(default = "p01")]
     pub resid_pdrop: f64,
     /// Dropout on the input embeddings (after adding positions).
-    #[serde(default = "p01")]
     pub embd_pdrop: f64,
     /// Dropout on attention probabilities.
-    #[serde(default = "p01")]
     pub attn_pdrop: f64,
     /// LayerNorm epsilon.
-    #[serde(default = "eps")]
     pub layer_norm_epsilon: f64,
     /// Std of new-weight initialisation.
-    #[serde(default = "std02")]
     pub initializer_range: f64,
     /// Scale attention scores by `1/√head_dim`.
-    #[serde(default = "yes")]
     pub scale_attn_weights: bool,
     /// Further scale block `i`'s scores by `1/(i+1)`.
-    #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Whether the LM head is `wte` (true) or its own parameter `lm_head.weight` (false).
+    pub tie_word_embeddings: bool,
     /// The original `config.json`.
     #[serde(skip)]
     pub raw: serde_json::Value,
 }
 
 impl Gpt2Config {
-    /// Parse a `config.json` (`model_type` `gpt2`).
+    /// Parse a `config.json` (`model_type` `gpt2`). Every error names the field and the
+    /// model type.
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let mut c: Self = parse_config(v, &["gpt2"], "GPT-2")?;
-        c.raw = v.clone();
-        c.validate()?;
+        let f = ConfigFields::new(v, &["gpt2"], "GPT-2")?;
+        let count = "a non-negative integer";
+        let c = Self {
+            vocab_size: f.required("vocab_size", count)?,
+            n_positions: f.required("n_positions", count)?,
+            n_embd: f.required("n_embd", count)?,
+            n_layer: f.required("n_layer", count)?,
+            n_head: f.required("n_head", count)?,
+            n_inner: f.optional("n_inner", "a non-negative integer or null")?,
+            activation_function: f.activation("activation_function", "gelu_new")?,
+            resid_pdrop: f.probability("resid_pdrop", 0.1)?,
+            embd_pdrop: f.probability("embd_pdrop", 0.1)?,
+            attn_pdrop: f.probability("attn_pdrop", 0.1)?,
+            layer_norm_epsilon: f.positive("layer_norm_epsilon", 1e-5)?,
+            initializer_range: f.positive("initializer_range", 0.02)?,
+            scale_attn_weights: f.or("scale_attn_weights", "true or false", true)?,
+            scale_attn_by_inverse_layer_idx: f.or("scale_attn_by_inverse_layer_idx", "true or false", false)?,
+            tie_word_embeddings: f.or("tie_word_embeddings", "true or false", true)?,
+            raw: v.clone(),
+        };
+        f.check_heads("n_embd", c.n_embd, "n_head", c.n_head)?;
+        f.only("add_cross_attention", false, "cross-attention layers are not implemented")?;
         Ok(c)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Model(format!("config.json (model_type `gpt2`): {m}")));
-        if self.n_embd == 0 || self.n_head == 0 || !divides(self.n_head, self.n_embd) {
-            return bad(format!("n_embd {} is not a positive multiple of n_head {}", self.n_embd, self.n_head));
-        }
-        activation(&self.activation_function, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
-            .map_err(|e| Error::Model(format!("config.json (model_type `gpt2`): activation_function: {e}")))?;
-        for (name, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} = {p} is outside [0, 1)"));
-            }
-        }
-        Ok(())
     }
 
     /// Feed-forward width.
@@ -134,9 +119,12 @@ impl Gpt2 {
 
     /// Build from a config and checkpoint tensors, with or without the `transformer.` prefix
     /// (hub base checkpoints such as `openai-community/gpt2` have `h.0...`, `wte.weight`).
-    /// A separate `lm_head.weight` and the attention-mask buffers are ignored.
+    /// With a tied head (`tie_word_embeddings`, the default) a separate `lm_head.weight` is
+    /// ignored, as `transformers` does; with an untied head it is required. The attention-mask
+    /// buffers are ignored.
     pub fn from_weights(config: Gpt2Config, weights: WeightMap, opts: &LoadOptions) -> Result<Self> {
         let (h, f) = (config.n_embd, config.inner());
+        let weights_have_head = weights.contains_key("lm_head.weight");
         let mut l = Loader::new(weights, "transformer", opts, Self::ARCHITECTURE)?;
         l.required("transformer.wte.weight", &[config.vocab_size, h])?;
         l.required("transformer.wpe.weight", &[config.n_positions, h])?;
@@ -157,8 +145,23 @@ impl Gpt2 {
         }
         l.required("transformer.ln_f.weight", &[h])?;
         l.required("transformer.ln_f.bias", &[h])?;
+        let tied = config.tie_word_embeddings;
+        if !tied {
+            if !weights_have_head {
+                return Err(Error::Model(format!(
+                    "{}: config.json says tie_word_embeddings = false, but the checkpoint has no `lm_head.weight` (expected shape \
+                     [{}, {h}]); the untied LM head is not replaced by a random or tied one: use the complete checkpoint, or set \
+                     tie_word_embeddings = true if the head really is wte",
+                    Self::ARCHITECTURE,
+                    config.vocab_size
+                )));
+            }
+            l.required("lm_head.weight", &[config.vocab_size, h])?;
+        }
         // Tied LM head, causal-mask buffers of older checkpoints.
-        l.ignore(|k| k == "lm_head.weight" || (k.ends_with(".attn.bias") && !k.contains("c_attn")) || k.ends_with(".attn.masked_bias"));
+        l.ignore(|k| {
+            (tied && k == "lm_head.weight") || (k.ends_with(".attn.bias") && !k.contains("c_attn")) || k.ends_with(".attn.masked_bias")
+        });
         let (params, _) = l.finish(config.initializer_range)?;
         let dropout = Dropout::new(config.resid_pdrop, dropout_seed(opts.seed));
         Ok(Self { config, params, dropout })
@@ -167,7 +170,8 @@ impl Gpt2 {
     /// Freshly initialised weights for `config`, as `transformers`' `GPT2PreTrainedModel`
     /// initialises a new model: embeddings and `Conv1D` weights `N(0, initializer_range²)`,
     /// the residual projections (`attn.c_proj`, `mlp.c_proj`) `N(0, initializer_range² / (2 ·
-    /// n_layer))`, biases 0, LayerNorm weights 1. Each tensor's values depend only on `seed`
+    /// n_layer))`, biases 0, LayerNorm weights 1, an untied `lm_head.weight`
+    /// `N(0, initializer_range²)`. Each tensor's values depend only on `seed`
     /// and its name. For pretraining from scratch ([`Gpt2::from_weights`] takes the result).
     pub fn init_weights(config: &Gpt2Config, opts: &LoadOptions) -> Result<WeightMap> {
         let (h, f, std) = (config.n_embd, config.inner(), config.initializer_range);
@@ -200,6 +204,9 @@ impl Gpt2 {
         }
         w.insert("transformer.ln_f.weight".into(), ones(h)?);
         w.insert("transformer.ln_f.bias".into(), zeros(h)?);
+        if !config.tie_word_embeddings {
+            normal(&mut w, "lm_head.weight".into(), &[config.vocab_size, h], std)?;
+        }
         Ok(w)
     }
 
@@ -218,6 +225,27 @@ impl Gpt2 {
     pub fn hidden_states(&self, w: &dyn Weights, ids: &Tensor, mode: Mode) -> Result<Tensor> {
         let e = self.word_embeddings(w, ids)?;
         self.hidden_states_from_embeds(w, &e, mode)
+    }
+
+    /// Final hidden states from input (word) embeddings `[batch, seq, hidden]` and optional
+    /// token type ids `[batch, seq]`, embedded with `wte` and added to the input as
+    /// `transformers`' `token_type_ids` are.
+    pub fn hidden_states_typed(&self, w: &dyn Weights, embeds: &Tensor, token_types: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        let Some(tt) = token_types else { return self.hidden_states_from_embeds(w, embeds, mode) };
+        let (b, s, _) = embeds.dims3()?;
+        if tt.dims() != [b, s] {
+            return Err(Error::Model(format!("GPT-2: token type ids {:?} do not match the inputs [{b}, {s}]", tt.dims())));
+        }
+        let tt = ids_u32(tt)?;
+        let max = tt.max_all()?.to_scalar::<u32>()?;
+        if max as usize >= self.config.vocab_size {
+            return Err(Error::Model(format!(
+                "GPT-2: token type id {max} is outside the vocabulary 0..{} (config.json vocab_size; GPT-2 embeds token types with wte)",
+                self.config.vocab_size
+            )));
+        }
+        let typed = embeds.add(&embedding(&w.weight("transformer.wte.weight")?, &tt)?)?;
+        self.hidden_states_from_embeds(w, &typed, mode)
     }
 
     fn word_embeddings(&self, w: &dyn Weights, ids: &Tensor) -> Result<Tensor> {
@@ -263,9 +291,19 @@ impl Gpt2 {
         layer_norm(&x, &w.weight("transformer.ln_f.weight")?, &w.weight("transformer.ln_f.bias")?, c.layer_norm_epsilon)
     }
 
-    /// LM logits `[.., vocab]` of hidden states (the head tied to `wte`).
+    /// The parameter the LM head multiplies by: `transformer.wte.weight` when tied,
+    /// `lm_head.weight` when `tie_word_embeddings = false`.
+    pub fn lm_head_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            "transformer.wte.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    /// LM logits `[.., vocab]` of hidden states (the head tied to `wte`, or `lm_head.weight`).
     pub fn lm_logits(&self, w: &dyn Weights, hidden: &Tensor) -> Result<Tensor> {
-        linear(hidden, &w.weight("transformer.wte.weight")?, None)
+        linear(hidden, &w.weight(self.lm_head_name())?, None)
     }
 }
 
@@ -293,7 +331,7 @@ impl Model for Gpt2 {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
-        let hidden = self.hidden_states_from_embeds(w, embeds, mode)?;
+        let hidden = self.hidden_states_typed(w, embeds, batch.token_types.as_ref(), mode)?;
         let (b, s, h) = hidden.dims3()?;
         let targets = ids_u32(&batch.targets)?;
         if targets.dims() != [b, s] {
@@ -315,7 +353,8 @@ impl Model for Gpt2 {
     }
 
     fn representation(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor> {
-        let hidden = self.hidden_states(w, &batch.inputs, mode)?.to_dtype(DType::F32)?;
+        let e = self.word_embeddings(w, &batch.inputs)?;
+        let hidden = self.hidden_states_typed(w, &e, batch.token_types.as_ref(), mode)?.to_dtype(DType::F32)?;
         let (b, s, _) = hidden.dims3()?;
         let m = match &batch.mask {
             Some(m) => {
@@ -334,7 +373,7 @@ impl Model for Gpt2 {
 
 impl Pretrained for Gpt2 {
     fn config_json(&self) -> serde_json::Value {
-        config_out(&self.config.to_json(), Self::ARCHITECTURE, "gpt2", None)
+        config_out(&self.config.to_json(), Self::ARCHITECTURE, "gpt2", None, params_dtype(&self.params))
     }
     fn dropout_position(&self) -> Result<u128> {
         self.dropout.position()

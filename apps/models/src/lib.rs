@@ -4,6 +4,14 @@
 //! Hugging Face weight names and `config.json` fields, dropout in train mode only, an entry at
 //! the input embeddings (for the noise trust region) and the base representation before the
 //! task head (for CKA). Built only from differentiable candle ops (see [`layers`]).
+//!
+//! Checkpoints are read as `transformers` reads them: an absent `config.json` field takes the
+//! default of the `transformers` config class (checked against a table generated from
+//! transformers 5.24, `tests/fixtures/config_defaults.json`); a field of the wrong type or an
+//! unsupported value is an error naming the field, the value, the model type and what is
+//! supported; sentence pairs carry their token type ids ([`tram::Batch::token_types`]); an
+//! untied GPT-2 head (`tie_word_embeddings = false`) is its own trainable parameter. A saved
+//! config states the dtype of the saved weights.
 
 pub mod bert;
 mod checkpoint;

@@ -4,11 +4,13 @@
 //! `classifier.out_proj.*`. RoBERTa has no pooler.
 //!
 //! Batches: `inputs` `[batch, seq]` token ids (padding = `pad_token_id`), `mask` `[batch, seq]`
-//! attention mask (1 = real token), `targets` `[batch]` labels. Position ids start at
+//! attention mask (1 = real token), optional `token_types` `[batch, seq]` (RoBERTa / XLM-R
+//! tokenizers give all zeros; ids must be below `type_vocab_size`, usually 1),
+//! `targets` `[batch]` labels. Position ids start at
 //! `pad_token_id + 1` and padding tokens get `pad_token_id`. The logits are
 //! `out_proj(dropout(tanh(dense(dropout(h[<s>])))))`; the representation is `h[<s>]`.
 
-use crate::checkpoint::{config_out, dropout_seed, model_type, num_labels, Init, Loader};
+use crate::checkpoint::{config_out, dropout_seed, model_type, num_labels, params_dtype, Init, Loader};
 use crate::encoder::{class_targets, first_token, Encoder, EncoderConfig, Family};
 use crate::layers::{linear, Dropout};
 use crate::{LoadOptions, Pretrained, WeightMap};
@@ -67,11 +69,12 @@ impl Roberta {
         self.labels
     }
 
-    /// `last_hidden_state` `[batch, seq, hidden]` of token `ids` `[batch, seq]` with an
-    /// optional attention mask (1 = real token).
-    pub fn encode(&self, w: &dyn Weights, ids: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+    /// `last_hidden_state` `[batch, seq, hidden]` of token `ids` `[batch, seq]` with optional
+    /// token type ids `[batch, seq]` (all 0 when `None`) and an optional attention mask (1 =
+    /// real token).
+    pub fn encode(&self, w: &dyn Weights, ids: &Tensor, token_types: Option<&Tensor>, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let e = self.encoder.word_embeddings(w, ids)?;
-        self.encoder.forward_embeds(w, &e, ids, mask, &self.dropout, mode.train)
+        self.encoder.forward_embeds(w, &e, ids, token_types, mask, &self.dropout, mode.train)
     }
 }
 
@@ -93,7 +96,15 @@ impl Model for Roberta {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
-        let hidden = self.encoder.forward_embeds(w, embeds, &batch.inputs, batch.mask.as_ref(), &self.dropout, mode.train)?;
+        let hidden = self.encoder.forward_embeds(
+            w,
+            embeds,
+            &batch.inputs,
+            batch.token_types.as_ref(),
+            batch.mask.as_ref(),
+            &self.dropout,
+            mode.train,
+        )?;
         let p = self.encoder.cfg.classifier_dropout_prob();
         let x = self.dropout.apply_p(&first_token(&hidden)?, p, mode.train)?;
         let x = linear(&x, &w.weight("classifier.dense.weight")?, Some(&w.weight("classifier.dense.bias")?))?.tanh()?;
@@ -103,14 +114,20 @@ impl Model for Roberta {
     }
 
     fn representation(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor> {
-        let hidden = self.encode(w, &batch.inputs, batch.mask.as_ref(), mode)?;
+        let hidden = self.encode(w, &batch.inputs, batch.token_types.as_ref(), batch.mask.as_ref(), mode)?;
         Ok(first_token(&hidden)?.to_dtype(DType::F32)?)
     }
 }
 
 impl Pretrained for Roberta {
     fn config_json(&self) -> serde_json::Value {
-        config_out(&self.encoder.cfg.to_json(), architecture(&self.model_type), &self.model_type, Some(self.labels))
+        config_out(
+            &self.encoder.cfg.to_json(),
+            architecture(&self.model_type),
+            &self.model_type,
+            Some(self.labels),
+            params_dtype(&self.params),
+        )
     }
     fn dropout_position(&self) -> Result<u128> {
         self.dropout.position()

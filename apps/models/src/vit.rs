@@ -9,33 +9,17 @@
 //! projections `[batch, patches, hidden]`; the CLS token and positions are added after. The
 //! logits are `classifier(layernorm(h)[CLS])`; the representation is `layernorm(h)[CLS]`.
 
-use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, parse_config, Init, Loader};
+use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, params_dtype, ConfigFields, Init, Loader};
 use crate::encoder::{class_targets, first_token};
 use crate::layers::{activation, attention_with, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tram::{Batch, Error, Logits, Mode, Model, Params, Result, Weights};
 
-fn three() -> usize {
-    3
-}
-fn gelu() -> String {
-    "gelu".into()
-}
-fn eps() -> f64 {
-    1e-12
-}
-fn std02() -> f64 {
-    0.02
-}
-fn yes() -> bool {
-    true
-}
-
 /// Hugging Face `ViTConfig` fields used by the model; the dimensions are required, the rest
-/// default as in `transformers`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// default as in `transformers` (5.24; checked against `tests/fixtures/config_defaults.json`).
+#[derive(Clone, Debug, Serialize)]
 pub struct VitConfig {
     /// Hidden width.
     pub hidden_size: usize,
@@ -45,66 +29,78 @@ pub struct VitConfig {
     pub num_attention_heads: usize,
     /// Feed-forward width.
     pub intermediate_size: usize,
-    /// Image side (square images).
+    /// Image side (square images; `config.json` may give `n` or `[n, n]`).
     pub image_size: usize,
-    /// Patch side.
+    /// Patch side (square patches; `n` or `[n, n]`).
     pub patch_size: usize,
     /// Input channels.
-    #[serde(default = "three")]
     pub num_channels: usize,
     /// Feed-forward activation.
-    #[serde(default = "gelu")]
     pub hidden_act: String,
     /// Dropout on embeddings and sub-layer outputs.
-    #[serde(default)]
     pub hidden_dropout_prob: f64,
     /// Dropout on attention probabilities.
-    #[serde(default)]
     pub attention_probs_dropout_prob: f64,
     /// LayerNorm epsilon.
-    #[serde(default = "eps")]
     pub layer_norm_eps: f64,
     /// Whether query / key / value have biases.
-    #[serde(default = "yes")]
     pub qkv_bias: bool,
     /// Std of new-head initialisation.
-    #[serde(default = "std02")]
     pub initializer_range: f64,
     /// The original `config.json`.
     #[serde(skip)]
     pub raw: serde_json::Value,
 }
 
-impl VitConfig {
-    /// Parse a `config.json` (`model_type` `vit`).
-    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let mut c: Self = parse_config(v, &["vit"], "ViT")?;
-        c.raw = v.clone();
-        c.validate()?;
-        Ok(c)
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Model(format!("config.json (model_type `vit`): {m}")));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || !divides(self.num_attention_heads, self.hidden_size) {
-            return bad(format!(
-                "hidden_size {} is not a positive multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        if self.patch_size == 0 || !divides(self.patch_size, self.image_size) {
-            return bad(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
-        }
-        activation(&self.hidden_act, &Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?)
-            .map_err(|e| Error::Model(format!("config.json (model_type `vit`): hidden_act: {e}")))?;
-        for (name, p) in
-            [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)]
-        {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} = {p} is outside [0, 1)"));
+/// A square side given as `n` or `[n, n]` (`transformers` accepts both); a non-square pair is
+/// an error naming the field.
+fn square(f: &ConfigFields<'_>, key: &str) -> Result<usize> {
+    let expected = "a positive integer or a pair [n, n]";
+    match f.raw(key) {
+        Some(serde_json::Value::Array(a)) => {
+            let sides: Vec<usize> = f.required(key, expected)?;
+            match sides.as_slice() {
+                [h, w] if h == w => Ok(*h),
+                _ => Err(f.error(format_args!(
+                    "field `{key}` = {} is not supported: only square images and patches are (supported: an integer n or a pair [n, n])",
+                    serde_json::Value::Array(a.clone())
+                ))),
             }
         }
-        Ok(())
+        _ => f.required(key, expected),
+    }
+}
+
+impl VitConfig {
+    /// Parse a `config.json` (`model_type` `vit`). Every error names the field and the model
+    /// type.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let f = ConfigFields::new(v, &["vit"], "ViT")?;
+        let count = "a non-negative integer";
+        let c = Self {
+            hidden_size: f.required("hidden_size", count)?,
+            num_hidden_layers: f.required("num_hidden_layers", count)?,
+            num_attention_heads: f.required("num_attention_heads", count)?,
+            intermediate_size: f.required("intermediate_size", count)?,
+            image_size: square(&f, "image_size")?,
+            patch_size: square(&f, "patch_size")?,
+            num_channels: f.or("num_channels", count, 3)?,
+            hidden_act: f.activation("hidden_act", "gelu")?,
+            hidden_dropout_prob: f.probability("hidden_dropout_prob", 0.0)?,
+            attention_probs_dropout_prob: f.probability("attention_probs_dropout_prob", 0.0)?,
+            layer_norm_eps: f.positive("layer_norm_eps", 1e-12)?,
+            qkv_bias: f.or("qkv_bias", "true or false", true)?,
+            initializer_range: f.positive("initializer_range", 0.02)?,
+            raw: v.clone(),
+        };
+        f.check_heads("hidden_size", c.hidden_size, "num_attention_heads", c.num_attention_heads)?;
+        if c.patch_size == 0 || !divides(c.patch_size, c.image_size) {
+            return Err(f.error(format_args!("image_size {} is not a multiple of patch_size {}", c.image_size, c.patch_size)));
+        }
+        if c.num_channels == 0 {
+            return Err(f.error("field `num_channels` = 0: images need at least one channel"));
+        }
+        Ok(c)
     }
 
     /// Number of patches per image.
@@ -258,6 +254,14 @@ impl Vit {
     }
 }
 
+/// ViT has no token types: a batch carrying them was built for another model.
+fn no_token_types(batch: &Batch) -> Result<()> {
+    if batch.token_types.is_some() {
+        return Err(Error::Model("ViT takes images, not token type ids: the batch has `token_types`, which only text models read".into()));
+    }
+    Ok(())
+}
+
 impl Model for Vit {
     fn params(&self) -> &Params {
         &self.params
@@ -268,19 +272,21 @@ impl Model for Vit {
     }
 
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits> {
+        no_token_types(batch)?;
         let hidden = self.encode_embeds(w, embeds, mode)?;
         let logits = linear(&first_token(&hidden)?, &w.weight("classifier.weight")?, Some(&w.weight("classifier.bias")?))?;
         Ok(Logits { targets: class_targets(&batch.targets, logits.dim(0)?)?, logits })
     }
 
     fn representation(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor> {
+        no_token_types(batch)?;
         Ok(first_token(&self.encode(w, &batch.inputs, mode)?)?.to_dtype(DType::F32)?)
     }
 }
 
 impl Pretrained for Vit {
     fn config_json(&self) -> serde_json::Value {
-        config_out(&self.config.to_json(), Self::ARCHITECTURE, "vit", Some(self.labels))
+        config_out(&self.config.to_json(), Self::ARCHITECTURE, "vit", Some(self.labels), params_dtype(&self.params))
     }
     fn dropout_position(&self) -> Result<u128> {
         self.dropout.position()

@@ -102,7 +102,12 @@ fn vit_matches_candle_transformers_on_random_weights() {
 fn ours_xlmr(config: &serde_json::Value, weights: WeightMap, ids: &Tensor, mask: &Tensor) -> Tensor {
     let m = Roberta::from_weights(EncoderConfig::from_json(config).unwrap(), weights, &LoadOptions::default()).unwrap();
     let b = ids.dim(0).unwrap();
-    let batch = Batch { inputs: ids.clone(), targets: Tensor::zeros(b, DType::U32, &Device::Cpu).unwrap(), mask: Some(mask.clone()) };
+    let batch = Batch {
+        inputs: ids.clone(),
+        targets: Tensor::zeros(b, DType::U32, &Device::Cpu).unwrap(),
+        mask: Some(mask.clone()),
+        token_types: None,
+    };
     m.forward(m.params(), &batch, Mode::EVAL).unwrap().logits
 }
 

@@ -126,7 +126,7 @@ fn bad_batches_are_rejected() {
     let msg = err(m.forward(m.params(), &Batch::new(ids.clone(), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap()), Mode::EVAL));
     assert_mentions(&msg, &["targets", "[2, 7]"]);
     let none = Tensor::zeros((2, 7), DType::U32, &Device::Cpu).unwrap();
-    let msg = err(m.forward(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(none) }, Mode::EVAL));
+    let msg = err(m.forward(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(none), token_types: None }, Mode::EVAL));
     assert_mentions(&msg, &["no positions"]);
 
     let f = fixture("vit");
@@ -143,4 +143,115 @@ fn bad_batches_are_rejected() {
     let ids = f.ids("input_ids");
     let msg = err(m.forward(m.params(), &Batch::new(ids, Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap()), Mode::EVAL));
     assert_mentions(&msg, &["targets", "[3]"]);
+}
+
+/// A field of the wrong type or of an unsupported shape is named, with the model type, the
+/// value found and what is supported (was: "invalid type: sequence, expected usize").
+#[test]
+fn config_field_errors_name_the_field_the_model_type_and_what_is_supported() {
+    let f = fixture("vit");
+    let msg = err(VitConfig::from_json(&f.config_with("image_size", json!([16, 32]))));
+    println!("{msg}");
+    assert_mentions(&msg, &["field `image_size`", "[16,32]", "model_type `vit`", "supported: an integer n or a pair [n, n]"]);
+    // transformers accepts a square pair too: it means the same as the integer.
+    let c = VitConfig::from_json(&f.config_with("image_size", json!([16, 16]))).unwrap();
+    assert_eq!(c.image_size, 16);
+    let msg = err(VitConfig::from_json(&f.config_with("patch_size", json!("big"))));
+    assert_mentions(&msg, &["field `patch_size`", "\"big\"", "model_type `vit`", "a positive integer or a pair [n, n]"]);
+
+    let cases: [(&str, &str, serde_json::Value, &[&str]); 6] = [
+        ("gpt2", "n_embd", json!(32.5), &["a non-negative integer"]),
+        ("gpt2", "layer_norm_epsilon", json!("tiny"), &["a number"]),
+        ("gpt2", "tie_word_embeddings", json!("no"), &["true or false"]),
+        ("bert", "layer_norm_eps", json!(-1.0), &["positive"]),
+        ("bert", "classifier_dropout", json!(1.0), &["[0, 1)"]),
+        ("xlm-roberta", "pad_token_id", json!([1]), &["a token id"]),
+    ];
+    for (name, field, value, extra) in cases {
+        let fx = fixture(name);
+        let v = fx.config_with(field, value);
+        let msg = err(if name == "gpt2" { Gpt2Config::from_json(&v).map(|_| ()) } else { EncoderConfig::from_json(&v).map(|_| ()) });
+        println!("{msg}");
+        assert_mentions(&msg, &[&format!("field `{field}`"), &format!("model_type `{name}`")]);
+        assert_mentions(&msg, extra);
+    }
+    // Through from_config as well, and a non-string model_type.
+    let msg = err(tram_models::from_config(&f.config_with("image_size", json!([16, 32])), f.weights.clone(), &LoadOptions::default()));
+    assert_mentions(&msg, &["field `image_size`", "model_type `vit`"]);
+    let msg = err(VitConfig::from_json(&f.config_with("model_type", json!(3))));
+    assert_mentions(&msg, &["field `model_type`", "vit"]);
+}
+
+/// Token type ids beyond the model's table, or of the wrong shape, are refused by name; ViT
+/// refuses them altogether.
+#[test]
+fn bad_token_types_are_rejected() {
+    let f = fixture("bert");
+    let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    let ids = f.ids("input_ids");
+    let labels = Tensor::zeros(3, DType::U32, &Device::Cpu).unwrap();
+    let two = Tensor::full(2u32, (3, 7), &Device::Cpu).unwrap();
+    let msg = err(m.forward(m.params(), &Batch::new(ids.clone(), labels.clone()).with_token_types(two), Mode::EVAL));
+    assert_mentions(&msg, &["token type id 2", "type_vocab_size = 2"]);
+    let short = Tensor::zeros((3, 6), DType::U32, &Device::Cpu).unwrap();
+    let msg = err(m.forward(m.params(), &Batch::new(ids, labels.clone()).with_token_types(short), Mode::EVAL));
+    assert_mentions(&msg, &["token type ids [3, 6]", "[3, 7]"]);
+
+    // XLM-R has one token type: a tokenizer template that gives the second segment type 1 is
+    // an error, not an out-of-range read.
+    let f = fixture("xlm-roberta");
+    let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    let ones = Tensor::ones((3, 7), DType::U32, &Device::Cpu).unwrap();
+    let msg = err(m.forward(m.params(), &Batch::new(f.ids("input_ids"), labels.clone()).with_token_types(ones), Mode::EVAL));
+    assert_mentions(&msg, &["token type id 1", "type_vocab_size = 1"]);
+    // All-zero type ids are the same as none.
+    let zeros = Tensor::zeros((3, 7), DType::U32, &Device::Cpu).unwrap();
+    let a = m.forward(m.params(), &Batch::new(f.ids("input_ids"), labels.clone()).with_token_types(zeros), Mode::EVAL).unwrap();
+    let b = m.forward(m.params(), &Batch::new(f.ids("input_ids"), labels), Mode::EVAL).unwrap();
+    assert_eq!(common::rel_diff(&a.logits, &b.logits), 0.0);
+
+    let f = fixture("vit");
+    let m = Vit::from_weights(VitConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    let batch = Batch::new(f.get("pixel_values"), Tensor::zeros(2, DType::U32, &Device::Cpu).unwrap())
+        .with_token_types(Tensor::zeros((2, 5), DType::U32, &Device::Cpu).unwrap());
+    assert_mentions(&err(m.forward(m.params(), &batch, Mode::EVAL)), &["ViT", "token_types"]);
+}
+
+/// An untied GPT-2 head is never replaced silently: a checkpoint that says
+/// `tie_word_embeddings = false` must hold `lm_head.weight` of the right shape.
+#[test]
+fn untied_gpt2_without_its_head_is_refused() {
+    let f = fixture("gpt2-untied");
+    let mut w = f.weights.clone();
+    w.remove("lm_head.weight");
+    let msg = err(Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
+    println!("{msg}");
+    assert_mentions(&msg, &["lm_head.weight", "[53, 16]", "tie_word_embeddings = false"]);
+    let mut w = f.weights.clone();
+    w.insert("lm_head.weight".into(), Tensor::zeros((16, 53), DType::F32, &Device::Cpu).unwrap());
+    let msg = err(Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
+    assert_mentions(&msg, &["lm_head.weight", "[16, 53]", "[53, 16]"]);
+}
+
+/// Quantized or pruned checkpoints would be read as plain dense weights: they are refused by
+/// name instead.
+#[test]
+fn quantized_and_pruned_checkpoints_are_refused() {
+    let f = fixture("bert");
+    let msg =
+        err(EncoderConfig::from_json(&f.config_with("quantization_config", json!({"quant_method": "bitsandbytes", "load_in_8bit": true}))));
+    assert_mentions(&msg, &["quantization_config", "model_type `bert`", "not supported"]);
+    let msg = err(EncoderConfig::from_json(&f.config_with("pruned_heads", json!({"0": [1]}))));
+    assert_mentions(&msg, &["pruned_heads", "not supported"]);
+    EncoderConfig::from_json(&f.config_with("pruned_heads", json!({}))).unwrap();
+    let g = fixture("gpt2");
+    let msg = err(Gpt2Config::from_json(&g.config_with("quantization_config", json!({"quant_method": "gptq"}))));
+    assert_mentions(&msg, &["quantization_config", "model_type `gpt2`"]);
+
+    // An int8 weight of the right shape is not cast to float without its scales.
+    let mut w = f.weights.clone();
+    let q = w["bert.encoder.layer.0.attention.self.query.weight"].to_dtype(DType::U8).unwrap();
+    w.insert("bert.encoder.layer.0.attention.self.query.weight".into(), q);
+    let msg = err(Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), w, &LoadOptions::default()));
+    assert_mentions(&msg, &["bert.encoder.layer.0.attention.self.query.weight", "U8", "quantized"]);
 }

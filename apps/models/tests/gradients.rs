@@ -49,7 +49,7 @@ fn gpt2_every_parameter_gets_a_gradient() {
     // Next-token targets: the inputs shifted left; the last position of each row is masked.
     let targets = Tensor::cat(&[ids.narrow(1, 1, 6).unwrap(), Tensor::zeros((2, 1), DType::U32, &Device::Cpu).unwrap()], 1).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
-    let batch = Batch { inputs: ids, targets, mask: Some(mask) };
+    let batch = Batch { inputs: ids, targets, mask: Some(mask), token_types: None };
     for p in [0.0, 0.1] {
         let c = Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], p)).unwrap();
         let m = Gpt2::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -75,7 +75,8 @@ fn vit_every_parameter_gets_a_gradient() {
 #[test]
 fn bert_every_parameter_gets_a_gradient() {
     let f = fixture("bert");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Bert::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -90,7 +91,8 @@ fn bert_every_parameter_gets_a_gradient() {
 #[test]
 fn xlm_roberta_every_parameter_gets_a_gradient() {
     let f = fixture("xlm-roberta");
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     for p in [0.0, 0.1] {
         let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], p)).unwrap();
         let m = Roberta::from_weights(c, f.weights.clone(), &LoadOptions::default()).unwrap();
@@ -109,7 +111,8 @@ fn bf16_gradients_reach_every_parameter() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
     assert!(m.params().iter().all(|p| p.var.dtype() == DType::BF16));
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     check_all_gradients("bert bf16", &m, &batch);
     let f = fixture("gpt2");
     let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &opts).unwrap();
@@ -177,11 +180,61 @@ fn gradients_match_finite_differences() {
     for name in ["bert", "xlm-roberta"] {
         let f = fixture(name);
         let c = EncoderConfig::from_json(&dropout_config(&f, &keys, 0.0)).unwrap();
-        let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3, 3), mask: Some(f.ids("padded_attention_mask")) };
+        let batch = Batch {
+            inputs: f.ids("padded_input_ids"),
+            targets: labels(3, 3),
+            mask: Some(f.ids("padded_attention_mask")),
+            token_types: None,
+        };
         if name == "bert" {
             check_directional_derivative(name, &Bert::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
         } else {
             check_directional_derivative(name, &Roberta::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
         }
     }
+}
+
+/// The untied LM head is a trainable parameter: it gets a gradient, and the backward matches
+/// finite differences (with token types embedded through `wte` as well).
+#[test]
+fn gpt2_untied_head_is_trained() {
+    let f = fixture("gpt2-untied");
+    let ids = f.ids("input_ids");
+    let batch = Batch::new(ids.clone(), ids.clone()).with_token_types(f.ids("token_type_ids"));
+    let c = Gpt2Config::from_json(&f.config).unwrap();
+    let m = Gpt2::from_weights(c.clone(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert!(m.params().position("lm_head.weight").is_some());
+    check_all_gradients("gpt2-untied", &m, &batch);
+    let opts = LoadOptions { dtype: DType::F64, ..LoadOptions::default() };
+    let c64 = Gpt2Config::from_json(&dropout_config(&f, &["resid_pdrop", "embd_pdrop", "attn_pdrop"], 0.0)).unwrap();
+    check_directional_derivative("gpt2-untied", &Gpt2::from_weights(c64, f.weights.clone(), &opts).unwrap(), &batch);
+    // A new untied model has its own head too.
+    let r = Gpt2::random(c, &LoadOptions::default()).unwrap();
+    assert_eq!(r.params().len(), m.params().len());
+    let (head, wte) = (
+        tram::Weights::weight(r.params(), "lm_head.weight").unwrap(),
+        tram::Weights::weight(r.params(), "transformer.wte.weight").unwrap(),
+    );
+    assert_eq!(head.dims(), wte.dims());
+    assert!(common::rel_diff(&head, &wte) > 0.5, "an independent initialisation");
+}
+
+/// With a sentence pair, the second row of BERT's token-type table (segment 1) is used and
+/// trained; the backward through the token types matches finite differences.
+#[test]
+fn bert_pair_trains_the_second_token_type() {
+    let f = fixture("bert");
+    let batch = Batch::new(f.ids("pair_input_ids"), labels(2, 3))
+        .with_mask(f.ids("pair_attention_mask"))
+        .with_token_types(f.ids("pair_token_type_ids"));
+    let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    check_all_gradients("bert pair", &m, &batch);
+    let loss = m.loss(&m.forward(m.params(), &batch, Mode::TRAIN).unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    let table = m.params().iter().find(|p| p.name == "bert.embeddings.token_type_embeddings.weight").unwrap();
+    let g = grads.get(table.var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+    assert!(g[1].iter().any(|v| *v != 0.0), "segment 1's embedding gets a gradient");
+    let opts = LoadOptions { dtype: DType::F64, ..LoadOptions::default() };
+    let c = EncoderConfig::from_json(&dropout_config(&f, &["hidden_dropout_prob", "attention_probs_dropout_prob"], 0.0)).unwrap();
+    check_directional_derivative("bert pair", &Bert::from_weights(c, f.weights.clone(), &opts).unwrap(), &batch);
 }

@@ -176,7 +176,8 @@ fn saved_configs_name_the_task_class_and_round_trip() {
 fn dropout_only_in_train_mode_and_its_stream_checkpoints() {
     let f = fixture("xlm-roberta");
     let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let w = m.params();
     let eval = m.forward(w, &batch, Mode::EVAL).unwrap().logits;
     assert_close("eval logits", &eval, &f.get("padded_logits"), 1e-5);
@@ -236,7 +237,7 @@ fn noise_enters_at_the_input_embeddings() {
 
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("input_ids"), targets: labels(3), mask: None };
+    let batch = Batch { inputs: f.ids("input_ids"), targets: labels(3), mask: None, token_types: None };
     let e = m.embed(m.params(), &batch, Mode::EVAL).unwrap();
     let table = value(m.params(), "bert.embeddings.word_embeddings.weight");
     let want = table.index_select(&batch.inputs.flatten_all().unwrap(), 0).unwrap().reshape((3, 7, 32)).unwrap();
@@ -247,14 +248,16 @@ fn noise_enters_at_the_input_embeddings() {
 fn representations_are_the_base_model_outputs() {
     let f = fixture("bert");
     let m = Bert::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let r = m.representation(m.params(), &batch, Mode::EVAL).unwrap();
     assert_eq!(r.dims(), &[3, 32]);
     assert_close("bert representation", &r, &f.get("padded_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), 1e-5);
 
     let f = fixture("xlm-roberta");
     let m = Roberta::from_weights(EncoderConfig::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
-    let batch = Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")) };
+    let batch =
+        Batch { inputs: f.ids("padded_input_ids"), targets: labels(3), mask: Some(f.ids("padded_attention_mask")), token_types: None };
     let r = m.representation(m.params(), &batch, Mode::EVAL).unwrap();
     assert_close("xlm-r representation", &r, &f.get("padded_hidden").narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), 1e-5);
 
@@ -268,7 +271,9 @@ fn representations_are_the_base_model_outputs() {
     let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
     let ids = f.ids("input_ids");
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
-    let r = m.representation(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(mask) }, Mode::EVAL).unwrap();
+    let r = m
+        .representation(m.params(), &Batch { inputs: ids.clone(), targets: ids, mask: Some(mask), token_types: None }, Mode::EVAL)
+        .unwrap();
     let h = f.get("hidden");
     let want =
         Tensor::stack(&[h.get(0).unwrap().mean(0).unwrap(), h.get(1).unwrap().narrow(0, 0, 2).unwrap().mean(0).unwrap()], 0).unwrap();
@@ -285,4 +290,47 @@ fn parameters_take_the_requested_dtype() {
     assert_eq!(out.logits.dtype(), DType::BF16);
     let loss = m.loss(&out).unwrap();
     assert_eq!(loss.dtype(), DType::F32, "the loss is computed in f32");
+}
+
+/// A saved config states the dtype the weights are saved in, whatever the checkpoint said
+/// (a float16 checkpoint trained in f32 is saved as float32), and a classifier's
+/// `problem_type` names what the head was trained for.
+#[test]
+fn saved_configs_state_the_saved_dtype_and_problem_type() {
+    let f = fixture("bert");
+    let mut half = f.config_with("torch_dtype", json!("float16"));
+    half["dtype"] = json!("float16");
+    half["problem_type"] = json!("multi_label_classification");
+    for (dtype, name) in [(DType::F32, "float32"), (DType::BF16, "bfloat16")] {
+        let opts = LoadOptions { dtype, ..LoadOptions::default() };
+        let m = Bert::from_weights(EncoderConfig::from_json(&half).unwrap(), f.weights.clone(), &opts).unwrap();
+        let c = m.config_json();
+        assert_eq!(c["dtype"], json!(name));
+        assert_eq!(c["torch_dtype"], json!(name), "the legacy key is corrected too");
+        assert_eq!(c["problem_type"], json!("single_label_classification"));
+    }
+    for name in ["gpt2", "gpt2-untied", "vit", "xlm-roberta"] {
+        let f = fixture(name);
+        let opts = LoadOptions { dtype: DType::BF16, ..LoadOptions::default() };
+        let m = tram_models::from_config(&f.config_with("dtype", json!("float16")), f.weights.clone(), &opts).unwrap();
+        assert_eq!(m.config_json()["dtype"], json!("bfloat16"), "{name}");
+        assert!(m.config_json().get("torch_dtype").is_none(), "{name}: no legacy key added");
+    }
+}
+
+/// An untied GPT-2 reads, keeps and writes back its own head: the parameter is
+/// `lm_head.weight` from the checkpoint, and the saved config stays untied.
+#[test]
+fn gpt2_untied_head_is_loaded_and_kept() {
+    let f = fixture("gpt2-untied");
+    let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert_eq!(m.params().len(), f.weights.len());
+    assert!(same(&value(m.params(), "lm_head.weight"), &f.weights["lm_head.weight"]));
+    assert_eq!(m.params().iter().last().unwrap().name, "lm_head.weight", "transformers' state-dict order");
+    assert_eq!(m.config_json()["tie_word_embeddings"], json!(false));
+    // The tied fixture still ignores a separate lm_head.weight, as transformers does.
+    let f = fixture("gpt2");
+    let m = Gpt2::from_weights(Gpt2Config::from_json(&f.config).unwrap(), f.weights.clone(), &LoadOptions::default()).unwrap();
+    assert_eq!(m.lm_head_name(), "transformer.wte.weight");
+    assert_eq!(m.config_json()["tie_word_embeddings"], json!(true));
 }
