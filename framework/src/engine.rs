@@ -130,8 +130,9 @@ pub enum RadiusPrecision {
 }
 
 impl RegionSettings {
-    /// Reject settings out of range, naming the key, the value and the valid range.
-    fn validate(&self, what: &str) -> Result<()> {
+    /// Reject settings out of range, naming the key, the value and the valid range (`what`
+    /// names the component in the message). `Optimizer::new` calls it for every trust region.
+    pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |reason: String| Err(Error::Config { component: what.to_string(), reason });
         if !self.scale.is_finite() {
             return bad(format!("`scale` = {} is not finite; it must be a finite number (>= 0 unless reduction = \"reference\")", self.scale));

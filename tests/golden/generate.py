@@ -8,7 +8,8 @@ a second time, independently of the Rust code, the PyTorch way: an `nn.Module` c
 the Rust side (f32) must match the final parameters to 1e-5 relative per tensor.
 
 Each case writes `fixtures/<case>.safetensors` (format: fixtures/README.md). The script is
-deterministic (fixed seeds, sorted safetensors header), so rerunning rewrites identical files.
+deterministic (fixed seeds, sorted safetensors header): rerunning on one machine rewrites
+identical files (another CPU may change float64 results in the last bits, ~1e-16).
 
 Generated with torch 2.15.0 (CPU). To reproduce:
 
