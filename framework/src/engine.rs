@@ -135,7 +135,10 @@ impl RegionSettings {
     pub fn validate(&self, what: &str) -> Result<()> {
         let bad = |reason: String| Err(Error::Config { component: what.to_string(), reason });
         if !self.scale.is_finite() {
-            return bad(format!("`scale` = {} is not finite; it must be a finite number (>= 0 unless reduction = \"reference\")", self.scale));
+            return bad(format!(
+                "`scale` = {} is not finite; it must be a finite number (>= 0 unless reduction = \"reference\")",
+                self.scale
+            ));
         }
         if self.scale < 0.0 && self.reduction != Reduction::Reference {
             return bad(format!(
@@ -207,8 +210,7 @@ impl BoundRegion {
     /// (it can even come out negative), in f64 it is accurate.
     /// With `radius_precision = "f32"` it is computed in f32 instead, as the reference code does.
     pub fn radius(&self, target: &Tensor, current: &Tensor, examples: usize) -> Result<f64> {
-        let precise =
-            self.settings.radius_precision == RadiusPrecision::Exact && !matches!(target.device(), candle_core::Device::Metal(_));
+        let precise = self.settings.radius_precision == RadiusPrecision::Exact && !matches!(target.device(), candle_core::Device::Metal(_));
         let dtype = if precise { candle_core::DType::F64 } else { candle_core::DType::F32 };
         let (t, c) = (target.detach().to_dtype(dtype)?, current.detach().to_dtype(dtype)?);
         let tau = self.settings.temperature;
@@ -538,11 +540,8 @@ impl Optimizer {
                 // The reference code has no guard for δ ≤ 0: with its scaling it perturbs anyway
                 // (a negative δ reverses the ascent). Non-finite radii never perturb.
                 let unguarded = self.sizing_region() && self.region.as_ref().is_some_and(|r| r.settings.reduction == Reduction::Reference);
-                let ascent = if radius.is_finite() && (radius > 0.0 || unguarded) {
-                    n.perturbation(params, &grads, radius)?
-                } else {
-                    Ascent::None
-                };
+                let ascent =
+                    if radius.is_finite() && (radius > 0.0 || unguarded) { n.perturbation(params, &grads, radius)? } else { Ascent::None };
                 match ascent {
                     Ascent::None => self.no_ascent += 1,
                     Ascent::Step(eps) => {

@@ -114,7 +114,11 @@ mod tests {
                     l2(&t, &Tensor::new(&x, &Device::Cpu).unwrap(), Reduction::Reference, 3)
                 };
                 let fd = (at(h) - at(-h)) / (2.0 * h);
-                assert!((fd - g[i][j]).abs() < 1e-5 * g[i][j].abs().max(1e-3), "[{i}][{j}]: autograd {} vs finite difference {fd}", g[i][j]);
+                assert!(
+                    (fd - g[i][j]).abs() < 1e-5 * g[i][j].abs().max(1e-3),
+                    "[{i}][{j}]: autograd {} vs finite difference {fd}",
+                    g[i][j]
+                );
             }
         }
     }

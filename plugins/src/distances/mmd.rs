@@ -186,7 +186,8 @@ mod tests {
         let t = Tensor::new(&[[0f64], [1.0]], &Device::Cpu).unwrap();
         let c = Tensor::new(&[[0f64], [3.0]], &Device::Cpu).unwrap();
         let bws = [0.5, 2.0];
-        let formulas: [(Kernel, fn(f64, f64) -> f64); 6] = [
+        type Formula = fn(f64, f64) -> f64;
+        let formulas: [(Kernel, Formula); 6] = [
             (Kernel::Imq, |d, b| b / (b + d)),
             (Kernel::Imq2, |d, b| (b * b + d).powf(-0.5)),
             (Kernel::Imq3, |d, b| b * b / (b * b + d)),
@@ -196,7 +197,8 @@ mod tests {
         ];
         for (kernel, f) in formulas {
             let k = |x: f64, y: f64| bws.iter().map(|&b| f((x - y) * (x - y), b)).sum::<f64>();
-            let mean = |a: [f64; 2], b: [f64; 2]| a.iter().flat_map(|&x| b.iter().map(move |&y| (x, y))).map(|(x, y)| k(x, y)).sum::<f64>() / 4.0;
+            let mean =
+                |a: [f64; 2], b: [f64; 2]| a.iter().flat_map(|&x| b.iter().map(move |&y| (x, y))).map(|(x, y)| k(x, y)).sum::<f64>() / 4.0;
             let want = mean([0.0, 1.0], [0.0, 1.0]) + mean([0.0, 3.0], [0.0, 3.0]) - 2.0 * mean([0.0, 1.0], [0.0, 3.0]);
             let got = value(kernel, &bws, &t, &c);
             assert!((got - want).abs() < 1e-12 * want.abs().max(1.0), "{kernel:?}: {got} vs {want}");
