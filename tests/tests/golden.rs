@@ -216,6 +216,17 @@ fn f32_radius_reproduces_the_reference_codes_rounding_noise() {
     let f32_delta = run(&fx.composition);
     let exact_delta = run(&fx.composition.replace("radius_precision=f32", "radius_precision=exact"));
 
+    let negatives = |d: &[f64]| d.iter().filter(|d| **d <= 0.0).count();
+    println!(
+        "δ RMS over {} draws: official f32 {:.2e} ({} <= 0), float64 {:.2e}; Rust f32 {:.2e} ({} <= 0), Rust exact {:.2e}",
+        official.len(),
+        rms(&official),
+        negatives(&official),
+        rms(&exact),
+        rms(&f32_delta),
+        negatives(&f32_delta),
+        rms(&exact_delta)
+    );
     // The fixture itself: the official float32 δ is noise far above the exact value.
     assert!(rms(&official) > 1e3 * rms(&exact), "official {:e} vs exact {:e}", rms(&official), rms(&exact));
     // Rust's float32 δ: noise of the same size and of both signs.
@@ -226,6 +237,6 @@ fn f32_radius_reproduces_the_reference_codes_rounding_noise() {
     // The exact δ (the default) is the float64 value, up to the f32 logits it is computed from
     // (target and current logits differ by ~1e-6, a few hundred f32 ulps).
     for (s, (got, want)) in exact_delta.iter().zip(&exact).enumerate() {
-        assert!((got / want - 1.0).abs() < 0.2, "step {s}: exact δ {got:e}, float64 reference {want:e}");
+        assert!((got / want - 1.0).abs() < 0.1, "step {s}: exact δ {got:e}, float64 reference {want:e}");
     }
 }
