@@ -618,6 +618,10 @@ CASES = [
     Case("tram-noise-reference-f32", "noise(reduction=reference,radius_precision=f32)+ball(ascent=reference)+adam", 0.01, {"noise": {"sigma": 1e-5}},
          Method(ADAM, region=noise(sigma=1e-5, reduction="reference", precision="f32"), neighborhood=tram_ball(ascent="reference")),
          delta_ablations=("exact-delta",), steps=20, note="reference code's float32 delta at sigma 1e-5; delta/<step> as used, delta_exact/<step> in float64"),
+    Case("tram-noise-mmd-reference-f32", "noise(distance=mmd,reduction=reference,radius_precision=f32)+ball(ascent=reference)+adam", 0.001, {"noise": {"sigma": 1e-5}},
+         Method(ADAM, region=noise(sigma=1e-5, distance="mmd", reduction="reference", precision="f32"), neighborhood=tram_ball(ascent="reference")),
+         delta_ablations=("exact-delta",), steps=20, note="reference code's MMD (imq2) accumulated in float32 at sigma 1e-5; delta/<step> as used, delta_exact/<step> in float64; "
+         "lr 1e-3 because its noise (~3e-7) already moves the weights by ~1e-6 relative at lr 1e-2"),
     # Reference mode: no guard for delta <= 0 (a negative logit_scale makes every delta negative).
     Case("tram-noise-reference-negative-delta", "noise(reduction=reference,scale=-500)+ball+sgd", 0.05, {"noise": {"sigma": 1.0}},
          Method(SGD, region=noise(sigma=1.0, scale=-500.0, reduction="reference"), neighborhood=tram_ball()), ablations=("guarded",),

@@ -197,14 +197,20 @@ fn rms(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| x * x).sum::<f64>() / xs.len().max(1) as f64).sqrt()
 }
 
-/// Reference mode's `radius_precision = "f32"` at the paper's σ = 1e-5 (20 draws): the reference
-/// code's float32 δ is rounding noise. Rounding noise cannot be matched draw by draw across
-/// implementations (nor can the weights tell it apart: they end within 1e-8 of Adam's, which the
-/// replay above checks), so its statistics are compared: its size (~10⁴–10⁵× the exact δ) and
-/// its sign (≤ 0 in a good share of draws), while the exact δ matches the float64 one.
+/// Reference mode's `radius_precision = "f32"` at the paper's σ = 1e-5 (20 draws, KL and MMD):
+/// the reference code's float32 δ is rounding noise. Rounding noise cannot be matched draw by draw
+/// across implementations (nor can the weights tell it apart: they end within 1e-8 of Adam's,
+/// which the replay above checks), so its statistics are compared: its size (10³–10⁵× the exact
+/// δ) and its sign (≤ 0 in a good share of draws), while the exact δ matches the float64 one.
 #[test]
 fn f32_radius_reproduces_the_reference_codes_rounding_noise() {
-    let fx = load(&fixtures_dir().join("tram-noise-reference-f32.safetensors")).expect("fixture");
+    for case in ["tram-noise-reference-f32", "tram-noise-mmd-reference-f32"] {
+        check_f32_radius(case);
+    }
+}
+
+fn check_f32_radius(case: &str) {
+    let fx = load(&fixtures_dir().join(format!("{case}.safetensors"))).expect("fixture");
     let recorded = |key: &str| -> Vec<f64> {
         (0..fx.steps).map(|s| fx.tensor(&format!("{key}/{s}")).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0]).collect()
     };
@@ -218,7 +224,7 @@ fn f32_radius_reproduces_the_reference_codes_rounding_noise() {
 
     let negatives = |d: &[f64]| d.iter().filter(|d| **d <= 0.0).count();
     println!(
-        "δ RMS over {} draws: official f32 {:.2e} ({} <= 0), float64 {:.2e}; Rust f32 {:.2e} ({} <= 0), Rust exact {:.2e}",
+        "{case}: δ RMS over {} draws: official f32 {:.2e} ({} <= 0), float64 {:.2e}; Rust f32 {:.2e} ({} <= 0), Rust exact {:.2e}",
         official.len(),
         rms(&official),
         negatives(&official),
@@ -228,15 +234,15 @@ fn f32_radius_reproduces_the_reference_codes_rounding_noise() {
         rms(&exact_delta)
     );
     // The fixture itself: the official float32 δ is noise far above the exact value.
-    assert!(rms(&official) > 1e3 * rms(&exact), "official {:e} vs exact {:e}", rms(&official), rms(&exact));
+    assert!(rms(&official) > 1e3 * rms(&exact), "{case}: official {:e} vs exact {:e}", rms(&official), rms(&exact));
     // Rust's float32 δ: noise of the same size and of both signs.
     let ratio = rms(&f32_delta) / rms(&official);
-    assert!((0.2..5.0).contains(&ratio), "RMS of f32 δ {:e}, official {:e}", rms(&f32_delta), rms(&official));
+    assert!((0.2..5.0).contains(&ratio), "{case}: RMS of f32 δ {:e}, official {:e}", rms(&f32_delta), rms(&official));
     let nonpositive = f32_delta.iter().filter(|d| **d <= 0.0).count();
-    assert!((2..=18).contains(&nonpositive), "{nonpositive} of {} f32 δ are <= 0: {f32_delta:?}", f32_delta.len());
+    assert!((2..=18).contains(&nonpositive), "{case}: {nonpositive} of {} f32 δ are <= 0: {f32_delta:?}", f32_delta.len());
     // The exact δ (the default) is the float64 value, up to the f32 logits it is computed from
     // (target and current logits differ by ~1e-6, a few hundred f32 ulps).
     for (s, (got, want)) in exact_delta.iter().zip(&exact).enumerate() {
-        assert!((got / want - 1.0).abs() < 0.1, "step {s}: exact δ {got:e}, float64 reference {want:e}");
+        assert!((got / want - 1.0).abs() < 0.1, "{case} step {s}: exact δ {got:e}, float64 reference {want:e}");
     }
 }
