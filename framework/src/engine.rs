@@ -89,8 +89,12 @@ pub struct RegionSettings {
     pub distance: String,
     /// Multiplier of the distance (TRAM's `logit_scale`).
     pub scale: f64,
-    /// `mean` (per-row mean, the paper) or `reference` (TRAM's reference code scaling).
+    /// `mean` (per-row mean, the paper) or `reference` (TRAM's reference code scaling; it also
+    /// lets a TRAM radius δ ≤ 0 perturb, as the reference code has no guard against it).
     pub reduction: Reduction,
+    /// Precision of the TRAM radius δ: `exact` (f64 where the device has it) or `f32`, the
+    /// reference code's float32 δ (rounding noise at σ = 1e-5; see the README's reference mode).
+    pub radius_precision: RadiusPrecision,
     /// Temperature τ: the distance is `τ² D(f_t/τ ‖ f_c/τ)` (MESA).
     pub temperature: f64,
     /// Dropout mode of the target pass: unset = eval for parameter-history targets, the
@@ -100,7 +104,52 @@ pub struct RegionSettings {
 
 impl Default for RegionSettings {
     fn default() -> Self {
-        Self { distance: "kl".into(), scale: 1.0, reduction: Reduction::Mean, temperature: 1.0, target_train: None }
+        Self {
+            distance: "kl".into(),
+            scale: 1.0,
+            reduction: Reduction::Mean,
+            radius_precision: RadiusPrecision::Exact,
+            temperature: 1.0,
+            target_train: None,
+        }
+    }
+}
+
+/// The precision in which a trust region computes TRAM's radius δ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RadiusPrecision {
+    /// f64 where the device has it (Metal: f32): at σ = 1e-5 the first-order terms of KL cancel
+    /// and only f64 leaves δ accurate.
+    #[default]
+    Exact,
+    /// float32, as the reference code computes it (KL cast to f32, MMD accumulated in f32): at
+    /// σ = 1e-5 δ is then rounding noise, about 10⁵× the exact value and ≤ 0 in about half the
+    /// draws. For reproducing the reference code only.
+    F32,
+}
+
+impl RegionSettings {
+    /// Reject settings out of range, naming the key, the value and the valid range (`what`
+    /// names the component in the message). `Optimizer::new` calls it for every trust region.
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |reason: String| Err(Error::Config { component: what.to_string(), reason });
+        if !self.scale.is_finite() {
+            return bad(format!(
+                "`scale` = {} is not finite; it must be a finite number (>= 0 unless reduction = \"reference\")",
+                self.scale
+            ));
+        }
+        if self.scale < 0.0 && self.reduction != Reduction::Reference {
+            return bad(format!(
+                "`scale` = {} is negative; it must be >= 0 (a negative logit_scale is accepted only with reduction = \"reference\", which reproduces the reference code)",
+                self.scale
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!("`temperature` = {} is out of range; it must be finite and > 0", self.temperature));
+        }
+        Ok(())
     }
 }
 
@@ -108,7 +157,8 @@ impl Default for RegionSettings {
 pub const REGION_SETTINGS: &[(&str, &str)] = &[
     ("distance", "registered distance D(target ‖ current): kl, kl-reverse, kl-sym, mmd, l2, ..."),
     ("scale", "multiplier of the distance (TRAM's logit_scale)"),
-    ("reduction", "\"mean\" over rows (paper) or \"reference\" (TRAM reference-code scaling)"),
+    ("reduction", "\"mean\" over rows (paper) or \"reference\" (TRAM reference-code scaling; a TRAM δ ≤ 0 still perturbs)"),
+    ("radius_precision", "TRAM δ in \"exact\" f64 (default) or \"f32\" as the reference code (rounding noise at σ = 1e-5)"),
     ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA)"),
     ("target_train", "dropout in the target pass; unset: eval for θ-history targets, current mode for noise"),
 ];
@@ -158,8 +208,9 @@ impl BoundRegion {
     /// device has it. Target and current logits of a small noise perturbation differ by
     /// ~σ·‖W‖, and the first-order terms of KL cancel: in f32 δ ~ 1e-10 drowns in rounding
     /// (it can even come out negative), in f64 it is accurate.
+    /// With `radius_precision = "f32"` it is computed in f32 instead, as the reference code does.
     pub fn radius(&self, target: &Tensor, current: &Tensor, examples: usize) -> Result<f64> {
-        let precise = !matches!(target.device(), candle_core::Device::Metal(_));
+        let precise = self.settings.radius_precision == RadiusPrecision::Exact && !matches!(target.device(), candle_core::Device::Metal(_));
         let dtype = if precise { candle_core::DType::F64 } else { candle_core::DType::F32 };
         let (t, c) = (target.detach().to_dtype(dtype)?, current.detach().to_dtype(dtype)?);
         let tau = self.settings.temperature;
@@ -292,6 +343,7 @@ impl Optimizer {
                 }
             }
             let settings: RegionSettings = parse_params(&what, &take_keys(&mut m, REGION_SETTINGS))?;
+            settings.validate(&what)?;
             let role = take_keys(&mut m, PENALTY_SETTINGS);
             let region = match registry.build(Kind::TrustRegion, &term.name, &Value::Object(m))? {
                 Component::TrustRegion(r) => r,
@@ -485,7 +537,11 @@ impl Optimizer {
         if first.loss.is_finite() {
             if let Some(n) = &self.neighborhood {
                 let radius = if self.sizing_region() { first.delta.unwrap_or(f64::NAN) } else { n.rho() };
-                let ascent = if radius.is_finite() && radius > 0.0 { n.perturbation(params, &grads, radius)? } else { Ascent::None };
+                // The reference code has no guard for δ ≤ 0: with its scaling it perturbs anyway
+                // (a negative δ reverses the ascent). Non-finite radii never perturb.
+                let unguarded = self.sizing_region() && self.region.as_ref().is_some_and(|r| r.settings.reduction == Reduction::Reference);
+                let ascent =
+                    if radius.is_finite() && (radius > 0.0 || unguarded) { n.perturbation(params, &grads, radius)? } else { Ascent::None };
                 match ascent {
                     Ascent::None => self.no_ascent += 1,
                     Ascent::Step(eps) => {

@@ -28,7 +28,7 @@ pub mod state;
 
 pub use base::BaseOptimizer;
 pub use composition::{Composition, Term};
-pub use engine::{BoundRegion, Optimizer, OptimizerConfig, PenaltySettings, RegionSettings, StepReport};
+pub use engine::{BoundRegion, Optimizer, OptimizerConfig, PenaltySettings, RadiusPrecision, RegionSettings, StepReport};
 pub use error::{Error, Result};
 pub use model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
 pub use neighborhood::{Ascent, Neighborhood, RadiusSource};

@@ -26,6 +26,24 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(picked.mean_all()?.neg()?)
 }
 
+/// Euclidean norm of every row of `[rows, cols]` `x`, as `[rows]`: exact at every scale, with a
+/// gradient `x / ‖x‖` that stays finite everywhere.
+///
+/// No ε is added under the square root (it would shift every small norm: at TRAM's σ = 1e-5 row
+/// differences are ~1e-6, and `sqrt(d² + 1e-12)` overstates them by tens of percent). Instead each
+/// row is divided by its largest `|entry|`, a detached constant (so value and gradient are exactly
+/// those of `‖x‖`), which keeps the squares clear of underflow and overflow; all-zero rows take
+/// the value 0 and the zero subgradient through `where`, so no `0 / 0` reaches the gradient.
+pub fn row_norm(x: &Tensor) -> Result<Tensor> {
+    let m = x.detach().abs()?.max_keepdim(D::Minus1)?;
+    let zero = m.eq(0.0)?;
+    let m = zero.where_cond(&m.ones_like()?, &m)?;
+    let s = x.broadcast_div(&m)?.sqr()?.sum_keepdim(D::Minus1)?;
+    let s = zero.where_cond(&s.ones_like()?, &s)?;
+    let n = s.sqrt()?.mul(&m)?;
+    Ok(zero.where_cond(&n.zeros_like()?, &n)?.squeeze(D::Minus1)?)
+}
+
 /// Σ of squares of every tensor, as one f32 scalar tensor (one device sync when read).
 pub fn sum_sq(tensors: &[Tensor]) -> Result<Tensor> {
     let parts = tensors.iter().map(|t| to_f32(t)?.sqr()?.sum_all().map_err(Into::into)).collect::<Result<Vec<_>>>()?;

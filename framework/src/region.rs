@@ -14,8 +14,9 @@ pub enum Reduction {
     /// Per-row mean (the paper's definition).
     #[default]
     Mean,
-    /// TRAM's reference code: KL divided by rows × classes and again by the batch size,
-    /// MMD / L2 divided by the batch size.
+    /// TRAM's reference code: KL divided by rows × classes and again by the batch size; MMD
+    /// and L2 (the per-row *mean* of row norms) divided by the batch size. As TRAM's radius it
+    /// also drops the δ ≤ 0 guard, as the reference code has none.
     Reference,
 }
 

@@ -8,7 +8,8 @@ a second time, independently of the Rust code, the PyTorch way: an `nn.Module` c
 the Rust side (f32) must match the final parameters to 1e-5 relative per tensor.
 
 Each case writes `fixtures/<case>.safetensors` (format: fixtures/README.md). The script is
-deterministic (fixed seeds, sorted safetensors header), so rerunning rewrites identical files.
+deterministic (fixed seeds, sorted safetensors header): rerunning on one machine rewrites
+identical files (another CPU may change float64 results in the last bits, ~1e-16).
 
 Generated with torch 2.15.0 (CPU). To reproduce:
 
@@ -44,7 +45,7 @@ SEED = 1234
 VOCAB, EMBED, HIDDEN, CLASSES, SEQ, BATCH = 20, 8, 16, 4, 5, 6
 STEPS = 4
 MIN_CONTRAST = 1e-3  # 100x the Rust test's tolerance
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+OUT = os.environ.get("TRAM_GOLDEN_OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 # ---------------------------------------------------------------------------------------------
 # Model: tokens -> embedding -> mean over positions -> [tanh(linear)] x layers -> linear.
@@ -84,14 +85,20 @@ def kl(t: torch.Tensor, c: torch.Tensor, reduction: str, batch: int) -> torch.Te
 
 
 MMD_BANDWIDTHS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# d = squared row distance, b = bandwidth. The first four are the reference code's kernels
+# (kl.py of tomsherborne/tram_optimizer), under its names and with its formulas; the last two are
+# not in it and carry names of their own.
 KERNELS = {
-    "imq": lambda d2, b: (b * b + d2).rsqrt(),
-    "imq3": lambda d2, b: (b * b + d2).pow(-1.5),
-    "rbf": lambda d2, b: torch.exp(-d2 / (2 * b * b)),
+    "imq": lambda d2, b: b * (b + d2) ** -1,
+    "imq2": lambda d2, b: (b**2 + d2) ** -0.5,
+    "imq3": lambda d2, b: b**2 * (b**2 + d2) ** -1,
+    "rbf": lambda d2, b: torch.exp(-0.5 * d2 / b),
+    "imq-three-halves": lambda d2, b: (b * b + d2).pow(-1.5),
+    "gaussian": lambda d2, b: torch.exp(-d2 / (2 * b * b)),
 }
 
 
-def mmd(t: torch.Tensor, c: torch.Tensor, reduction: str, batch: int, kernel="imq", bandwidths=MMD_BANDWIDTHS) -> torch.Tensor:
+def mmd(t: torch.Tensor, c: torch.Tensor, reduction: str, batch: int, kernel="imq2", bandwidths=MMD_BANDWIDTHS) -> torch.Tensor:
     def k(a, b):
         d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
         return sum(KERNELS[kernel](d2, bw) for bw in bandwidths).mean()
@@ -101,8 +108,51 @@ def mmd(t: torch.Tensor, c: torch.Tensor, reduction: str, batch: int, kernel="im
 
 
 def l2(t: torch.Tensor, c: torch.Tensor, reduction: str, batch: int) -> torch.Tensor:
-    rows = torch.sqrt((t - c).pow(2).sum(-1) + 1e-12)
-    return rows.mean() if reduction == "mean" else rows.sum() / batch
+    """Row norms without any epsilon (exact at small distances); the reference code's reduction
+    is the per-row mean divided by the batch size, `(y-x).pow(2).sum(-1).sqrt().mean() / x.size(0)`.
+    `reference-row-sum` is the misreading (row sum over the batch size), for ablations only."""
+    rows = torch.linalg.vector_norm(t - c, dim=-1)  # its gradient at a zero row is 0, not NaN
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "reference-row-sum":
+        return rows.sum() / batch
+    return rows.mean() / batch
+
+
+def official_delta_f32(t: torch.Tensor, c: torch.Tensor, distance: str, kernel: str) -> torch.Tensor:
+    """The reference code's divergence (kl.py, unchanged formulas) on float32 logits, the dtype
+    of its models: KL via log_softmax(dtype=float32) and kl_div(reduction="mean"), MMD with float32
+    accumulators, L2; each divided by the batch size. Returned in float32."""
+    x, y = t.to(torch.float32), c.to(torch.float32)
+
+    def _kl(x, y):
+        return F.kl_div(input=F.log_softmax(y, dim=-1, dtype=torch.float32), target=F.log_softmax(x, dim=-1, dtype=torch.float32), log_target=True, reduction="mean")
+
+    def _mmd(x, y):
+        xx, yy, zz = torch.mm(x, x.t()), torch.mm(y, y.t()), torch.mm(x, y.t())
+        rx = xx.diag().unsqueeze(0).expand_as(xx)
+        ry = yy.diag().unsqueeze(0).expand_as(yy)
+        dxx, dyy, dxy = rx.t() + rx - 2 * xx, ry.t() + ry - 2 * yy, rx.t() + ry - 2 * zz
+        XX, YY, XY = (torch.zeros(xx.shape, dtype=torch.float32) for _ in range(3))
+        for kb in MMD_BANDWIDTHS:
+            XX += KERNELS[kernel](dxx, kb)
+            YY += KERNELS[kernel](dyy, kb)
+            XY += KERNELS[kernel](dxy, kb)
+        return torch.mean(XX + YY - 2 * XY)
+
+    if distance == "kl":
+        d = _kl(x, y)
+    elif distance == "kl-reverse":
+        d = _kl(y, x)
+    elif distance == "kl-sym":
+        d = _kl(x, y) + _kl(y, x)
+    elif distance == "mmd":
+        d = _mmd(x, y)
+    elif distance == "l2":
+        d = (y - x).pow(2).sum(-1).sqrt().mean()
+    else:
+        raise ValueError(distance)
+    return d / x.size(0)
 
 
 DISTANCES: dict[str, Callable] = {
@@ -127,14 +177,23 @@ class Region:
     decay: float = 0.999  # ema
     sigma: float = 1e-5  # noise
     uniform: bool = False  # noise: U(-sigma, sigma) instead of N(0, sigma^2)
-    kernel: str = "imq"  # mmd
+    kernel: str = "imq2"  # mmd
     bandwidths: tuple = MMD_BANDWIDTHS  # mmd
+    precision: str = "exact"  # TRAM radius: "exact" (float64 here) or "f32" (the reference code's delta)
 
     def measure(self, target: torch.Tensor, current: torch.Tensor, batch: int) -> torch.Tensor:
         tau = self.temperature
         args = (target / tau, current / tau, self.reduction, batch)
         d = mmd(*args, self.kernel, self.bandwidths) if self.distance == "mmd" else DISTANCES[self.distance](*args)
         return self.scale * tau * tau * d
+
+    def radius(self, target: torch.Tensor, current: torch.Tensor, batch: int) -> float:
+        """TRAM's delta: `measure`, or with precision f32 the reference code's float32 delta times
+        its logit_scale (reference reduction only; the reference code has no other)."""
+        if self.precision == "exact":
+            return self.measure(target, current, batch).item()
+        assert self.reduction == "reference" and self.temperature == 1.0 and self.bandwidths == MMD_BANDWIDTHS
+        return (official_delta_f32(target, current, self.distance, self.kernel) * torch.tensor(self.scale, dtype=torch.float32)).item()
 
 
 class RegionState:
@@ -206,11 +265,12 @@ class SAM(torch.optim.Optimizer):
         return p.abs() + self.ball.eta
 
     @torch.no_grad()
-    def first_step(self, radius: float) -> bool:
+    def first_step(self, radius: float, unguarded: bool = False) -> bool:
+        """`unguarded`: perturb with a finite radius <= 0 too (TRAM's reference code has no guard)."""
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         norms = [(p.grad if self._t(p) is None else self._t(p) * p.grad).norm(p=2) for p in params]
         grad_norm = torch.norm(torch.stack(norms), p=2)
-        if not (math.isfinite(radius) and radius > 0 and torch.isfinite(grad_norm) and grad_norm > 0):
+        if not (math.isfinite(radius) and (radius > 0 or unguarded) and torch.isfinite(grad_norm) and grad_norm > 0):
             return False
         scale = radius / (grad_norm + 1e-12)
         for p in params:
@@ -239,7 +299,7 @@ class FSAM(torch.optim.Optimizer):
         self.fisher = fisher
 
     @torch.no_grad()
-    def first_step(self, radius: float) -> bool:
+    def first_step(self, radius: float, unguarded: bool = False) -> bool:
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         q = [p.grad / (1 + self.fisher.eta * p.grad.pow(2)) for p in params]
         denom = torch.sqrt(sum((p.grad * qi).sum() for p, qi in zip(params, q)))
@@ -319,6 +379,8 @@ class Case:
     micro_sizes: Optional[tuple] = None  # examples per micro-batch; default: BATCH split evenly
     layers: int = 1
     ablations: tuple = ()  # names of simpler methods (see ABLATIONS) it must differ from
+    delta_ablations: tuple = ()  # ablations compared on the per-step radius instead of the weights
+    steps: int = STEPS
     note: str = ""
 
 
@@ -335,10 +397,12 @@ def run(case: Case, method: Method):
     weights = [1 / len(sizes) if method.equal_weights else n / sum(sizes) for n in sizes]  # rows_i / N
     batches = [
         [(torch.randint(0, VOCAB, (n, SEQ), generator=data), torch.randint(0, CLASSES, (n,), generator=data)) for n in sizes]
-        for _ in range(STEPS)
+        for _ in range(case.steps)
     ]
     noise_gen = torch.Generator().manual_seed(SEED + 2)
     drawn: list[torch.Tensor] = []
+    deltas: list[float] = []  # per step, the radius used
+    exact: list[float] = []  # per step, the float64 radius (same as deltas unless precision f32)
 
     base = method.base.build(model.parameters(), case.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(base, lr_lambda(method.schedule))
@@ -350,7 +414,7 @@ def run(case: Case, method: Method):
     noising = region is not None and isinstance(nb, Fisher)  # TRAM-Fisher: noised first pass
     noise_region = next((r.region for _, r in pens if r.region.kind == "noise"), method.region if method.region is not None and method.region.kind == "noise" else None)
 
-    for step in range(STEPS):
+    for step in range(case.steps):
         noise: list[Optional[torch.Tensor]] = [None] * case.accumulation
         cache: dict = {}
 
@@ -386,14 +450,18 @@ def run(case: Case, method: Method):
                 if first and sizing:
                     with torch.no_grad():
                         t = region.target(model, ids, z(i) if region.region.kind == "noise" else None, grad=False)
-                        delta += region.region.measure(t, logits.detach(), ids.shape[0]).item() * weights[i]
+                        delta += region.region.radius(t, logits.detach(), ids.shape[0]) * weights[i]
+                        exact[-1] += region.region.measure(t, logits.detach(), ids.shape[0]).item() * weights[i]
                 (loss * weights[i]).backward()
             return delta
 
+        exact.append(0.0)
         delta = pass_(True)
+        deltas.append(delta)
         if ascent is not None:
             radius = delta if sizing else nb.rho
-            if ascent.first_step(radius):
+            # Reference mode: no guard for delta <= 0, as in the reference code.
+            if ascent.first_step(radius, unguarded=sizing and method.region.reduction == "reference"):
                 pass_(False)
                 ascent.second_step()
         if method.max_grad_norm is not None:
@@ -406,6 +474,7 @@ def run(case: Case, method: Method):
             st.after_update(model)
 
     final = {k: v.detach().clone() for k, v in model.named_parameters()}
+    run.deltas, run.exact = (deltas, exact) if sizing else ([], [])
     return init, final, batches, drawn
 
 
@@ -419,7 +488,13 @@ ABLATIONS: dict[str, Callable[[Method], Method]] = {
     "plain-sgd": lambda m: replace(m, base=Base("sgd")),
     "adam-no-decay": lambda m: replace(m, base=Base("adam")),
     "kl": lambda m: replace(m, region=replace(m.region, distance="kl")),
-    "imq": lambda m: replace(m, region=replace(m.region, kernel="imq")),
+    "imq2": lambda m: replace(m, region=replace(m.region, kernel="imq2")),  # the former Rust `imq`
+    "imq-three-halves": lambda m: replace(m, region=replace(m.region, kernel="imq-three-halves")),  # the former Rust `imq3`
+    "gaussian": lambda m: replace(m, region=replace(m.region, kernel="gaussian")),  # the former Rust `rbf`
+    "l2-row-sum": lambda m: replace(m, region=replace(m.region, reduction="reference-row-sum")),  # the former Rust reading
+    "exact-delta": lambda m: replace(m, region=replace(m.region, precision="exact")),
+    # With a negative logit_scale every delta is < 0: a guard (no ascent for delta <= 0) leaves the base step.
+    "guarded": lambda m: replace(m, neighborhood=None, region=None),
     "mean-reduction": lambda m: replace(m, region=replace(m.region, reduction="mean")),
     "paper-ascent": lambda m: replace(m, neighborhood=replace(m.neighborhood, ascent="paper")),
     "tau1": lambda m: replace(m, penalties=[replace(p, region=replace(p.region, temperature=1.0)) for p in m.penalties]),
@@ -485,8 +560,8 @@ CASES = [
     Case("penalty-noise-kl", "reg:noise(sigma=0.1,scale=3)+sgd", 0.05, {}, Method(SGD, penalties=[Penalty(noise(sigma=0.1, scale=3.0))]), ablations=("base",)),
     Case("penalty-pretrained-l2", "reg:pretrained(distance=l2,lambda=0.5)+adam", 0.01, {}, Method(ADAM, penalties=[Penalty(Region("pretrained", distance="l2"), lam=0.5)]), ablations=("base",)),
     Case("penalty-pretrained-mmd", "reg:pretrained(distance=mmd,lambda=0.02)+sgd", 0.05, {}, Method(SGD, penalties=[Penalty(Region("pretrained", distance="mmd"), lam=0.02)]), ablations=("base",)),
-    Case("penalty-prev-mmd-rbf", "reg:prev(distance=mmd,lambda=0.5)+adam", 0.01, {"mmd": {"kernel": "rbf", "bandwidths": [0.5, 1.0, 2.0]}},
-         Method(ADAM, penalties=[Penalty(Region("prev", distance="mmd", kernel="rbf", bandwidths=(0.5, 1.0, 2.0)), lam=0.5)]), ablations=("base",)),
+    Case("penalty-prev-mmd-gaussian", "reg:prev(distance=mmd,lambda=0.5)+adam", 0.01, {"mmd": {"kernel": "gaussian", "bandwidths": [0.5, 1.0, 2.0]}},
+         Method(ADAM, penalties=[Penalty(Region("prev", distance="mmd", kernel="gaussian", bandwidths=(0.5, 1.0, 2.0)), lam=0.5)]), ablations=("base",)),
     Case("penalty-two", "reg:prev(lambda=2)+reg:pretrained(distance=kl-reverse)+sgd", 0.1, {}, Method(SGD, penalties=[Penalty(Region("prev"), lam=2.0), Penalty(Region("pretrained", distance="kl-reverse"))]), ablations=("base",)),
     # Naive combinations: ASAM on the regularised loss.
     Case("asam-trpo", "asam+trpo", 0.05, {"ball": {"rho": 0.5}, "prev": {"lambda": 5.0}},
@@ -520,16 +595,37 @@ CASES = [
     Case("tram-noise-kl-sym", "noise(distance=kl-sym)+ball+adam", 0.01, {"noise": {"sigma": 5.0, "scale": 20.0}},
          Method(ADAM, region=noise(sigma=5.0, scale=20.0, distance="kl-sym"), neighborhood=tram_ball()), ablations=("base", "kl")),
     Case("tram-noise-mmd", "tram-noise-mmd", 0.01, {"noise": {"sigma": 0.1, "scale": 5.0}}, Method(ADAM, region=noise(sigma=0.1, scale=5.0, distance="mmd"), neighborhood=tram_ball()), ablations=("base", "kl")),
-    Case("tram-noise-mmd-imq3", "tram-noise-mmd", 0.01, {"noise": {"sigma": 0.3}, "mmd": {"kernel": "imq3", "bandwidths": [0.5, 1.0, 2.0]}},
-         Method(ADAM, region=noise(sigma=0.3, distance="mmd", kernel="imq3", bandwidths=(0.5, 1.0, 2.0)), neighborhood=tram_ball()), ablations=("base", "imq")),
+    Case("tram-noise-mmd-imq-three-halves", "tram-noise-mmd", 0.01, {"noise": {"sigma": 0.3}, "mmd": {"kernel": "imq-three-halves", "bandwidths": [0.5, 1.0, 2.0]}},
+         Method(ADAM, region=noise(sigma=0.3, distance="mmd", kernel="imq-three-halves", bandwidths=(0.5, 1.0, 2.0)), neighborhood=tram_ball()), ablations=("base", "imq2")),
+    # The reference code's kernels, each against the kernel that carried its name here before.
+    Case("tram-noise-mmd-imq", "noise(distance=mmd)+ball+adam", 0.01, {"noise": {"sigma": 0.3, "scale": 5.0}, "mmd": {"kernel": "imq"}},
+         Method(ADAM, region=noise(sigma=0.3, scale=5.0, distance="mmd", kernel="imq"), neighborhood=tram_ball()), ablations=("base", "imq2")),
+    Case("tram-noise-mmd-imq3", "noise(distance=mmd)+ball+adam", 0.01, {"noise": {"sigma": 0.3, "scale": 5.0}, "mmd": {"kernel": "imq3"}},
+         Method(ADAM, region=noise(sigma=0.3, scale=5.0, distance="mmd", kernel="imq3"), neighborhood=tram_ball()), ablations=("base", "imq-three-halves")),
+    Case("tram-noise-mmd-rbf", "noise(distance=mmd)+ball+adam", 0.01, {"noise": {"sigma": 0.3, "scale": 5.0}, "mmd": {"kernel": "rbf"}},
+         Method(ADAM, region=noise(sigma=0.3, scale=5.0, distance="mmd", kernel="rbf"), neighborhood=tram_ball()), ablations=("base", "gaussian")),
     Case("tram-noise-l2", "tram-noise-l2", 0.01, {"noise": {"sigma": 0.3}}, Method(ADAM, region=noise(sigma=0.3, distance="l2"), neighborhood=tram_ball()), ablations=("base", "kl")),
     Case("tram-noise-reference-reduction", "noise(reduction=reference)+ball+adam", 0.01, {"noise": {"sigma": 1.0, "scale": 500.0}},
          Method(ADAM, region=noise(sigma=1.0, scale=500.0, reduction="reference"), neighborhood=tram_ball()), ablations=("base", "mean-reduction")),
     Case("tram-noise-mmd-reference-reduction", "tram-noise-mmd", 0.01, {"noise": {"sigma": 0.1, "scale": 20.0, "reduction": "reference"}},
          Method(ADAM, region=noise(sigma=0.1, scale=20.0, distance="mmd", reduction="reference"), neighborhood=tram_ball()), ablations=("base", "mean-reduction")),
-    Case("tram-noise-l2-reference-reduction", "noise(distance=l2,reduction=reference)+ball+adam", 0.01, {"noise": {"sigma": 0.3}},
-         Method(ADAM, region=noise(sigma=0.3, distance="l2", reduction="reference"), neighborhood=tram_ball()), ablations=("base",),
-         note="for one row per example, the reference L2 reduction (sum / batch) equals the per-row mean"),
+    Case("tram-noise-l2-reference-reduction", "noise(distance=l2,reduction=reference)+ball+adam", 0.01, {"noise": {"sigma": 0.3, "scale": 3.0}},
+         Method(ADAM, region=noise(sigma=0.3, scale=3.0, distance="l2", reduction="reference"), neighborhood=tram_ball()), ablations=("base", "l2-row-sum"),
+         note="reference L2 reduction: the per-row mean divided by the batch size (not the row sum over it)"),
+    # Reference mode: the reference code's float32 delta at the paper's sigma = 1e-5 (rounding noise,
+    # often <= 0, and perturbing anyway); 20 draws. The weights end within 1e-8 of plain Adam's, so
+    # the contrast is taken on the radius: the float32 delta against the exact one.
+    Case("tram-noise-reference-f32", "noise(reduction=reference,radius_precision=f32)+ball(ascent=reference)+adam", 0.01, {"noise": {"sigma": 1e-5}},
+         Method(ADAM, region=noise(sigma=1e-5, reduction="reference", precision="f32"), neighborhood=tram_ball(ascent="reference")),
+         delta_ablations=("exact-delta",), steps=20, note="reference code's float32 delta at sigma 1e-5; delta/<step> as used, delta_exact/<step> in float64"),
+    Case("tram-noise-mmd-reference-f32", "noise(distance=mmd,reduction=reference,radius_precision=f32)+ball(ascent=reference)+adam", 0.001, {"noise": {"sigma": 1e-5}},
+         Method(ADAM, region=noise(sigma=1e-5, distance="mmd", reduction="reference", precision="f32"), neighborhood=tram_ball(ascent="reference")),
+         delta_ablations=("exact-delta",), steps=20, note="reference code's MMD (imq2) accumulated in float32 at sigma 1e-5; delta/<step> as used, delta_exact/<step> in float64; "
+         "lr 1e-3 because its noise (~3e-7) already moves the weights by ~1e-6 relative at lr 1e-2"),
+    # Reference mode: no guard for delta <= 0 (a negative logit_scale makes every delta negative).
+    Case("tram-noise-reference-negative-delta", "noise(reduction=reference,scale=-500)+ball+sgd", 0.05, {"noise": {"sigma": 1.0}},
+         Method(SGD, region=noise(sigma=1.0, scale=-500.0, reduction="reference"), neighborhood=tram_ball()), ablations=("guarded",),
+         note="reference mode perturbs with delta <= 0 (here < 0 at every step), as the reference code does"),
     Case("tram-noise-ascent-reference", "noise+ball(ascent=reference)+adam", 0.01, {"noise": {"sigma": 0.3}},
          Method(ADAM, region=noise(sigma=0.3), neighborhood=tram_ball(ascent="reference")), ablations=("base", "paper-ascent")),
     Case("tram-fisher", "tram-fisher", 0.01, {"noise": {"sigma": 0.3}, "fisher": {"rho": 0.1}},
@@ -561,10 +657,15 @@ def write_safetensors(path: str, tensors: dict, metadata: dict):
 
 def generate(case: Case):
     init, final, batches, noise = run(case, case.py)
+    deltas, exact = run.deltas, run.exact
     contrasts = {}
     for a in case.ablations:
         _, other, _, _ = run(case, ABLATIONS[a](case.py))
         contrasts[a] = rel(final, other)
+    for a in case.delta_ablations:
+        # The radius itself: max|delta - delta_other| / max|delta_other| over the steps.
+        run(case, ABLATIONS[a](case.py))
+        contrasts[f"{a} (delta)"] = rel({"delta": torch.tensor(deltas)}, {"delta": torch.tensor(run.deltas)})
     tensors = {f"init/{k}": v for k, v in init.items()}
     tensors |= {f"final/{k}": v for k, v in final.items()}
     for s, micro in enumerate(batches):
@@ -573,11 +674,15 @@ def generate(case: Case):
             tensors[f"batch/{s}/{m}/targets"] = y
     for k, zk in enumerate(noise):
         tensors[f"noise/{k}"] = zk
+    if case.delta_ablations:  # the radius of every step, as used and in float64
+        for k, (d, e) in enumerate(zip(deltas, exact)):
+            tensors[f"delta/{k}"] = torch.tensor([d], dtype=torch.float64)
+            tensors[f"delta_exact/{k}"] = torch.tensor([e], dtype=torch.float64)
     config = {"lr": case.lr} | case.config
     metadata = {
         "composition": case.composition,
         "config": json.dumps(config, sort_keys=True),
-        "steps": str(STEPS),
+        "steps": str(case.steps),
         "accumulation": str(case.accumulation),
         "layers": str(case.layers),
         "torch_version": torch.__version__,
@@ -604,6 +709,17 @@ def self_check():
     mean_k = lambda a, b: sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
     assert abs(mmd(t, c, "mean", 5).item() - (mean_k(t, t) + mean_k(c, c) - 2 * mean_k(t, c))) < 1e-12
     assert abs(l2(t, c, "mean", 5).item() - sum(float((a - b).norm()) for a, b in zip(t, c)) / 5) < 1e-9
+    assert abs(l2(t, c, "reference", 3).item() - sum(float((a - b).norm()) for a, b in zip(t, c)) / 5 / 3) < 1e-9
+    assert abs(l2(t, t + 1e-9, "mean", 5).item() / 2e-9 - 1) < 1e-6  # no epsilon under the root
+    # The reference code's float32 delta agrees with the float64 formulas where rounding is small.
+    closed = {"imq": lambda d, b: b / (b + d), "imq2": lambda d, b: (b * b + d) ** -0.5, "imq3": lambda d, b: b * b / (b * b + d), "rbf": lambda d, b: math.exp(-d / (2 * b))}
+    for name, f in closed.items():
+        assert abs(KERNELS[name](torch.tensor(3.0, dtype=DTYPE), 0.5).item() - f(3.0, 0.5)) < 1e-12, name
+        exact = mmd(t, c, "reference", 5, kernel=name).item()
+        assert abs(official_delta_f32(t, c, "mmd", name).item() - exact) < 1e-5 * max(1.0, abs(exact) * 5), name
+    for name in ("kl", "kl-reverse", "kl-sym", "l2"):
+        exact = DISTANCES[name](t, c, "reference", 5).item()
+        assert abs(official_delta_f32(t, c, name, "imq2").item() / exact - 1) < 1e-5, name
     # Ascents: plain ball has norm rho; adaptive ball ||eps / T|| = r; Fisher eps^T F eps = rho^2.
     w = nn.Parameter(torch.randn(3, 4, generator=g, dtype=DTYPE))
     w.grad = torch.randn(3, 4, generator=g, dtype=DTYPE)

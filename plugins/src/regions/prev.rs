@@ -1,6 +1,12 @@
 //! `prev`: the trust region around the previous iterate, target `f(x; θ_{t-1})`.
 //! TRAM-θ_{t-1} (Sherborne et al., ICLR 2024) and TRPO's penalty (Schulman et al., 2015).
 //! `θ_{t-1}` is the parameters just before the latest base update; `θ_{-1} = θ₀`.
+//!
+//! Two readings exist. The paper's (implemented here): the target is re-snapshotted before every
+//! base update, so δ measures the last step. The published reference code
+//! (tomsherborne/tram_optimizer) never calls its target's `update()`, so its TRAM-θ_{t-1} keeps
+//! θ₀ throughout: it is TRAM-θ₀ (`pretrained` here). Calling `update()` right after each step
+//! instead makes δ ≡ 0 there (target and current coincide), i.e. plain Adam.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,6 +46,9 @@ impl TrustRegion for PreviousIterate {
         });
         Ok(())
     }
+    fn describe(&self) -> Value {
+        serde_json::json!({ "target": READING })
+    }
     fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
         self.theta.as_ref().map(|s| snapshot_state("theta", params, s)).unwrap_or_default()
     }
@@ -49,18 +58,28 @@ impl TrustRegion for PreviousIterate {
     }
 }
 
+/// Which reading of TRAM-θ_{t-1} this is, for `tram explain`.
+const READING: &str = "θ_{t-1}: θ snapshotted just before each base update (the paper's definition). \
+The published reference code never updates its target, so its TRAM-θ_{t-1} is TRAM-θ₀: use `pretrained` to reproduce it";
+
 fn build(v: &Value) -> Result<Component> {
     let _: PrevConfig = parse_params("trust region `prev`", v)?;
     Ok(Component::TrustRegion(Box::new(PreviousIterate { theta: None })))
 }
 
 tram::inventory::submit! {
-    Registration { kind: Kind::TrustRegion, name: "prev", summary: "target f(x; θ_{t-1}), the previous iterate (TRAM-θ_{t-1}, TRPO)", params: || param_docs::<PrevConfig>(&[]), build }
+    Registration { kind: Kind::TrustRegion, name: "prev", summary: "target f(x; θ_{t-1}), θ before each update (paper; the published code's prev stays θ₀) (TRAM-θ_{t-1}, TRPO)", params: || param_docs::<PrevConfig>(&[]), build }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describes_which_reading_of_theta_t_minus_1_it_implements() {
+        let d = PreviousIterate { theta: None }.describe().to_string();
+        assert!(d.contains("before each base update") && d.contains("TRAM-θ₀") && d.contains("pretrained"), "{d}");
+    }
 
     #[test]
     fn rejects_unknown_parameters() {
