@@ -54,6 +54,9 @@ pub struct SharpnessRow {
     pub pearson: Option<Stat>,
     /// φ per domain label, over runs.
     pub domains: BTreeMap<String, Stat>,
+    /// Runs of the row that diverged (not measured).
+    #[serde(default)]
+    pub diverged: usize,
 }
 
 /// One method's row of table (b).
@@ -67,6 +70,9 @@ pub struct CkaRow {
     pub domains: BTreeMap<String, Stat>,
     /// Zero-shot average (± std across out-of-domain sets).
     pub zero_shot: Option<Stat>,
+    /// Runs of the row that diverged (not measured).
+    #[serde(default)]
+    pub diverged: usize,
 }
 
 /// Everything an analysis produced.
@@ -133,6 +139,7 @@ pub fn report(options: &AnalyzeOptions, runs: Vec<RunAnalysis>) -> Report {
     let mut cka_rows = Vec::new();
     for (_, label) in &order {
         let rs: Vec<&RunAnalysis> = runs.iter().filter(|r| &r.label == label).collect();
+        let diverged = rs.iter().filter(|r| r.diverged).count();
         let in_dom: Vec<f64> = rs.iter().filter_map(|r| run_mean(r, true, phi)).collect();
         let domains = per_domain(&rs, phi);
         let correlations: Vec<f64> = ood
@@ -154,9 +161,10 @@ pub fn report(options: &AnalyzeOptions, runs: Vec<RunAnalysis>) -> Report {
             zero_shot: zero_shot(&domains),
             pearson: Stat::of(&correlations),
             domains,
+            diverged,
         });
         let domains = per_domain(&rs, cka);
-        cka_rows.push(CkaRow { label: label.clone(), runs: rs.len(), zero_shot: zero_shot(&domains), domains });
+        cka_rows.push(CkaRow { label: label.clone(), runs: rs.len(), zero_shot: zero_shot(&domains), domains, diverged });
     }
     let pooled: Vec<(f64, f64)> = runs
         .iter()
@@ -186,6 +194,36 @@ pub fn num(x: f64, decimals: usize) -> String {
     } else {
         format!("{x:.decimals$}")
     }
+}
+
+/// A row label with the diverged marker `†` when some of its runs diverged.
+fn marked(label: &str, diverged: usize) -> String {
+    if diverged > 0 {
+        format!("{label} †")
+    } else {
+        label.to_string()
+    }
+}
+
+/// A cell of a row: its statistic, or `diverged` when every run of the row diverged (there
+/// is nothing measured), `—` when nothing was measured for another reason.
+fn cell(s: Option<&Stat>, pm: bool, decimals: usize, diverged: bool) -> String {
+    match s {
+        None if diverged => "diverged".into(),
+        s => stat(s, pm, decimals),
+    }
+}
+
+/// The footnote of the `†` marker, when a row has it.
+fn diverged_note(r: &Report) -> Option<String> {
+    let rows: Vec<String> =
+        r.sharpness.iter().filter(|x| x.diverged > 0).map(|x| format!("{} ({} of {} runs)", x.label, x.diverged, x.runs)).collect();
+    (!rows.is_empty()).then(|| {
+        format!(
+            "† diverged (a non-finite metric in the run's final evaluation): not measured, left out of the statistics: {}",
+            rows.join(", ")
+        )
+    })
 }
 
 fn stat(s: Option<&Stat>, pm: bool, decimals: usize) -> String {
@@ -224,10 +262,11 @@ pub fn markdown(r: &Report) -> String {
         header.push("runs".into());
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.sharpness {
-            let mut cells = vec![row.label.clone(), stat(row.in_domain.as_ref(), true, 2)];
+            let all = row.diverged == row.runs;
+            let mut cells = vec![marked(&row.label, row.diverged), cell(row.in_domain.as_ref(), true, 2, all)];
             if has_ood {
-                cells.push(stat(row.zero_shot.as_ref(), true, 2));
-                cells.push(stat(row.pearson.as_ref(), true, 2));
+                cells.push(cell(row.zero_shot.as_ref(), true, 2, all));
+                cells.push(cell(row.pearson.as_ref(), true, 2, all));
             }
             cells.push(row.runs.to_string());
             s.push_str(&format!("| {} |\n", cells.join(" | ")));
@@ -257,16 +296,20 @@ pub fn markdown(r: &Report) -> String {
         header.push("runs".into());
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.cka {
-            let mut cells = vec![row.label.clone()];
+            let all = row.diverged == row.runs;
+            let mut cells = vec![marked(&row.label, row.diverged)];
             for (l, _) in &r.columns {
-                cells.push(stat(row.domains.get(l), false, 3));
+                cells.push(cell(row.domains.get(l), false, 3, all));
             }
             if has_ood {
-                cells.push(stat(row.zero_shot.as_ref(), true, 3));
+                cells.push(cell(row.zero_shot.as_ref(), true, 3, all));
             }
             cells.push(row.runs.to_string());
             s.push_str(&format!("| {} |\n", cells.join(" | ")));
         }
+    }
+    if let Some(note) = diverged_note(r) {
+        s.push_str(&format!("\n{note}\n"));
     }
     s
 }
@@ -296,18 +339,19 @@ pub fn summary(r: &Report) -> String {
     }
     let mut rows = vec![header];
     for (s, c) in r.sharpness.iter().zip(&r.cka) {
-        let mut row = vec![s.label.clone()];
+        let all = s.diverged == s.runs;
+        let mut row = vec![marked(&s.label, s.diverged)];
         if o.measure_sharpness {
-            row.push(stat(s.in_domain.as_ref(), false, 2));
+            row.push(cell(s.in_domain.as_ref(), false, 2, all));
             if has_ood {
-                row.push(stat(s.zero_shot.as_ref(), false, 2));
+                row.push(cell(s.zero_shot.as_ref(), false, 2, all));
             }
         }
         if o.measure_cka {
             let ins: Vec<f64> = in_labels.iter().filter_map(|l| c.domains.get(*l)).map(|s| s.mean).collect();
-            row.push(stat(Stat::of(&ins).as_ref(), false, 3));
+            row.push(cell(Stat::of(&ins).as_ref(), false, 3, all));
             if has_ood {
-                row.push(stat(c.zero_shot.as_ref(), false, 3));
+                row.push(cell(c.zero_shot.as_ref(), false, 3, all));
             }
         }
         rows.push(row);
@@ -340,6 +384,9 @@ pub fn summary(r: &Report) -> String {
             None => out.push_str("  Pearson r (in-domain vs ZS-average φ, all runs): —\n"),
         }
     }
+    if let Some(note) = diverged_note(r) {
+        out.push_str(&format!("  {note}\n"));
+    }
     out
 }
 
@@ -367,6 +414,7 @@ pub fn sharpness_csv(r: &Report) -> String {
         .map(|s| s.to_string())
         .collect();
     h.extend(r.columns.iter().map(|(l, _)| l.clone()));
+    h.push("diverged".into());
     let mut out = csv_line(&h);
     for row in &r.sharpness {
         let mut f = vec![row.label.clone(), row.runs.to_string()];
@@ -375,6 +423,7 @@ pub fn sharpness_csv(r: &Report) -> String {
             f.push(opt_num(s.as_ref().map(|s| s.std)));
         }
         f.extend(r.columns.iter().map(|(l, _)| opt_num(row.domains.get(l).map(|s| s.mean))));
+        f.push(row.diverged.to_string());
         out.push_str(&csv_line(&f));
     }
     out
@@ -386,12 +435,14 @@ pub fn cka_csv(r: &Report) -> String {
     h.extend(r.columns.iter().map(|(l, _)| l.clone()));
     h.push("zs_avg".into());
     h.push("zs_avg_std".into());
+    h.push("diverged".into());
     let mut out = csv_line(&h);
     for row in &r.cka {
         let mut f = vec![row.label.clone(), row.runs.to_string()];
         f.extend(r.columns.iter().map(|(l, _)| opt_num(row.domains.get(l).map(|s| s.mean))));
         f.push(opt_num(row.zero_shot.as_ref().map(|s| s.mean)));
         f.push(opt_num(row.zero_shot.as_ref().map(|s| s.std)));
+        f.push(row.diverged.to_string());
         out.push_str(&csv_line(&f));
     }
     out
@@ -400,7 +451,7 @@ pub fn cka_csv(r: &Report) -> String {
 /// Every measurement, one line per run and domain.
 pub fn runs_csv(r: &Report) -> String {
     let h: Vec<String> =
-        ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir"]
+        ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir", "diverged"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -421,6 +472,7 @@ pub fn runs_csv(r: &Report) -> String {
                 d.sharpness.to_string(),
                 d.cka.to_string(),
                 run.dir.display().to_string(),
+                run.diverged.to_string(),
             ]));
         }
     }

@@ -133,6 +133,11 @@ pub struct RunAnalysis {
     pub domains: Vec<DomainResult>,
     /// Wall-clock seconds of the analysis.
     pub seconds: f64,
+    /// The run diverged (a non-finite metric in its final evaluation, `results.json`'s
+    /// `diverged`): nothing is measured, its domains hold NaN, and the tables show it as
+    /// `diverged`.
+    #[serde(default)]
+    pub diverged: bool,
 }
 
 /// Every finished run in `dirs`: a directory holding a run's `results.json` is that run;
@@ -286,6 +291,39 @@ pub fn analyze_run(dir: &Path, result: &RunResult, opts: &AnalyzeOptions) -> Res
 pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions, cache: &mut Cache) -> Result<RunAnalysis> {
     let started = Instant::now();
     let app = app_of(&result.app)?;
+    let composition = result.optimizer.get("composition").and_then(Value::as_str).unwrap_or_default().to_string();
+    if result.diverged || result.columns.iter().any(|c| c.metrics.diverged()) {
+        // A diverged model has no meaningful loss surface or representations: recorded, not measured.
+        tracing::warn!(run = %result.run, seed = result.seed, dir = %dir.display(), "the run diverged: not measured (shown as `diverged`)");
+        let domains = result
+            .columns
+            .iter()
+            .map(|c| DomainResult {
+                name: c.name.clone(),
+                label: c.label.clone(),
+                in_domain: c.in_domain,
+                examples: 0,
+                rows: 0,
+                loss: f64::NAN,
+                max_loss: f64::NAN,
+                sharpness: f64::NAN,
+                cka: f64::NAN,
+            })
+            .collect();
+        return Ok(RunAnalysis {
+            dir: dir.to_path_buf(),
+            app: result.app.clone(),
+            run: result.run.clone(),
+            label: result.label.clone(),
+            row: result.row,
+            seed: result.seed,
+            fine_tuned: result.steps > 0,
+            composition,
+            domains,
+            seconds: started.elapsed().as_secs_f64(),
+            diverged: true,
+        });
+    }
     let run = analysis_config(result, opts)?;
     let model_dir = dir.join(tram_trainer::trainer::MODEL_DIR);
     let fine: Option<Box<dyn tram_models::Pretrained>> = if model_dir.join("config.json").is_file() {
@@ -375,14 +413,20 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
         row: result.row,
         seed: result.seed,
         fine_tuned: fine.is_some(),
-        composition: result.optimizer.get("composition").and_then(Value::as_str).unwrap_or_default().to_string(),
+        composition,
         domains,
         seconds: started.elapsed().as_secs_f64(),
+        diverged: false,
     })
 }
 
 /// Analyse every finished run in `dirs` (see [`find_runs`]) and aggregate the tables.
 pub fn analyze_runs(dirs: &[PathBuf], opts: &AnalyzeOptions) -> Result<Report> {
+    if !opts.measure_sharpness && !opts.measure_cka {
+        return Err(Error::Input(
+            "nothing to analyse: both ε-sharpness and CKA are turned off (--no-sharpness and --no-cka); drop one of them".into(),
+        ));
+    }
     opts.sharpness.validate()?;
     let found = find_runs(dirs)?;
     let mut runs = Vec::with_capacity(found.len());

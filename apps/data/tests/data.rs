@@ -705,6 +705,6 @@ fn skips_display_and_sum() {
     assert_eq!(a.to_string(), "no rows skipped");
     a += Skips { too_long: 1, ..Skips::default() };
     assert_eq!(a.to_string(), "1 row skipped (1 too long)");
-    a.add(&Skips { empty: 2, too_long: 0, undecodable: 3, missing_label: 4 });
+    a.add(&Skips { empty: 2, too_long: 0, undecodable: 3, missing_label: 4, invalid_utf8_bytes: 0 });
     assert_eq!(a.total(), 10);
 }

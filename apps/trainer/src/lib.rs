@@ -7,6 +7,7 @@
 //! - [`trainer`]: the loop — accumulation, metrics lines, validation-based model selection,
 //!   atomic checkpoints, exact `--resume`, Ctrl-C, final evaluation;
 //! - [`results`]: per-run `results.json` and the paper-shaped table (JSON, CSV, Markdown);
+//! - [`rows`]: the checks that keep every row's label true to what ran;
 //! - [`apps`]: `lm` (GPT-2 on M2D2, Table 4), `xnli` (XLM-R on MultiNLI → XNLI, Table 5) and
 //!   `vision` (ViT-B/16 on CIFAR-100 / Cars / Flowers, Table 3).
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod results;
+pub mod rows;
 pub mod task;
 pub mod trainer;
 

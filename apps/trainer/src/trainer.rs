@@ -189,6 +189,16 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let dir = run.dir(spec.seed);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let results_path = dir.join(RESULTS_FILE);
+    // An empty evaluation set has no metric at all: refuse it before the first step.
+    for (set, what) in data.valid.iter().map(|v| (v, "validation")).chain(data.tests.iter().map(|t| (t, "test"))) {
+        if set.source.is_empty() {
+            return Err(Error::Config(format!(
+                "the {what} set `{}` ({}) of run `{}` is empty: nothing to evaluate; check the settings that cut evaluation sets \
+                 (train.max_eval_examples, lm.max_eval_blocks, xnli.max_eval_examples, the split names) and the data",
+                set.name, set.label, run.name
+            )));
+        }
+    }
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
     let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`
@@ -413,6 +423,20 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
         columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
     }
+    let skipped_steps = opt.skipped_steps();
+    let failed = (total > 0 && skipped_steps >= total).then(|| {
+        format!(
+            "every one of the {total} steps was skipped (non-finite loss or gradient), so the parameters are the starting ones; \
+             see the warnings above (e.g. a learning rate or radius far too large) and metrics.jsonl"
+        )
+    });
+    let diverged = valid.as_ref().is_some_and(EvalMetrics::diverged) || columns.iter().any(|c| c.metrics.diverged());
+    if diverged {
+        tracing::warn!(run = %run.name, seed = spec.seed, "diverged: a non-finite loss or metric in the final evaluation (recorded; shown as `diverged` / `∞` in the table)");
+    }
+    if skipped_steps > 0 && failed.is_none() {
+        tracing::warn!(run = %run.name, seed = spec.seed, skipped = skipped_steps, steps = total, "steps skipped (non-finite loss or gradient)");
+    }
     let result = RunResult {
         app: spec.app.to_string(),
         run: run.name.clone(),
@@ -426,14 +450,16 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         valid,
         columns,
         optimizer: opt.describe(),
-        skipped_steps: opt.skipped_steps(),
+        skipped_steps,
         skipped_rows: data.skipped.clone(),
         no_ascent_steps: opt.no_ascent_steps(),
+        diverged,
+        failed,
         train_seconds,
         eval_seconds: eval_started.elapsed().as_secs_f64(),
         config: run.config.to_json(),
     };
-    let bytes = serde_json::to_vec_pretty(&result).expect("results serialise");
+    let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
     tram::state::write_atomic(&results_path, &bytes)?;
     Ok(Outcome::Finished(Box::new(result)))
 }
