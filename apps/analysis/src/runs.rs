@@ -292,7 +292,7 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
     let started = Instant::now();
     let app = app_of(&result.app)?;
     let composition = result.optimizer.get("composition").and_then(Value::as_str).unwrap_or_default().to_string();
-    if result.diverged || result.columns.iter().any(|c| c.metrics.diverged()) {
+    if result.is_diverged() {
         // A diverged model has no meaningful loss surface or representations: recorded, not measured.
         tracing::warn!(run = %result.run, seed = result.seed, dir = %dir.display(), "the run diverged: not measured (shown as `diverged`)");
         let domains = result

@@ -195,6 +195,9 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     // Its rows are the compositions: an override that changes what a row is (its optimizer,
     // whether it trains) would label one method's numbers with another's name.
     tram_trainer::rows::check_labels(&sources, &runs).context("the quickstart's rows are its methods")?;
+    for r in &runs {
+        tram_trainer::apps::check_sizes(r)?;
+    }
     // The quickstart owns its output directory: earlier results of these rows are replaced.
     for r in &runs {
         let dir = r.config.out.join(&r.name);

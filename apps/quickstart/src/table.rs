@@ -187,7 +187,7 @@ impl QuickTable {
                 train_seconds: r.train_seconds,
                 skipped_steps: r.skipped_steps,
                 no_ascent_steps: r.no_ascent_steps,
-                diverged: r.diverged || r.columns.iter().any(|c| c.metrics.diverged()),
+                diverged: r.is_diverged(),
                 failed: r.failed.is_some(),
             });
         }

@@ -172,6 +172,14 @@ pub struct RunResult {
     pub config: Value,
 }
 
+impl RunResult {
+    /// Whether the run diverged: its `diverged` flag, or a non-finite final metric (what a
+    /// `results.json` written before the flag existed shows, with `null` metrics).
+    pub fn is_diverged(&self) -> bool {
+        self.diverged || self.valid.as_ref().is_some_and(EvalMetrics::diverged) || self.columns.iter().any(|c| c.metrics.diverged())
+    }
+}
+
 /// The metric a table reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -471,7 +479,7 @@ pub fn table(spec: &TableSpec, results: &[RunResult]) -> Table {
                 steps: rs.iter().map(|r| r.steps).sum(),
                 skipped_steps: rs.iter().map(|r| r.skipped_steps).sum(),
                 no_ascent_steps: rs.iter().map(|r| r.no_ascent_steps).sum(),
-                diverged: rs.iter().filter(|r| r.diverged).count(),
+                diverged: rs.iter().filter(|r| r.is_diverged()).count(),
                 failed: rs.iter().filter(|r| r.failed.is_some()).count(),
             }
         })

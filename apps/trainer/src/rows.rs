@@ -66,11 +66,12 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
     let file = serde_json::to_value(&table).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let file_rows: Vec<Value> = file.get("runs").and_then(Value::as_array).cloned().unwrap_or_default();
     let overrides = overrides(sources);
+    let defaults = crate::Config::default().to_json();
     for run in runs {
         let row = file_rows.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(run.name.as_str()));
-        // What the file says for this row: its own entry, else the top level.
-        let in_file = |key: &str| row.and_then(|r| at(r, key)).or_else(|| at(&file, key));
-        if in_file("label").is_none() {
+        // What the file says for this row: its own entry, else the top level, else the default.
+        let in_file = |key: &str| row.and_then(|r| at(r, key)).or_else(|| at(&file, key)).or_else(|| at(&defaults, key));
+        if row.and_then(|r| at(r, "label")).or_else(|| at(&file, "label")).is_none() {
             // The label is the run name: no claim to keep true.
             continue;
         }
@@ -87,7 +88,7 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
                 if Some(given) == in_file(key) {
                     continue;
                 }
-                let was = in_file(key).map(|v| v.to_string()).unwrap_or_else(|| "its default".into());
+                let was = in_file(key).map(|v| v.to_string()).unwrap_or_else(|| "unset".into());
                 return Err(lie(origin, key, &was, &given.to_string(), run));
             }
         }
