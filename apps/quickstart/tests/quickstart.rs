@@ -238,3 +238,71 @@ fn pretraining_starts_from_a_random_initialisation_on_the_mixture_of_every_domai
     let files = tram_hub::ModelSource::local(&install).files(&tram_hub::HubOptions::from_env());
     tram_hub::load_model_from(&files, &tram_models::LoadOptions::default()).unwrap();
 }
+
+#[test]
+fn a_diverged_method_is_a_marked_row_and_the_other_methods_still_run() {
+    // The repro, reduced: `--methods adam,sam --steps 3 --set optimizer.lr=1e3`.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let opts = Options {
+        methods: vec!["adam".into(), "sam".into()],
+        steps: Some(3),
+        out: out.clone(),
+        sets: vec![
+            "optimizer.lr=1e3".into(),
+            "lm.max_eval_blocks=2".into(),
+            "train.max_train_examples=30".into(),
+            "optimizer.schedule={ kind = \"constant\" }".into(),
+            "train.select=\"last\"".into(),
+        ],
+        progress: false,
+        ..Default::default()
+    };
+    let registry = tram_plugins::registry().unwrap();
+    let report = tram_quickstart::run(&opts, &Control::default(), &registry).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let t = &report.table;
+    assert_eq!(t.rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["zero-shot", "adam", "sam"]);
+    let diverged: Vec<&tram_quickstart::table::QuickRow> = t.rows.iter().filter(|r| r.diverged).collect();
+    assert!(!diverged.is_empty(), "lr 1e3 diverges: {:?}", t.rows);
+    for (i, r) in t.rows.iter().enumerate() {
+        let finite = r.perplexity.iter().all(|p| p.is_finite());
+        assert_eq!(r.diverged, !finite, "{r:?}");
+        if r.diverged {
+            assert!(t.best.iter().all(|b| *b != Some(i)), "a diverged row is never best: {:?}", t.best);
+            assert!(r.marked_label().ends_with('†'));
+        }
+    }
+    // Every table shows it: terminal text, Markdown, CSV, JSON (strings, never null), the plot.
+    let label = diverged[0].label.as_str();
+    let line = report.text.lines().find(|l| l.starts_with(&format!("{label} †"))).unwrap_or_else(|| panic!("{}", report.text));
+    assert!(line.contains('∞') || line.contains("diverged"), "{line}");
+    assert!(report.text.contains(&format!("† {label}: diverged")), "{}", report.text);
+    let md = std::fs::read_to_string(out.join("quickstart.md")).unwrap();
+    assert!(md.contains(&format!("| {label} † |")) && !md.lines().any(|l| l.contains(&format!("| {label} †")) && l.contains("**")), "{md}");
+    let csv = std::fs::read_to_string(out.join("quickstart.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with(&diverged[0].method) && l.contains("diverged")), "{csv}");
+    let json = std::fs::read_to_string(out.join("quickstart.json")).unwrap();
+    assert!(!json.contains("null") && (json.contains("\"inf\"") || json.contains("\"nan\"")), "{json}");
+    let back: QuickTable = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.best, t.best);
+    let svg = std::fs::read_to_string(out.join("quickstart.svg")).unwrap();
+    assert!(svg.contains(">inf<") || svg.contains(">diverged<"), "the plot's legend shows the diverged values");
+    // `--table` rebuilds it from the files on disk; the trainer's own table has it too.
+    let (again, _) = tram_quickstart::rebuild(&out).unwrap();
+    assert_eq!(again.best, t.best);
+    assert!(std::fs::read_to_string(out.join("results.md")).unwrap().contains(&format!("| {label} †")));
+}
+
+#[test]
+fn settings_that_empty_the_evaluation_sets_are_refused_before_any_row_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let registry = tram_plugins::registry().unwrap();
+    for set in ["lm.max_eval_blocks=0", "train.max_eval_examples=0"] {
+        let opts = Options { methods: vec!["adam".into()], steps: Some(1), out: out.clone(), sets: vec![set.into()], progress: false, ..Default::default() };
+        let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
+        assert!(e.contains(&format!("`{}` = 0", set.trim_end_matches("=0"))), "{set}: {e}");
+        assert!(!out.join("zero-shot").exists(), "{set}: a row ran");
+    }
+}

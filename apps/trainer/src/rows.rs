@@ -75,7 +75,12 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
             // The label is the run name: no claim to keep true.
             continue;
         }
+        let trains = !run.config.train.evaluate_only && run.config.train.steps != Some(0);
         for key in IDENTITY_KEYS {
+            if *key == "optimizer.name" && !trains {
+                // A row that does not train runs no optimizer.
+                continue;
+            }
             for (origin, k, v) in &overrides {
                 let given = if k == key {
                     Some(v)
@@ -95,7 +100,6 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
         // `train.steps = 0` makes a training row evaluate only.
         let trains_in_file = in_file("train.evaluate_only") != Some(&Value::Bool(true))
             && in_file("train.steps").and_then(Value::as_u64) != Some(0);
-        let trains = !run.config.train.evaluate_only && run.config.train.steps != Some(0);
         if trains_in_file && !trains {
             let origin = overrides
                 .iter()
