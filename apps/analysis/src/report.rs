@@ -450,11 +450,25 @@ pub fn cka_csv(r: &Report) -> String {
 
 /// Every measurement, one line per run and domain.
 pub fn runs_csv(r: &Report) -> String {
-    let h: Vec<String> =
-        ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir", "diverged"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let h: Vec<String> = [
+        "method",
+        "run",
+        "seed",
+        "domain",
+        "label",
+        "in_domain",
+        "examples",
+        "rows",
+        "loss",
+        "max_loss",
+        "sharpness",
+        "cka",
+        "dir",
+        "diverged",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut out = csv_line(&h);
     for run in &r.runs {
         for d in &run.domains {

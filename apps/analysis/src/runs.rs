@@ -149,7 +149,17 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunResult)>> {
             return Err(Error::Input(format!("{} is not a directory (give a run directory or an output directory of runs)", d.display())));
         }
         let own = d.join(tram_trainer::trainer::RESULTS_FILE);
-        let single = std::fs::read(&own).ok().and_then(|b| serde_json::from_slice::<RunResult>(&b).ok());
+        // A run directory's own results.json must parse: an unreadable one is an error, not
+        // a directory to search.
+        let single = if own.is_file() {
+            let bytes = std::fs::read(&own).map_err(|e| Error::Input(format!("reading {}: {e}", own.display())))?;
+            Some(
+                serde_json::from_slice::<RunResult>(&bytes)
+                    .map_err(|e| Error::Input(format!("{}: not a results file ({e})", own.display())))?,
+            )
+        } else {
+            None
+        };
         let mut found = match single {
             Some(r) => vec![(d.clone(), r)],
             None => tram_trainer::results::collect(d)?

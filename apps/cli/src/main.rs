@@ -53,7 +53,11 @@ fn run_app(app: tram_trainer::apps::App, args: &tram_trainer::cli::AppArgs, regi
         std::process::exit(130);
     }
     if !summary.failures.is_empty() {
-        anyhow::bail!("{} run(s) failed (the table above shows them, marked):\n  {}", summary.failures.len(), summary.failures.join("\n  "));
+        anyhow::bail!(
+            "{} run(s) failed (the table above shows them, marked):\n  {}",
+            summary.failures.len(),
+            summary.failures.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -97,7 +101,9 @@ fn log_filter() -> Result<tracing_subscriber::EnvFilter> {
                 continue;
             }
             return tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| {
-                anyhow::anyhow!("{var}=`{v}` is not a log filter ({e}); use a level such as `{var}=info`, or e.g. `{var}=warn,tram_trainer=debug`")
+                anyhow::anyhow!(
+                    "{var}=`{v}` is not a log filter ({e}); use a level such as `{var}=info`, or e.g. `{var}=warn,tram_trainer=debug`"
+                )
             });
         }
     }

@@ -130,7 +130,10 @@ fn warnings_show_by_default_and_a_row_with_every_step_skipped_fails_after_the_ta
     assert!(err.contains("WARN") && err.contains("step skipped"), "{err}");
     assert!(err.contains("invalid UTF-8"), "{err}");
     assert!(!err.contains("INFO"), "the default filter is `warn`:\n{err}");
-    assert!(err.contains("1 run(s) failed") && err.contains("run `sam` seed 0 failed") && err.contains("every one of the 2 steps"), "{err}");
+    assert!(
+        err.contains("1 run(s) failed") && err.contains("run `sam` seed 0 failed") && err.contains("every one of the 2 steps"),
+        "{err}"
+    );
     // The table of every row was printed and written, the failed row marked.
     for needle in ["| Pretrained |", "| Adam |", "‡ SAM: 2 of 2 steps skipped", "FAILED"] {
         assert!(out.contains(needle), "`{needle}` not in\n{out}");

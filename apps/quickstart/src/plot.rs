@@ -185,7 +185,15 @@ where
         } else {
             r.label.clone()
         };
-        let value = |p: f64| if p.is_finite() { format!("{p:.2}") } else if p == f64::INFINITY { "inf".into() } else { "diverged".into() };
+        let value = |p: f64| {
+            if p.is_finite() {
+                format!("{p:.2}")
+            } else if p == f64::INFINITY {
+                "inf".into()
+            } else {
+                "diverged".into()
+            }
+        };
         root.draw(&Text::new(label, (bx + 30, y), text.clone())).map_err(err)?;
         root.draw(&Text::new(value(r.perplexity[0]), (bx + 172, y), text.clone())).map_err(err)?;
         root.draw(&Text::new(value(r.zero_shot_average), (bx + 232, y), text.clone())).map_err(err)?;

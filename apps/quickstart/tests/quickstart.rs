@@ -300,7 +300,14 @@ fn settings_that_empty_the_evaluation_sets_are_refused_before_any_row_runs() {
     let out = dir.path().join("quickstart");
     let registry = tram_plugins::registry().unwrap();
     for set in ["lm.max_eval_blocks=0", "train.max_eval_examples=0"] {
-        let opts = Options { methods: vec!["adam".into()], steps: Some(1), out: out.clone(), sets: vec![set.into()], progress: false, ..Default::default() };
+        let opts = Options {
+            methods: vec!["adam".into()],
+            steps: Some(1),
+            out: out.clone(),
+            sets: vec![set.into()],
+            progress: false,
+            ..Default::default()
+        };
         let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
         assert!(e.contains(&format!("`{}` = 0", set.trim_end_matches("=0"))), "{set}: {e}");
         assert!(!out.join("zero-shot").exists(), "{set}: a row ran");

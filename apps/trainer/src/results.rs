@@ -265,25 +265,33 @@ pub fn cell(xs: &[f64]) -> Cell {
     Cell { mean, std, ci95: t975(n - 1) * std / (n as f64).sqrt(), n, diverged }
 }
 
-/// Every `results.json` under `dir` (recursively, a few levels deep).
+/// Every `results.json` under `dir` (recursively, a few levels deep; none when `dir` does not
+/// exist). An unreadable directory or results file is an error.
 pub fn collect(dir: &Path) -> Result<Vec<(PathBuf, RunResult)>> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+        // An unreadable directory would silently drop its results from the table.
+        let io = |e| Error::io(format!("reading the directory {}", dir.display()), e);
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).map_err(io)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().map_err(io)?;
         entries.sort();
         for p in entries {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if p.is_dir() && depth > 0 && !matches!(name.as_str(), "checkpoints" | "model") && !name.starts_with('.') {
-                walk(&p, depth - 1, out);
+                walk(&p, depth - 1, out)?;
             } else if name == crate::trainer::RESULTS_FILE
                 && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with("seed-"))
             {
                 out.push(p);
             }
         }
+        Ok(())
     }
     let mut paths = Vec::new();
-    walk(dir, 5, &mut paths);
+    if !dir.exists() {
+        // Nothing has been written there yet.
+        return Ok(Vec::new());
+    }
+    walk(dir, 5, &mut paths)?;
     paths
         .into_iter()
         .map(|p| {
@@ -552,7 +560,7 @@ pub fn markdown(spec: &TableSpec, t: &Table) -> String {
     s.push_str("\nOptimizers (resolved):\n\n");
     for r in &t.rows {
         let comp = r.optimizer.get("composition").and_then(Value::as_str).unwrap_or("?");
-        let lr = r.optimizer.get("lr").map(|v| v.to_string()).unwrap_or_default();
+        let lr = r.optimizer.get("lr").map(|v| v.to_string()).unwrap_or_else(|| "?".into());
         s.push_str(&format!("- {}: `{comp}`, lr {lr}\n", r.label));
     }
     s

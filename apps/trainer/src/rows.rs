@@ -98,14 +98,11 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
             }
         }
         // `train.steps = 0` makes a training row evaluate only.
-        let trains_in_file = in_file("train.evaluate_only") != Some(&Value::Bool(true))
-            && in_file("train.steps").and_then(Value::as_u64) != Some(0);
+        let trains_in_file =
+            in_file("train.evaluate_only") != Some(&Value::Bool(true)) && in_file("train.steps").and_then(Value::as_u64) != Some(0);
         if trains_in_file && !trains {
-            let origin = overrides
-                .iter()
-                .find(|(_, k, _)| k == "train.steps" || k == "train")
-                .map(|(o, _, _)| o.as_str())
-                .unwrap_or("an override");
+            let origin =
+                overrides.iter().find(|(_, k, _)| k == "train.steps" || k == "train").map(|(o, _, _)| o.as_str()).unwrap_or("an override");
             return Err(lie(origin, "train.steps", "a training run", "0 steps (no training)", run));
         }
     }

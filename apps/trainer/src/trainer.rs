@@ -104,7 +104,8 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
             m.remove(k);
         }
         m.insert("seed".into(), json!(seed));
-        m.insert("optimizer".into(), serde_json::to_value(optimizer).unwrap_or(Value::Null));
+        // (Never `null`: two different optimizers would then share a fingerprint.)
+        m.insert("optimizer".into(), serde_json::to_value(optimizer).expect("an optimizer config serialises to JSON"));
         if let Some(Value::Object(t)) = m.get_mut("train") {
             for k in [
                 "steps",

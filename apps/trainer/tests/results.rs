@@ -66,7 +66,8 @@ fn nan_model(dir: &Path, tensor: &str) -> PathBuf {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     assert_eq!(header[tensor]["dtype"], "F32");
-    let (a, b) = (header[tensor]["data_offsets"][0].as_u64().unwrap() as usize, header[tensor]["data_offsets"][1].as_u64().unwrap() as usize);
+    let (a, b) =
+        (header[tensor]["data_offsets"][0].as_u64().unwrap() as usize, header[tensor]["data_offsets"][1].as_u64().unwrap() as usize);
     for chunk in bytes[8 + n + a..8 + n + b].chunks_mut(4) {
         chunk.copy_from_slice(&f32::NAN.to_le_bytes());
     }
@@ -315,10 +316,9 @@ fn invalid_utf8_in_a_text_split_is_counted_in_the_results() {
     let out = dir.join("out");
     let cfg = write_config(
         &dir,
-        &config(&out, "").replace(&format!("data = \"{M2D2}\""), &format!("data = \"{}\"", data.display())).replace(
-            "label = \"Adam\"",
-            "label = \"Adam\"\ntrain = { evaluate_only = true }",
-        ),
+        &config(&out, "")
+            .replace(&format!("data = \"{M2D2}\""), &format!("data = \"{}\"", data.display()))
+            .replace("label = \"Adam\"", "label = \"Adam\"\ntrain = { evaluate_only = true }"),
     );
     run_sources(App::Lm, &sources(&cfg, &[]), &[], false, &Control::default(), &registry()).unwrap();
     let r = read_json(&out.join("adam/seed-1/results.json"));

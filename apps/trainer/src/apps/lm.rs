@@ -40,7 +40,12 @@ fn blocks(
     let (blocks, mut skips) = tram_data::lm::token_blocks(&texts, tokenizer, lm.block_size).map_err(data_err(&what))?;
     skips.invalid_utf8_bytes = replaced;
     if replaced > 0 {
-        tracing::warn!(domain, split, replaced, "invalid UTF-8 in the text (binary data or another encoding): bytes replaced by U+FFFD; recorded in results.json");
+        tracing::warn!(
+            domain,
+            split,
+            replaced,
+            "invalid UTF-8 in the text (binary data or another encoding): bytes replaced by U+FFFD; recorded in results.json"
+        );
     }
     if !skips.is_empty() {
         tracing::warn!(domain, split, %skips, "rows skipped");

@@ -137,10 +137,7 @@ pub fn subset(s: &str) -> Option<&str> {
 pub fn check_sizes(run: &RunConfig) -> Result<()> {
     let t = &run.config.train;
     let zero = |key: &str, what: &str| {
-        Err(Error::Config(format!(
-            "key `{key}` = 0 (run `{}`): {what}; give at least 1, or leave it unset for no limit",
-            run.name
-        )))
+        Err(Error::Config(format!("key `{key}` = 0 (run `{}`): {what}; give at least 1, or leave it unset for no limit", run.name)))
     };
     if t.max_eval_examples == Some(0) {
         return zero("train.max_eval_examples", "every validation and test set would be empty, with no metric to report");
