@@ -196,12 +196,24 @@ pub fn num(x: f64, decimals: usize) -> String {
     }
 }
 
-/// A row label with the diverged marker `†` when some of its runs diverged.
-fn marked(label: &str, diverged: usize) -> String {
-    if diverged > 0 {
-        format!("{label} †")
-    } else {
+/// A row label with its markers: `†` some run diverged, `‡` skipped steps, `§` steps without
+/// ascent (footnotes from [`notes`]).
+fn marked(r: &Report, label: &str) -> String {
+    let runs: Vec<&RunAnalysis> = r.runs.iter().filter(|x| x.label == label).collect();
+    let mut m = String::new();
+    if runs.iter().any(|x| x.diverged) {
+        m.push('†');
+    }
+    if runs.iter().any(|x| x.skipped_steps > 0) {
+        m.push('‡');
+    }
+    if runs.iter().any(|x| x.no_ascent_steps > 0) {
+        m.push('§');
+    }
+    if m.is_empty() {
         label.to_string()
+    } else {
+        format!("{label} {m}")
     }
 }
 
@@ -214,16 +226,26 @@ fn cell(s: Option<&Stat>, pm: bool, decimals: usize, diverged: bool) -> String {
     }
 }
 
-/// The footnote of the `†` marker, when a row has it.
-fn diverged_note(r: &Report) -> Option<String> {
-    let rows: Vec<String> =
-        r.sharpness.iter().filter(|x| x.diverged > 0).map(|x| format!("{} ({} of {} runs)", x.label, x.diverged, x.runs)).collect();
-    (!rows.is_empty()).then(|| {
-        format!(
-            "† diverged (a non-finite metric in the run's final evaluation): not measured, left out of the statistics: {}",
-            rows.join(", ")
-        )
-    })
+/// The footnotes of the markers of every row.
+fn notes(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in &r.sharpness {
+        let runs: Vec<&RunAnalysis> = r.runs.iter().filter(|x| x.label == row.label).collect();
+        let (steps, skipped, no_ascent) = runs.iter().fold((0, 0, 0), |a, x| (a.0 + x.steps, a.1 + x.skipped_steps, a.2 + x.no_ascent_steps));
+        if row.diverged > 0 {
+            out.push(format!(
+                "† {}: {} of {} runs diverged (a non-finite metric in the final evaluation): not measured, left out of the statistics",
+                row.label, row.diverged, row.runs
+            ));
+        }
+        if skipped > 0 {
+            out.push(format!("‡ {}: {skipped} of {steps} training steps skipped (non-finite loss or gradient)", row.label));
+        }
+        if no_ascent > 0 {
+            out.push(format!("§ {}: {no_ascent} of {steps} training steps without ascent", row.label));
+        }
+    }
+    out
 }
 
 fn stat(s: Option<&Stat>, pm: bool, decimals: usize) -> String {
@@ -263,7 +285,7 @@ pub fn markdown(r: &Report) -> String {
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.sharpness {
             let all = row.diverged == row.runs;
-            let mut cells = vec![marked(&row.label, row.diverged), cell(row.in_domain.as_ref(), true, 2, all)];
+            let mut cells = vec![marked(r, &row.label), cell(row.in_domain.as_ref(), true, 2, all)];
             if has_ood {
                 cells.push(cell(row.zero_shot.as_ref(), true, 2, all));
                 cells.push(cell(row.pearson.as_ref(), true, 2, all));
@@ -297,7 +319,7 @@ pub fn markdown(r: &Report) -> String {
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.cka {
             let all = row.diverged == row.runs;
-            let mut cells = vec![marked(&row.label, row.diverged)];
+            let mut cells = vec![marked(r, &row.label)];
             for (l, _) in &r.columns {
                 cells.push(cell(row.domains.get(l), false, 3, all));
             }
@@ -308,8 +330,12 @@ pub fn markdown(r: &Report) -> String {
             s.push_str(&format!("| {} |\n", cells.join(" | ")));
         }
     }
-    if let Some(note) = diverged_note(r) {
-        s.push_str(&format!("\n{note}\n"));
+    let notes = notes(r);
+    if !notes.is_empty() {
+        s.push('\n');
+        for n in notes {
+            s.push_str(&format!("- {n}\n"));
+        }
     }
     s
 }
@@ -340,7 +366,7 @@ pub fn summary(r: &Report) -> String {
     let mut rows = vec![header];
     for (s, c) in r.sharpness.iter().zip(&r.cka) {
         let all = s.diverged == s.runs;
-        let mut row = vec![marked(&s.label, s.diverged)];
+        let mut row = vec![marked(r, &s.label)];
         if o.measure_sharpness {
             row.push(cell(s.in_domain.as_ref(), false, 2, all));
             if has_ood {
@@ -384,8 +410,8 @@ pub fn summary(r: &Report) -> String {
             None => out.push_str("  Pearson r (in-domain vs ZS-average φ, all runs): —\n"),
         }
     }
-    if let Some(note) = diverged_note(r) {
-        out.push_str(&format!("  {note}\n"));
+    for n in notes(r) {
+        out.push_str(&format!("  {n}\n"));
     }
     out
 }

@@ -138,6 +138,15 @@ pub struct RunAnalysis {
     /// `diverged`.
     #[serde(default)]
     pub diverged: bool,
+    /// Optimizer steps of the run.
+    #[serde(default)]
+    pub steps: u64,
+    /// Steps the run skipped (non-finite loss or gradient).
+    #[serde(default)]
+    pub skipped_steps: u64,
+    /// Steps the run took without ascent.
+    #[serde(default)]
+    pub no_ascent_steps: u64,
 }
 
 /// Every finished run in `dirs`: a directory holding a run's `results.json` is that run;
@@ -149,14 +158,17 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunResult)>> {
             return Err(Error::Input(format!("{} is not a directory (give a run directory or an output directory of runs)", d.display())));
         }
         let own = d.join(tram_trainer::trainer::RESULTS_FILE);
-        // A run directory's own results.json must parse: an unreadable one is an error, not
-        // a directory to search.
+        // A run directory's (`seed-*`) own results.json must parse: an unreadable one is an
+        // error, not a reason to search below it. Elsewhere a results.json is the table of an
+        // `out` directory, and the runs are searched for.
+        let seed_dir = d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-"));
         let single = if own.is_file() {
             let bytes = std::fs::read(&own).map_err(|e| Error::Input(format!("reading {}: {e}", own.display())))?;
-            Some(
-                serde_json::from_slice::<RunResult>(&bytes)
-                    .map_err(|e| Error::Input(format!("{}: not a results file ({e})", own.display())))?,
-            )
+            match serde_json::from_slice::<RunResult>(&bytes) {
+                Ok(r) => Some(r),
+                Err(e) if seed_dir => return Err(Error::Input(format!("{}: not a results file ({e})", own.display()))),
+                Err(_) => None,
+            }
         } else {
             None
         };
@@ -332,6 +344,9 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
             domains,
             seconds: started.elapsed().as_secs_f64(),
             diverged: true,
+            steps: result.steps,
+            skipped_steps: result.skipped_steps,
+            no_ascent_steps: result.no_ascent_steps,
         });
     }
     let run = analysis_config(result, opts)?;
@@ -427,6 +442,9 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
         domains,
         seconds: started.elapsed().as_secs_f64(),
         diverged: false,
+        steps: result.steps,
+        skipped_steps: result.skipped_steps,
+        no_ascent_steps: result.no_ascent_steps,
     })
 }
 

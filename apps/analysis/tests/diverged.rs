@@ -61,9 +61,13 @@ fn a_diverged_run_is_marked_in_the_analysis_and_the_others_are_measured() {
     assert!(!adam.diverged && adam.domains.iter().all(|d| d.sharpness.is_finite() && d.cka.is_finite()), "{adam:?}");
     let md = std::fs::read_to_string(dest.join("analysis.md")).unwrap();
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| Blow-up †")).collect();
+    assert_eq!(blowup.steps, 2);
     assert_eq!(rows.len(), 2, "one row per table:\n{md}");
     assert!(rows.iter().all(|l| l.contains("| diverged |")), "{md}");
-    assert!(md.contains("† diverged") && md.contains("Blow-up (1 of 1 runs)"), "{md}");
+    assert!(md.contains("- † Blow-up: 1 of 1 runs diverged"), "{md}");
+    if blowup.skipped_steps > 0 {
+        assert!(md.contains(&format!("- ‡ Blow-up: {} of 2 training steps skipped", blowup.skipped_steps)), "{md}");
+    }
     assert!(md.lines().any(|l| l.starts_with("| Adam |")), "{md}");
     let summary = tram_analysis::summary(&r);
     assert!(summary.contains("Blow-up †") && summary.contains("diverged"), "{summary}");

@@ -61,8 +61,8 @@ pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
         }
     }
     let Some(path) = &sources.file else { return Ok(()) };
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let Ok(table) = toml::from_str::<toml::Table>(&text) else { return Ok(()) };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let table = toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let file = serde_json::to_value(&table).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let file_rows: Vec<Value> = file.get("runs").and_then(Value::as_array).cloned().unwrap_or_default();
     let overrides = overrides(sources);

@@ -160,12 +160,9 @@ fn every(step: u64, n: u64) -> bool {
     step.checked_rem(n) == Some(0)
 }
 
+/// A metrics-line number: non-finite values as `"inf"`, `"-inf"`, `"nan"`, as in results.json.
 fn num(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else {
-        json!(x.to_string())
-    }
+    crate::results::float::to_json(x)
 }
 
 fn eval_line(kind: &str, step: u64, set: &EvalSet, m: &EvalMetrics) -> Value {
