@@ -231,7 +231,8 @@ fn notes(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
     for row in &r.sharpness {
         let runs: Vec<&RunAnalysis> = r.runs.iter().filter(|x| x.label == row.label).collect();
-        let (steps, skipped, no_ascent) = runs.iter().fold((0, 0, 0), |a, x| (a.0 + x.steps, a.1 + x.skipped_steps, a.2 + x.no_ascent_steps));
+        let (steps, skipped, no_ascent) =
+            runs.iter().fold((0, 0, 0), |a, x| (a.0 + x.steps, a.1 + x.skipped_steps, a.2 + x.no_ascent_steps));
         if row.diverged > 0 {
             out.push(format!(
                 "† {}: {} of {} runs diverged (a non-finite metric in the final evaluation): not measured, left out of the statistics",
