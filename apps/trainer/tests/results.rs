@@ -91,7 +91,7 @@ optimizer = { name = "adam", lr = 1e6 }
     let summary = run_sources(App::Lm, &sources(&cfg, &[]), &[], false, &Control::default(), &registry()).unwrap();
     assert!(summary.failures.is_empty(), "a diverged run is a result, not a failure: {:?}", summary.failures);
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert_eq!(summary.tables, [md.clone()]);
+    assert_eq!(summary.tables, std::slice::from_ref(&md));
 
     // results.json: the non-finite metrics as strings (never null), and the flag.
     let r = read_json(&out.join("blowup/seed-1/results.json"));
