@@ -185,18 +185,18 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     let run = spec.run;
     let cfg = &run.config;
     let dir = run.dir(spec.seed);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let results_path = dir.join(RESULTS_FILE);
     // An empty evaluation set has no metric at all: refuse it before the first step.
     for (set, what) in data.valid.iter().map(|v| (v, "validation")).chain(data.tests.iter().map(|t| (t, "test"))) {
         if set.source.is_empty() {
             return Err(Error::Config(format!(
                 "the {what} set `{}` ({}) of run `{}` is empty: nothing to evaluate; check the settings that cut evaluation sets \
-                 (train.max_eval_examples, lm.max_eval_blocks, xnli.max_eval_examples, the split names) and the data",
+                 (train.max_eval_examples, lm.max_eval_blocks, the split names) and the data",
                 set.name, set.label, run.name
             )));
         }
     }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let results_path = dir.join(RESULTS_FILE);
     let total = total_steps(run, data.train.batches_per_epoch());
     let opt_config = resolved_optimizer(run, spec.seed, total);
     let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`

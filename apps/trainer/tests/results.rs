@@ -325,3 +325,20 @@ fn invalid_utf8_in_a_text_split_is_counted_in_the_results() {
     assert_eq!(r["skipped_rows"]["cult/test"]["invalid_utf8_bytes"], 7, "{:#}", r["skipped_rows"]);
     assert!(r["skipped_rows"].get("soc/test").is_none(), "clean splits are not listed: {:#}", r["skipped_rows"]);
 }
+
+#[test]
+fn an_empty_evaluation_set_is_refused_before_the_first_step() {
+    fixtures();
+    let dir = scratch("results-empty-set");
+    let out = dir.join("out");
+    let cfg = write_config(&dir, &config(&out, ""));
+    let runs = sources(&cfg, &[]).resolve(&[], &registry()).unwrap();
+    let mut prepared = App::Lm.prepare(&runs[0], 1).unwrap();
+    // A set that ends up empty for a reason no setting check sees (e.g. every row skipped).
+    prepared.data.tests[1].source = Box::new(tram_trainer::task::BatchList(Vec::new(), 0));
+    let reg = registry();
+    let spec = tram_trainer::trainer::RunSpec { app: "lm", run: &runs[0], row: 0, seed: 1, tokenizer: None, registry: &reg };
+    let e = tram_trainer::trainer::run(&spec, prepared.model, prepared.data, &Control::default()).unwrap_err().to_string();
+    assert!(e.contains("the test set `cult` (Cult.) of run `adam` is empty"), "{e}");
+    assert!(!runs[0].dir(1).exists(), "nothing is written for a run that cannot be evaluated");
+}
