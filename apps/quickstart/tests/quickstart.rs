@@ -319,3 +319,44 @@ fn settings_that_empty_the_evaluation_sets_are_refused_before_any_row_runs() {
         assert!(!out.join("zero-shot").exists(), "{set}: a row ran");
     }
 }
+
+/// A `results.json` of the quickstart's shape: perplexities per column, the step counts.
+fn result(run: &str, row: usize, ppl: [f64; 3], skipped: u64, no_ascent: u64, failed: bool) -> tram_trainer::results::RunResult {
+    let col = |name: &str, in_domain: bool, p: f64| {
+        serde_json::json!({"name": name, "label": name, "in_domain": in_domain,
+            "metrics": {"loss": p.ln(), "perplexity": p, "accuracy": 10.0, "rows": 100}})
+    };
+    let mut v = serde_json::json!({
+        "app": "lm", "run": run, "label": run.to_uppercase(), "row": row, "seed": 0, "steps": if run == "zero-shot" { 0 } else { 4 },
+        "selected_step": 4, "selection": "last", "best_valid_loss": null, "valid": null,
+        "columns": [col("novels", true, ppl[0]), col("bible", false, ppl[1]), col("jargon", false, ppl[2])],
+        "optimizer": {"composition": "ball+adam", "lr": 1e-3}, "skipped_steps": skipped, "no_ascent_steps": no_ascent,
+        "train_seconds": 1.0, "eval_seconds": 1.0, "config": {}
+    });
+    if failed {
+        v["failed"] = "every one of the 4 steps was skipped".into();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn failed_rows_are_never_best_and_skips_are_marked() {
+    // SAM with every step skipped keeps the starting model, better here than Adam's: not best.
+    let rs = [
+        result("zero-shot", 0, [100.0, 100.0, 100.0], 0, 0, false),
+        result("adam", 1, [90.0, 120.0, 130.0], 0, 0, false),
+        result("sam", 2, [100.0, 100.0, 100.0], 4, 0, true),
+        result("tram", 3, [95.0, 110.0, 140.0], 1, 2, false),
+    ];
+    let t = QuickTable::from_results("novels", &rs).unwrap();
+    assert_eq!(t.best, [Some(1), Some(3), Some(1), Some(1)], "{:?}", t.best);
+    let text = t.text();
+    assert!(text.lines().any(|l| l.starts_with("SAM ‡ ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("TRAM ‡§ ")), "{text}");
+    assert!(text.contains("‡ SAM: 4 of 4 steps skipped") && text.contains("FAILED"), "{text}");
+    assert!(text.contains("‡ TRAM: 1 of 4 steps skipped") && text.contains("§ TRAM: 2 of 4 steps without ascent"), "{text}");
+    let md = t.markdown();
+    assert!(!md.lines().any(|l| l.starts_with("| SAM") && l.contains("**")), "{md}");
+    let csv = t.csv();
+    assert!(csv.lines().any(|l| l.starts_with("sam,") && l.ends_with(",4,0,failed; 4/4 skipped")), "{csv}");
+}
