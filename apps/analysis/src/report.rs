@@ -54,6 +54,9 @@ pub struct SharpnessRow {
     pub pearson: Option<Stat>,
     /// φ per domain label, over runs.
     pub domains: BTreeMap<String, Stat>,
+    /// Runs of the row that diverged (not measured).
+    #[serde(default)]
+    pub diverged: usize,
 }
 
 /// One method's row of table (b).
@@ -67,6 +70,9 @@ pub struct CkaRow {
     pub domains: BTreeMap<String, Stat>,
     /// Zero-shot average (± std across out-of-domain sets).
     pub zero_shot: Option<Stat>,
+    /// Runs of the row that diverged (not measured).
+    #[serde(default)]
+    pub diverged: usize,
 }
 
 /// Everything an analysis produced.
@@ -133,6 +139,7 @@ pub fn report(options: &AnalyzeOptions, runs: Vec<RunAnalysis>) -> Report {
     let mut cka_rows = Vec::new();
     for (_, label) in &order {
         let rs: Vec<&RunAnalysis> = runs.iter().filter(|r| &r.label == label).collect();
+        let diverged = rs.iter().filter(|r| r.diverged).count();
         let in_dom: Vec<f64> = rs.iter().filter_map(|r| run_mean(r, true, phi)).collect();
         let domains = per_domain(&rs, phi);
         let correlations: Vec<f64> = ood
@@ -154,9 +161,10 @@ pub fn report(options: &AnalyzeOptions, runs: Vec<RunAnalysis>) -> Report {
             zero_shot: zero_shot(&domains),
             pearson: Stat::of(&correlations),
             domains,
+            diverged,
         });
         let domains = per_domain(&rs, cka);
-        cka_rows.push(CkaRow { label: label.clone(), runs: rs.len(), zero_shot: zero_shot(&domains), domains });
+        cka_rows.push(CkaRow { label: label.clone(), runs: rs.len(), zero_shot: zero_shot(&domains), domains, diverged });
     }
     let pooled: Vec<(f64, f64)> = runs
         .iter()
@@ -186,6 +194,59 @@ pub fn num(x: f64, decimals: usize) -> String {
     } else {
         format!("{x:.decimals$}")
     }
+}
+
+/// A row label with its markers: `†` some run diverged, `‡` skipped steps, `§` steps without
+/// ascent (footnotes from [`notes`]).
+fn marked(r: &Report, label: &str) -> String {
+    let runs: Vec<&RunAnalysis> = r.runs.iter().filter(|x| x.label == label).collect();
+    let mut m = String::new();
+    if runs.iter().any(|x| x.diverged) {
+        m.push('†');
+    }
+    if runs.iter().any(|x| x.skipped_steps > 0) {
+        m.push('‡');
+    }
+    if runs.iter().any(|x| x.no_ascent_steps > 0) {
+        m.push('§');
+    }
+    if m.is_empty() {
+        label.to_string()
+    } else {
+        format!("{label} {m}")
+    }
+}
+
+/// A cell of a row: its statistic, or `diverged` when every run of the row diverged (there
+/// is nothing measured), `—` when nothing was measured for another reason.
+fn cell(s: Option<&Stat>, pm: bool, decimals: usize, diverged: bool) -> String {
+    match s {
+        None if diverged => "diverged".into(),
+        s => stat(s, pm, decimals),
+    }
+}
+
+/// The footnotes of the markers of every row.
+fn notes(r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in &r.sharpness {
+        let runs: Vec<&RunAnalysis> = r.runs.iter().filter(|x| x.label == row.label).collect();
+        let (steps, skipped, no_ascent) =
+            runs.iter().fold((0, 0, 0), |a, x| (a.0 + x.steps, a.1 + x.skipped_steps, a.2 + x.no_ascent_steps));
+        if row.diverged > 0 {
+            out.push(format!(
+                "† {}: {} of {} runs diverged (a non-finite metric in the final evaluation): not measured, left out of the statistics",
+                row.label, row.diverged, row.runs
+            ));
+        }
+        if skipped > 0 {
+            out.push(format!("‡ {}: {skipped} of {steps} training steps skipped (non-finite loss or gradient)", row.label));
+        }
+        if no_ascent > 0 {
+            out.push(format!("§ {}: {no_ascent} of {steps} training steps without ascent", row.label));
+        }
+    }
+    out
 }
 
 fn stat(s: Option<&Stat>, pm: bool, decimals: usize) -> String {
@@ -224,10 +285,11 @@ pub fn markdown(r: &Report) -> String {
         header.push("runs".into());
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.sharpness {
-            let mut cells = vec![row.label.clone(), stat(row.in_domain.as_ref(), true, 2)];
+            let all = row.diverged == row.runs;
+            let mut cells = vec![marked(r, &row.label), cell(row.in_domain.as_ref(), true, 2, all)];
             if has_ood {
-                cells.push(stat(row.zero_shot.as_ref(), true, 2));
-                cells.push(stat(row.pearson.as_ref(), true, 2));
+                cells.push(cell(row.zero_shot.as_ref(), true, 2, all));
+                cells.push(cell(row.pearson.as_ref(), true, 2, all));
             }
             cells.push(row.runs.to_string());
             s.push_str(&format!("| {} |\n", cells.join(" | ")));
@@ -257,15 +319,23 @@ pub fn markdown(r: &Report) -> String {
         header.push("runs".into());
         s.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
         for row in &r.cka {
-            let mut cells = vec![row.label.clone()];
+            let all = row.diverged == row.runs;
+            let mut cells = vec![marked(r, &row.label)];
             for (l, _) in &r.columns {
-                cells.push(stat(row.domains.get(l), false, 3));
+                cells.push(cell(row.domains.get(l), false, 3, all));
             }
             if has_ood {
-                cells.push(stat(row.zero_shot.as_ref(), true, 3));
+                cells.push(cell(row.zero_shot.as_ref(), true, 3, all));
             }
             cells.push(row.runs.to_string());
             s.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+    }
+    let notes = notes(r);
+    if !notes.is_empty() {
+        s.push('\n');
+        for n in notes {
+            s.push_str(&format!("- {n}\n"));
         }
     }
     s
@@ -296,18 +366,19 @@ pub fn summary(r: &Report) -> String {
     }
     let mut rows = vec![header];
     for (s, c) in r.sharpness.iter().zip(&r.cka) {
-        let mut row = vec![s.label.clone()];
+        let all = s.diverged == s.runs;
+        let mut row = vec![marked(r, &s.label)];
         if o.measure_sharpness {
-            row.push(stat(s.in_domain.as_ref(), false, 2));
+            row.push(cell(s.in_domain.as_ref(), false, 2, all));
             if has_ood {
-                row.push(stat(s.zero_shot.as_ref(), false, 2));
+                row.push(cell(s.zero_shot.as_ref(), false, 2, all));
             }
         }
         if o.measure_cka {
             let ins: Vec<f64> = in_labels.iter().filter_map(|l| c.domains.get(*l)).map(|s| s.mean).collect();
-            row.push(stat(Stat::of(&ins).as_ref(), false, 3));
+            row.push(cell(Stat::of(&ins).as_ref(), false, 3, all));
             if has_ood {
-                row.push(stat(c.zero_shot.as_ref(), false, 3));
+                row.push(cell(c.zero_shot.as_ref(), false, 3, all));
             }
         }
         rows.push(row);
@@ -340,6 +411,9 @@ pub fn summary(r: &Report) -> String {
             None => out.push_str("  Pearson r (in-domain vs ZS-average φ, all runs): —\n"),
         }
     }
+    for n in notes(r) {
+        out.push_str(&format!("  {n}\n"));
+    }
     out
 }
 
@@ -367,6 +441,7 @@ pub fn sharpness_csv(r: &Report) -> String {
         .map(|s| s.to_string())
         .collect();
     h.extend(r.columns.iter().map(|(l, _)| l.clone()));
+    h.push("diverged".into());
     let mut out = csv_line(&h);
     for row in &r.sharpness {
         let mut f = vec![row.label.clone(), row.runs.to_string()];
@@ -375,6 +450,7 @@ pub fn sharpness_csv(r: &Report) -> String {
             f.push(opt_num(s.as_ref().map(|s| s.std)));
         }
         f.extend(r.columns.iter().map(|(l, _)| opt_num(row.domains.get(l).map(|s| s.mean))));
+        f.push(row.diverged.to_string());
         out.push_str(&csv_line(&f));
     }
     out
@@ -386,12 +462,14 @@ pub fn cka_csv(r: &Report) -> String {
     h.extend(r.columns.iter().map(|(l, _)| l.clone()));
     h.push("zs_avg".into());
     h.push("zs_avg_std".into());
+    h.push("diverged".into());
     let mut out = csv_line(&h);
     for row in &r.cka {
         let mut f = vec![row.label.clone(), row.runs.to_string()];
         f.extend(r.columns.iter().map(|(l, _)| opt_num(row.domains.get(l).map(|s| s.mean))));
         f.push(opt_num(row.zero_shot.as_ref().map(|s| s.mean)));
         f.push(opt_num(row.zero_shot.as_ref().map(|s| s.std)));
+        f.push(row.diverged.to_string());
         out.push_str(&csv_line(&f));
     }
     out
@@ -399,11 +477,25 @@ pub fn cka_csv(r: &Report) -> String {
 
 /// Every measurement, one line per run and domain.
 pub fn runs_csv(r: &Report) -> String {
-    let h: Vec<String> =
-        ["method", "run", "seed", "domain", "label", "in_domain", "examples", "rows", "loss", "max_loss", "sharpness", "cka", "dir"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let h: Vec<String> = [
+        "method",
+        "run",
+        "seed",
+        "domain",
+        "label",
+        "in_domain",
+        "examples",
+        "rows",
+        "loss",
+        "max_loss",
+        "sharpness",
+        "cka",
+        "dir",
+        "diverged",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut out = csv_line(&h);
     for run in &r.runs {
         for d in &run.domains {
@@ -421,6 +513,7 @@ pub fn runs_csv(r: &Report) -> String {
                 d.sharpness.to_string(),
                 d.cka.to_string(),
                 run.dir.display().to_string(),
+                run.diverged.to_string(),
             ]));
         }
     }

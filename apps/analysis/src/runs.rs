@@ -133,6 +133,20 @@ pub struct RunAnalysis {
     pub domains: Vec<DomainResult>,
     /// Wall-clock seconds of the analysis.
     pub seconds: f64,
+    /// The run diverged (a non-finite metric in its final evaluation, `results.json`'s
+    /// `diverged`): nothing is measured, its domains hold NaN, and the tables show it as
+    /// `diverged`.
+    #[serde(default)]
+    pub diverged: bool,
+    /// Optimizer steps of the run.
+    #[serde(default)]
+    pub steps: u64,
+    /// Steps the run skipped (non-finite loss or gradient).
+    #[serde(default)]
+    pub skipped_steps: u64,
+    /// Steps the run took without ascent.
+    #[serde(default)]
+    pub no_ascent_steps: u64,
 }
 
 /// Every finished run in `dirs`: a directory holding a run's `results.json` is that run;
@@ -144,7 +158,20 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunResult)>> {
             return Err(Error::Input(format!("{} is not a directory (give a run directory or an output directory of runs)", d.display())));
         }
         let own = d.join(tram_trainer::trainer::RESULTS_FILE);
-        let single = std::fs::read(&own).ok().and_then(|b| serde_json::from_slice::<RunResult>(&b).ok());
+        // A run directory's (`seed-*`) own results.json must parse: an unreadable one is an
+        // error, not a reason to search below it. Elsewhere a results.json is the table of an
+        // `out` directory, and the runs are searched for.
+        let seed_dir = d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-"));
+        let single = if own.is_file() {
+            let bytes = std::fs::read(&own).map_err(|e| Error::Input(format!("reading {}: {e}", own.display())))?;
+            match serde_json::from_slice::<RunResult>(&bytes) {
+                Ok(r) => Some(r),
+                Err(e) if seed_dir => return Err(Error::Input(format!("{}: not a results file ({e})", own.display()))),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         let mut found = match single {
             Some(r) => vec![(d.clone(), r)],
             None => tram_trainer::results::collect(d)?
@@ -286,6 +313,42 @@ pub fn analyze_run(dir: &Path, result: &RunResult, opts: &AnalyzeOptions) -> Res
 pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions, cache: &mut Cache) -> Result<RunAnalysis> {
     let started = Instant::now();
     let app = app_of(&result.app)?;
+    let composition = result.optimizer.get("composition").and_then(Value::as_str).unwrap_or_default().to_string();
+    if result.is_diverged() {
+        // A diverged model has no meaningful loss surface or representations: recorded, not measured.
+        tracing::warn!(run = %result.run, seed = result.seed, dir = %dir.display(), "the run diverged: not measured (shown as `diverged`)");
+        let domains = result
+            .columns
+            .iter()
+            .map(|c| DomainResult {
+                name: c.name.clone(),
+                label: c.label.clone(),
+                in_domain: c.in_domain,
+                examples: 0,
+                rows: 0,
+                loss: f64::NAN,
+                max_loss: f64::NAN,
+                sharpness: f64::NAN,
+                cka: f64::NAN,
+            })
+            .collect();
+        return Ok(RunAnalysis {
+            dir: dir.to_path_buf(),
+            app: result.app.clone(),
+            run: result.run.clone(),
+            label: result.label.clone(),
+            row: result.row,
+            seed: result.seed,
+            fine_tuned: result.steps > 0,
+            composition,
+            domains,
+            seconds: started.elapsed().as_secs_f64(),
+            diverged: true,
+            steps: result.steps,
+            skipped_steps: result.skipped_steps,
+            no_ascent_steps: result.no_ascent_steps,
+        });
+    }
     let run = analysis_config(result, opts)?;
     let model_dir = dir.join(tram_trainer::trainer::MODEL_DIR);
     let fine: Option<Box<dyn tram_models::Pretrained>> = if model_dir.join("config.json").is_file() {
@@ -375,14 +438,23 @@ pub fn analyze_run_cached(dir: &Path, result: &RunResult, opts: &AnalyzeOptions,
         row: result.row,
         seed: result.seed,
         fine_tuned: fine.is_some(),
-        composition: result.optimizer.get("composition").and_then(Value::as_str).unwrap_or_default().to_string(),
+        composition,
         domains,
         seconds: started.elapsed().as_secs_f64(),
+        diverged: false,
+        steps: result.steps,
+        skipped_steps: result.skipped_steps,
+        no_ascent_steps: result.no_ascent_steps,
     })
 }
 
 /// Analyse every finished run in `dirs` (see [`find_runs`]) and aggregate the tables.
 pub fn analyze_runs(dirs: &[PathBuf], opts: &AnalyzeOptions) -> Result<Report> {
+    if !opts.measure_sharpness && !opts.measure_cka {
+        return Err(Error::Input(
+            "nothing to analyse: both ε-sharpness and CKA are turned off (--no-sharpness and --no-cka); drop one of them".into(),
+        ));
+    }
     opts.sharpness.validate()?;
     let found = find_runs(dirs)?;
     let mut runs = Vec::with_capacity(found.len());

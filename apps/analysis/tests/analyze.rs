@@ -137,10 +137,10 @@ fn analyze_xnli_runs_writes_table_6() {
         assert!(md.contains(needle), "{needle} not in\n{md}");
     }
     let csv = std::fs::read_to_string(dest.join("sharpness.csv")).unwrap();
-    assert!(csv.starts_with("method,runs,in_domain,in_domain_std,zs_avg,zs_avg_std,pearson,pearson_std,En,De,Fr\n"), "{csv}");
+    assert!(csv.starts_with("method,runs,in_domain,in_domain_std,zs_avg,zs_avg_std,pearson,pearson_std,En,De,Fr,diverged\n"), "{csv}");
     assert_eq!(csv.lines().count(), 3);
     let csv = std::fs::read_to_string(dest.join("cka.csv")).unwrap();
-    assert!(csv.starts_with("method,runs,En,De,Fr,zs_avg,zs_avg_std\n"), "{csv}");
+    assert!(csv.starts_with("method,runs,En,De,Fr,zs_avg,zs_avg_std,diverged\n"), "{csv}");
     assert_eq!(std::fs::read_to_string(dest.join("runs.csv")).unwrap().lines().count(), 1 + 4 * 3);
     let json = read_json(&dest.join("analysis.json"));
     assert_eq!(json["runs"].as_array().unwrap().len(), 4);

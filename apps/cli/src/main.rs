@@ -52,6 +52,13 @@ fn run_app(app: tram_trainer::apps::App, args: &tram_trainer::cli::AppArgs, regi
         eprintln!("interrupted: checkpoint written; run the same command with --resume to continue");
         std::process::exit(130);
     }
+    if !summary.failures.is_empty() {
+        anyhow::bail!(
+            "{} run(s) failed (the table above shows them, marked):\n  {}",
+            summary.failures.len(),
+            summary.failures.join("\n  ")
+        );
+    }
     Ok(())
 }
 
@@ -84,8 +91,27 @@ fn list(registry: &Registry) {
     }
 }
 
+/// The log filter: `TRAM_LOG` when set, else `RUST_LOG`, else `warn` (warnings such as skipped
+/// steps, dropped ascents, diverged runs and skipped data rows show by default).
+fn log_filter() -> Result<tracing_subscriber::EnvFilter> {
+    for var in ["TRAM_LOG", "RUST_LOG"] {
+        if let Some(v) = std::env::var_os(var) {
+            let v = v.to_string_lossy().into_owned();
+            if v.trim().is_empty() {
+                continue;
+            }
+            return tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| {
+                anyhow::anyhow!(
+                    "{var}=`{v}` is not a log filter ({e}); use a level such as `{var}=info`, or e.g. `{var}=warn,tram_trainer=debug`"
+                )
+            });
+        }
+    }
+    Ok(tracing_subscriber::EnvFilter::new("warn"))
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     if !cli.plugins.is_empty() {
         // Through the environment, so that registries built elsewhere in this process see them too.

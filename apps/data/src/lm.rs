@@ -16,14 +16,37 @@ pub fn eos_id(tokenizer: &Tokenizer) -> Option<u32> {
 }
 
 /// The texts of column `column`: a null value is an empty text (skipped by
-/// [`token_blocks`]); a non-text value is an error naming the row.
+/// [`token_blocks`]); a non-text value is an error naming the row. Bytes that are not valid
+/// UTF-8 are replaced by U+FFFD with a warning (see [`decode_texts`] for the count).
 pub fn texts(records: &[Record], column: &str) -> Result<Vec<String>> {
+    let (texts, replaced) = decode_texts(records, column)?;
+    if replaced > 0 {
+        tracing::warn!(column, replaced, "invalid UTF-8 in the text: bytes replaced by U+FFFD");
+    }
+    Ok(texts)
+}
+
+/// Bytes of `bytes` that are not part of a valid UTF-8 sequence (what a lossy decoding
+/// replaces by U+FFFD).
+pub fn invalid_utf8_bytes(bytes: &[u8]) -> usize {
+    bytes.utf8_chunks().map(|c| c.invalid().len()).sum()
+}
+
+/// [`texts`], and how many bytes were not valid UTF-8 and were replaced by U+FFFD (binary
+/// values, such as the lines of a `.txt` file in another encoding or a binary file, are
+/// decoded lossily; the caller reports the count).
+pub fn decode_texts(records: &[Record], column: &str) -> Result<(Vec<String>, usize)> {
     check_columns(records, &[column], "the data")?;
-    records
+    let mut replaced = 0;
+    let texts = records
         .iter()
         .enumerate()
         .map(|(i, r)| match r.get(column) {
             Some(Field::Str(s)) => Ok(s.clone()),
+            Some(Field::Bytes(b)) => {
+                replaced += invalid_utf8_bytes(b);
+                Ok(String::from_utf8_lossy(b).trim().to_string())
+            }
             Some(Field::Null) | None => Ok(String::new()),
             Some(other) => Err(Error::BadField {
                 column: column.to_string(),
@@ -32,7 +55,8 @@ pub fn texts(records: &[Record], column: &str) -> Result<Vec<String>> {
                 found: format!("{} ({other})", other.kind()),
             }),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((texts, replaced))
 }
 
 /// Tokenise `texts` (no special tokens; the tokenizer's own truncation and padding are

@@ -290,7 +290,8 @@ fn json_rows(mut reader: impl BufRead, path: &Path, columns: Option<&[&str]>) ->
 pub const TEXT_COLUMN: &str = "text";
 
 /// Read a text file: one row `{text}` per line, stripped of surrounding whitespace (as M2D2's
-/// loading script does; empty lines give empty texts). With `columns`, `text` must be among
+/// loading script does; empty lines give empty texts). A line that is not valid UTF-8 is kept
+/// as [`Field::Bytes`] (see [`crate::lm::decode_texts`]). With `columns`, `text` must be among
 /// them.
 pub fn read_text_lines(path: &Path, columns: Option<&[&str]>) -> Result<Vec<Record>> {
     let file = std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
@@ -313,8 +314,14 @@ fn text_rows(mut reader: impl BufRead, path: &Path, columns: Option<&[&str]>) ->
         if n == 0 {
             break;
         }
-        let line = String::from_utf8_lossy(&buf);
-        out.push(Record::from([(TEXT_COLUMN.to_string(), Field::Str(line.trim().to_string()))]));
+        // A line that is not valid UTF-8 (a binary file, another encoding) stays raw bytes:
+        // the reader of the text (`lm::decode_texts`) decodes it, counts and reports the
+        // replaced bytes. Nothing is replaced silently here.
+        let field = match std::str::from_utf8(&buf) {
+            Ok(line) => Field::Str(line.trim().to_string()),
+            Err(_) => Field::Bytes(buf.trim_ascii().to_vec()),
+        };
+        out.push(Record::from([(TEXT_COLUMN.to_string(), field)]));
     }
     Ok(out)
 }

@@ -14,6 +14,10 @@ pub struct Skips {
     pub undecodable: usize,
     /// A label that is missing, null or negative (`-1` marks unlabelled rows on the hub).
     pub missing_label: usize,
+    /// Bytes of text that were not valid UTF-8 and were replaced by U+FFFD (their rows are
+    /// kept, so this is not part of [`Skips::total`]).
+    #[serde(default)]
+    pub invalid_utf8_bytes: usize,
 }
 
 impl Skips {
@@ -25,12 +29,17 @@ impl Skips {
     pub fn is_empty(&self) -> bool {
         self.total() == 0
     }
+    /// Whether there is nothing to report: no row skipped, no byte replaced.
+    pub fn is_clean(&self) -> bool {
+        self.is_empty() && self.invalid_utf8_bytes == 0
+    }
     /// Add another count.
     pub fn add(&mut self, other: &Skips) {
         self.empty += other.empty;
         self.too_long += other.too_long;
         self.undecodable += other.undecodable;
         self.missing_label += other.missing_label;
+        self.invalid_utf8_bytes += other.invalid_utf8_bytes;
     }
 }
 
@@ -41,11 +50,16 @@ impl std::ops::AddAssign for Skips {
 }
 
 impl fmt::Display for Skips {
-    /// `no rows skipped`, or `5 rows skipped (2 empty, 3 missing label)`.
+    /// `no rows skipped`, or `5 rows skipped (2 empty, 3 missing label)`, then `; 12 invalid
+    /// UTF-8 bytes replaced` when some were.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.total();
+        let replaced = match self.invalid_utf8_bytes {
+            0 => String::new(),
+            n => format!("; {n} invalid UTF-8 byte{} replaced by U+FFFD", if n == 1 { "" } else { "s" }),
+        };
         if total == 0 {
-            return f.write_str("no rows skipped");
+            return write!(f, "no rows skipped{replaced}");
         }
         let parts: Vec<String> =
             [(self.empty, "empty"), (self.too_long, "too long"), (self.undecodable, "undecodable"), (self.missing_label, "missing label")]
@@ -53,6 +67,6 @@ impl fmt::Display for Skips {
                 .filter(|(n, _)| *n > 0)
                 .map(|(n, what)| format!("{n} {what}"))
                 .collect();
-        write!(f, "{total} row{} skipped ({})", if total == 1 { "" } else { "s" }, parts.join(", "))
+        write!(f, "{total} row{} skipped ({}){replaced}", if total == 1 { "" } else { "s" }, parts.join(", "))
     }
 }

@@ -718,6 +718,27 @@ fn skips_display_and_sum() {
     assert_eq!(a.to_string(), "no rows skipped");
     a += Skips { too_long: 1, ..Skips::default() };
     assert_eq!(a.to_string(), "1 row skipped (1 too long)");
-    a.add(&Skips { empty: 2, too_long: 0, undecodable: 3, missing_label: 4 });
+    a.add(&Skips { empty: 2, too_long: 0, undecodable: 3, missing_label: 4, invalid_utf8_bytes: 0 });
     assert_eq!(a.total(), 10);
+}
+
+#[test]
+fn invalid_utf8_in_a_text_file_is_kept_raw_and_counted_when_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("test.txt");
+    // UTF-8, Latin-1 (`é` as 0xE9), a binary run, a valid multi-byte character.
+    std::fs::write(&p, b"plain text\n  caf\xe9 au lait \n\x00\x80\x81\xff binary\nna\xc3\xafve\n").unwrap();
+    let rows = read_text_lines(&p, None).unwrap();
+    assert_eq!(rows[0]["text"], s("plain text"));
+    assert_eq!(rows[1]["text"], Field::Bytes(b"caf\xe9 au lait".to_vec()), "not decoded silently");
+    assert_eq!(rows[3]["text"], s("naïve"));
+    let (texts, replaced) = lm::decode_texts(&rows, "text").unwrap();
+    assert_eq!(replaced, 1 + 3, "0xE9, then 0x80 0x81 0xFF (0x00 is valid UTF-8)");
+    assert_eq!(texts[1], "caf\u{fffd} au lait");
+    assert_eq!(texts[2], "\0\u{fffd}\u{fffd}\u{fffd} binary");
+    assert_eq!(lm::texts(&rows, "text").unwrap(), texts);
+    assert_eq!(lm::invalid_utf8_bytes("naïve".as_bytes()), 0);
+    let skips = Skips { empty: 1, invalid_utf8_bytes: 4, ..Skips::default() };
+    assert_eq!(skips.to_string(), "1 row skipped (1 empty); 4 invalid UTF-8 bytes replaced by U+FFFD");
+    assert!(!skips.is_clean() && Skips { invalid_utf8_bytes: 4, ..Skips::default() }.is_empty());
 }

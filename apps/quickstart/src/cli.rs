@@ -169,6 +169,13 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
             let files: Vec<String> = report.files.iter().map(|f| f.display().to_string()).collect();
             println!("wrote {}", files.join(", "));
             println!("quickstart took {:.1} s", report.seconds);
+            if !report.failures.is_empty() {
+                anyhow::bail!(
+                    "{} row(s) failed (shown in the table, marked ‡):\n  {}",
+                    report.failures.len(),
+                    report.failures.join("\n  ")
+                );
+            }
         }
     }
     Ok(0)

@@ -118,6 +118,9 @@ pub struct Report {
     /// ε-sharpness in and out of domain and CKA to the pretrained model per method (paper
     /// Table 6 in miniature, [`tram_analysis::summary`]); the files are in `<out>/analysis`.
     pub analysis: String,
+    /// Rows that failed (every step skipped), one message each: they are in the table,
+    /// marked, the other rows ran; `tram quickstart` exits non-zero after printing the table.
+    pub failures: Vec<String>,
 }
 
 fn toml_string(s: &str) -> String {
@@ -191,6 +194,12 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         }
     }
     let runs = sources.resolve(&selected, registry)?;
+    // Its rows are the compositions: an override that changes what a row is (its optimizer,
+    // whether it trains) would label one method's numbers with another's name.
+    tram_trainer::rows::check_labels(&sources, &runs).context("the quickstart's rows are its methods")?;
+    for r in &runs {
+        tram_trainer::apps::check_sizes(r)?;
+    }
     // Earlier results of these rows are kept (the trainer refuses to overwrite them; with
     // `control.resume` the rows finished with the same settings are skipped) unless
     // `control.force`: then every seed of the row goes, so that no stale seed joins the table.
@@ -222,6 +231,7 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     // The table holds what this command ran: no other seed's results left in `out`.
     let ran: Vec<(String, u64)> = runs.iter().flat_map(|r| r.seeds().into_iter().map(move |s| (r.name.clone(), s))).collect();
     let n = runs.len();
+    let mut failures = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let t = Instant::now();
         if opts.progress {
@@ -235,9 +245,19 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         }
         if opts.progress {
             let res = table::read_result(&r.dir(r.seeds()[0]))?;
-            let cols: Vec<String> = res.columns.iter().map(|c| format!("{} {:.1}", c.label, c.metrics.perplexity)).collect();
-            eprintln!("      {:.1} s; perplexity: {}", t.elapsed().as_secs_f64(), cols.join(", "));
+            let cols: Vec<String> =
+                res.columns.iter().map(|c| format!("{} {}", c.label, table::fmt_perplexity(c.metrics.perplexity))).collect();
+            let status = if res.failed.is_some() {
+                " — FAILED: every step skipped"
+            } else if res.diverged {
+                " — diverged"
+            } else {
+                ""
+            };
+            eprintln!("      {:.1} s; perplexity: {}{status}", t.elapsed().as_secs_f64(), cols.join(", "));
         }
+        // A failed row is a row of the table: the other methods still run.
+        failures.extend(summary.failures);
     }
     let results: Vec<tram_trainer::results::RunResult> =
         tram_trainer::results::collect(&out)?.into_iter().map(|(_, r)| r).filter(|r| ran.contains(&(r.run.clone(), r.seed))).collect();
@@ -252,7 +272,7 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     let analysis = tram_analysis::quick_analysis(&dirs, &out.join("analysis"))?;
     files.push(out.join("analysis").join("analysis.md"));
     let analysis = tram_analysis::summary(&analysis);
-    Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64(), analysis })
+    Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64(), analysis, failures })
 }
 
 /// Rebuild `quickstart.{md,csv,json,svg,png}` from the results already under `out` (every
@@ -294,6 +314,9 @@ pub fn pretrain(opts: &PretrainOptions, control: &Control, registry: &tram::Regi
     let summary = tram_trainer::cli::run_sources(App::Lm, &sources, &[], false, control, registry)?;
     if summary.interrupted {
         bail!("interrupted: run the same command with --resume to continue (or --force to start over)");
+    }
+    if !summary.failures.is_empty() {
+        bail!("pretraining failed: {}", summary.failures.join("; "));
     }
     for t in &summary.tables {
         println!("{t}");

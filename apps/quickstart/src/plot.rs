@@ -176,9 +176,27 @@ where
         let y = y0 + 26 + 24 * k as i32;
         let (c, m) = style(t, k);
         marker(root, (bx + 14, y + 7), c, m)?;
-        root.draw(&Text::new(r.label.clone(), (bx + 30, y), text.clone())).map_err(err)?;
-        root.draw(&Text::new(format!("{:.2}", r.perplexity[0]), (bx + 172, y), text.clone())).map_err(err)?;
-        root.draw(&Text::new(format!("{:.2}", r.zero_shot_average), (bx + 232, y), text.clone())).map_err(err)?;
+        // The bundled font has no ∞ / † / ‡: plain words for diverged, failed and skipped steps.
+        // (A diverged row's values read `inf` / `diverged`.)
+        let label = if r.failed {
+            format!("{} (failed)", r.label)
+        } else if r.skipped_steps > 0 {
+            format!("{} (skips)", r.label)
+        } else {
+            r.label.clone()
+        };
+        let value = |p: f64| {
+            if p.is_finite() {
+                format!("{p:.2}")
+            } else if p == f64::INFINITY {
+                "inf".into()
+            } else {
+                "diverged".into()
+            }
+        };
+        root.draw(&Text::new(label, (bx + 30, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(value(r.perplexity[0]), (bx + 172, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(value(r.zero_shot_average), (bx + 232, y), text.clone())).map_err(err)?;
     }
     Ok(())
 }

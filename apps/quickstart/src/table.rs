@@ -17,9 +17,12 @@ pub struct QuickRow {
     pub label: String,
     /// The optimizer composition (empty for the zero-shot row).
     pub composition: String,
-    /// Perplexity per column, in [`QuickTable::columns`] order.
+    /// Perplexity per column, in [`QuickTable::columns`] order (`"inf"` / `"nan"` in JSON
+    /// for a diverged run).
+    #[serde(with = "tram_trainer::results::float::vec")]
     pub perplexity: Vec<f64>,
     /// Mean perplexity over the unseen domains.
+    #[serde(with = "tram_trainer::results::float")]
     pub zero_shot_average: f64,
     /// Optimizer steps.
     pub steps: u64,
@@ -27,6 +30,102 @@ pub struct QuickRow {
     pub selected_step: u64,
     /// Seconds of training.
     pub train_seconds: f64,
+    /// Steps skipped (non-finite loss or gradient; parameters unchanged).
+    #[serde(default)]
+    pub skipped_steps: u64,
+    /// Steps without ascent (a plain descent step).
+    #[serde(default)]
+    pub no_ascent_steps: u64,
+    /// A non-finite metric in the final evaluation: the run diverged (never ranked best).
+    #[serde(default)]
+    pub diverged: bool,
+    /// Every step was skipped: the run failed, its numbers are the starting model's (never
+    /// ranked best).
+    #[serde(default)]
+    pub failed: bool,
+}
+
+impl QuickRow {
+    /// Whether the row competes for the best cell of a column: a fine-tuned row that neither
+    /// diverged nor failed.
+    pub fn ranked(&self) -> bool {
+        self.method != crate::ZERO_SHOT && !self.diverged && !self.failed
+    }
+
+    /// Markers: `†` diverged, `‡` skipped steps, `§` steps without ascent.
+    pub fn markers(&self) -> String {
+        let mut m = String::new();
+        if self.diverged {
+            m.push('†');
+        }
+        if self.skipped_steps > 0 {
+            m.push('‡');
+        }
+        if self.no_ascent_steps > 0 {
+            m.push('§');
+        }
+        m
+    }
+
+    /// The label with its markers.
+    pub fn marked_label(&self) -> String {
+        match self.markers() {
+            m if m.is_empty() => self.label.clone(),
+            m => format!("{} {m}", self.label),
+        }
+    }
+
+    /// The footnotes of its markers.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.diverged {
+            out.push(format!(
+                "† {}: diverged (a non-finite loss in the final evaluation; shown as `∞` / `diverged`, never ranked best)",
+                self.label
+            ));
+        }
+        if self.skipped_steps > 0 {
+            let failed = if self.failed { ": every step, so the run FAILED and its numbers are the starting model's" } else { "" };
+            out.push(format!(
+                "‡ {}: {} of {} steps skipped (non-finite loss or gradient, parameters unchanged){failed}",
+                self.label, self.skipped_steps, self.steps
+            ));
+        }
+        if self.no_ascent_steps > 0 {
+            out.push(format!(
+                "§ {}: {} of {} steps without ascent (zero or non-finite radius or gradient norm: a plain descent step)",
+                self.label, self.no_ascent_steps, self.steps
+            ));
+        }
+        out
+    }
+
+    /// For CSV: `diverged`, `failed`, `3/40 skipped`, `2/40 no ascent`, joined by `; `.
+    pub fn status(&self) -> String {
+        let mut s = Vec::new();
+        if self.diverged {
+            s.push("diverged".to_string());
+        }
+        if self.failed {
+            s.push("failed".to_string());
+        }
+        if self.skipped_steps > 0 {
+            s.push(format!("{}/{} skipped", self.skipped_steps, self.steps));
+        }
+        if self.no_ascent_steps > 0 {
+            s.push(format!("{}/{} no ascent", self.no_ascent_steps, self.steps));
+        }
+        s.join("; ")
+    }
+}
+
+/// A perplexity for the tables: two decimals, `∞` when it overflowed, `diverged` when NaN.
+pub fn fmt_perplexity(p: f64) -> String {
+    if p.is_finite() {
+        format!("{p:.2}")
+    } else {
+        tram_trainer::results::non_finite(p).to_string()
+    }
 }
 
 /// The table.
@@ -86,9 +185,14 @@ impl QuickTable {
                 steps: r.steps,
                 selected_step: r.selected_step,
                 train_seconds: r.train_seconds,
+                skipped_steps: r.skipped_steps,
+                no_ascent_steps: r.no_ascent_steps,
+                diverged: r.is_diverged(),
+                failed: r.failed.is_some(),
             });
         }
-        let tuned = |i: &usize| rows[*i].method != crate::ZERO_SHOT;
+        // Diverged and failed rows are shown but never ranked best.
+        let tuned = |i: &usize| rows[*i].ranked();
         let mut best: Vec<Option<usize>> =
             (0..columns.len()).map(|c| argmin((0..rows.len()).filter(tuned).map(|i| (i, rows[i].perplexity[c])))).collect();
         best.push(argmin((0..rows.len()).filter(tuned).map(|i| (i, rows[i].zero_shot_average))));
@@ -106,9 +210,9 @@ impl QuickTable {
 
     fn cells(&self, row: usize, mark: impl Fn(String) -> String) -> Vec<String> {
         let r = &self.rows[row];
-        let mut cells = vec![r.label.clone()];
+        let mut cells = vec![r.marked_label()];
         for (c, p) in r.perplexity.iter().chain(std::iter::once(&r.zero_shot_average)).enumerate() {
-            let s = format!("{p:.2}");
+            let s = fmt_perplexity(*p);
             cells.push(if self.best[c] == Some(row) { mark(s) } else { s });
         }
         cells
@@ -147,7 +251,19 @@ impl QuickTable {
                 out.push('\n');
             }
         }
+        let notes = self.notes();
+        if !notes.is_empty() {
+            out.push('\n');
+            for n in notes {
+                out.push_str(&format!("{n}\n"));
+            }
+        }
         out
+    }
+
+    /// The footnotes of every row's markers.
+    pub fn notes(&self) -> Vec<String> {
+        self.rows.iter().flat_map(QuickRow::notes).collect()
     }
 
     /// The table in Markdown, the best fine-tuned value of each column in bold.
@@ -162,6 +278,13 @@ impl QuickTable {
         for i in 0..self.rows.len() {
             s.push_str(&format!("| {} |\n", self.cells(i, |x| format!("**{x}**")).join(" | ")));
         }
+        let notes = self.notes();
+        if !notes.is_empty() {
+            s.push('\n');
+            for n in notes {
+                s.push_str(&format!("- {n}\n"));
+            }
+        }
         s
     }
 
@@ -171,16 +294,19 @@ impl QuickTable {
         let mut h = vec!["method".to_string(), "label".into(), "composition".into()];
         h.extend(self.columns.iter().cloned());
         h.extend(["zero_shot_average".into(), "steps".into(), "selected_step".into(), "train_seconds".into(), "best".into()]);
+        h.extend(["skipped_steps".into(), "no_ascent_steps".into(), "status".into()]);
         let mut out = h.iter().map(|x| field(x)).collect::<Vec<_>>().join(",") + "\n";
         for (i, r) in self.rows.iter().enumerate() {
             let mut f = vec![r.method.clone(), r.label.clone(), r.composition.clone()];
-            f.extend(r.perplexity.iter().map(|p| p.to_string()));
-            f.push(r.zero_shot_average.to_string());
+            let num = |p: f64| if p.is_nan() { "nan".to_string() } else { p.to_string() };
+            f.extend(r.perplexity.iter().map(|p| num(*p)));
+            f.push(num(r.zero_shot_average));
             f.extend([r.steps.to_string(), r.selected_step.to_string(), format!("{:.3}", r.train_seconds)]);
             let names: Vec<String> = self.columns.iter().cloned().chain(std::iter::once("ZS Avg.".to_string())).collect();
             f.push(
                 self.best.iter().enumerate().filter(|(_, b)| **b == Some(i)).map(|(c, _)| names[c].clone()).collect::<Vec<_>>().join(" "),
             );
+            f.extend([r.skipped_steps.to_string(), r.no_ascent_steps.to_string(), r.status()]);
             out.push_str(&(f.iter().map(|x| field(x)).collect::<Vec<_>>().join(",") + "\n"));
         }
         out

@@ -238,3 +238,125 @@ fn pretraining_starts_from_a_random_initialisation_on_the_mixture_of_every_domai
     let files = tram_hub::ModelSource::local(&install).files(&tram_hub::HubOptions::from_env());
     tram_hub::load_model_from(&files, &tram_models::LoadOptions::default()).unwrap();
 }
+
+#[test]
+fn a_diverged_method_is_a_marked_row_and_the_other_methods_still_run() {
+    // The repro, reduced: `--methods adam,sam --steps 3 --set optimizer.lr=1e3`.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let opts = Options {
+        methods: vec!["adam".into(), "sam".into()],
+        steps: Some(3),
+        out: out.clone(),
+        sets: vec![
+            "optimizer.lr=1e3".into(),
+            "lm.max_eval_blocks=2".into(),
+            "train.max_train_examples=30".into(),
+            "optimizer.schedule={ kind = \"constant\" }".into(),
+            "train.select=\"last\"".into(),
+        ],
+        progress: false,
+        ..Default::default()
+    };
+    let registry = tram_plugins::registry().unwrap();
+    let report = tram_quickstart::run(&opts, &Control::default(), &registry).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let t = &report.table;
+    assert_eq!(t.rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["zero-shot", "adam", "sam"]);
+    let diverged: Vec<&tram_quickstart::table::QuickRow> = t.rows.iter().filter(|r| r.diverged).collect();
+    assert!(!diverged.is_empty(), "lr 1e3 diverges: {:?}", t.rows);
+    for (i, r) in t.rows.iter().enumerate() {
+        let finite = r.perplexity.iter().all(|p| p.is_finite());
+        assert_eq!(r.diverged, !finite, "{r:?}");
+        if r.diverged {
+            assert!(t.best.iter().all(|b| *b != Some(i)), "a diverged row is never best: {:?}", t.best);
+            assert!(r.marked_label().ends_with('†'));
+        }
+    }
+    // Every table shows it: terminal text, Markdown, CSV, JSON (strings, never null), the plot.
+    let label = diverged[0].label.as_str();
+    let line = report.text.lines().find(|l| l.starts_with(&format!("{label} †"))).unwrap_or_else(|| panic!("{}", report.text));
+    assert!(line.contains('∞') || line.contains("diverged"), "{line}");
+    assert!(report.text.contains(&format!("† {label}: diverged")), "{}", report.text);
+    let md = std::fs::read_to_string(out.join("quickstart.md")).unwrap();
+    assert!(md.contains(&format!("| {label} † |")) && !md.lines().any(|l| l.contains(&format!("| {label} †")) && l.contains("**")), "{md}");
+    let csv = std::fs::read_to_string(out.join("quickstart.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with(&diverged[0].method) && l.contains("diverged")), "{csv}");
+    let json = std::fs::read_to_string(out.join("quickstart.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for r in v["rows"].as_array().unwrap() {
+        let cells: Vec<&serde_json::Value> = r["perplexity"].as_array().unwrap().iter().chain([&r["zero_shot_average"]]).collect();
+        assert!(cells.iter().all(|c| c.is_number() || *c == "inf" || *c == "nan"), "never null: {r}");
+        assert_eq!(r["diverged"], cells.iter().any(|c| c.is_string()), "{r}");
+    }
+    let back: QuickTable = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.best, t.best);
+    let svg = std::fs::read_to_string(out.join("quickstart.svg")).unwrap();
+    // (SVG text elements hold their text on a line of its own.)
+    assert!(svg.lines().any(|l| l.trim() == "inf" || l.trim() == "diverged"), "the plot's legend shows the diverged values");
+    // `--table` rebuilds it from the files on disk; the trainer's own table has it too.
+    let (again, _) = tram_quickstart::rebuild(&out).unwrap();
+    assert_eq!(again.best, t.best);
+    assert!(std::fs::read_to_string(out.join("results.md")).unwrap().contains(&format!("| {label} †")));
+}
+
+#[test]
+fn settings_that_empty_the_evaluation_sets_are_refused_before_any_row_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let registry = tram_plugins::registry().unwrap();
+    for set in ["lm.max_eval_blocks=0", "train.max_eval_examples=0"] {
+        let opts = Options {
+            methods: vec!["adam".into()],
+            steps: Some(1),
+            out: out.clone(),
+            sets: vec![set.into()],
+            progress: false,
+            ..Default::default()
+        };
+        let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
+        assert!(e.contains(&format!("`{}` = 0", set.trim_end_matches("=0"))), "{set}: {e}");
+        assert!(!out.join("zero-shot").exists(), "{set}: a row ran");
+    }
+}
+
+/// A `results.json` of the quickstart's shape: perplexities per column, the step counts.
+fn result(run: &str, row: usize, ppl: [f64; 3], skipped: u64, no_ascent: u64, failed: bool) -> tram_trainer::results::RunResult {
+    let col = |name: &str, in_domain: bool, p: f64| {
+        serde_json::json!({"name": name, "label": name, "in_domain": in_domain,
+            "metrics": {"loss": p.ln(), "perplexity": p, "accuracy": 10.0, "rows": 100}})
+    };
+    let mut v = serde_json::json!({
+        "app": "lm", "run": run, "label": run.to_uppercase(), "row": row, "seed": 0, "steps": if run == "zero-shot" { 0 } else { 4 },
+        "selected_step": 4, "selection": "last", "best_valid_loss": null, "valid": null,
+        "columns": [col("novels", true, ppl[0]), col("bible", false, ppl[1]), col("jargon", false, ppl[2])],
+        "optimizer": {"composition": "ball+adam", "lr": 1e-3}, "skipped_steps": skipped, "no_ascent_steps": no_ascent,
+        "train_seconds": 1.0, "eval_seconds": 1.0, "config": {}
+    });
+    if failed {
+        v["failed"] = "every one of the 4 steps was skipped".into();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn failed_rows_are_never_best_and_skips_are_marked() {
+    // SAM with every step skipped keeps the starting model, better here than Adam's: not best.
+    let rs = [
+        result("zero-shot", 0, [100.0, 100.0, 100.0], 0, 0, false),
+        result("adam", 1, [90.0, 120.0, 130.0], 0, 0, false),
+        result("sam", 2, [100.0, 100.0, 100.0], 4, 0, true),
+        result("tram", 3, [95.0, 110.0, 140.0], 1, 2, false),
+    ];
+    let t = QuickTable::from_results("novels", &rs).unwrap();
+    assert_eq!(t.best, [Some(1), Some(3), Some(1), Some(1)], "{:?}", t.best);
+    let text = t.text();
+    assert!(text.lines().any(|l| l.starts_with("SAM ‡ ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("TRAM ‡§ ")), "{text}");
+    assert!(text.contains("‡ SAM: 4 of 4 steps skipped") && text.contains("FAILED"), "{text}");
+    assert!(text.contains("‡ TRAM: 1 of 4 steps skipped") && text.contains("§ TRAM: 2 of 4 steps without ascent"), "{text}");
+    let md = t.markdown();
+    assert!(!md.lines().any(|l| l.starts_with("| SAM") && l.contains("**")), "{md}");
+    let csv = t.csv();
+    assert!(csv.lines().any(|l| l.starts_with("sam,") && l.ends_with(",4,0,failed; 4/4 skipped")), "{csv}");
+}

@@ -46,13 +46,16 @@ pub struct Summary {
     pub tables: Vec<String>,
     /// Whether a run was interrupted (Ctrl-C).
     pub interrupted: bool,
+    /// Runs that finished but failed (every step skipped), one message each: their results
+    /// are in the table (marked), the other rows ran; the command should exit non-zero.
+    pub failures: Vec<String>,
 }
 
 /// Run an app as its subcommand does.
 pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Registry) -> Result<Summary> {
     if let Some(dir) = &args.table {
         let md = results::write_table(&app.table_spec(None), dir)?;
-        return Ok(Summary { tables: vec![md], interrupted: false });
+        return Ok(Summary { tables: vec![md], interrupted: false, failures: Vec::new() });
     }
     let sources = Sources { file: args.config.clone(), sets: args.sets.clone(), env: None };
     // The flags join the control's (which shares its stop flag with the Ctrl-C handler).
@@ -71,11 +74,13 @@ pub fn run_sources(
 ) -> Result<Summary> {
     let all = sources.run_names()?;
     let runs = sources.resolve(names, registry)?;
+    crate::rows::check_labels(sources, &runs)?;
+    for r in &runs {
+        crate::apps::check_sizes(r)?;
+    }
     if dry_run {
-        for r in &runs {
-            println!("# run `{}` ({})\n{}", r.name, r.label, toml::to_string(&r.config.to_json()).unwrap_or_default());
-        }
-        return Ok(Summary { tables: Vec::new(), interrupted: false });
+        print!("{}", dry_run_text(&runs)?);
+        return Ok(Summary { tables: Vec::new(), interrupted: false, failures: Vec::new() });
     }
     // Every output checked before the first step: a clash found after hours of training of
     // the first rows would be found too late.
@@ -100,6 +105,7 @@ pub fn run_sources(
     }
     let mut outs: Vec<(PathBuf, usize)> = Vec::new();
     let mut interrupted = false;
+    let mut failures = Vec::new();
     'runs: for (i, run) in runs.iter().enumerate() {
         let row = all.iter().position(|n| n == &run.name).unwrap_or(i);
         if !outs.iter().any(|(o, _)| o == &run.config.out) {
@@ -113,6 +119,11 @@ pub fn run_sources(
                     let cols: Vec<String> =
                         r.columns.iter().map(|c| format!("{} {:.3}/{:.2}%", c.label, c.metrics.perplexity, c.metrics.accuracy)).collect();
                     tracing::info!(run = %run.name, seed, "finished: {}", cols.join(", "));
+                    if let Some(why) = &r.failed {
+                        let msg = format!("run `{}` seed {seed} failed: {why} ({})", run.name, run.dir(seed).display());
+                        tracing::error!("{msg}; continuing with the other runs");
+                        failures.push(msg);
+                    }
                 }
                 Outcome::Interrupted { .. } => {
                     interrupted = true;
@@ -125,11 +136,63 @@ pub fn run_sources(
     for (out, i) in outs {
         // What an earlier command's crash left of the table files.
         rundir::remove_dead_temps(&out)?;
+        if results::collect(&out)?.is_empty() {
+            // Interrupted before any run of this `out` finished: no table yet.
+            continue;
+        }
         let md = results::write_table(&app.table_spec(runs.get(i)), &out)?;
         tracing::info!(dir = %out.display(), "results table written (results.json, results.csv, results.md)");
         tables.push(md);
     }
-    Ok(Summary { tables, interrupted })
+    Ok(Summary { tables, interrupted, failures })
+}
+
+/// `v` as TOML. TOML has no null: keys whose value is null (unset optional settings) are left
+/// out of the tables and listed in a trailing `# unset: …` comment.
+pub fn to_toml(v: &serde_json::Value) -> std::result::Result<String, String> {
+    fn strip(v: &serde_json::Value, path: &str, unset: &mut Vec<String>) -> std::result::Result<serde_json::Value, String> {
+        use serde_json::Value;
+        Ok(match v {
+            Value::Object(m) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in m {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    if x.is_null() {
+                        unset.push(p);
+                    } else {
+                        out.insert(k.clone(), strip(x, &p, unset)?);
+                    }
+                }
+                Value::Object(out)
+            }
+            Value::Array(xs) => {
+                if xs.iter().any(Value::is_null) {
+                    return Err(format!("`{path}` holds a null in a list, which TOML cannot write"));
+                }
+                Value::Array(xs.iter().map(|x| strip(x, path, unset)).collect::<std::result::Result<_, _>>()?)
+            }
+            other => other.clone(),
+        })
+    }
+    let mut unset = Vec::new();
+    let stripped = strip(v, "", &mut unset)?;
+    let mut text = toml::to_string(&stripped).map_err(|e| e.to_string())?;
+    if !unset.is_empty() {
+        text.push_str(&format!("# unset: {}\n", unset.join(", ")));
+    }
+    Ok(text)
+}
+
+/// What `--dry-run` prints: per selected run a `# run` header and its resolved configuration
+/// as TOML (unset optional keys, which TOML cannot write, as comments).
+pub fn dry_run_text(runs: &[crate::RunConfig]) -> Result<String> {
+    let mut out = String::new();
+    for r in runs {
+        let text = to_toml(&r.config.to_json())
+            .map_err(|e| crate::error::Error::Config(format!("printing the resolved configuration of run `{}`: {e}", r.name)))?;
+        out.push_str(&format!("# run `{}` ({})\n{text}\n", r.name, r.label));
+    }
+    Ok(out)
 }
 
 /// Install a handler for Ctrl-C (SIGINT) and for SIGTERM and SIGHUP (what schedulers and a

@@ -700,7 +700,7 @@ impl Config {
 
     /// The config as JSON (recorded in results and checkpoints).
     pub fn to_json(&self) -> Value {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        let mut v = serde_json::to_value(self).expect("a Config serialises to JSON (string keys only)");
         if let Some(m) = v.as_object_mut() {
             m.remove("runs");
         }

@@ -10,14 +10,26 @@ use tram::{Mode, Model};
 /// The metrics of one evaluation set.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct EvalMetrics {
-    /// Mean negative log-likelihood over prediction rows (tokens or examples).
+    /// Mean negative log-likelihood over prediction rows (tokens or examples); non-finite
+    /// for a diverged model (written as `"inf"` / `"nan"` in JSON, see [`crate::results::float`]).
+    #[serde(with = "crate::results::float")]
     pub loss: f64,
-    /// `exp(loss)` (language modelling's perplexity).
+    /// `exp(loss)` (language modelling's perplexity; `inf` when it overflows).
+    #[serde(with = "crate::results::float")]
     pub perplexity: f64,
     /// Top-1 accuracy in percent.
+    #[serde(with = "crate::results::float")]
     pub accuracy: f64,
     /// Prediction rows evaluated.
     pub rows: u64,
+}
+
+impl EvalMetrics {
+    /// Whether these metrics are those of a diverged model: a non-finite loss, perplexity or
+    /// accuracy (a NaN / infinite loss, or a perplexity that overflowed).
+    pub fn diverged(&self) -> bool {
+        !(self.loss.is_finite() && self.perplexity.is_finite() && self.accuracy.is_finite())
+    }
 }
 
 /// Evaluate `model` (at its current parameters) on `source`.

@@ -9,6 +9,7 @@
 //! - [`results`]: per-run `results.json` and the paper-shaped table (JSON, CSV, Markdown);
 //! - [`rundir`]: the run directory's lock, stale temporary files, output paths checked up
 //!   front, and what `--resume` / `--force` do with recorded results;
+//! - [`rows`]: the checks that keep every row's label true to what ran;
 //! - [`apps`]: `lm` (GPT-2 on M2D2, Table 4), `xnli` (XLM-R on MultiNLI → XNLI, Table 5) and
 //!   `vision` (ViT-B/16 on CIFAR-100 / Cars / Flowers, Table 3).
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod results;
 pub mod rundir;
+pub mod rows;
 pub mod task;
 pub mod trainer;
 

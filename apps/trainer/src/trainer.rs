@@ -111,7 +111,8 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
             m.remove(k);
         }
         m.insert("seed".into(), json!(seed));
-        m.insert("optimizer".into(), serde_json::to_value(optimizer).unwrap_or(Value::Null));
+        // (Never `null`: two different optimizers would then share a fingerprint.)
+        m.insert("optimizer".into(), serde_json::to_value(optimizer).expect("an optimizer config serialises to JSON"));
         if let Some(Value::Object(t)) = m.get_mut("train") {
             for k in [
                 "steps",
@@ -177,12 +178,9 @@ fn every(step: u64, n: u64) -> bool {
     step.checked_rem(n) == Some(0)
 }
 
+/// A metrics-line number: non-finite values as `"inf"`, `"-inf"`, `"nan"`, as in results.json.
 fn num(x: f64) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else {
-        json!(x.to_string())
-    }
+    crate::results::float::to_json(x)
 }
 
 fn eval_line(kind: &str, step: u64, set: &EvalSet, m: &EvalMetrics) -> Value {
@@ -208,6 +206,16 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
     crate::rundir::check_outputs(&dir)?;
     if control.resume && control.force {
         return Err(Error::Config("--resume keeps a run's results and --force discards them: pass one of them".into()));
+    }
+    // An empty evaluation set has no metric at all: refuse it before the first step.
+    for (set, what) in data.valid.iter().map(|v| (v, "validation")).chain(data.tests.iter().map(|t| (t, "test"))) {
+        if set.source.is_empty() {
+            return Err(Error::Config(format!(
+                "the {what} set `{}` ({}) of run `{}` is empty: nothing to evaluate; check the settings that cut evaluation sets \
+                 (train.max_eval_examples, lm.max_eval_blocks, the split names) and the data",
+                set.name, set.label, run.name
+            )));
+        }
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     // Held until this function returns (or the process dies): no second writer.
@@ -445,6 +453,20 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
         columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
     }
+    let skipped_steps = opt.skipped_steps();
+    let failed = (total > 0 && skipped_steps >= total).then(|| {
+        format!(
+            "every one of the {total} steps was skipped (non-finite loss or gradient), so the parameters are the starting ones; \
+             see the warnings above (e.g. a learning rate or radius far too large) and metrics.jsonl"
+        )
+    });
+    let diverged = valid.as_ref().is_some_and(EvalMetrics::diverged) || columns.iter().any(|c| c.metrics.diverged());
+    if diverged {
+        tracing::warn!(run = %run.name, seed = spec.seed, "diverged: a non-finite loss or metric in the final evaluation (recorded; shown as `diverged` / `∞` in the table)");
+    }
+    if skipped_steps > 0 && failed.is_none() {
+        tracing::warn!(run = %run.name, seed = spec.seed, skipped = skipped_steps, steps = total, "steps skipped (non-finite loss or gradient)");
+    }
     let result = RunResult {
         app: spec.app.to_string(),
         run: run.name.clone(),
@@ -458,14 +480,16 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         valid,
         columns,
         optimizer: opt.describe(),
-        skipped_steps: opt.skipped_steps(),
+        skipped_steps,
         skipped_rows: data.skipped.clone(),
         no_ascent_steps: opt.no_ascent_steps(),
+        diverged,
+        failed,
         train_seconds,
         eval_seconds: eval_started.elapsed().as_secs_f64(),
         config: run.config.to_json(),
     };
-    let bytes = serde_json::to_vec_pretty(&result).expect("results serialise");
+    let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
     tram::state::write_atomic(&results_path, &bytes)?;
     Ok(Outcome::Finished(Box::new(result)))
 }

@@ -71,7 +71,7 @@ fn lm_end_to_end_writes_metrics_and_the_paper_table() {
     // Row order follows [[runs]].
     assert!(md.find("| GPT-2 |").unwrap() < md.find("| Adam |").unwrap() && md.find("| Adam |").unwrap() < md.find("| TRAM-x |").unwrap());
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert!(csv.starts_with("row,runs,seeds,Soc.,Soc. ci95,Cult.,Cult. ci95,Hist.,Hist. ci95,ZS Avg.,ZS Avg. ci95,composition\n"), "{csv}");
+    assert!(csv.starts_with("row,runs,seeds,Soc.,Soc. ci95,Cult.,Cult. ci95,Hist.,Hist. ci95,ZS Avg.,ZS Avg. ci95,composition,steps,skipped_steps,no_ascent_steps,status\n"), "{csv}");
     assert_eq!(csv.lines().count(), 4);
 
     // Per-run results: perplexity = exp(mean NLL), ZS average over the unseen domains.

@@ -24,13 +24,33 @@ fn blocks(
     let lm = &run.config.lm;
     let what = format!("{} (domain `{domain}`, split `{split}`)", run.config.data);
     let records = tram_data::load_split(source, split, super::subset(domain)).map_err(data_err(&what))?;
-    let mut texts = tram_data::lm::texts(&records, &lm.text_column).map_err(data_err(&what))?;
+    let (mut texts, _) = tram_data::lm::decode_texts(&records, &lm.text_column).map_err(data_err(&what))?;
     if let Some(n) = limit {
         texts.truncate(n);
     }
-    let (blocks, skips) = tram_data::lm::token_blocks(&texts, tokenizer, lm.block_size).map_err(data_err(&what))?;
+    // Invalid UTF-8 among the documents used (after the limit), replaced by U+FFFD.
+    let replaced: usize = records
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|r| match r.get(&lm.text_column) {
+            Some(tram_data::Field::Bytes(b)) => tram_data::lm::invalid_utf8_bytes(b),
+            _ => 0,
+        })
+        .sum();
+    let (blocks, mut skips) = tram_data::lm::token_blocks(&texts, tokenizer, lm.block_size).map_err(data_err(&what))?;
+    skips.invalid_utf8_bytes = replaced;
+    if replaced > 0 {
+        tracing::warn!(
+            domain,
+            split,
+            replaced,
+            "invalid UTF-8 in the text (binary data or another encoding): bytes replaced by U+FFFD; recorded in results.json"
+        );
+    }
     if !skips.is_empty() {
         tracing::warn!(domain, split, %skips, "rows skipped");
+    }
+    if !skips.is_clean() {
         skipped.insert(format!("{domain}/{split}"), skips);
     }
     if blocks.is_empty() {
