@@ -10,7 +10,8 @@ use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::ops::global_norm;
 use crate::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
-use crate::registry::{parse_params, Component, Kind, Registry};
+use crate::check::Range;
+use crate::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::schedule::Schedule;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,21 @@ pub struct RegionSettings {
     pub target_train: Option<bool>,
 }
 
+/// Valid range of [`RegionSettings::scale`]: a zero scale makes δ and the penalty 0.
+pub const SCALE_RANGE: Range = Range::POSITIVE;
+/// Valid range of [`RegionSettings::temperature`]: τ = 0 divides the logits by zero.
+pub const TEMPERATURE_RANGE: Range = Range::POSITIVE;
+/// Valid range of [`PenaltySettings::lambda`].
+pub const LAMBDA_RANGE: Range = Range::NON_NEGATIVE;
+
+impl RegionSettings {
+    /// Range-check the numeric settings (`what` names the region in the error).
+    pub fn check(&self, what: &str) -> Result<()> {
+        SCALE_RANGE.check(what, "scale", self.scale)?;
+        TEMPERATURE_RANGE.check(what, "temperature", self.temperature)
+    }
+}
+
 impl Default for RegionSettings {
     fn default() -> Self {
         Self { distance: "kl".into(), scale: 1.0, reduction: Reduction::Mean, temperature: 1.0, target_train: None }
@@ -107,9 +123,9 @@ impl Default for RegionSettings {
 /// The keys of [`RegionSettings`], with docs (shown by `tram list`).
 pub const REGION_SETTINGS: &[(&str, &str)] = &[
     ("distance", "registered distance D(target ‖ current): kl, kl-reverse, kl-sym, mmd, l2, ..."),
-    ("scale", "multiplier of the distance (TRAM's logit_scale)"),
+    ("scale", "multiplier of the distance (TRAM's logit_scale), in (0, ∞)"),
     ("reduction", "\"mean\" over rows (paper) or \"reference\" (TRAM reference-code scaling)"),
-    ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA)"),
+    ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA), in (0, ∞)"),
     ("target_train", "dropout in the target pass; unset: eval for θ-history targets, current mode for noise"),
 ];
 
@@ -131,7 +147,7 @@ impl Default for PenaltySettings {
 
 /// The keys of [`PenaltySettings`], with docs.
 pub const PENALTY_SETTINGS: &[(&str, &str)] =
-    &[("lambda", "weight λ of the penalty in L + λ·R"), ("through_target", "gradient through the target branch too (R3F)")];
+    &[("lambda", "weight λ of the penalty in L + λ·R, in [0, ∞)"), ("through_target", "gradient through the target branch too (R3F)")];
 
 /// A trust region with its distance and settings.
 pub struct BoundRegion {
@@ -242,6 +258,7 @@ fn merged(table: Option<&Value>, inline: &BTreeMap<String, Value>, what: &str) -
     for (k, v) in inline {
         m.insert(k.clone(), v.clone());
     }
+    reject_nulls(what, &Value::Object(m.clone()))?;
     Ok(m)
 }
 
@@ -292,6 +309,7 @@ impl Optimizer {
                 }
             }
             let settings: RegionSettings = parse_params(&what, &take_keys(&mut m, REGION_SETTINGS))?;
+            settings.check(&what)?;
             let role = take_keys(&mut m, PENALTY_SETTINGS);
             let region = match registry.build(Kind::TrustRegion, &term.name, &Value::Object(m))? {
                 Component::TrustRegion(r) => r,
@@ -308,7 +326,9 @@ impl Optimizer {
         let mut penalties = Vec::new();
         for t in &composition.penalties {
             let (bound, role) = bind(t, tables.get(&format!("reg:{}", t.name)))?;
-            let settings: PenaltySettings = parse_params(&format!("penalty `reg:{}`", t.name), &Value::Object(role))?;
+            let what = format!("penalty `reg:{}`", t.name);
+            let settings: PenaltySettings = parse_params(&what, &Value::Object(role))?;
+            LAMBDA_RANGE.check(&what, "lambda", settings.lambda)?;
             penalties.push(Penalty { bound, settings });
         }
         let region = match &composition.region {
@@ -357,15 +377,9 @@ impl Optimizer {
             Component::Base(b) => b,
             _ => return Err(wrong_kind(&b.name, Kind::Base)),
         };
-        if !(config.lr.is_finite() && config.lr >= 0.0) {
-            return Err(Error::Config {
-                component: "optimizer".into(),
-                reason: format!("lr must be a finite number >= 0, got {}", config.lr),
-            });
-        }
-        if let Some(c) = config.max_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
-            return Err(Error::Config { component: "optimizer".into(), reason: format!("max_grad_norm must be > 0, got {c}") });
-        }
+        Range::NON_NEGATIVE.check("optimizer", "lr", config.lr)?;
+        Range::POSITIVE.check_opt("optimizer", "max_grad_norm", config.max_grad_norm)?;
+        config.schedule.check().map_err(|reason| Error::Config { component: "optimizer".into(), reason })?;
         let noise = Box::new(SeededNoise::new(config.seed));
         Ok(Optimizer {
             composition,
@@ -482,7 +496,10 @@ impl Optimizer {
         report.delta = first.delta;
         let mut grads = first.grads;
         let mut backup: Option<Snapshot> = None;
-        if first.loss.is_finite() {
+        // The loss handed to backward is `L + Σ λ R`: a non-finite penalty is a non-finite loss
+        // (τ = 0 or a NaN target), even where candle drops its gradient.
+        let finite_loss = first.loss.is_finite() && first.penalty.is_none_or(f64::is_finite);
+        if finite_loss {
             if let Some(n) = &self.neighborhood {
                 let radius = if self.sizing_region() { first.delta.unwrap_or(f64::NAN) } else { n.rho() };
                 let ascent = if radius.is_finite() && radius > 0.0 { n.perturbation(params, &grads, radius)? } else { Ascent::None };
@@ -505,16 +522,17 @@ impl Optimizer {
         report.forward_passes = scratch.forward;
         report.backward_passes = scratch.backward;
         report.grad_norm = global_norm(&grads)?;
-        if !first.loss.is_finite() || !report.grad_norm.is_finite() {
+        if !finite_loss || !report.grad_norm.is_finite() {
             self.skipped += 1;
             self.step += 1;
             report.skipped = true;
             tracing::warn!(
                 step = report.step,
                 loss = report.loss,
+                penalty = report.penalty,
                 grad_norm = report.grad_norm,
                 skipped = self.skipped,
-                "non-finite loss or gradient: step skipped, parameters unchanged"
+                "non-finite loss, penalty or gradient: step skipped, parameters unchanged"
             );
             return Ok(report);
         }
@@ -523,10 +541,38 @@ impl Optimizer {
                 grads = crate::ops::scale_all(&grads, max / (report.grad_norm + 1e-6))?;
             }
         }
+        // What a rollback restores: θ_t (the two-pass backup when there is one), the base
+        // optimizer's state and the regions' state (`prev` keeps θ_t in `before_update`).
+        let theta = match backup.take() {
+            Some(b) => b,
+            None => params.snapshot()?,
+        };
+        let base_state = self.base.state(params);
+        let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect();
         for b in self.bound_mut() {
-            b.region.before_update(params, backup.as_ref())?;
+            b.region.before_update(params, Some(&theta))?;
         }
         self.base.update(params, &grads, lr)?;
+        if let Some(name) = first_non_finite(params)? {
+            params.restore(&theta)?;
+            let origin = "<state before the rolled-back step>";
+            let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
+            self.base.load_state(params, &crate::state::StateReader::in_memory(&state, origin))?;
+            for (b, st) in self.bound_mut().zip(region_states) {
+                let st: std::collections::HashMap<String, Tensor> = st.into_iter().collect();
+                b.region.load_state(params, &crate::state::StateReader::in_memory(&st, origin))?;
+            }
+            self.skipped += 1;
+            self.step += 1;
+            report.skipped = true;
+            tracing::warn!(
+                step = report.step,
+                parameter = %name,
+                skipped = self.skipped,
+                "the update made parameter `{name}` non-finite (overflow in its dtype, or a learning rate too large): step rolled back and skipped"
+            );
+            return Ok(report);
+        }
         for b in self.bound_mut() {
             b.region.after_update(params)?;
         }
@@ -624,6 +670,21 @@ impl Optimizer {
             delta: sizing.then_some(delta_sum / n),
         })
     }
+}
+
+/// The name of the first parameter holding a NaN or ±∞, if any. `x − x` is 0 for every
+/// finite `x` and NaN otherwise, so one sum per tensor decides (a plain sum could overflow).
+/// The sums of all tensors are stacked and read back once (one device sync per step).
+fn first_non_finite(params: &Params) -> Result<Option<String>> {
+    let sums = params
+        .iter()
+        .map(|p| {
+            let t = p.var.as_tensor();
+            t.sub(t)?.sum_all()?.to_dtype(candle_core::DType::F32)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(params.iter().zip(sums).find(|(_, s)| !s.is_finite()).map(|(p, _)| p.name.clone()))
 }
 
 struct Scratch {

@@ -689,10 +689,7 @@ impl Config {
         for path in &self.plugins {
             let bad = |e: tram::Error| Error::Config(format!("key `plugins`: `{}`: {e}", path.display()));
             for file in tram::plugin::plugin_files(path).map_err(bad)? {
-                let loaded = file.canonicalize().is_ok_and(|c| r.plugins().any(|l| l.path() == c));
-                if !loaded {
-                    r.load_plugin(&file).map_err(bad)?;
-                }
+                r.load_plugin(&file).map_err(bad)?; // a library already loaded is skipped
             }
         }
         Ok(std::borrow::Cow::Owned(r))
