@@ -66,7 +66,7 @@ impl Range {
         if self.contains(value) {
             return Ok(());
         }
-        Err(Error::Config { component: component.to_string(), reason: format!("`{key}` must be in {self}, got {value}") })
+        Err(Error::Config { component: component.to_string(), reason: format!("`{key}` must be in {self}, got {}", number(value)) })
     }
 
     /// [`Range::check`] for an optional value (`None` passes).
@@ -75,11 +75,21 @@ impl Range {
     }
 }
 
+/// `v` written short: `1e300`, not three hundred digits.
+pub fn number(v: f64) -> String {
+    let a = v.abs();
+    if v.is_finite() && a != 0.0 && !(1e-4..1e6).contains(&a) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 fn bound(v: f64) -> String {
     if v.is_infinite() {
         if v > 0.0 { "∞" } else { "-∞" }.into()
     } else {
-        v.to_string()
+        number(v)
     }
 }
 
@@ -124,5 +134,7 @@ mod tests {
         let e = Range::NON_NEGATIVE.check("x", "lambda", f64::NAN).unwrap_err().to_string();
         assert!(e.contains("`lambda` must be in [0, ∞) (finite), got NaN"), "{e}");
         assert!(Range::UNIT.check_opt("x", "k", None).is_ok());
+        let e = Range::closed(0.0, 1e6).check("x", "eta", 1e300).unwrap_err().to_string();
+        assert!(e.ends_with("`eta` must be in [0, 1e6], got 1e300"), "{e}");
     }
 }

@@ -553,7 +553,7 @@ impl Optimizer {
             b.region.before_update(params, Some(&theta))?;
         }
         self.base.update(params, &grads, lr)?;
-        if let Some(name) = first_non_finite(params)? {
+        if let Some(name) = made_non_finite(params, &theta)? {
             params.restore(&theta)?;
             let origin = "<state before the rolled-back step>";
             let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
@@ -672,10 +672,12 @@ impl Optimizer {
     }
 }
 
-/// The name of the first parameter holding a NaN or ±∞, if any. `x − x` is 0 for every
-/// finite `x` and NaN otherwise, so one sum per tensor decides (a plain sum could overflow).
-/// The sums of all tensors are stacked and read back once (one device sync per step).
-fn first_non_finite(params: &Params) -> Result<Option<String>> {
+/// The name of the first parameter with more NaN or ±∞ entries than in `before` (θ before the
+/// update: a weight that already was non-finite, e.g. an unused embedding row, is not the
+/// update's doing). `x − x` is 0 for every finite `x` and NaN otherwise, so one sum per tensor,
+/// stacked and read back once (one device sync), finds the candidates; they are counted only
+/// when there are any.
+fn made_non_finite(params: &Params, before: &Snapshot) -> Result<Option<String>> {
     let sums = params
         .iter()
         .map(|p| {
@@ -684,7 +686,16 @@ fn first_non_finite(params: &Params) -> Result<Option<String>> {
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
-    Ok(params.iter().zip(sums).find(|(_, s)| !s.is_finite()).map(|(p, _)| p.name.clone()))
+    let count = |t: &Tensor| -> Result<f64> {
+        let d = t.sub(t)?;
+        Ok(d.ne(&d)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64)
+    };
+    for ((p, s), old) in params.iter().zip(sums).zip(before.tensors()) {
+        if !s.is_finite() && count(p.var.as_tensor())? > count(old)? {
+            return Ok(Some(p.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 struct Scratch {

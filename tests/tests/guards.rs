@@ -4,7 +4,9 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use tram::{Batch, Logits, Mode, Model, Optimizer, OptimizerConfig, Params, Weights};
+use std::collections::BTreeMap;
+use tram::registry::{Component, Entry, Kind};
+use tram::{Batch, Distance, Logits, Mode, Model, Optimizer, OptimizerConfig, Params, Reduction, Weights};
 
 /// A model whose logits do not depend on its parameters: every gradient is exactly zero.
 struct Flat {
@@ -150,4 +152,58 @@ fn bad_input_is_an_error_not_a_panic() {
     let cfg = OptimizerConfig { allow_missing_gradients: true, ..OptimizerConfig::new("adam", 0.1) };
     let mut opt = Optimizer::new(&tram_plugins::registry().unwrap(), cfg).unwrap();
     assert!(!opt.step(&m, &[b]).unwrap().skipped);
+}
+
+/// A distance that is NaN and carries no graph: the penalty is NaN and its gradient absent, as
+/// with `temperature = 0` before it was refused (candle drops the gradient of `affine(0, _)`).
+struct NanDistance;
+impl Distance for NanDistance {
+    fn name(&self) -> &str {
+        "nan-distance"
+    }
+    fn distance(&self, _t: &Tensor, _c: &Tensor, _r: Reduction, _n: usize) -> tram::Result<Tensor> {
+        Ok(Tensor::new(f32::NAN, &Device::Cpu)?)
+    }
+}
+
+#[test]
+fn a_non_finite_penalty_skips_the_step_even_without_a_gradient() {
+    let mut r = tram_plugins::registry().unwrap();
+    r.register(Entry::new(Kind::Distance, "nan-distance", "always NaN", vec![], |_| Ok(Component::Distance(Box::new(NanDistance))))).unwrap();
+    for c in ["reg:prev(distance=nan-distance)+adam", "reg:ema(distance=nan-distance)+ball+sgd"] {
+        let m = model(14);
+        let before = clone_model(&m);
+        let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, 0.01)).unwrap();
+        let rep = opt.step(&m, &batches(1, 2)).unwrap();
+        assert!(rep.loss.is_finite() && rep.penalty.is_some_and(f64::is_nan), "{c}: {rep:?}");
+        assert!(rep.skipped && !rep.ascent, "{c}: {rep:?}");
+        assert_eq!(opt.skipped_steps(), 1, "{c}");
+        assert_bitwise_equal(&m, &before, c);
+    }
+}
+
+/// The optimizer state as `key → bytes`, without the engine's counters.
+fn state_without_counters(opt: &Optimizer, m: &dyn Model) -> BTreeMap<String, Vec<u8>> {
+    let bytes = opt.state_bytes(m.params()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().filter(|(k, _)| !k.starts_with("engine/")).map(|(k, v)| (k, v.data().to_vec())).collect()
+}
+
+#[test]
+fn an_update_that_makes_a_weight_non_finite_is_rolled_back_and_counted_as_skipped() {
+    // lr = 1e300 is finite, but lr·g overflows f32: every weight the update touches becomes ±∞ or NaN.
+    for c in ["sgd", "adam", "adamw", "tram-prev+sgd", "asam+mesa"] {
+        let m = model(15);
+        let before = clone_model(&m);
+        let r = tram_plugins::registry().unwrap();
+        let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, 1e300)).unwrap();
+        let mut fresh = Optimizer::new(&r, OptimizerConfig::new(c, 1e300)).unwrap();
+        fresh.init(m.params()).unwrap();
+        let rep = opt.step(&m, &batches(1, 4)).unwrap();
+        assert!(rep.skipped && rep.loss.is_finite() && rep.grad_norm.is_finite(), "{c}: {rep:?}");
+        assert_eq!((opt.steps(), opt.skipped_steps()), (1, 1), "{c}");
+        assert_bitwise_equal(&m, &before, c);
+        // Moments, step counts, θ_{t-1} and θ_ema are as before the step.
+        assert_eq!(state_without_counters(&opt, &m), state_without_counters(&fresh, &m), "{c}");
+    }
 }
