@@ -52,11 +52,12 @@ pub struct Config {
     pub out: PathBuf,
     /// Seed of the run: new-head initialisation, dropout, data order and the noise stream.
     pub seed: u64,
-    /// Several seeds (aggregated in the table); when non-empty it replaces `seed`.
+    /// Several seeds (aggregated in the table); when given it replaces `seed`, and must hold at
+    /// least one seed, each once.
     pub seeds: Vec<u64>,
     /// `cpu`, `cuda`, `cuda:<n>` or `metal`.
     pub device: String,
-    /// Parameter dtype: `f32` or `bf16`.
+    /// Parameter dtype: `f32` or `bf16` (`f16` is refused: see [`crate::dtype`]).
     pub dtype: String,
     /// Row name in the results table (defaults to the run name).
     pub label: Option<String>,
@@ -136,7 +137,9 @@ pub enum Select {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Optimizer steps; `0` evaluates the starting model only. Unset: `epochs` decides.
+    /// Optimizer steps; `0` evaluates the starting model only. Unset: `epochs` decides. Given
+    /// with `epochs` by the same source it is an error; given by different sources, the later
+    /// one (file < `[[runs]]` entry < `TRAM_*` < `--set`) decides the run's length.
     pub steps: Option<u64>,
     /// Evaluate the starting model only, whatever `steps` says (the paper's zero-shot rows).
     pub evaluate_only: bool,
@@ -394,6 +397,12 @@ impl Overrides {
     fn dict(&self) -> Result<serde_json::Map<String, Value>> {
         let mut root = serde_json::Map::new();
         for (key, raw) in &self.pairs {
+            if let Some((at, v)) = toml_value(raw).as_ref().and_then(|t| non_finite(t, key)) {
+                return Err(Error::Config(format!(
+                    "{}: key `{at}` = {v}: a setting must be a finite number (nan and inf are not values of any setting; quote a word: `{key}=\"{raw}\"`)",
+                    self.name
+                )));
+            }
             let value = parse_value(raw);
             let parts: Vec<&str> = key.split('.').collect();
             let mut node = &mut root;
@@ -420,15 +429,25 @@ impl Overrides {
 /// A value given as text: TOML when it parses (numbers, booleans, arrays, inline tables),
 /// else the text itself.
 pub fn parse_value(raw: &str) -> Value {
-    let t = raw.trim();
-    if let Ok(table) = toml::from_str::<toml::Table>(&format!("v = {t}")) {
-        if let Some(v) = table.get("v") {
-            if let Ok(j) = serde_json::to_value(v) {
-                return j;
-            }
-        }
+    toml_value(raw).and_then(|v| serde_json::to_value(v).ok()).unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+/// `raw` as a TOML value, if it is one.
+fn toml_value(raw: &str) -> Option<toml::Value> {
+    toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())).ok()?.remove("v")
+}
+
+/// The key path (under `at`) and value of the first NaN or ±∞ inside `v`. JSON, which the
+/// config passes through on its way to the optimizer's component tables, has no such numbers:
+/// they would become `null`, read as "unset", and the default would silently replace them.
+fn non_finite(v: &toml::Value, at: &str) -> Option<(String, f64)> {
+    let join = |k: &str| if at.is_empty() { k.to_string() } else { format!("{at}.{k}") };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some((at.to_string(), *f)),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| non_finite(v, &join(k))),
+        toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| non_finite(v, &format!("{at}[{i}]"))),
+        _ => None,
     }
-    Value::String(raw.to_string())
 }
 
 impl Provider for Overrides {
@@ -513,7 +532,13 @@ impl Sources {
             }
             // Parse first: figment reports TOML syntax errors without the line otherwise.
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let table = toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            if let Some((at, v)) = non_finite(&toml::Value::Table(table), "") {
+                return Err(Error::Config(format!(
+                    "{}: key `{at}` = {v}: a setting must be a finite number (nan and inf are not values of any setting)",
+                    path.display()
+                )));
+            }
             f = f.merge(Toml::file_exact(path));
         }
         Ok(f)
@@ -577,6 +602,7 @@ impl Sources {
             let f = f.merge(env.clone()).merge(sets.clone());
             let mut config: Config = f.extract().map_err(figment_error)?;
             config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
+            explicit_settings(&f, &mut config)?;
             config.validate(registry)?;
             Ok(config)
         };
@@ -615,6 +641,61 @@ impl Sources {
             })
             .collect()
     }
+}
+
+/// Which source set `key` in `f`: 0 the defaults, 1 the config file, 2 a `[[runs]]` entry,
+/// 3 the `TRAM_*` environment variables, 4 `--set` (later sources win).
+fn source_rank(f: &Figment, key: &str) -> u8 {
+    let Some(m) = f.find_metadata(key) else { return 0 };
+    if m.name.starts_with(RUN_OVERLAY_PREFIX) {
+        2
+    } else if matches!(m.source, Some(figment::Source::File(_))) {
+        1
+    } else if m.name == "--set" {
+        4
+    } else if m.name.starts_with("TRAM_") {
+        3
+    } else {
+        0
+    }
+}
+
+const SOURCE_NAMES: [&str; 5] = ["the defaults", "the config file", "a [[runs]] entry", "TRAM_* environment variables", "--set"];
+
+/// Checks that need to know which settings were given, not only their values: `seeds = []`
+/// (no seed at all) and `train.steps` with `train.epochs` (only one decides a run's length;
+/// set by different sources, the later source's key wins and the other is dropped here).
+fn explicit_settings(f: &Figment, config: &mut Config) -> Result<()> {
+    let seeds = source_rank(f, "seeds");
+    if seeds > 0 && config.seeds.is_empty() {
+        return Err(Error::Config(format!(
+            "key `seeds` (from {}): an empty list runs no seed; give at least one (`seeds = [0, 1, 2]`), or remove `seeds` to run `seed`",
+            SOURCE_NAMES[seeds as usize]
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(d) = config.seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(Error::Config(format!("key `seeds`: seed {d} is listed twice (each seed is one run directory)")));
+    }
+    let (steps, epochs) = (source_rank(f, "train.steps"), source_rank(f, "train.epochs"));
+    if steps > 0 && epochs > 0 && config.train.steps.is_some() {
+        if steps == epochs {
+            return Err(Error::Config(format!(
+                "keys `train.steps` and `train.epochs` are both set by {}: a run's length is given by one of them; remove the other",
+                SOURCE_NAMES[steps as usize]
+            )));
+        }
+        if epochs > steps {
+            tracing::info!(
+                "train.epochs = {} from {} overrides train.steps from {}",
+                config.train.epochs,
+                SOURCE_NAMES[epochs as usize],
+                SOURCE_NAMES[steps as usize]
+            );
+            config.train.steps = None;
+        }
+    }
+    Ok(())
 }
 
 fn valid_run_name(s: &str) -> bool {
@@ -666,12 +747,48 @@ impl Config {
         if self.train.log_every == 0 {
             return bad("train.log_every", "must be at least 1".into());
         }
-        if !(self.train.epochs.is_finite() && self.train.epochs >= 0.0) {
-            return bad("train.epochs", format!("must be a number >= 0, got {}", self.train.epochs));
+        if self.train.steps.is_none() && !self.train.evaluate_only && !(self.train.epochs.is_finite() && self.train.epochs > 0.0) {
+            return bad(
+                "train.epochs",
+                format!(
+                    "must be in (0, ∞) (finite), got {}; to evaluate the starting model only, set `train.evaluate_only = true`",
+                    self.train.epochs
+                ),
+            );
         }
-        if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
-            return bad("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype));
+        for (k, v) in [
+            ("train.max_train_examples", self.train.max_train_examples),
+            ("train.max_eval_examples", self.train.max_eval_examples),
+            ("lm.max_eval_blocks", self.lm.max_eval_blocks),
+            ("vision.image_size", self.vision.image_size),
+        ] {
+            if v == Some(0) {
+                return bad(k, "must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)".into());
+            }
         }
+        if self.lm.block_size == 0 {
+            return bad("lm.block_size", "must be at least 1".into());
+        }
+        if self.xnli.max_length < 2 {
+            return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", self.xnli.max_length));
+        }
+        if self.xnli.num_labels < 2 {
+            return bad("xnli.num_labels", format!("must be at least 2, got {}", self.xnli.num_labels));
+        }
+        for (k, v) in [("vision.mean", &self.vision.mean), ("vision.std", &self.vision.std)] {
+            if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {
+                return bad(k, format!("{x} is not a valid value (finite; a std must be > 0)"));
+            }
+        }
+        if let (Some(steps), tram::Schedule::Polynomial { warmup, total: 0, .. }) = (self.train.steps, &self.optimizer.schedule) {
+            if steps > 0 && *warmup > steps && !self.train.evaluate_only {
+                return bad(
+                    "optimizer.schedule.warmup",
+                    format!("{warmup} warmup steps exceed the run's {steps} steps (`train.steps`): the rate would never reach `lr`"),
+                );
+            }
+        }
+        crate::dtype(&self.dtype)?;
         crate::check_device_name(&self.device)?;
         let registry = self.plugin_registry(registry)?;
         tram::Optimizer::new(&registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
