@@ -83,7 +83,7 @@ pub(crate) fn check(path: &Path) -> Result<(), String> {
         return Err(format!("not an ELF shared library (a plugin is the `.{}` a `cdylib` crate builds)", std::env::consts::DLL_EXTENSION));
     }
     if head.len() < 52 {
-        return Err(format!("truncated: the file has {size} bytes, shorter than an ELF header; {REBUILD}"));
+        return Err(format!("truncated: its ELF header ends at byte 52 or later, and the file has only {size} bytes; {REBUILD}"));
     }
     let wide = match head[4] {
         1 => false,
@@ -107,7 +107,7 @@ pub(crate) fn check(path: &Path) -> Result<(), String> {
         return Err("a library of the other byte order than this machine: build the plugin for this machine's target".into());
     }
     if wide && head.len() < 64 {
-        return Err(format!("truncated: the file has {size} bytes, shorter than an ELF header; {REBUILD}"));
+        return Err(format!("truncated: its ELF header ends at byte 64, and the file has only {size} bytes; {REBUILD}"));
     }
     let h = Fields { b: &head, le };
     let e_type = h.u16(16);
