@@ -394,6 +394,12 @@ impl Overrides {
         self.pairs.is_empty()
     }
 
+    /// The keys given a whole table (`optimizer.schedule={kind="constant"}`): such a value
+    /// replaces the table of the earlier sources instead of being merged into it.
+    fn tables(&self) -> Vec<String> {
+        self.pairs.iter().filter(|(_, raw)| matches!(toml_value(raw), Some(toml::Value::Table(_)))).map(|(k, _)| k.clone()).collect()
+    }
+
     fn dict(&self) -> Result<serde_json::Map<String, Value>> {
         let mut root = serde_json::Map::new();
         for (key, raw) in &self.pairs {
@@ -457,6 +463,48 @@ impl Provider for Overrides {
     fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
         let dict = self.dict().map_err(|e| figment::Error::from(e.to_string()))?;
         Serialized::defaults(Value::Object(dict)).data()
+    }
+}
+
+/// A provider without some of its keys: `paths` (dotted) are removed from its data. A table
+/// given whole by a later source (`--set 'optimizer.schedule={kind="constant"}'`) replaces the
+/// table of the earlier ones this way; figment alone would merge the two, keeping e.g. the
+/// file's `warmup` under the new `kind`. A single key (`--set optimizer.schedule.kind=constant`)
+/// is still merged into the table it belongs to.
+struct Without<P> {
+    inner: P,
+    paths: Vec<String>,
+}
+
+impl<P: Provider> Provider for Without<P> {
+    fn metadata(&self) -> Metadata {
+        self.inner.metadata()
+    }
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            for path in &self.paths {
+                remove_path(dict, &path.split('.').collect::<Vec<_>>());
+            }
+        }
+        Ok(data)
+    }
+    fn profile(&self) -> Option<Profile> {
+        self.inner.profile()
+    }
+}
+
+fn remove_path(d: &mut Dict, parts: &[&str]) {
+    match parts {
+        [] => {}
+        [last] => {
+            d.remove(*last);
+        }
+        [first, rest @ ..] => {
+            if let Some(figment::value::Value::Dict(_, inner)) = d.get_mut(*first) {
+                remove_path(inner, rest);
+            }
+        }
     }
 }
 
@@ -524,8 +572,10 @@ impl Sources {
         }
     }
 
-    fn base(&self) -> Result<Figment> {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
+    /// The defaults and the file, without the tables that `replaced` names (given whole by a
+    /// later source, see [`Without`]).
+    fn base(&self, replaced: &[String]) -> Result<Figment> {
+        let mut f = Figment::from(Without { inner: Serialized::defaults(Config::default()), paths: replaced.to_vec() });
         if let Some(path) = &self.file {
             if !path.is_file() {
                 return Err(Error::Config(format!("config file {} does not exist", path.display())));
@@ -539,9 +589,22 @@ impl Sources {
                     path.display()
                 )));
             }
-            f = f.merge(Toml::file_exact(path));
+            f = f.merge(Without { inner: Toml::file_exact(path), paths: replaced.to_vec() });
         }
         Ok(f)
+    }
+
+    /// The environment and `--set` overrides, with the figment of every source: a table given
+    /// whole by a later source replaces the earlier sources' table (see [`Without`]).
+    fn layered(&self, overlay: Option<&RunOverlay>) -> Result<Figment> {
+        let (env, sets) = (self.env(), Overrides::sets(&self.sets)?);
+        let by_sets = sets.tables();
+        let below: Vec<String> = env.tables().into_iter().chain(by_sets.iter().cloned()).collect();
+        let mut f = self.base(&below)?;
+        if let Some(o) = overlay {
+            f = f.merge(Without { inner: o.clone(), paths: below.clone() });
+        }
+        Ok(f.merge(Without { inner: env, paths: by_sets }).merge(sets))
     }
 
     /// `plugins` as extracted from `f`, relative ones joined to the config file's directory
@@ -562,7 +625,7 @@ impl Sources {
     }
 
     fn overlays(&self) -> Result<Vec<RunOverlay>> {
-        let f = self.base()?.merge(self.env()).merge(Overrides::sets(&self.sets)?);
+        let f = self.layered(None)?;
         let runs: Vec<Value> = f.extract_inner("runs").map_err(figment_error)?;
         let mut out: Vec<RunOverlay> = Vec::new();
         for (i, r) in runs.into_iter().enumerate() {
@@ -592,14 +655,8 @@ impl Sources {
     /// optimizer when the file has no `[[runs]]`).
     pub fn resolve(&self, names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
         let overlays = self.overlays()?;
-        let env = self.env();
-        let sets = Overrides::sets(&self.sets)?;
         let build = |overlay: Option<&RunOverlay>| -> Result<Config> {
-            let mut f = self.base()?;
-            if let Some(o) = overlay {
-                f = f.merge(o.clone());
-            }
-            let f = f.merge(env.clone()).merge(sets.clone());
+            let f = self.layered(overlay)?;
             let mut config: Config = f.extract().map_err(figment_error)?;
             config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
             explicit_settings(&f, &mut config)?;

@@ -231,6 +231,16 @@ fn overriding_the_schedule_kind_does_not_silently_drop_the_files_warmup() {
     assert!(e.contains("key `optimizer.schedule`") && e.contains("schedule kind `constant` does not take `warmup`, `total`"), "{e}");
     let r = &resolve(&f, &[], &["optimizer.schedule.warmup=2"], &["sam"]).unwrap()[0];
     assert_eq!(r.config.optimizer.schedule, tram::Schedule::Polynomial { warmup: 2, total: 0, power: 1.0 });
+    // A whole table replaces the file's (environment or --set); other keys of `optimizer` stay.
+    let r = &resolve(&f, &[], &["optimizer.schedule={ kind = \"constant\" }"], &["sam"]).unwrap()[0];
+    assert_eq!((&r.config.optimizer.schedule, r.config.optimizer.lr), (&tram::Schedule::Constant, 1e-4));
+    let r = &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &[], &["sam"]).unwrap()[0];
+    assert_eq!(r.config.optimizer.schedule, tram::Schedule::Cosine { total: 3 });
+    // --set over the environment's table, and its own error when a key does not belong.
+    let r = &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &["optimizer.schedule={kind=\"constant\"}"], &["sam"]).unwrap()[0];
+    assert_eq!(r.config.optimizer.schedule, tram::Schedule::Constant);
+    let e = resolve(&f, &[], &["optimizer.schedule={kind=\"cosine\", warmup=1, total=3}"], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("`cosine` does not take `warmup`"), "{e}");
 }
 
 #[test]
