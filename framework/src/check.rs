@@ -55,9 +55,7 @@ impl Range {
 
     /// Whether `v` lies in the range (never for NaN or ±∞).
     pub fn contains(&self, v: f64) -> bool {
-        v.is_finite()
-            && if self.lo_open { v > self.lo } else { v >= self.lo }
-            && if self.hi_open { v < self.hi } else { v <= self.hi }
+        v.is_finite() && if self.lo_open { v > self.lo } else { v >= self.lo } && if self.hi_open { v < self.hi } else { v <= self.hi }
     }
 
     /// `Ok` when `value` is in the range, else an [`Error::Config`] for `component` naming

@@ -51,19 +51,35 @@ struct Fields<'a> {
 impl Fields<'_> {
     fn u16(&self, at: usize) -> u16 {
         let a = [self.b[at], self.b[at + 1]];
-        if self.le { u16::from_le_bytes(a) } else { u16::from_be_bytes(a) }
+        if self.le {
+            u16::from_le_bytes(a)
+        } else {
+            u16::from_be_bytes(a)
+        }
     }
     fn u32(&self, at: usize) -> u32 {
         let a: [u8; 4] = self.b[at..at + 4].try_into().expect("4 bytes");
-        if self.le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+        if self.le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
     }
     fn u64(&self, at: usize) -> u64 {
         let a: [u8; 8] = self.b[at..at + 8].try_into().expect("8 bytes");
-        if self.le { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) }
+        if self.le {
+            u64::from_le_bytes(a)
+        } else {
+            u64::from_be_bytes(a)
+        }
     }
     /// A word: 4 bytes in ELF32, 8 in ELF64.
     fn word(&self, at: usize, wide: bool) -> u64 {
-        if wide { self.u64(at) } else { u64::from(self.u32(at)) }
+        if wide {
+            self.u64(at)
+        } else {
+            u64::from(self.u32(at))
+        }
     }
 }
 

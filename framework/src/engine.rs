@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 use crate::base::BaseOptimizer;
+use crate::check::Range;
 use crate::composition::{Composition, Term};
 use crate::error::{Error, Result};
 use crate::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
@@ -10,7 +11,6 @@ use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::ops::global_norm;
 use crate::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
-use crate::check::Range;
 use crate::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::schedule::Schedule;
 use candle_core::Tensor;

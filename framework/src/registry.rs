@@ -271,9 +271,7 @@ pub(crate) fn reject_nulls(component: &str, v: &Value) -> Result<()> {
 fn null_key(v: &Value, at: &str) -> Option<String> {
     match v {
         Value::Null => Some(at.to_string()),
-        Value::Object(m) => {
-            m.iter().find_map(|(k, v)| null_key(v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") }))
-        }
+        Value::Object(m) => m.iter().find_map(|(k, v)| null_key(v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") })),
         Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| null_key(v, &format!("{at}[{i}]"))),
         _ => None,
     }

@@ -66,7 +66,9 @@ impl TryFrom<RawSchedule> for Schedule {
         let need = |k: &str, v: Option<u64>| v.ok_or_else(|| format!("schedule kind `{}` needs `{k}`", r.kind));
         let s = match r.kind.as_str() {
             "constant" => Schedule::Constant,
-            "polynomial" => Schedule::Polynomial { warmup: need("warmup", r.warmup)?, total: need("total", r.total)?, power: r.power.unwrap_or(1.0) },
+            "polynomial" => {
+                Schedule::Polynomial { warmup: need("warmup", r.warmup)?, total: need("total", r.total)?, power: r.power.unwrap_or(1.0) }
+            }
             _ => Schedule::Cosine { total: need("total", r.total)? },
         };
         s.check()?;

@@ -169,7 +169,8 @@ impl Distance for NanDistance {
 #[test]
 fn a_non_finite_penalty_skips_the_step_even_without_a_gradient() {
     let mut r = tram_plugins::registry().unwrap();
-    r.register(Entry::new(Kind::Distance, "nan-distance", "always NaN", vec![], |_| Ok(Component::Distance(Box::new(NanDistance))))).unwrap();
+    r.register(Entry::new(Kind::Distance, "nan-distance", "always NaN", vec![], |_| Ok(Component::Distance(Box::new(NanDistance)))))
+        .unwrap();
     for c in ["reg:prev(distance=nan-distance)+adam", "reg:ema(distance=nan-distance)+ball+sgd"] {
         let m = model(14);
         let before = clone_model(&m);

@@ -230,7 +230,8 @@ fn every_parameter_out_of_its_range_is_refused_naming_the_key_the_value_and_the_
     let cfg = OptimizerConfig { max_grad_norm: Some(0.0), ..OptimizerConfig::new("adam", 1e-3) };
     let e = Optimizer::new(&r, cfg).err().unwrap().to_string();
     assert!(e.contains("`max_grad_norm` must be in (0, ∞) (finite), got 0"), "{e}");
-    let cfg = OptimizerConfig { schedule: tram::Schedule::Polynomial { warmup: 5, total: 2, power: 1.0 }, ..OptimizerConfig::new("adam", 1e-3) };
+    let cfg =
+        OptimizerConfig { schedule: tram::Schedule::Polynomial { warmup: 5, total: 2, power: 1.0 }, ..OptimizerConfig::new("adam", 1e-3) };
     let e = Optimizer::new(&r, cfg).err().unwrap().to_string();
     assert!(e.contains("`warmup` (5) exceeds `total` (2)"), "{e}");
     // The edges of every range are accepted.
@@ -244,7 +245,13 @@ fn a_non_finite_value_is_an_error_naming_the_key_never_the_default() {
     // JSON has no NaN: `Value::from(f64::NAN)` is null, which used to read as "unset" (ρ = 0.05).
     let r = registry();
     for (component, key) in [("ball", "rho"), ("noise", "sigma"), ("adam", "eps"), ("reg:prev", "lambda"), ("noise", "temperature")] {
-        let comp = if component == "reg:prev" { "trpo" } else if component == "noise" { "tram-noise" } else { "sam" };
+        let comp = if component == "reg:prev" {
+            "trpo"
+        } else if component == "noise" {
+            "tram-noise"
+        } else {
+            "sam"
+        };
         for v in [f64::NAN, f64::INFINITY] {
             let cfg = OptimizerConfig::new(comp, 1e-3).with(component, key, v);
             let e = Optimizer::new(&r, cfg).err().unwrap_or_else(|| panic!("{component}.{key} = {v} accepted")).to_string();

@@ -164,7 +164,10 @@ fn a_non_finite_number_is_an_error_naming_the_key_and_the_value_wherever_it_is_g
     let file = write_config(&scratch("config-non-finite-file"), &format!("{FILE}\n[optimizer.ball]\nrho = nan\n"));
     let e = resolve(&file, &[], &[], &["sam"]).unwrap_err().to_string();
     assert!(e.contains("config.toml") && e.contains("key `optimizer.ball.rho` = NaN"), "{e}");
-    let file = write_config(&scratch("config-non-finite-run"), &FILE.replace(r#"optimizer = { name = "sam" }"#, r#"optimizer = { name = "sam", ball = { rho = -inf } }"#));
+    let file = write_config(
+        &scratch("config-non-finite-run"),
+        &FILE.replace(r#"optimizer = { name = "sam" }"#, r#"optimizer = { name = "sam", ball = { rho = -inf } }"#),
+    );
     let e = resolve(&file, &[], &[], &["sam"]).unwrap_err().to_string();
     assert!(e.contains("key `runs[0].optimizer.ball.rho` = -inf"), "{e}");
     // Inline in a composition.
@@ -237,7 +240,9 @@ fn overriding_the_schedule_kind_does_not_silently_drop_the_files_warmup() {
     let r = &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &[], &["sam"]).unwrap()[0];
     assert_eq!(r.config.optimizer.schedule, tram::Schedule::Cosine { total: 3 });
     // --set over the environment's table, and its own error when a key does not belong.
-    let r = &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &["optimizer.schedule={kind=\"constant\"}"], &["sam"]).unwrap()[0];
+    let r =
+        &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &["optimizer.schedule={kind=\"constant\"}"], &["sam"])
+            .unwrap()[0];
     assert_eq!(r.config.optimizer.schedule, tram::Schedule::Constant);
     let e = resolve(&f, &[], &["optimizer.schedule={kind=\"cosine\", warmup=1, total=3}"], &["sam"]).unwrap_err().to_string();
     assert!(e.contains("`cosine` does not take `warmup`"), "{e}");

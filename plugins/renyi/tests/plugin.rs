@@ -190,7 +190,8 @@ fn the_same_library_under_any_name_is_loaded_once() {
     std::os::unix::fs::symlink(plugin(), &link).unwrap();
     #[cfg(not(unix))]
     std::fs::copy(plugin(), &link).unwrap();
-    let dotted = plugin().parent().unwrap().join("..").join(plugin().parent().unwrap().file_name().unwrap()).join(plugin().file_name().unwrap());
+    let dotted =
+        plugin().parent().unwrap().join("..").join(plugin().parent().unwrap().file_name().unwrap()).join(plugin().file_name().unwrap());
     for p in [plugin().to_path_buf(), dotted] {
         assert_eq!(r.load_plugin(&p).unwrap(), Vec::<String>::new(), "{}", p.display());
     }
@@ -338,6 +339,11 @@ fn a_directory_in_a_plugin_list_loads_every_shared_library_in_it_in_name_order()
     let mut r = tram_plugins::registry().unwrap();
     let err = r.load_plugins([bad_dir.path()]).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Plugin { .. }) && msg.contains("b-garbage") && (msg.contains("not an ELF shared library") || msg.contains("cannot be loaded")), "{msg}");
+    assert!(
+        matches!(err, Error::Plugin { .. })
+            && msg.contains("b-garbage")
+            && (msg.contains("not an ELF shared library") || msg.contains("cannot be loaded")),
+        "{msg}"
+    );
     assert!(r.find("renyi").is_some(), "the library before it was loaded");
 }

@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tram::ops::global_norm;
 use tram::check::Range;
+use tram::ops::global_norm;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
 
