@@ -222,7 +222,9 @@ pub struct StepReport {
     pub backward_passes: usize,
     /// Whether an ascent was taken.
     pub ascent: bool,
-    /// Whether the step was skipped (non-finite loss or gradient); parameters are unchanged.
+    /// Whether the step was skipped (non-finite loss, penalty or gradient, or an update that
+    /// made a weight non-finite and was rolled back); parameters and optimizer state are as
+    /// before the step.
     pub skipped: bool,
 }
 
@@ -408,7 +410,8 @@ impl Optimizer {
     pub fn steps(&self) -> u64 {
         self.step
     }
-    /// Steps skipped because of a non-finite loss or gradient.
+    /// Steps skipped because of a non-finite loss, penalty or gradient, or rolled back because
+    /// the update made a weight non-finite.
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
     }

@@ -208,3 +208,42 @@ fn an_update_that_makes_a_weight_non_finite_is_rolled_back_and_counted_as_skippe
         assert_eq!(state_without_counters(&opt, &m), state_without_counters(&fresh, &m), "{c}");
     }
 }
+
+/// A linear classifier whose weights are bf16.
+struct LinearBf16 {
+    params: Params,
+}
+
+impl Model for LinearBf16 {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn embed(&self, _w: &dyn Weights, batch: &Batch, _mode: Mode) -> tram::Result<Tensor> {
+        Ok(batch.inputs.to_dtype(DType::BF16)?)
+    }
+    fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, _mode: Mode) -> tram::Result<Logits> {
+        Ok(Logits { logits: embeds.matmul(&w.weight("w")?)?, targets: batch.targets.clone() })
+    }
+}
+
+#[test]
+fn a_non_finite_update_is_rolled_back_in_bf16_too_and_a_finite_one_is_kept() {
+    let w = Tensor::new(&[[0.5f32, -1.0, 0.25], [1.0, 0.0, -0.5]], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let batch =
+        Batch::new(Tensor::new(&[[1.0f32, 2.0], [-1.0, 0.5]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 2], &Device::Cpu).unwrap());
+    let r = tram_plugins::registry().unwrap();
+    for (lr, rolled_back) in [(1e300, true), (0.1, false)] {
+        for c in ["sgd", "adam", "sam"] {
+            let m = LinearBf16 { params: Params::new([("w".to_string(), Var::from_tensor(&w).unwrap())]).unwrap() };
+            let before = m.params().iter().next().unwrap().var.as_tensor().copy().unwrap();
+            let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, lr)).unwrap();
+            let rep = opt.step(&m, std::slice::from_ref(&batch)).unwrap();
+            assert_eq!(rep.skipped, rolled_back, "{c} lr {lr}: {rep:?}");
+            let after = m.params().iter().next().unwrap().var.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let after = after.to_vec1::<f32>().unwrap();
+            let before = before.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(after.iter().all(|x| x.is_finite()), "{c} lr {lr}: {after:?}");
+            assert_eq!(after == before, rolled_back, "{c} lr {lr}: {before:?} -> {after:?}");
+        }
+    }
+}
