@@ -440,7 +440,17 @@ impl Optimizer {
     }
 
     /// Snapshot θ₀ for the trust regions. Called by the first [`Optimizer::step`] if not before.
+    ///
+    /// f16 parameters are refused: without f32 master weights and loss scaling (which this
+    /// engine does not do) Adam's second moment underflows in f16 and its first update turns
+    /// most weights into NaN; bf16 has the same size and f32's exponent range.
     pub fn init(&mut self, params: &Params) -> Result<()> {
+        if let Some(p) = params.iter().find(|p| p.var.dtype() == candle_core::DType::F16) {
+            return Err(Error::Model(format!(
+                "parameter `{}` is f16, which the optimizer does not train (no f32 master weights or loss scaling: the first Adam update writes NaN into most f16 weights); load the model in bf16 (same size, f32's range) or f32",
+                p.name
+            )));
+        }
         for b in self.bound_mut() {
             b.region.init(params)?;
         }

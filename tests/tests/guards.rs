@@ -247,3 +247,20 @@ fn a_non_finite_update_is_rolled_back_in_bf16_too_and_a_finite_one_is_kept() {
         }
     }
 }
+
+#[test]
+fn f16_parameters_are_refused_naming_what_to_use_instead() {
+    let w = Tensor::new(&[[0.5f32, -1.0, 0.25], [1.0, 0.0, -0.5]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+    let m = LinearBf16 { params: Params::new([("w".to_string(), Var::from_tensor(&w).unwrap())]).unwrap() };
+    let batch = Batch::new(
+        Tensor::new(&[[1.0f32, 2.0]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap(),
+        Tensor::new(&[0u32], &Device::Cpu).unwrap(),
+    );
+    let mut opt = optimizer("adam");
+    let e = opt.step(&m, &[batch]).unwrap_err().to_string();
+    assert!(e.contains("parameter `w` is f16") && e.contains("bf16") && e.contains("f32"), "{e}");
+    assert_eq!(
+        m.params().iter().next().unwrap().var.as_tensor().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()[0],
+        [0.5, -1.0, 0.25]
+    );
+}
