@@ -201,7 +201,13 @@ fn parse_term(input: &str, text: &str) -> Result<RawTerm> {
             if k.is_empty() {
                 return Err(err(format!("empty key in `{text}`")));
             }
-            if params.insert(k.to_string(), parse_value(v.trim())).is_some() {
+            let v = v.trim();
+            if v.parse::<f64>().is_ok_and(|f| !f.is_finite()) {
+                return Err(err(format!(
+                    "`{k}={v}` in `{text}`: `{v}` is not a finite number; every numeric parameter must be finite (quote it, `{k}=\"{v}\"`, if it is a word)"
+                )));
+            }
+            if params.insert(k.to_string(), parse_value(v)).is_some() {
                 return Err(err(format!("`{k}` given twice in `{text}`")));
             }
         }
@@ -314,5 +320,16 @@ mod tests {
         assert_eq!(t[1].term.params["rho"], Value::String("a+b".into()));
         assert!(split_terms("ball(rho=1+adam").is_err());
         assert!(split_terms("ball++adam").is_err());
+    }
+
+    #[test]
+    fn a_non_finite_inline_number_is_an_error_naming_the_key_and_the_value() {
+        for v in ["nan", "inf", "-inf", "NaN", "infinity", "1e400"] {
+            let text = format!("ball(rho={v})+adam");
+            let e = split_terms(&text).err().unwrap_or_else(|| panic!("{text} accepted")).to_string();
+            assert!(e.contains(&format!("`rho={v}`")) && e.contains("not a finite number"), "{e}");
+        }
+        // Quoted, it is a word.
+        assert_eq!(split_terms("noise(distance=\"inf\")+adam").unwrap()[0].term.params["distance"], Value::String("inf".into()));
     }
 }

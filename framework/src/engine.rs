@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 use crate::base::BaseOptimizer;
+use crate::check::Range;
 use crate::composition::{Composition, Term};
 use crate::error::{Error, Result};
 use crate::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
@@ -10,7 +11,7 @@ use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::ops::global_norm;
 use crate::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
-use crate::registry::{parse_params, Component, Kind, Registry};
+use crate::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::schedule::Schedule;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,13 @@ pub struct RegionSettings {
     pub target_train: Option<bool>,
 }
 
+/// Valid range of [`RegionSettings::scale`]: a zero scale makes δ and the penalty 0.
+pub const SCALE_RANGE: Range = Range::POSITIVE;
+/// Valid range of [`RegionSettings::temperature`]: τ = 0 divides the logits by zero.
+pub const TEMPERATURE_RANGE: Range = Range::POSITIVE;
+/// Valid range of [`PenaltySettings::lambda`].
+pub const LAMBDA_RANGE: Range = Range::NON_NEGATIVE;
+
 impl Default for RegionSettings {
     fn default() -> Self {
         Self {
@@ -132,34 +140,34 @@ pub enum RadiusPrecision {
 impl RegionSettings {
     /// Reject settings out of range, naming the key, the value and the valid range (`what`
     /// names the component in the message). `Optimizer::new` calls it for every trust region.
+    /// With `reduction = "reference"` any finite `scale` is accepted, zero and negative
+    /// included, as the reference code accepts them.
     pub fn validate(&self, what: &str) -> Result<()> {
-        let bad = |reason: String| Err(Error::Config { component: what.to_string(), reason });
-        if !self.scale.is_finite() {
-            return bad(format!(
-                "`scale` = {} is not finite; it must be a finite number (>= 0 unless reduction = \"reference\")",
-                self.scale
-            ));
+        if self.reduction == Reduction::Reference {
+            Range::FINITE.check(what, "scale", self.scale)?;
+        } else {
+            SCALE_RANGE.check(what, "scale", self.scale).map_err(|e| match e {
+                Error::Config { component, reason } => Error::Config {
+                    component,
+                    reason: format!(
+                        "{reason}; a zero or negative logit_scale is accepted only with reduction = \"reference\", which \
+                         reproduces the reference code"
+                    ),
+                },
+                e => e,
+            })?;
         }
-        if self.scale < 0.0 && self.reduction != Reduction::Reference {
-            return bad(format!(
-                "`scale` = {} is negative; it must be >= 0 (a negative logit_scale is accepted only with reduction = \"reference\", which reproduces the reference code)",
-                self.scale
-            ));
-        }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return bad(format!("`temperature` = {} is out of range; it must be finite and > 0", self.temperature));
-        }
-        Ok(())
+        TEMPERATURE_RANGE.check(what, "temperature", self.temperature)
     }
 }
 
 /// The keys of [`RegionSettings`], with docs (shown by `tram list`).
 pub const REGION_SETTINGS: &[(&str, &str)] = &[
     ("distance", "registered distance D(target ‖ current): kl, kl-reverse, kl-sym, mmd, l2, ..."),
-    ("scale", "multiplier of the distance (TRAM's logit_scale)"),
+    ("scale", "multiplier of the distance (TRAM's logit_scale), in (0, ∞); any finite value with reduction = \"reference\""),
     ("reduction", "\"mean\" over rows (paper) or \"reference\" (TRAM reference-code scaling; a TRAM δ ≤ 0 still perturbs)"),
     ("radius_precision", "TRAM δ in \"exact\" f64 (default) or \"f32\" as the reference code (rounding noise at σ = 1e-5)"),
-    ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA)"),
+    ("temperature", "τ: distance is τ² D(f_t/τ ‖ f_c/τ) (MESA), in (0, ∞)"),
     ("target_train", "dropout in the target pass; unset: eval for θ-history targets, current mode for noise"),
 ];
 
@@ -181,7 +189,7 @@ impl Default for PenaltySettings {
 
 /// The keys of [`PenaltySettings`], with docs.
 pub const PENALTY_SETTINGS: &[(&str, &str)] =
-    &[("lambda", "weight λ of the penalty in L + λ·R"), ("through_target", "gradient through the target branch too (R3F)")];
+    &[("lambda", "weight λ of the penalty in L + λ·R, in [0, ∞)"), ("through_target", "gradient through the target branch too (R3F)")];
 
 /// A trust region with its distance and settings.
 pub struct BoundRegion {
@@ -257,7 +265,9 @@ pub struct StepReport {
     pub backward_passes: usize,
     /// Whether an ascent was taken.
     pub ascent: bool,
-    /// Whether the step was skipped (non-finite loss or gradient); parameters are unchanged.
+    /// Whether the step was skipped (non-finite loss, penalty or gradient, or an update that
+    /// made a weight non-finite and was rolled back); parameters and optimizer state are as
+    /// before the step.
     pub skipped: bool,
 }
 
@@ -293,6 +303,7 @@ fn merged(table: Option<&Value>, inline: &BTreeMap<String, Value>, what: &str) -
     for (k, v) in inline {
         m.insert(k.clone(), v.clone());
     }
+    reject_nulls(what, &Value::Object(m.clone()))?;
     Ok(m)
 }
 
@@ -360,7 +371,9 @@ impl Optimizer {
         let mut penalties = Vec::new();
         for t in &composition.penalties {
             let (bound, role) = bind(t, tables.get(&format!("reg:{}", t.name)))?;
-            let settings: PenaltySettings = parse_params(&format!("penalty `reg:{}`", t.name), &Value::Object(role))?;
+            let what = format!("penalty `reg:{}`", t.name);
+            let settings: PenaltySettings = parse_params(&what, &Value::Object(role))?;
+            LAMBDA_RANGE.check(&what, "lambda", settings.lambda)?;
             penalties.push(Penalty { bound, settings });
         }
         let region = match &composition.region {
@@ -409,15 +422,9 @@ impl Optimizer {
             Component::Base(b) => b,
             _ => return Err(wrong_kind(&b.name, Kind::Base)),
         };
-        if !(config.lr.is_finite() && config.lr >= 0.0) {
-            return Err(Error::Config {
-                component: "optimizer".into(),
-                reason: format!("lr must be a finite number >= 0, got {}", config.lr),
-            });
-        }
-        if let Some(c) = config.max_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
-            return Err(Error::Config { component: "optimizer".into(), reason: format!("max_grad_norm must be > 0, got {c}") });
-        }
+        Range::NON_NEGATIVE.check("optimizer", "lr", config.lr)?;
+        Range::POSITIVE.check_opt("optimizer", "max_grad_norm", config.max_grad_norm)?;
+        config.schedule.check().map_err(|reason| Error::Config { component: "optimizer".into(), reason })?;
         let noise = Box::new(SeededNoise::new(config.seed));
         Ok(Optimizer {
             composition,
@@ -446,7 +453,8 @@ impl Optimizer {
     pub fn steps(&self) -> u64 {
         self.step
     }
-    /// Steps skipped because of a non-finite loss or gradient.
+    /// Steps skipped because of a non-finite loss, penalty or gradient, or rolled back because
+    /// the update made a weight non-finite.
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
     }
@@ -475,7 +483,17 @@ impl Optimizer {
     }
 
     /// Snapshot θ₀ for the trust regions. Called by the first [`Optimizer::step`] if not before.
+    ///
+    /// f16 parameters are refused: without f32 master weights and loss scaling (which this
+    /// engine does not do) Adam's second moment underflows in f16 and its first update turns
+    /// most weights into NaN; bf16 has the same size and f32's exponent range.
     pub fn init(&mut self, params: &Params) -> Result<()> {
+        if let Some(p) = params.iter().find(|p| p.var.dtype() == candle_core::DType::F16) {
+            return Err(Error::Model(format!(
+                "parameter `{}` is f16, which the optimizer does not train (no f32 master weights or loss scaling: the first Adam update writes NaN into most f16 weights); load the model in bf16 (same size, f32's range) or f32",
+                p.name
+            )));
+        }
         for b in self.bound_mut() {
             b.region.init(params)?;
         }
@@ -534,7 +552,10 @@ impl Optimizer {
         report.delta = first.delta;
         let mut grads = first.grads;
         let mut backup: Option<Snapshot> = None;
-        if first.loss.is_finite() {
+        // The loss handed to backward is `L + Σ λ R`: a non-finite penalty is a non-finite loss
+        // (τ = 0 or a NaN target), even where candle drops its gradient.
+        let finite_loss = first.loss.is_finite() && first.penalty.is_none_or(f64::is_finite);
+        if finite_loss {
             if let Some(n) = &self.neighborhood {
                 let radius = if self.sizing_region() { first.delta.unwrap_or(f64::NAN) } else { n.rho() };
                 // The reference code has no guard for δ ≤ 0: with its scaling it perturbs anyway
@@ -561,16 +582,17 @@ impl Optimizer {
         report.forward_passes = scratch.forward;
         report.backward_passes = scratch.backward;
         report.grad_norm = global_norm(&grads)?;
-        if !first.loss.is_finite() || !report.grad_norm.is_finite() {
+        if !finite_loss || !report.grad_norm.is_finite() {
             self.skipped += 1;
             self.step += 1;
             report.skipped = true;
             tracing::warn!(
                 step = report.step,
                 loss = report.loss,
+                penalty = report.penalty,
                 grad_norm = report.grad_norm,
                 skipped = self.skipped,
-                "non-finite loss or gradient: step skipped, parameters unchanged"
+                "non-finite loss, penalty or gradient: step skipped, parameters unchanged"
             );
             return Ok(report);
         }
@@ -579,10 +601,38 @@ impl Optimizer {
                 grads = crate::ops::scale_all(&grads, max / (report.grad_norm + 1e-6))?;
             }
         }
+        // What a rollback restores: θ_t (the two-pass backup when there is one), the base
+        // optimizer's state and the regions' state (`prev` keeps θ_t in `before_update`).
+        let theta = match backup.take() {
+            Some(b) => b,
+            None => params.snapshot()?,
+        };
+        let base_state = self.base.state(params);
+        let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect();
         for b in self.bound_mut() {
-            b.region.before_update(params, backup.as_ref())?;
+            b.region.before_update(params, Some(&theta))?;
         }
         self.base.update(params, &grads, lr)?;
+        if let Some(name) = made_non_finite(params, &theta)? {
+            params.restore(&theta)?;
+            let origin = "<state before the rolled-back step>";
+            let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
+            self.base.load_state(params, &crate::state::StateReader::in_memory(&state, origin))?;
+            for (b, st) in self.bound_mut().zip(region_states) {
+                let st: std::collections::HashMap<String, Tensor> = st.into_iter().collect();
+                b.region.load_state(params, &crate::state::StateReader::in_memory(&st, origin))?;
+            }
+            self.skipped += 1;
+            self.step += 1;
+            report.skipped = true;
+            tracing::warn!(
+                step = report.step,
+                parameter = %name,
+                skipped = self.skipped,
+                "the update made parameter `{name}` non-finite (overflow in its dtype, or a learning rate too large): step rolled back and skipped"
+            );
+            return Ok(report);
+        }
         for b in self.bound_mut() {
             b.region.after_update(params)?;
         }
@@ -680,6 +730,32 @@ impl Optimizer {
             delta: sizing.then_some(delta_sum / n),
         })
     }
+}
+
+/// The name of the first parameter with more NaN or ±∞ entries than in `before` (θ before the
+/// update: a weight that already was non-finite, e.g. an unused embedding row, is not the
+/// update's doing). `x − x` is 0 for every finite `x` and NaN otherwise, so one sum per tensor,
+/// stacked and read back once (one device sync), finds the candidates; they are counted only
+/// when there are any.
+fn made_non_finite(params: &Params, before: &Snapshot) -> Result<Option<String>> {
+    let sums = params
+        .iter()
+        .map(|p| {
+            let t = p.var.as_tensor();
+            t.sub(t)?.sum_all()?.to_dtype(candle_core::DType::F32)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    let count = |t: &Tensor| -> Result<f64> {
+        let d = t.sub(t)?;
+        Ok(d.ne(&d)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64)
+    };
+    for ((p, s), old) in params.iter().zip(sums).zip(before.tensors()) {
+        if !s.is_finite() && count(p.var.as_tensor())? > count(old)? {
+            return Ok(Some(p.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 struct Scratch {

@@ -13,7 +13,10 @@
 //! Adam; see [`composition`] for the grammar. Built-in components live in `tram-plugins`.
 
 pub mod base;
+pub mod check;
 pub mod composition;
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+mod elf;
 pub mod engine;
 pub mod error;
 pub mod model;

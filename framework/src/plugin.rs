@@ -471,7 +471,12 @@ impl Registry {
     ///
     /// The library is checked before anything in it runs (beyond the loader's own
     /// initialisers): a plugin built by another compiler, against another tram or candle, or
-    /// with other framework features is refused with [`Error::PluginMismatch`].
+    /// with other framework features is refused with [`Error::PluginMismatch`]. On ELF
+    /// platforms the file is checked first against its own headers (truncated, not a shared
+    /// library, another machine's): an [`Error::Plugin`] saying so, never a crash.
+    ///
+    /// A library this registry already loaded (the same canonical path, however `path` names
+    /// it) is not loaded again: nothing is registered and the returned list is empty.
     pub fn load_plugin(&mut self, path: impl AsRef<Path>) -> Result<Vec<String>> {
         let given = path.as_ref();
         let shown = given.display().to_string();
@@ -486,7 +491,16 @@ impl Registry {
         if !canonical.is_file() {
             return Err(err("not a file".into()));
         }
+        // However it is named (a symlink, a relative path, a directory entry, TRAM_PLUGINS and
+        // --plugin and a config's `plugins` at once), a library is loaded once.
+        if self.plugins.iter().any(|l| l.path == canonical) {
+            return Ok(Vec::new());
+        }
         let origin = canonical.display().to_string();
+        // The loader does not check the file against its headers: a truncated library would
+        // crash the process with SIGBUS.
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        crate::elf::check(&canonical).map_err(|reason| Error::Plugin { path: origin.clone(), reason })?;
         // SAFETY: loading a library runs its initialisers; a tram plugin's are Rust's own.
         // What runs next is checked first (see `checked_register_fn`).
         let library = unsafe { open_library(&canonical) }

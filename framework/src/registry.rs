@@ -242,9 +242,39 @@ pub fn param_docs<C: Default + Serialize>(docs: &[(&str, &str)]) -> Vec<ParamDoc
 
 /// Deserialize a component's parameter table into its config struct (which should be
 /// `#[serde(default, deny_unknown_fields)]`); errors name the component and the key.
+///
+/// A key whose value is `null` is an error, not "unset": JSON has no NaN or ∞, so a
+/// non-finite number put into a parameter table (`serde_json::Value::from(f64::NAN)`, or a TOML
+/// `nan` read into a table) arrives as `null`, and taking it for the default would silently
+/// replace the value given.
 pub fn parse_params<C: DeserializeOwned>(component: &str, params: &Value) -> Result<C> {
     let v = if params.is_null() { Value::Object(Default::default()) } else { params.clone() };
+    reject_nulls(component, &v)?;
     serde_json::from_value(v).map_err(|e| Error::Config { component: component.to_string(), reason: e.to_string() })
+}
+
+/// An error naming `component` and the key when a parameter table holds a `null` anywhere
+/// (see [`parse_params`]).
+pub(crate) fn reject_nulls(component: &str, v: &Value) -> Result<()> {
+    match null_key(v, "") {
+        None => Ok(()),
+        Some(k) => Err(Error::Config {
+            component: component.to_string(),
+            reason: format!(
+                "`{k}` has no value (null; a non-finite number such as nan or inf becomes null): give a finite number, or leave `{k}` out for its default"
+            ),
+        }),
+    }
+}
+
+/// The path (`key`, `key[2]`, `key.sub`) of the first `null` inside `v`, if any.
+fn null_key(v: &Value, at: &str) -> Option<String> {
+    match v {
+        Value::Null => Some(at.to_string()),
+        Value::Object(m) => m.iter().find_map(|(k, v)| null_key(v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") })),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| null_key(v, &format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// A JSON value written as a TOML literal (for `tram list` and canonical strings).

@@ -21,7 +21,13 @@ pub struct StateReader<'a> {
     path: &'a str,
 }
 
-impl StateReader<'_> {
+impl<'a> StateReader<'a> {
+    /// A reader over tensors held in memory, keys without prefix (the engine's rollback of a
+    /// step that produced non-finite weights).
+    pub(crate) fn in_memory(tensors: &'a HashMap<String, Tensor>, origin: &'a str) -> Self {
+        Self { prefix: String::new(), tensors, path: origin }
+    }
+
     /// The tensor stored under `key`, if any.
     pub fn get(&self, key: &str) -> Option<Tensor> {
         self.tensors.get(&format!("{}{key}", self.prefix)).cloned()

@@ -4,7 +4,9 @@
 mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
-use tram::{Batch, Logits, Mode, Model, Optimizer, OptimizerConfig, Params, Weights};
+use std::collections::BTreeMap;
+use tram::registry::{Component, Entry, Kind};
+use tram::{Batch, Distance, Logits, Mode, Model, Optimizer, OptimizerConfig, Params, Reduction, Weights};
 
 /// A model whose logits do not depend on its parameters: every gradient is exactly zero.
 struct Flat {
@@ -150,4 +152,115 @@ fn bad_input_is_an_error_not_a_panic() {
     let cfg = OptimizerConfig { allow_missing_gradients: true, ..OptimizerConfig::new("adam", 0.1) };
     let mut opt = Optimizer::new(&tram_plugins::registry().unwrap(), cfg).unwrap();
     assert!(!opt.step(&m, &[b]).unwrap().skipped);
+}
+
+/// A distance that is NaN and carries no graph: the penalty is NaN and its gradient absent, as
+/// with `temperature = 0` before it was refused (candle drops the gradient of `affine(0, _)`).
+struct NanDistance;
+impl Distance for NanDistance {
+    fn name(&self) -> &str {
+        "nan-distance"
+    }
+    fn distance(&self, _t: &Tensor, _c: &Tensor, _r: Reduction, _n: usize) -> tram::Result<Tensor> {
+        Ok(Tensor::new(f32::NAN, &Device::Cpu)?)
+    }
+}
+
+#[test]
+fn a_non_finite_penalty_skips_the_step_even_without_a_gradient() {
+    let mut r = tram_plugins::registry().unwrap();
+    r.register(Entry::new(Kind::Distance, "nan-distance", "always NaN", vec![], |_| Ok(Component::Distance(Box::new(NanDistance)))))
+        .unwrap();
+    for c in ["reg:prev(distance=nan-distance)+adam", "reg:ema(distance=nan-distance)+ball+sgd"] {
+        let m = model(14);
+        let before = clone_model(&m);
+        let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, 0.01)).unwrap();
+        let rep = opt.step(&m, &batches(1, 2)).unwrap();
+        assert!(rep.loss.is_finite() && rep.penalty.is_some_and(f64::is_nan), "{c}: {rep:?}");
+        assert!(rep.skipped && !rep.ascent, "{c}: {rep:?}");
+        assert_eq!(opt.skipped_steps(), 1, "{c}");
+        assert_bitwise_equal(&m, &before, c);
+    }
+}
+
+/// The optimizer state as `key → bytes`, without the engine's counters.
+fn state_without_counters(opt: &Optimizer, m: &dyn Model) -> BTreeMap<String, Vec<u8>> {
+    let bytes = opt.state_bytes(m.params()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().filter(|(k, _)| !k.starts_with("engine/")).map(|(k, v)| (k, v.data().to_vec())).collect()
+}
+
+#[test]
+fn an_update_that_makes_a_weight_non_finite_is_rolled_back_and_counted_as_skipped() {
+    // lr = 1e300 is finite, but lr·g overflows f32: every weight the update touches becomes ±∞ or NaN.
+    for c in ["sgd", "adam", "adamw", "tram-prev+sgd", "asam+mesa"] {
+        let m = model(15);
+        let before = clone_model(&m);
+        let r = tram_plugins::registry().unwrap();
+        let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, 1e300)).unwrap();
+        let mut fresh = Optimizer::new(&r, OptimizerConfig::new(c, 1e300)).unwrap();
+        fresh.init(m.params()).unwrap();
+        let rep = opt.step(&m, &batches(1, 4)).unwrap();
+        assert!(rep.skipped && rep.loss.is_finite() && rep.grad_norm.is_finite(), "{c}: {rep:?}");
+        assert_eq!((opt.steps(), opt.skipped_steps()), (1, 1), "{c}");
+        assert_bitwise_equal(&m, &before, c);
+        // Moments, step counts, θ_{t-1} and θ_ema are as before the step.
+        assert_eq!(state_without_counters(&opt, &m), state_without_counters(&fresh, &m), "{c}");
+    }
+}
+
+/// A linear classifier whose weights are bf16.
+struct LinearBf16 {
+    params: Params,
+}
+
+impl Model for LinearBf16 {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+    fn embed(&self, _w: &dyn Weights, batch: &Batch, _mode: Mode) -> tram::Result<Tensor> {
+        Ok(batch.inputs.to_dtype(DType::BF16)?)
+    }
+    fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, _mode: Mode) -> tram::Result<Logits> {
+        Ok(Logits { logits: embeds.matmul(&w.weight("w")?)?, targets: batch.targets.clone() })
+    }
+}
+
+#[test]
+fn a_non_finite_update_is_rolled_back_in_bf16_too_and_a_finite_one_is_kept() {
+    let w = Tensor::new(&[[0.5f32, -1.0, 0.25], [1.0, 0.0, -0.5]], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let batch =
+        Batch::new(Tensor::new(&[[1.0f32, 2.0], [-1.0, 0.5]], &Device::Cpu).unwrap(), Tensor::new(&[0u32, 2], &Device::Cpu).unwrap());
+    let r = tram_plugins::registry().unwrap();
+    for (lr, rolled_back) in [(1e300, true), (0.1, false)] {
+        for c in ["sgd", "adam", "sam"] {
+            let m = LinearBf16 { params: Params::new([("w".to_string(), Var::from_tensor(&w).unwrap())]).unwrap() };
+            let before = m.params().iter().next().unwrap().var.as_tensor().copy().unwrap();
+            let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, lr)).unwrap();
+            let rep = opt.step(&m, std::slice::from_ref(&batch)).unwrap();
+            assert_eq!(rep.skipped, rolled_back, "{c} lr {lr}: {rep:?}");
+            let after = m.params().iter().next().unwrap().var.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let after = after.to_vec1::<f32>().unwrap();
+            let before = before.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(after.iter().all(|x| x.is_finite()), "{c} lr {lr}: {after:?}");
+            assert_eq!(after == before, rolled_back, "{c} lr {lr}: {before:?} -> {after:?}");
+        }
+    }
+}
+
+#[test]
+fn f16_parameters_are_refused_naming_what_to_use_instead() {
+    let w = Tensor::new(&[[0.5f32, -1.0, 0.25], [1.0, 0.0, -0.5]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+    let m = LinearBf16 { params: Params::new([("w".to_string(), Var::from_tensor(&w).unwrap())]).unwrap() };
+    let batch = Batch::new(
+        Tensor::new(&[[1.0f32, 2.0]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap(),
+        Tensor::new(&[0u32], &Device::Cpu).unwrap(),
+    );
+    let mut opt = optimizer("adam");
+    let e = opt.step(&m, &[batch]).unwrap_err().to_string();
+    assert!(e.contains("parameter `w` is f16") && e.contains("bf16") && e.contains("f32"), "{e}");
+    assert_eq!(
+        m.params().iter().next().unwrap().var.as_tensor().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()[0],
+        [0.5, -1.0, 0.25]
+    );
 }

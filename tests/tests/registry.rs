@@ -195,3 +195,70 @@ fn the_shipped_config_builds_every_alias() {
         Optimizer::new(&r, cfg).unwrap_or_else(|e| panic!("{}: {e}", a.name));
     }
 }
+
+#[test]
+fn every_parameter_out_of_its_range_is_refused_naming_the_key_the_value_and_the_range() {
+    for (composition, expected) in [
+        ("reg:noise(lambda=-1)+adam", "`lambda` must be in [0, ∞) (finite), got -1"),
+        ("sgd(momentum=-1)", "`momentum` must be in [0, 1), got -1"),
+        ("sgd(momentum=2)", "`momentum` must be in [0, 1), got 2"),
+        ("sgd(momentum=1)", "`momentum` must be in [0, 1), got 1"),
+        ("sgd(dampening=5)", "`dampening` must be in [0, 1], got 5"),
+        ("sgd(weight_decay=1e300)", "`weight_decay` must be in [0, 1000], got 1e300"),
+        ("noise(scale=0)+ball+adam", "`scale` must be in (0, ∞) (finite), got 0"),
+        ("reg:noise(scale=-2)+adam", "`scale` must be in (0, ∞) (finite), got -2"),
+        ("reg:ema(temperature=0)+adam", "`temperature` must be in (0, ∞) (finite), got 0"),
+        ("reg:prev(temperature=-1)+adam", "`temperature` must be in (0, ∞) (finite), got -1"),
+        ("noise(sigma=1e300)+ball+adam", "`sigma` must be in [0, 1000], got 1e300"),
+        ("noise(sigma=-1)+fisher+adam", "`sigma` must be in [0, 1000], got -1"),
+        ("reg:ema(decay=2)+adam", "`decay` must be in [0, 1], got 2"),
+        ("ball(rho=1e308)+adam", "`rho` must be in [0, 1000], got 1e308"),
+        ("ball(eta=-0.1)+adam", "`eta` must be in [0, 1000], got -0.1"),
+        ("fisher(rho=-1)+adam", "`rho` must be in [0, 1000], got -1"),
+        ("fisher(eta=1e300)+adam", "`eta` must be in [0, 1e6], got 1e300"),
+        ("adam(beta1=1)", "`beta1` must be in [0, 1), got 1"),
+        ("adam(beta2=-0.5)", "`beta2` must be in [0, 1), got -0.5"),
+        ("adam(eps=0)", "`eps` must be in (0, 1], got 0"),
+        ("adamw(weight_decay=-1)", "`weight_decay` must be in [0, 1000], got -1"),
+    ] {
+        let e = err(composition);
+        assert!(e.contains(expected), "{composition}: {e}");
+    }
+    let r = registry();
+    let e = Optimizer::new(&r, OptimizerConfig::new("adam", -1.0)).err().unwrap().to_string();
+    assert!(e.contains("`lr` must be in [0, ∞) (finite), got -1"), "{e}");
+    let cfg = OptimizerConfig { max_grad_norm: Some(0.0), ..OptimizerConfig::new("adam", 1e-3) };
+    let e = Optimizer::new(&r, cfg).err().unwrap().to_string();
+    assert!(e.contains("`max_grad_norm` must be in (0, ∞) (finite), got 0"), "{e}");
+    let cfg =
+        OptimizerConfig { schedule: tram::Schedule::Polynomial { warmup: 5, total: 2, power: 1.0 }, ..OptimizerConfig::new("adam", 1e-3) };
+    let e = Optimizer::new(&r, cfg).err().unwrap().to_string();
+    assert!(e.contains("`warmup` (5) exceeds `total` (2)"), "{e}");
+    // The edges of every range are accepted.
+    for ok in ["sgd(momentum=0,dampening=1,weight_decay=0)", "reg:ema(decay=1,lambda=0)+ball(rho=1000,eta=0)+adam(beta1=0,eps=1)"] {
+        Optimizer::new(&r, OptimizerConfig::new(ok, 1e-3)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn a_non_finite_value_is_an_error_naming_the_key_never_the_default() {
+    // JSON has no NaN: `Value::from(f64::NAN)` is null, which used to read as "unset" (ρ = 0.05).
+    let r = registry();
+    for (component, key) in [("ball", "rho"), ("noise", "sigma"), ("adam", "eps"), ("reg:prev", "lambda"), ("noise", "temperature")] {
+        let comp = if component == "reg:prev" {
+            "trpo"
+        } else if component == "noise" {
+            "tram-noise"
+        } else {
+            "sam"
+        };
+        for v in [f64::NAN, f64::INFINITY] {
+            let cfg = OptimizerConfig::new(comp, 1e-3).with(component, key, v);
+            let e = Optimizer::new(&r, cfg).err().unwrap_or_else(|| panic!("{component}.{key} = {v} accepted")).to_string();
+            assert!(e.contains(&format!("`{key}` has no value")) && e.contains("finite"), "{e}");
+        }
+    }
+    for c in ["ball(rho=nan)+adam", "sgd(momentum=inf)", "noise(sigma=-inf)+ball+adam"] {
+        assert!(err(c).contains("is not a finite number"), "{c}: {}", err(c));
+    }
+}

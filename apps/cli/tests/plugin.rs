@@ -82,15 +82,46 @@ fn plugin_errors_are_reported_not_crashes() {
     let o = tram(&["list", "--plugin", "/no/such/libplugin.so"], None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("plugin /no/such/libplugin.so: no such file"), "{err}");
-    // The flag repeats; the same plugin twice is a duplicate name.
+}
+
+#[test]
+fn the_same_plugin_given_twice_is_loaded_once() {
+    // The flag repeats, and adds to TRAM_PLUGINS; one library named twice (here also through
+    // a link) is one library, wherever the names come from.
     let p = plugin().to_str().unwrap();
-    let o = tram(&["list", "--plugin", p, "--plugin", p], None);
+    let dir = std::env::temp_dir().join(format!("tram-cli-plugin-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(plugin(), dir.join("linked.so")).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(plugin(), dir.join("linked.so")).unwrap();
+    let linked = dir.join("linked.so");
+    for (args, env) in [
+        (vec!["list", "--plugin", p, "--plugin", p], None),
+        (vec!["list", "--plugin", p], Some(plugin())),
+        (vec!["list", "--plugin", linked.to_str().unwrap()], Some(plugin())),
+    ] {
+        let out = stdout(&tram(&args, env));
+        assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("renyi ")).count(), 1, "{args:?}:\n{out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `head -c 100000 libtram_renyi.so > t.so; tram list --plugin t.so` died of SIGBUS, silently.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+#[test]
+fn a_truncated_plugin_is_an_error_message_not_a_crash() {
+    let dir = std::env::temp_dir().join(format!("tram-cli-plugin-truncated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = dir.join("t.so");
+    std::fs::write(&t, &std::fs::read(plugin()).unwrap()[..100_000]).unwrap();
+    let o = tram(&["list", "--plugin", t.to_str().unwrap()], None);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
-    // The flag adds to TRAM_PLUGINS: both are loaded.
-    let o = tram(&["list", "--plugin", p], Some(plugin()));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("`renyi` is registered twice"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "killed by a signal? {:?}\n{err}", o.status);
+    assert!(err.contains("t.so") && err.contains("truncated") && err.contains("only 100000 bytes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[cfg(unix)]

@@ -52,11 +52,12 @@ pub struct Config {
     pub out: PathBuf,
     /// Seed of the run: new-head initialisation, dropout, data order and the noise stream.
     pub seed: u64,
-    /// Several seeds (aggregated in the table); when non-empty it replaces `seed`.
+    /// Several seeds (aggregated in the table); when given it replaces `seed`, and must hold at
+    /// least one seed, each once.
     pub seeds: Vec<u64>,
     /// `cpu`, `cuda`, `cuda:<n>` or `metal`.
     pub device: String,
-    /// Parameter dtype: `f32` or `bf16`.
+    /// Parameter dtype: `f32` or `bf16` (`f16` is refused: see [`crate::dtype`]).
     pub dtype: String,
     /// Row name in the results table (defaults to the run name).
     pub label: Option<String>,
@@ -136,7 +137,9 @@ pub enum Select {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Optimizer steps; `0` evaluates the starting model only. Unset: `epochs` decides.
+    /// Optimizer steps; `0` evaluates the starting model only. Unset: `epochs` decides. Given
+    /// with `epochs` by the same source it is an error; given by different sources, the later
+    /// one (file < `[[runs]]` entry < `TRAM_*` < `--set`) decides the run's length.
     pub steps: Option<u64>,
     /// Evaluate the starting model only, whatever `steps` says (the paper's zero-shot rows).
     pub evaluate_only: bool,
@@ -391,9 +394,21 @@ impl Overrides {
         self.pairs.is_empty()
     }
 
+    /// The keys given a whole table (`optimizer.schedule={kind="constant"}`): such a value
+    /// replaces the table of the earlier sources instead of being merged into it.
+    fn tables(&self) -> Vec<String> {
+        self.pairs.iter().filter(|(_, raw)| matches!(toml_value(raw), Some(toml::Value::Table(_)))).map(|(k, _)| k.clone()).collect()
+    }
+
     fn dict(&self) -> Result<serde_json::Map<String, Value>> {
         let mut root = serde_json::Map::new();
         for (key, raw) in &self.pairs {
+            if let Some((at, v)) = toml_value(raw).as_ref().and_then(|t| non_finite(t, key)) {
+                return Err(Error::Config(format!(
+                    "{}: key `{at}` = {v}: a setting must be a finite number (nan and inf are not values of any setting; quote a word: `{key}=\"{raw}\"`)",
+                    self.name
+                )));
+            }
             let value = parse_value(raw);
             let parts: Vec<&str> = key.split('.').collect();
             let mut node = &mut root;
@@ -420,15 +435,25 @@ impl Overrides {
 /// A value given as text: TOML when it parses (numbers, booleans, arrays, inline tables),
 /// else the text itself.
 pub fn parse_value(raw: &str) -> Value {
-    let t = raw.trim();
-    if let Ok(table) = toml::from_str::<toml::Table>(&format!("v = {t}")) {
-        if let Some(v) = table.get("v") {
-            if let Ok(j) = serde_json::to_value(v) {
-                return j;
-            }
-        }
+    toml_value(raw).and_then(|v| serde_json::to_value(v).ok()).unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+/// `raw` as a TOML value, if it is one.
+fn toml_value(raw: &str) -> Option<toml::Value> {
+    toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())).ok()?.remove("v")
+}
+
+/// The key path (under `at`) and value of the first NaN or ±∞ inside `v`. JSON, which the
+/// config passes through on its way to the optimizer's component tables, has no such numbers:
+/// they would become `null`, read as "unset", and the default would silently replace them.
+fn non_finite(v: &toml::Value, at: &str) -> Option<(String, f64)> {
+    let join = |k: &str| if at.is_empty() { k.to_string() } else { format!("{at}.{k}") };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some((at.to_string(), *f)),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| non_finite(v, &join(k))),
+        toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| non_finite(v, &format!("{at}[{i}]"))),
+        _ => None,
     }
-    Value::String(raw.to_string())
 }
 
 impl Provider for Overrides {
@@ -438,6 +463,48 @@ impl Provider for Overrides {
     fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
         let dict = self.dict().map_err(|e| figment::Error::from(e.to_string()))?;
         Serialized::defaults(Value::Object(dict)).data()
+    }
+}
+
+/// A provider without some of its keys: `paths` (dotted) are removed from its data. A table
+/// given whole by a later source (`--set 'optimizer.schedule={kind="constant"}'`) replaces the
+/// table of the earlier ones this way; figment alone would merge the two, keeping e.g. the
+/// file's `warmup` under the new `kind`. A single key (`--set optimizer.schedule.kind=constant`)
+/// is still merged into the table it belongs to.
+struct Without<P> {
+    inner: P,
+    paths: Vec<String>,
+}
+
+impl<P: Provider> Provider for Without<P> {
+    fn metadata(&self) -> Metadata {
+        self.inner.metadata()
+    }
+    fn data(&self) -> std::result::Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            for path in &self.paths {
+                remove_path(dict, &path.split('.').collect::<Vec<_>>());
+            }
+        }
+        Ok(data)
+    }
+    fn profile(&self) -> Option<Profile> {
+        self.inner.profile()
+    }
+}
+
+fn remove_path(d: &mut Dict, parts: &[&str]) {
+    match parts {
+        [] => {}
+        [last] => {
+            d.remove(*last);
+        }
+        [first, rest @ ..] => {
+            if let Some(figment::value::Value::Dict(_, inner)) = d.get_mut(*first) {
+                remove_path(inner, rest);
+            }
+        }
     }
 }
 
@@ -505,18 +572,39 @@ impl Sources {
         }
     }
 
-    fn base(&self) -> Result<Figment> {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
+    /// The defaults and the file, without the tables that `replaced` names (given whole by a
+    /// later source, see [`Without`]).
+    fn base(&self, replaced: &[String]) -> Result<Figment> {
+        let mut f = Figment::from(Without { inner: Serialized::defaults(Config::default()), paths: replaced.to_vec() });
         if let Some(path) = &self.file {
             if !path.is_file() {
                 return Err(Error::Config(format!("config file {} does not exist", path.display())));
             }
             // Parse first: figment reports TOML syntax errors without the line otherwise.
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            f = f.merge(Toml::file_exact(path));
+            let table = toml::from_str::<toml::Table>(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            if let Some((at, v)) = non_finite(&toml::Value::Table(table), "") {
+                return Err(Error::Config(format!(
+                    "{}: key `{at}` = {v}: a setting must be a finite number (nan and inf are not values of any setting)",
+                    path.display()
+                )));
+            }
+            f = f.merge(Without { inner: Toml::file_exact(path), paths: replaced.to_vec() });
         }
         Ok(f)
+    }
+
+    /// The environment and `--set` overrides, with the figment of every source: a table given
+    /// whole by a later source replaces the earlier sources' table (see [`Without`]).
+    fn layered(&self, overlay: Option<&RunOverlay>) -> Result<Figment> {
+        let (env, sets) = (self.env(), Overrides::sets(&self.sets)?);
+        let by_sets = sets.tables();
+        let below: Vec<String> = env.tables().into_iter().chain(by_sets.iter().cloned()).collect();
+        let mut f = self.base(&below)?;
+        if let Some(o) = overlay {
+            f = f.merge(Without { inner: o.clone(), paths: below.clone() });
+        }
+        Ok(f.merge(Without { inner: env, paths: by_sets }).merge(sets))
     }
 
     /// `plugins` as extracted from `f`, relative ones joined to the config file's directory
@@ -537,7 +625,7 @@ impl Sources {
     }
 
     fn overlays(&self) -> Result<Vec<RunOverlay>> {
-        let f = self.base()?.merge(self.env()).merge(Overrides::sets(&self.sets)?);
+        let f = self.layered(None)?;
         let runs: Vec<Value> = f.extract_inner("runs").map_err(figment_error)?;
         let mut out: Vec<RunOverlay> = Vec::new();
         for (i, r) in runs.into_iter().enumerate() {
@@ -567,16 +655,11 @@ impl Sources {
     /// optimizer when the file has no `[[runs]]`).
     pub fn resolve(&self, names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
         let overlays = self.overlays()?;
-        let env = self.env();
-        let sets = Overrides::sets(&self.sets)?;
         let build = |overlay: Option<&RunOverlay>| -> Result<Config> {
-            let mut f = self.base()?;
-            if let Some(o) = overlay {
-                f = f.merge(o.clone());
-            }
-            let f = f.merge(env.clone()).merge(sets.clone());
+            let f = self.layered(overlay)?;
             let mut config: Config = f.extract().map_err(figment_error)?;
             config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
+            explicit_settings(&f, &mut config)?;
             config.validate(registry)?;
             Ok(config)
         };
@@ -615,6 +698,61 @@ impl Sources {
             })
             .collect()
     }
+}
+
+/// Which source set `key` in `f`: 0 the defaults, 1 the config file, 2 a `[[runs]]` entry,
+/// 3 the `TRAM_*` environment variables, 4 `--set` (later sources win).
+fn source_rank(f: &Figment, key: &str) -> u8 {
+    let Some(m) = f.find_metadata(key) else { return 0 };
+    if m.name.starts_with(RUN_OVERLAY_PREFIX) {
+        2
+    } else if matches!(m.source, Some(figment::Source::File(_))) {
+        1
+    } else if m.name == "--set" {
+        4
+    } else if m.name.starts_with("TRAM_") {
+        3
+    } else {
+        0
+    }
+}
+
+const SOURCE_NAMES: [&str; 5] = ["the defaults", "the config file", "a [[runs]] entry", "TRAM_* environment variables", "--set"];
+
+/// Checks that need to know which settings were given, not only their values: `seeds = []`
+/// (no seed at all) and `train.steps` with `train.epochs` (only one decides a run's length;
+/// set by different sources, the later source's key wins and the other is dropped here).
+fn explicit_settings(f: &Figment, config: &mut Config) -> Result<()> {
+    let seeds = source_rank(f, "seeds");
+    if seeds > 0 && config.seeds.is_empty() {
+        return Err(Error::Config(format!(
+            "key `seeds` (from {}): an empty list runs no seed; give at least one (`seeds = [0, 1, 2]`), or remove `seeds` to run `seed`",
+            SOURCE_NAMES[seeds as usize]
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(d) = config.seeds.iter().find(|s| !seen.insert(**s)) {
+        return Err(Error::Config(format!("key `seeds`: seed {d} is listed twice (each seed is one run directory)")));
+    }
+    let (steps, epochs) = (source_rank(f, "train.steps"), source_rank(f, "train.epochs"));
+    if steps > 0 && epochs > 0 && config.train.steps.is_some() {
+        if steps == epochs {
+            return Err(Error::Config(format!(
+                "keys `train.steps` and `train.epochs` are both set by {}: a run's length is given by one of them; remove the other",
+                SOURCE_NAMES[steps as usize]
+            )));
+        }
+        if epochs > steps {
+            tracing::info!(
+                "train.epochs = {} from {} overrides train.steps from {}",
+                config.train.epochs,
+                SOURCE_NAMES[epochs as usize],
+                SOURCE_NAMES[steps as usize]
+            );
+            config.train.steps = None;
+        }
+    }
+    Ok(())
 }
 
 fn valid_run_name(s: &str) -> bool {
@@ -666,12 +804,48 @@ impl Config {
         if self.train.log_every == 0 {
             return bad("train.log_every", "must be at least 1".into());
         }
-        if !(self.train.epochs.is_finite() && self.train.epochs >= 0.0) {
-            return bad("train.epochs", format!("must be a number >= 0, got {}", self.train.epochs));
+        if self.train.steps.is_none() && !self.train.evaluate_only && !(self.train.epochs.is_finite() && self.train.epochs > 0.0) {
+            return bad(
+                "train.epochs",
+                format!(
+                    "must be in (0, ∞) (finite), got {}; to evaluate the starting model only, set `train.evaluate_only = true`",
+                    self.train.epochs
+                ),
+            );
         }
-        if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
-            return bad("dtype", format!("`{}`: expected f32, bf16 or f16", self.dtype));
+        for (k, v) in [
+            ("train.max_train_examples", self.train.max_train_examples),
+            ("train.max_eval_examples", self.train.max_eval_examples),
+            ("lm.max_eval_blocks", self.lm.max_eval_blocks),
+            ("vision.image_size", self.vision.image_size),
+        ] {
+            if v == Some(0) {
+                return bad(k, "must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)".into());
+            }
         }
+        if self.lm.block_size == 0 {
+            return bad("lm.block_size", "must be at least 1".into());
+        }
+        if self.xnli.max_length < 2 {
+            return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", self.xnli.max_length));
+        }
+        if self.xnli.num_labels < 2 {
+            return bad("xnli.num_labels", format!("must be at least 2, got {}", self.xnli.num_labels));
+        }
+        for (k, v) in [("vision.mean", &self.vision.mean), ("vision.std", &self.vision.std)] {
+            if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {
+                return bad(k, format!("{x} is not a valid value (finite; a std must be > 0)"));
+            }
+        }
+        if let (Some(steps), tram::Schedule::Polynomial { warmup, total: 0, .. }) = (self.train.steps, &self.optimizer.schedule) {
+            if steps > 0 && *warmup > steps && !self.train.evaluate_only {
+                return bad(
+                    "optimizer.schedule.warmup",
+                    format!("{warmup} warmup steps exceed the run's {steps} steps (`train.steps`): the rate would never reach `lr`"),
+                );
+            }
+        }
+        crate::dtype(&self.dtype)?;
         crate::check_device_name(&self.device)?;
         let registry = self.plugin_registry(registry)?;
         tram::Optimizer::new(&registry, self.optimizer.clone()).map_err(|e| Error::Config(format!("key `optimizer`: {e}")))?;
@@ -689,10 +863,7 @@ impl Config {
         for path in &self.plugins {
             let bad = |e: tram::Error| Error::Config(format!("key `plugins`: `{}`: {e}", path.display()));
             for file in tram::plugin::plugin_files(path).map_err(bad)? {
-                let loaded = file.canonicalize().is_ok_and(|c| r.plugins().any(|l| l.path() == c));
-                if !loaded {
-                    r.load_plugin(&file).map_err(bad)?;
-                }
+                r.load_plugin(&file).map_err(bad)?; // a library already loaded is skipped
             }
         }
         Ok(std::borrow::Cow::Owned(r))

@@ -142,3 +142,119 @@ fn shipped_configs_resolve() {
     }
     assert!(n >= 5, "only {n} experiment configs");
 }
+
+#[test]
+fn a_non_finite_number_is_an_error_naming_the_key_and_the_value_wherever_it_is_given() {
+    let dir = scratch("config-non-finite");
+    let f = write_config(&dir, FILE);
+    let err = |envs: &[(&str, &str)], sets: &[&str]| resolve(&f, envs, sets, &["sam"]).unwrap_err().to_string();
+    // --set: used to be "found unit" for lr, and ρ = 0.05 (the default) for ball.rho.
+    let e = err(&[], &["optimizer.lr=nan"]);
+    assert!(e.contains("--set") && e.contains("key `optimizer.lr` = NaN") && e.contains("finite"), "{e}");
+    for v in ["nan", "inf", "-inf", "+inf"] {
+        let e = err(&[], &[&format!("optimizer.ball.rho={v}")]);
+        assert!(e.contains("key `optimizer.ball.rho` = ") && e.contains("finite"), "{v}: {e}");
+    }
+    let e = err(&[], &["optimizer.mmd.bandwidths=[1.0, nan]"]);
+    assert!(e.contains("key `optimizer.mmd.bandwidths[1]` = NaN"), "{e}");
+    // Environment.
+    let e = err(&[("TRAM_OPTIMIZER__BALL__RHO", "inf")], &[]);
+    assert!(e.contains("TRAM_") && e.contains("key `optimizer.ball.rho` = inf"), "{e}");
+    // The file, top level and [[runs]] entries.
+    let file = write_config(&scratch("config-non-finite-file"), &format!("{FILE}\n[optimizer.ball]\nrho = nan\n"));
+    let e = resolve(&file, &[], &[], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("config.toml") && e.contains("key `optimizer.ball.rho` = NaN"), "{e}");
+    let file = write_config(
+        &scratch("config-non-finite-run"),
+        &FILE.replace(r#"optimizer = { name = "sam" }"#, r#"optimizer = { name = "sam", ball = { rho = -inf } }"#),
+    );
+    let e = resolve(&file, &[], &[], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("key `runs[0].optimizer.ball.rho` = -inf"), "{e}");
+    // Inline in a composition.
+    let e = err(&[], &["optimizer.name=\"ball(rho=nan)+adam\""]);
+    assert!(e.contains("`rho=nan`") && e.contains("not a finite number"), "{e}");
+    // A word is still a word when quoted.
+    assert!(resolve(&f, &[], &["label=\"inf\""], &["sam"]).is_ok());
+}
+
+#[test]
+fn meaningless_settings_are_refused_with_the_valid_range() {
+    let dir = scratch("config-meaningless");
+    let f = write_config(&dir, FILE);
+    let err = |sets: &[&str]| resolve(&f, &[], sets, &["sam"]).unwrap_err().to_string();
+    for (sets, expected) in [
+        (&["seeds=[]"][..], "key `seeds` (from --set): an empty list runs no seed"),
+        (&["seeds=[1, 2, 1]"], "seed 1 is listed twice"),
+        (&["optimizer.ball.rho=1e308"], "`rho` must be in [0, 1000], got 1e308"),
+        (&["optimizer.name=sgd", "optimizer.sgd.momentum=2"], "`momentum` must be in [0, 1), got 2"),
+        (&["optimizer.name=\"reg:noise(lambda=-1)+adam\""], "`lambda` must be in [0, ∞) (finite), got -1"),
+        (&["optimizer.name=mesa", "optimizer.ema.temperature=0"], "`temperature` must be in (0, ∞) (finite), got 0"),
+        (&["optimizer.noise.sigma=1e300", "optimizer.name=tram-noise"], "`sigma` must be in [0, 1000], got 1e300"),
+        (&["optimizer.max_grad_norm=-1"], "`max_grad_norm` must be in (0, ∞) (finite), got -1"),
+        (&["lm.max_eval_blocks=0"], "key `lm.max_eval_blocks`: must be at least 1"),
+        (&["train.max_eval_examples=0"], "key `train.max_eval_examples`: must be at least 1"),
+        (&["train.steps=2", "optimizer.schedule={kind=\"polynomial\", warmup=5, total=0}"], "5 warmup steps exceed the run's 2 steps"),
+    ] {
+        let e = err(sets);
+        assert!(e.contains(expected), "{sets:?}: {e}");
+    }
+    // train.epochs = 0 without steps would train 0 steps: the message says how to evaluate only.
+    let no_steps = write_config(&scratch("config-epochs-zero"), &FILE.replace("steps = 10\n", ""));
+    let e = resolve(&no_steps, &[], &["train.epochs=0"], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("key `train.epochs`: must be in (0, ∞)") && e.contains("evaluate_only"), "{e}");
+}
+
+#[test]
+fn steps_and_epochs_from_one_source_are_an_error_and_from_two_the_later_source_wins() {
+    let dir = scratch("config-steps-epochs");
+    let both = write_config(&dir, &FILE.replace("steps = 10\n", "steps = 10\nepochs = 3\n"));
+    let e = resolve(&both, &[], &[], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("`train.steps` and `train.epochs` are both set by the config file"), "{e}");
+    let e = resolve(&write_config(&scratch("config-steps-epochs-set"), FILE), &[], &["train.steps=5", "train.epochs=2"], &["sam"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("both set by --set"), "{e}");
+    // --set train.epochs over the file's steps: epochs decides (steps used to win silently).
+    let f = write_config(&scratch("config-steps-epochs-override"), FILE);
+    let r = &resolve(&f, &[], &["train.epochs=2"], &["sam"]).unwrap()[0];
+    assert_eq!((r.config.train.steps, r.config.train.epochs), (None, 2.0));
+    // --set train.steps over the file's epochs: steps decides.
+    let f = write_config(&scratch("config-epochs-steps-override"), &FILE.replace("steps = 10\n", "epochs = 3\n"));
+    let r = &resolve(&f, &[("TRAM_TRAIN__STEPS", "7")], &[], &["sam"]).unwrap()[0];
+    assert_eq!(r.config.train.steps, Some(7));
+}
+
+#[test]
+fn overriding_the_schedule_kind_does_not_silently_drop_the_files_warmup() {
+    let f = write_config(
+        &scratch("config-schedule-kind"),
+        &FILE.replace("lr = 1e-4\n", "lr = 1e-4\nschedule = { kind = \"polynomial\", warmup = 4, total = 0 }\n"),
+    );
+    let e = resolve(&f, &[], &["optimizer.schedule.kind=constant"], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("key `optimizer.schedule`") && e.contains("schedule kind `constant` does not take `warmup`, `total`"), "{e}");
+    let r = &resolve(&f, &[], &["optimizer.schedule.warmup=2"], &["sam"]).unwrap()[0];
+    assert_eq!(r.config.optimizer.schedule, tram::Schedule::Polynomial { warmup: 2, total: 0, power: 1.0 });
+    // A whole table replaces the file's (environment or --set); other keys of `optimizer` stay.
+    let r = &resolve(&f, &[], &["optimizer.schedule={ kind = \"constant\" }"], &["sam"]).unwrap()[0];
+    assert_eq!((&r.config.optimizer.schedule, r.config.optimizer.lr), (&tram::Schedule::Constant, 1e-4));
+    let r = &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &[], &["sam"]).unwrap()[0];
+    assert_eq!(r.config.optimizer.schedule, tram::Schedule::Cosine { total: 3 });
+    // --set over the environment's table, and its own error when a key does not belong.
+    let r =
+        &resolve(&f, &[("TRAM_OPTIMIZER__SCHEDULE", "{kind=\"cosine\", total=3}")], &["optimizer.schedule={kind=\"constant\"}"], &["sam"])
+            .unwrap()[0];
+    assert_eq!(r.config.optimizer.schedule, tram::Schedule::Constant);
+    let e = resolve(&f, &[], &["optimizer.schedule={kind=\"cosine\", warmup=1, total=3}"], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("`cosine` does not take `warmup`"), "{e}");
+}
+
+#[test]
+fn f16_is_refused_naming_what_to_use_instead() {
+    let f = write_config(&scratch("config-f16"), FILE);
+    let e = resolve(&f, &[], &["dtype=f16"], &["sam"]).unwrap_err().to_string();
+    assert!(e.contains("key `dtype`") && e.contains("`f16` is not supported") && e.contains("`bf16`") && e.contains("`f32`"), "{e}");
+    assert!(tram_trainer::dtype("f16").is_err());
+    for ok in ["f32", "bf16"] {
+        resolve(&f, &[], &[&format!("dtype={ok}")], &["sam"]).unwrap();
+    }
+}

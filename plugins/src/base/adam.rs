@@ -5,9 +5,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use tram::check::Range;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::state::{scalar_u64, u64_tensor, StateReader};
-use tram::{BaseOptimizer, Error, Params, Result};
+use tram::{BaseOptimizer, Params, Result};
 
 /// Parameters of Adam / AdamW.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,12 +32,16 @@ impl AdamConfig {
     /// Parameter docs.
     pub fn docs(decay_doc: &'static str) -> Vec<tram::ParamDoc> {
         let docs: [(&str, &str); 4] = [
-            ("beta1", "β1, first-moment decay"),
-            ("beta2", "β2, second-moment decay"),
-            ("eps", "ε in the denominator"),
+            ("beta1", "β1, first-moment decay, in [0, 1)"),
+            ("beta2", "β2, second-moment decay, in [0, 1)"),
+            ("eps", "ε in the denominator, in (0, 1]"),
             ("weight_decay", decay_doc),
         ];
-        param_docs::<AdamConfig>(&docs)
+        let mut d = param_docs::<AdamConfig>(&docs);
+        if let Some(w) = d.iter_mut().find(|p| p.name == "weight_decay") {
+            w.doc = format!("{}, in {}", w.doc, Self::WEIGHT_DECAY);
+        }
+        d
     }
     /// Parse and validate.
     pub fn parse(component: &str, v: &Value, default_decay: f64) -> Result<Self> {
@@ -45,14 +50,18 @@ impl AdamConfig {
             m.entry("weight_decay").or_insert(Value::from(default_decay));
         }
         let c: AdamConfig = parse_params(component, &v)?;
-        if !((0.0..1.0).contains(&c.beta1) && (0.0..1.0).contains(&c.beta2) && c.eps > 0.0 && c.weight_decay >= 0.0) {
-            return Err(Error::Config {
-                component: component.into(),
-                reason: "need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0".into(),
-            });
-        }
+        Self::BETA.check(component, "beta1", c.beta1)?;
+        Self::BETA.check(component, "beta2", c.beta2)?;
+        Self::EPS.check(component, "eps", c.eps)?;
+        Self::WEIGHT_DECAY.check(component, "weight_decay", c.weight_decay)?;
         Ok(c)
     }
+    /// Valid range of `beta1` and `beta2` (at 1 the moment never moves from its first value).
+    pub const BETA: Range = Range::closed_open(0.0, 1.0);
+    /// Valid range of `eps`: beyond 1 it dominates every normalised step.
+    pub const EPS: Range = Range::open_closed(0.0, 1.0);
+    /// Valid range of `weight_decay`.
+    pub const WEIGHT_DECAY: Range = Range::closed(0.0, 1e3);
 }
 
 impl Default for AdamConfig {

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use tram::check::Range;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::state::StateReader;
 use tram::{BaseOptimizer, Error, Params, Result};
@@ -73,13 +74,22 @@ impl BaseOptimizer for Sgd {
     }
 }
 
+/// How this component is named in errors.
+const WHAT: &str = "base optimizer `sgd`";
+/// Valid range of `momentum`: at 1 or above the buffer never forgets and the steps grow.
+const MOMENTUM: Range = Range::closed_open(0.0, 1.0);
+/// Valid range of `dampening` (a fraction of the gradient kept out of the buffer).
+const DAMPENING: Range = Range::UNIT;
+/// Valid range of `weight_decay`.
+pub const WEIGHT_DECAY: Range = Range::closed(0.0, 1e3);
+
 fn build(v: &Value) -> Result<Component> {
-    let config: SgdConfig = parse_params("base optimizer `sgd`", v)?;
+    let config: SgdConfig = parse_params(WHAT, v)?;
+    MOMENTUM.check(WHAT, "momentum", config.momentum)?;
+    DAMPENING.check(WHAT, "dampening", config.dampening)?;
+    WEIGHT_DECAY.check(WHAT, "weight_decay", config.weight_decay)?;
     if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
-        return Err(Error::Config {
-            component: "base optimizer `sgd`".into(),
-            reason: "nesterov needs momentum > 0 and dampening = 0".into(),
-        });
+        return Err(Error::Config { component: WHAT.into(), reason: "nesterov needs momentum > 0 and dampening = 0".into() });
     }
     Ok(Component::Base(Box::new(Sgd { config, buffers: HashMap::new() })))
 }
@@ -87,7 +97,7 @@ fn build(v: &Value) -> Result<Component> {
 tram::inventory::submit! {
     Registration {
         kind: Kind::Base, name: "sgd", summary: "SGD with momentum, Nesterov, L2 weight decay (torch.optim.SGD rule)",
-        params: || param_docs::<SgdConfig>(&[("momentum", "momentum μ"), ("dampening", "momentum dampening"), ("nesterov", "Nesterov momentum"), ("weight_decay", "L2 penalty added to the gradient")]),
+        params: || param_docs::<SgdConfig>(&[("momentum", "momentum μ, in [0, 1)"), ("dampening", "momentum dampening, in [0, 1]"), ("nesterov", "Nesterov momentum"), ("weight_decay", "L2 penalty added to the gradient, in [0, 1000]")]),
         build,
     }
 }

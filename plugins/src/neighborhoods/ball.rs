@@ -6,9 +6,10 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::check::Range;
 use tram::ops::global_norm;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::{Ascent, Error, Neighborhood, Params, RadiusSource, Result};
+use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
 
 /// How the ascent direction is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -118,11 +119,18 @@ impl Neighborhood for Ball {
     }
 }
 
+/// How this component is named in errors.
+const WHAT: &str = "neighborhood `ball`";
+/// Valid range of `rho`: an ascent far beyond the size of any weight (SAM uses 0.05, ASAM 2)
+/// measures nothing of the model, and near 1e38 it overflows f32 and every ascent is dropped.
+const RHO: Range = Range::closed(0.0, 1e3);
+/// Valid range of `eta` (ASAM uses 0 or 0.01).
+const ETA: Range = Range::closed(0.0, 1e3);
+
 fn build(v: &Value) -> Result<Component> {
-    let config: BallConfig = parse_params("neighborhood `ball`", v)?;
-    if config.rho.is_some_and(|r| !(r.is_finite() && r >= 0.0)) || !(config.eta.is_finite() && config.eta >= 0.0) {
-        return Err(Error::Config { component: "neighborhood `ball`".into(), reason: "rho and eta must be finite and >= 0".into() });
-    }
+    let config: BallConfig = parse_params(WHAT, v)?;
+    RHO.check_opt(WHAT, "rho", config.rho)?;
+    ETA.check(WHAT, "eta", config.eta)?;
     Ok(Component::Neighborhood(Box::new(Ball { config, sized: false })))
 }
 
@@ -131,9 +139,9 @@ tram::inventory::submit! {
         kind: Kind::Neighborhood, name: "ball",
         summary: "L2 ball (SAM), adaptive |θ|+η scaling (ASAM, TRAM); sized by δ when a trust region precedes it",
         params: || param_docs::<BallConfig>(&[
-            ("rho", "fixed radius ρ; unset: 0.05 plain, 2.0 adaptive (η=0), 0.5 adaptive ASAM-code style"),
+            ("rho", "fixed radius ρ, in [0, 1000]; unset: 0.05 plain, 2.0 adaptive (η=0), 0.5 adaptive ASAM-code style"),
             ("adaptive", "scale by T = |θ| + η; unset: adaptive iff a trust region sizes the ball"),
-            ("eta", "η in T = |θ| + η"),
+            ("eta", "η in T = |θ| + η, in [0, 1000]"),
             ("weights_only", "apply T to rank ≥ 2 tensors only (ASAM code)"),
             ("ascent", "\"paper\" ε ∝ T²⊙g or \"reference\" ε ∝ T² (TRAM reference code)"),
         ]),

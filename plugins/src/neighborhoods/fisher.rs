@@ -5,8 +5,9 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::check::Range;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::{Ascent, Error, Neighborhood, Params, RadiusSource, Result};
+use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
 
 /// Parameters of the Fisher ellipse.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,11 +55,17 @@ impl Neighborhood for FisherEllipse {
     }
 }
 
+/// How this component is named in errors.
+const WHAT: &str = "neighborhood `fisher`";
+/// Valid range of `rho` (as the ball's: FSAM uses 0.1).
+const RHO: Range = Range::closed(0.0, 1e3);
+/// Valid range of `eta` (FSAM uses 1): beyond, `η g²` overflows f32 and every ascent is dropped.
+const ETA: Range = Range::closed(0.0, 1e6);
+
 fn build(v: &Value) -> Result<Component> {
-    let config: FisherConfig = parse_params("neighborhood `fisher`", v)?;
-    if !(config.rho.is_finite() && config.rho >= 0.0 && config.eta.is_finite() && config.eta >= 0.0) {
-        return Err(Error::Config { component: "neighborhood `fisher`".into(), reason: "rho and eta must be finite and >= 0".into() });
-    }
+    let config: FisherConfig = parse_params(WHAT, v)?;
+    RHO.check(WHAT, "rho", config.rho)?;
+    ETA.check(WHAT, "eta", config.eta)?;
     Ok(Component::Neighborhood(Box::new(FisherEllipse { config })))
 }
 
@@ -66,7 +73,7 @@ tram::inventory::submit! {
     Registration {
         kind: Kind::Neighborhood, name: "fisher",
         summary: "diagonal Fisher ellipse F = 1 + η g² (FSAM; TRAM-Fisher after `noise`)",
-        params: || param_docs::<FisherConfig>(&[("rho", "radius ρ"), ("eta", "η in F = 1 + η g²")]),
+        params: || param_docs::<FisherConfig>(&[("rho", "radius ρ, in [0, 1000]"), ("eta", "η in F = 1 + η g², in [0, 1e6]")]),
         build,
     }
 }

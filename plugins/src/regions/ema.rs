@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::check::Range;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::state::{load_snapshot, snapshot_state, StateReader};
 use tram::{Error, Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
@@ -62,19 +63,19 @@ impl TrustRegion for MovingAverage {
     }
 }
 
+/// How this component is named in errors.
+const WHAT: &str = "trust region `ema`";
+/// Valid range of `decay` (1 keeps θ_ema = θ₀).
+const DECAY: Range = Range::UNIT;
+
 fn build(v: &Value) -> Result<Component> {
-    let config: EmaConfig = parse_params("trust region `ema`", v)?;
-    if !(0.0..=1.0).contains(&config.decay) {
-        return Err(Error::Config {
-            component: "trust region `ema`".into(),
-            reason: format!("decay must be in [0, 1], got {}", config.decay),
-        });
-    }
+    let config: EmaConfig = parse_params(WHAT, v)?;
+    DECAY.check(WHAT, "decay", config.decay)?;
     Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: None })))
 }
 
 tram::inventory::submit! {
-    Registration { kind: Kind::TrustRegion, name: "ema", summary: "target f(x; θ_ema), a moving average of the iterates (MESA)", params: || param_docs::<EmaConfig>(&[("decay", "decay d of θ_ema ← d·θ_ema + (1-d)·θ")]), build }
+    Registration { kind: Kind::TrustRegion, name: "ema", summary: "target f(x; θ_ema), a moving average of the iterates (MESA)", params: || param_docs::<EmaConfig>(&[("decay", "decay d of θ_ema ← d·θ_ema + (1-d)·θ, in [0, 1]")]), build }
 }
 
 #[cfg(test)]
@@ -84,6 +85,6 @@ mod tests {
     #[test]
     fn rejects_a_decay_outside_the_unit_interval() {
         let e = build(&serde_json::json!({"decay": 1.5})).err().unwrap();
-        assert!(e.to_string().contains("decay"));
+        assert!(e.to_string().contains("`decay` must be in [0, 1], got 1.5"), "{e}");
     }
 }

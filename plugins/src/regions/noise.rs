@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::check::Range;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::state::StateReader;
-use tram::{Error, Logits, NoiseKind, Params, Result, TargetCtx, TrustRegion, Weights};
+use tram::{Logits, NoiseKind, Params, Result, TargetCtx, TrustRegion, Weights};
 
 /// Parameters of the `noise` trust region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,14 +72,15 @@ impl TrustRegion for InputNoise {
     }
 }
 
+/// How this component is named in errors.
+const WHAT: &str = "trust region `noise`";
+/// Valid range of `sigma`: noise far beyond the scale of any embedding (the paper uses 1e-5)
+/// only measures the noise, and at 1e39 it overflows f32.
+const SIGMA: Range = Range::closed(0.0, 1e3);
+
 fn build(v: &Value) -> Result<Component> {
-    let config: NoiseConfig = parse_params("trust region `noise`", v)?;
-    if !(config.sigma.is_finite() && config.sigma >= 0.0) {
-        return Err(Error::Config {
-            component: "trust region `noise`".into(),
-            reason: format!("sigma must be finite and >= 0, got {}", config.sigma),
-        });
-    }
+    let config: NoiseConfig = parse_params(WHAT, v)?;
+    SIGMA.check(WHAT, "sigma", config.sigma)?;
     Ok(Component::TrustRegion(Box::new(InputNoise { config })))
 }
 
@@ -86,7 +88,7 @@ tram::inventory::submit! {
     Registration {
         kind: Kind::TrustRegion, name: "noise",
         summary: "target f(x̃; θ) on noised input embeddings (TRAM-x, TRAM-Fisher, R3F)",
-        params: || param_docs::<NoiseConfig>(&[("sigma", "noise scale σ"), ("sample", "\"normal\" N(0, σ²) or \"uniform\" U(-σ, σ)")]),
+        params: || param_docs::<NoiseConfig>(&[("sigma", "noise scale σ, in [0, 1000]"), ("sample", "\"normal\" N(0, σ²) or \"uniform\" U(-σ, σ)")]),
         build,
     }
 }
