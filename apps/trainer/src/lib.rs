@@ -20,8 +20,8 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod results;
-pub mod rundir;
 pub mod rows;
+pub mod rundir;
 pub mod task;
 pub mod trainer;
 
