@@ -820,7 +820,9 @@ impl Config {
             ("vision.image_size", self.vision.image_size),
         ] {
             if v == Some(0) {
-                return bad(k, "must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)".into());
+                return Err(Error::Config(format!(
+                    "key `{k}` = 0: must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)"
+                )));
             }
         }
         if self.lm.block_size == 0 {
@@ -838,10 +840,13 @@ impl Config {
             }
         }
         if let (Some(steps), tram::Schedule::Polynomial { warmup, total: 0, .. }) = (self.train.steps, &self.optimizer.schedule) {
+            // Legal (the rate is still ramping up when the run ends; short smoke runs such as
+            // `tram quickstart --steps 3` do this on purpose), but rarely meant: said, not refused.
             if steps > 0 && *warmup > steps && !self.train.evaluate_only {
-                return bad(
-                    "optimizer.schedule.warmup",
-                    format!("{warmup} warmup steps exceed the run's {steps} steps (`train.steps`): the rate would never reach `lr`"),
+                tracing::warn!(
+                    "key `optimizer.schedule.warmup`: {warmup} warmup steps exceed the run's {steps} steps (`train.steps`): the \
+                     learning rate never reaches `lr` (it ends at {:.3} × lr); lower the warmup if that is not meant",
+                    steps as f64 / *warmup as f64
                 );
             }
         }

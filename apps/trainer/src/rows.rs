@@ -52,7 +52,7 @@ fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 ///   rows, or a config that repeats a label): the table would average them as one row.
 pub fn check_labels(sources: &Sources, runs: &[RunConfig]) -> Result<()> {
     for (i, a) in runs.iter().enumerate() {
-        if let Some(b) = runs[..i].iter().find(|b| b.label == a.label && b.config.out == a.config.out) {
+        if let Some(b) = runs[..i].iter().find(|b| b.name != a.name && b.label == a.label && b.config.out == a.config.out) {
             return Err(Error::Config(format!(
                 "runs `{}` and `{}` have the same label `{}` (and the same `out`): the results table would average them as one row; \
                  give each [[runs]] entry its own `label` (and do not set `label` with --set or TRAM_LABEL when running several rows)",

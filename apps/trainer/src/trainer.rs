@@ -93,7 +93,10 @@ pub fn total_steps(run: &RunConfig, batches_per_epoch: usize) -> u64 {
 pub fn resolved_optimizer(run: &RunConfig, seed: u64, total: u64) -> tram::OptimizerConfig {
     let mut c = run.config.optimizer.clone();
     c.schedule = match c.schedule {
-        Schedule::Polynomial { warmup, total: 0, power } => Schedule::Polynomial { warmup, total, power },
+        // A warmup longer than the run (a short smoke run of a config; the config check warns)
+        // never reaches the decay: a horizon of `warmup` gives the same rate at every step of
+        // the run and keeps `warmup ≤ total`.
+        Schedule::Polynomial { warmup, total: 0, power } => Schedule::Polynomial { warmup, total: total.max(warmup), power },
         Schedule::Cosine { total: 0 } => Schedule::Cosine { total },
         s => s,
     };

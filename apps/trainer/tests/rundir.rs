@@ -382,7 +382,7 @@ fn output_clashes_are_found_before_the_first_step() {
     assert!(e.contains("adam") && e.contains("both write"), "{e}");
     untrained(&e);
     let e = run(&cfg, &["seeds=[1, 1]"], &["adam"], &Control::default()).unwrap_err().to_string();
-    assert!(e.contains("both write"), "{e}");
+    assert!(e.contains("seed 1 is listed twice"), "{e}");
     // A file where the second row's model, checkpoints or run directory goes; a directory
     // where its metrics log or results go; a directory where the table goes.
     let second = out.join("tram-noise/seed-1");
