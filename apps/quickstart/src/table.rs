@@ -54,25 +54,12 @@ impl QuickRow {
 
     /// Markers: `†` diverged, `‡` skipped steps, `§` steps without ascent.
     pub fn markers(&self) -> String {
-        let mut m = String::new();
-        if self.diverged {
-            m.push('†');
-        }
-        if self.skipped_steps > 0 {
-            m.push('‡');
-        }
-        if self.no_ascent_steps > 0 {
-            m.push('§');
-        }
-        m
+        tram_trainer::results::markers(self.diverged, self.skipped_steps > 0, self.no_ascent_steps > 0)
     }
 
     /// The label with its markers.
     pub fn marked_label(&self) -> String {
-        match self.markers() {
-            m if m.is_empty() => self.label.clone(),
-            m => format!("{} {m}", self.label),
-        }
+        tram_trainer::results::marked_label(&self.label, &self.markers())
     }
 
     /// The footnotes of its markers.

@@ -335,29 +335,31 @@ pub struct Row {
     pub failed: usize,
 }
 
+/// A row's markers, in table order: `†` diverged, `‡` skipped steps, `§` steps without ascent
+/// (the trainer's and the quickstart's tables use the same ones).
+pub fn markers(diverged: bool, skipped: bool, no_ascent: bool) -> String {
+    [(diverged, '†'), (skipped, '‡'), (no_ascent, '§')].into_iter().filter(|&(on, _)| on).map(|(_, c)| c).collect()
+}
+
+/// `label` followed by its `markers`, if any (`SAM ‡`).
+pub fn marked_label(label: &str, markers: &str) -> String {
+    if markers.is_empty() {
+        label.to_string()
+    } else {
+        format!("{label} {markers}")
+    }
+}
+
 impl Row {
     /// The row's markers, in table order: `†` diverged, `‡` skipped steps (every step of a
     /// seed skipped: the run failed), `§` steps without ascent; empty for a clean row.
     pub fn markers(&self) -> String {
-        let mut m = String::new();
-        if self.diverged > 0 {
-            m.push('†');
-        }
-        if self.skipped_steps > 0 {
-            m.push('‡');
-        }
-        if self.no_ascent_steps > 0 {
-            m.push('§');
-        }
-        m
+        markers(self.diverged > 0, self.skipped_steps > 0, self.no_ascent_steps > 0)
     }
 
     /// The label with its markers (`SAM ‡`).
     pub fn marked_label(&self) -> String {
-        match self.markers() {
-            m if m.is_empty() => self.label.clone(),
-            m => format!("{} {m}", self.label),
-        }
+        marked_label(&self.label, &self.markers())
     }
 
     /// The footnotes of the row's markers, one per marker (`‡ SAM: 3 of 3 steps skipped …`).
