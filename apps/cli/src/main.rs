@@ -111,7 +111,9 @@ fn log_filter() -> Result<tracing_subscriber::EnvFilter> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: logs redirected to a file or a scheduler's log stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).with_ansi(colour).init();
     let cli = Cli::parse();
     if !cli.plugins.is_empty() {
         // Through the environment, so that registries built elsewhere in this process see them too.

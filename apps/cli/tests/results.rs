@@ -128,6 +128,7 @@ fn warnings_show_by_default_and_a_row_with_every_step_skipped_fails_after_the_ta
     assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
     // Without RUST_LOG or TRAM_LOG: the skipped steps and the invalid bytes are warned about.
     assert!(err.contains("WARN") && err.contains("step skipped"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a log that is not a terminal: {err:?}");
     assert!(err.contains("invalid UTF-8"), "{err}");
     assert!(!err.contains("INFO"), "the default filter is `warn`:\n{err}");
     assert!(
