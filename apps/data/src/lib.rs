@@ -37,6 +37,7 @@ mod record;
 mod skips;
 mod source;
 mod splits;
+pub mod token_cache;
 pub mod vision;
 
 pub use error::{Error, Result};
