@@ -305,6 +305,16 @@ pub struct VisionConfig {
     /// Validation split (empty: none; model selection then uses the final model).
     pub valid_split: String,
     /// Test split (top-1 accuracy is reported on it).
+    /// How documents become blocks: `"run_clm"` (the default; transformers' `run_clm.py`,
+    /// M2D2's recipe: line breaks kept, no end-of-text token, non-overlapping blocks of
+    /// `block_size` tokens) or `"lines"` (lines stripped, blank lines dropped, end-of-text
+    /// after each, blocks of `block_size + 1` overlapping by one). See `tram_data::lm::Protocol`.
+    pub protocol: tram_data::lm::Protocol,
+    /// Where tokenised splits are cached (memory-mapped token files reused by every row,
+    /// seed and later run); unset: `<out>/token-cache`. A relative path is relative to the
+    /// working directory, like `out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     pub test_split: String,
     /// Image column.
     pub image_column: String,
@@ -328,6 +338,8 @@ impl Default for VisionConfig {
             subset: "default".into(),
             test_data: String::new(),
             dataset_label: None,
+            protocol: tram_data::lm::Protocol::RunClm,
+            cache_dir: None,
             train_split: "train".into(),
             valid_split: String::new(),
             test_split: "test".into(),
@@ -887,3 +899,14 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config> {
     let mut runs = s.resolve(&[], &registry)?;
     Ok(runs.remove(0).config)
 }
+        if self.lm.block_size < self.lm.protocol.min_block_size() {
+            return bad(
+                "lm.block_size",
+                format!(
+                    "{} is too small for lm.protocol = \"{}\": a block of L tokens predicts L - 1 of them; use at least {}",
+                    self.lm.block_size,
+                    self.lm.protocol,
+                    self.lm.protocol.min_block_size()
+                ),
+            );
+        }
