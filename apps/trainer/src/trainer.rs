@@ -487,6 +487,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         failed,
         train_seconds,
         eval_seconds: eval_started.elapsed().as_secs_f64(),
+        provenance: run.config.provenance.record(&run.config.to_json(), &opt.describe()),
         config: run.config.to_json(),
     };
     let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
