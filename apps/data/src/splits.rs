@@ -397,7 +397,7 @@ pub fn archive_member(members: &[String], config: &str, split: &str) -> std::res
     for name in &names {
         for ext in ARCHIVE_EXTENSIONS {
             let want = format!("{config}/{name}.{ext}");
-            if members.iter().any(|m| *m == want) {
+            if members.contains(&want) {
                 return Ok(want);
             }
         }
