@@ -112,7 +112,9 @@ impl Header {
         h[..8].copy_from_slice(MAGIC);
         h[8..16].copy_from_slice(&self.width.to_le_bytes());
         h[16..32].copy_from_slice(&self.key);
-        for (i, v) in [self.tokens, self.block_len, self.stride, self.blocks, self.documents, self.empty, self.invalid_utf8].iter().enumerate() {
+        for (i, v) in
+            [self.tokens, self.block_len, self.stride, self.blocks, self.documents, self.empty, self.invalid_utf8].iter().enumerate()
+        {
             h[48 + 8 * i..56 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
         h[104..108].copy_from_slice(&self.crc.to_le_bytes());
@@ -168,7 +170,8 @@ pub fn hash_file(path: &Path) -> Result<String> {
 /// [`hash_file`], memoised in this process by path, size and modification time (every row of
 /// a run looks the same files up).
 fn hash_file_memo(path: &Path) -> Result<String> {
-    static MEMO: OnceLock<Mutex<HashMap<(PathBuf, u64, Option<std::time::SystemTime>), String>>> = OnceLock::new();
+    type FileId = (PathBuf, u64, Option<std::time::SystemTime>);
+    static MEMO: OnceLock<Mutex<HashMap<FileId, String>>> = OnceLock::new();
     let meta = std::fs::metadata(path).map_err(Error::io(format!("reading the metadata of {}", path.display())))?;
     let id = (path.to_path_buf(), meta.len(), meta.modified().ok());
     if let Some(h) = MEMO.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
@@ -193,7 +196,10 @@ fn hex(bytes: &[u8]) -> String {
 fn key_of(files: &SplitFiles, spec: &CacheSpec) -> Result<[u8; 16]> {
     let mut h = XxHash3_128::new();
     h.write(b"tram-token-cache/1\0");
-    h.write(format!("{}\0{}\0{}\0{:?}\0{}\0{}\0", spec.protocol, spec.block_size, spec.column, spec.limit, spec.tokenizer_hash, files.format).as_bytes());
+    h.write(
+        format!("{}\0{}\0{}\0{:?}\0{}\0{}\0", spec.protocol, spec.block_size, spec.column, spec.limit, spec.tokenizer_hash, files.format)
+            .as_bytes(),
+    );
     for p in &files.paths {
         h.write(hash_file_memo(p)?.as_bytes());
         h.write(b"\0");
@@ -250,9 +256,8 @@ impl TokenCache {
             }
         }
         let tmp = spec.dir.join(format!(".{stem}.{}.{EXTENSION}.tmp-{}", &hex(&key)[..16], std::process::id()));
-        let built = build(files, tokenizer, spec, key, &tmp).and_then(|()| {
-            std::fs::rename(&tmp, &path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), path.display())))
-        });
+        let built = build(files, tokenizer, spec, key, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), path.display()))));
         if let Err(e) = built {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -260,8 +265,15 @@ impl TokenCache {
         if let Ok(d) = std::fs::File::open(&spec.dir) {
             let _ = d.sync_all();
         }
-        BUILDS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(path.clone()).and_modify(|n| *n += 1).or_insert(1);
-        let c = Self::open(&path, &key).map_err(|why| Error::corrupt(&path, format!("token cache entry just written is unreadable: {why}")))?;
+        BUILDS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+        let c =
+            Self::open(&path, &key).map_err(|why| Error::corrupt(&path, format!("token cache entry just written is unreadable: {why}")))?;
         Ok((c, true))
     }
 
@@ -358,7 +370,13 @@ impl TokenCache {
 /// Documents of a split, streamed: `.txt` lines (as the protocol reads them) or the text
 /// column's values. Calls `f` with each, up to `limit`; returns the invalid UTF-8 bytes
 /// replaced by U+FFFD.
-fn for_each_document(files: &SplitFiles, protocol: Protocol, column: &str, limit: Option<usize>, f: &mut dyn FnMut(String) -> Result<()>) -> Result<usize> {
+fn for_each_document(
+    files: &SplitFiles,
+    protocol: Protocol,
+    column: &str,
+    limit: Option<usize>,
+    f: &mut dyn FnMut(String) -> Result<()>,
+) -> Result<usize> {
     let mut replaced = 0usize;
     let mut left = limit.unwrap_or(usize::MAX);
     let mut emit = |doc: String, f: &mut dyn FnMut(String) -> Result<()>| -> Result<bool> {
@@ -378,21 +396,22 @@ fn for_each_document(files: &SplitFiles, protocol: Protocol, column: &str, limit
     }
     for (path, member) in units {
         if files.format == Format::Text {
-            let mut go = |reader: &mut dyn BufRead, shown: &Path, replaced: &mut usize, f: &mut dyn FnMut(String) -> Result<()>| -> Result<bool> {
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    let n = reader.read_until(b'\n', &mut buf).map_err(Error::io(format!("reading {}", shown.display())))?;
-                    if n == 0 {
-                        return Ok(true);
-                    }
-                    for doc in text_line_documents(&buf, protocol, replaced) {
-                        if !emit(doc, f)? {
-                            return Ok(false);
+            let mut go =
+                |reader: &mut dyn BufRead, shown: &Path, replaced: &mut usize, f: &mut dyn FnMut(String) -> Result<()>| -> Result<bool> {
+                    let mut buf = Vec::new();
+                    loop {
+                        buf.clear();
+                        let n = reader.read_until(b'\n', &mut buf).map_err(Error::io(format!("reading {}", shown.display())))?;
+                        if n == 0 {
+                            return Ok(true);
+                        }
+                        for doc in text_line_documents(&buf, protocol, replaced) {
+                            if !emit(doc, f)? {
+                                return Ok(false);
+                            }
                         }
                     }
-                }
-            };
+                };
             let more = match &member {
                 None => {
                     let file = std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
@@ -533,7 +552,10 @@ fn build(files: &SplitFiles, tokenizer: &Tokenizer, spec: &CacheSpec, key: [u8; 
         Protocol::Lines => {
             let e = eos_id(tokenizer);
             if e.is_none() {
-                tracing::warn!("the tokenizer has no end-of-text token ({}): documents are joined without a separator", crate::lm::EOS_TOKENS.join(", "));
+                tracing::warn!(
+                    "the tokenizer has no end-of-text token ({}): documents are joined without a separator",
+                    crate::lm::EOS_TOKENS.join(", ")
+                );
             }
             e
         }
@@ -559,10 +581,16 @@ fn build(files: &SplitFiles, tokenizer: &Tokenizer, spec: &CacheSpec, key: [u8; 
     let mut flush = |pending: &mut Vec<Vec<String>>, out: &mut BufWriter<std::fs::File>, final_: bool| -> Result<()> {
         let groups: Vec<Vec<String>> = std::mem::take(pending);
         let per = groups.len().div_ceil(threads).max(1);
-        let results: Vec<Result<Vec<(Vec<u32>, usize)>>> = std::thread::scope(|s| {
+        // Per worker: each group's tokens and its empty documents.
+        type Part = Result<Vec<(Vec<u32>, usize)>>;
+        let results: Vec<Part> = std::thread::scope(|s| {
             let handles: Vec<_> = groups
                 .chunks(per)
-                .map(|part| s.spawn(move || part.iter().map(|g| tokenize_group(tok, spec.protocol, spec.block_size, eos, g)).collect::<Result<Vec<_>>>()))
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter().map(|g| tokenize_group(tok, spec.protocol, spec.block_size, eos, g)).collect::<Result<Vec<_>>>()
+                    })
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Tokenizer("a tokenizer worker panicked".into())))).collect()
         });
@@ -628,7 +656,8 @@ fn build(files: &SplitFiles, tokenizer: &Tokenizer, spec: &CacheSpec, key: [u8; 
         Protocol::Lines => (spec.block_size as u64 + 1, spec.block_size as u64, tokens.saturating_sub(1) / spec.block_size as u64),
     };
     let documents = documents.get();
-    let header = Header { width, key, tokens, block_len, stride, blocks, documents, empty, invalid_utf8: replaced as u64, crc: crc.finalize() };
+    let header =
+        Header { width, key, tokens, block_len, stride, blocks, documents, empty, invalid_utf8: replaced as u64, crc: crc.finalize() };
     let mut file = out.into_inner().map_err(|e| Error::io(format!("writing {}", tmp.display()))(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(Error::io(format!("writing {}", tmp.display())))?;
     file.write_all(&header.encode()).map_err(Error::io(format!("writing {}", tmp.display())))?;

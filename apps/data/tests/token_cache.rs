@@ -54,7 +54,8 @@ fn run_clm_blocks_equal_transformers_run_clm_grouping() {
     let tok = gpt2_style_tokenizer();
     let dir = scratch("run-clm");
     let (cache, built) =
-        TokenCache::open_or_build(&text_files(&[fixture_dir().join("input.txt")]), &tok, &spec(&dir, &tok, Protocol::RunClm, block_size)).unwrap();
+        TokenCache::open_or_build(&text_files(&[fixture_dir().join("input.txt")]), &tok, &spec(&dir, &tok, Protocol::RunClm, block_size))
+            .unwrap();
     assert!(built);
     assert_eq!(cache.block_len(), block_size);
     let got = cache.all_blocks();
@@ -77,7 +78,8 @@ fn lines_protocol_cache_equals_the_in_memory_token_blocks() {
     let tok = gpt2_style_tokenizer();
     let dir = scratch("lines");
     let path = fixture_dir().join("input.txt");
-    let (cache, _) = TokenCache::open_or_build(&text_files(std::slice::from_ref(&path)), &tok, &spec(&dir, &tok, Protocol::Lines, 16)).unwrap();
+    let (cache, _) =
+        TokenCache::open_or_build(&text_files(std::slice::from_ref(&path)), &tok, &spec(&dir, &tok, Protocol::Lines, 16)).unwrap();
     let records = read_text_lines(&path, None).unwrap();
     let (want, skips) = lm::token_blocks(lm::texts(&records, "text").unwrap(), &tok, 16).unwrap();
     assert_eq!(cache.block_len(), 17);
@@ -148,7 +150,8 @@ fn a_corrupt_or_truncated_entry_is_detected_and_rebuilt() {
     let (path, want) = (c.path().to_path_buf(), c.all_blocks());
     drop(c);
     let good = std::fs::read(&path).unwrap();
-    let damage: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damage: Vec<(&str, Damage)> = vec![
         ("a flipped token byte", Box::new(|b: &mut Vec<u8>| b[200] ^= 0x40)),
         ("a flipped header byte", Box::new(|b: &mut Vec<u8>| b[50] ^= 0x01)),
         ("a truncated file", Box::new(|b: &mut Vec<u8>| b.truncate(b.len() - 7))),
@@ -203,8 +206,36 @@ fn a_block_size_below_the_protocol_minimum_is_refused() {
 /// Writes `mb` MiB of synthetic text (varied words, one paragraph a line, blank lines).
 fn synthetic_text(path: &Path, mb: usize) {
     let words = [
-        "theorem", "lemma", "proof", "manifold", "group", "ring", "field", "integral", "we", "show", "that", "the", "of", "is", "a", "for",
-        "every", "bounded", "operator", "space", "Hilbert", "Banach", "2024", "x_1", "=", "+", "(", ")", "convergence", "sequence",
+        "theorem",
+        "lemma",
+        "proof",
+        "manifold",
+        "group",
+        "ring",
+        "field",
+        "integral",
+        "we",
+        "show",
+        "that",
+        "the",
+        "of",
+        "is",
+        "a",
+        "for",
+        "every",
+        "bounded",
+        "operator",
+        "space",
+        "Hilbert",
+        "Banach",
+        "2024",
+        "x_1",
+        "=",
+        "+",
+        "(",
+        ")",
+        "convergence",
+        "sequence",
     ];
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let (mut written, mut i) = (0usize, 0usize);

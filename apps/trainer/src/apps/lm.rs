@@ -116,7 +116,15 @@ impl EvalSource for CachedBlocks {
     }
 }
 
-fn eval_set(name: &str, label: &str, in_domain: bool, caches: Vec<Arc<TokenCache>>, max: Option<usize>, batch: usize, device: &Device) -> EvalSet {
+fn eval_set(
+    name: &str,
+    label: &str,
+    in_domain: bool,
+    caches: Vec<Arc<TokenCache>>,
+    max: Option<usize>,
+    batch: usize,
+    device: &Device,
+) -> EvalSet {
     let picks = spread(&caches, max);
     let source = CachedBlocks { caches, picks, batch: batch.max(1), device: device.clone(), name: name.to_string() };
     EvalSet { name: name.into(), label: label.into(), in_domain, source: Box::new(source) }
@@ -162,7 +170,16 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let mut train_caches = Vec::new();
     if !evaluate_only {
         for d in &trained {
-            train_caches.push(blocks(&data, d, &lm.train_split, run, &tokenizer, &tokenizer_hash, cfg.train.max_train_examples, &mut skipped)?);
+            train_caches.push(blocks(
+                &data,
+                d,
+                &lm.train_split,
+                run,
+                &tokenizer,
+                &tokenizer_hash,
+                cfg.train.max_train_examples,
+                &mut skipped,
+            )?);
         }
     }
     let valid = if lm.valid_split.trim().is_empty() {
