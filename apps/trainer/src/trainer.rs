@@ -132,6 +132,10 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
         for other in ["lm", "xnli", "vision"].into_iter().filter(|a| *a != app) {
             m.remove(other);
         }
+        // Where tokenised text is cached does not change what is computed.
+        if let Some(Value::Object(l)) = m.get_mut("lm") {
+            l.remove("cache_dir");
+        }
     }
     v
 }

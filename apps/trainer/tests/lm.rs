@@ -171,7 +171,10 @@ fn lm_resume_after_interrupt_matches_an_uninterrupted_run_bitwise() {
     assert!(err.contains("--resume"), "{err}");
 
     let resume = Control { resume: true, ..Default::default() };
-    assert!(matches!(run_one(&cfg, &[&set_out], &resume), Outcome::Finished(_)));
+    // Resumed with the token cache in another place (rebuilt there): not a configuration change.
+    let set_cache = format!("lm.cache_dir={}", dir.join("other-cache").display());
+    assert!(matches!(run_one(&cfg, &[&set_out, &set_cache], &resume), Outcome::Finished(_)));
+    assert!(dir.join("other-cache").read_dir().unwrap().count() > 0);
     let a = dir.join("a");
     let b = dir.join("b");
     assert_eq!(
