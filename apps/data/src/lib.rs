@@ -37,6 +37,7 @@ mod record;
 mod skips;
 mod source;
 mod splits;
+pub mod token_cache;
 pub mod vision;
 
 pub use error::{Error, Result};
@@ -49,8 +50,8 @@ pub use record::{
 pub use skips::Skips;
 pub use source::{DataFiles, DataSource, HubOptions, Listing, DEFAULT_REVISION};
 pub use splits::{
-    archives, classify, classify_archive, data_files, describe_splits, find_split, find_split_in, list_splits, split_aliases, DataFile,
-    Format, SplitFiles,
+    archive_member, archives, classify, classify_archive, data_files, describe_splits, find_split, find_split_in, list_splits,
+    nearest_names, split_aliases, DataFile, Format, SplitFiles,
 };
 pub use tokenizers::Tokenizer;
 pub use vision::{ImageExample, Images, Preprocess};

@@ -1,4 +1,5 @@
-//! Language modelling: documents → one token stream (joined by EOS) → contiguous blocks.
+//! Language modelling: documents → token blocks, by the `run_clm` protocol (M2D2's recipe) or
+//! the `lines` protocol (see [`Protocol`]); the blocks of a split live in a [`crate::token_cache`].
 
 use crate::error::{Error, Result};
 use crate::record::{check_columns, Field, Record};
@@ -173,4 +174,65 @@ pub fn batch(blocks: &[Vec<u32>], device: &Device) -> Result<tram::Batch> {
         mask: Some(Tensor::ones((b, l), candle_core::DType::U32, device)?),
         token_types: None,
     })
+}
+
+/// How the documents of a split become token blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// transformers' `run_clm.py`, the recipe of M2D2 (and of the paper, which follows it):
+    /// every line of a `.txt` file is one document *with* its line break (blank lines
+    /// included, as `datasets`' text builder reads it with `keep_linebreaks=True`), tokenised
+    /// with the tokenizer's own special tokens (none for GPT-2) and no end-of-text token; each
+    /// group of 1,000 documents (a `Dataset.map` batch) is concatenated and cut into
+    /// non-overlapping blocks of `block_size` tokens, its remainder dropped. A block of `L`
+    /// tokens predicts `L − 1` of them (Hugging Face shifts labels inside the model).
+    #[default]
+    RunClm,
+    /// tram's earlier protocol: lines stripped of surrounding whitespace, blank lines
+    /// dropped, the end-of-text token ([`eos_id`]) after every document, and blocks of
+    /// `block_size + 1` tokens overlapping by one, so every token after the first is predicted
+    /// exactly once ([`token_blocks`]).
+    Lines,
+}
+
+impl Protocol {
+    /// The smallest block size that predicts at least one token.
+    pub fn min_block_size(self) -> usize {
+        match self {
+            Protocol::RunClm => 2,
+            Protocol::Lines => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::RunClm => "run_clm",
+            Protocol::Lines => "lines",
+        })
+    }
+}
+
+/// [`Protocol::RunClm`] on in-memory documents: each group of
+/// [`crate::token_cache::RUN_CLM_MAP_BATCH`] documents tokenised (with the tokenizer's special
+/// tokens), concatenated and cut into non-overlapping blocks of `block_size`, the remainder of
+/// each group dropped (`run_clm.py`'s `group_texts` under `Dataset.map(batched=True)`).
+pub fn run_clm_blocks<S: AsRef<str>>(documents: &[S], tokenizer: &Tokenizer, block_size: usize) -> Result<Vec<Vec<u32>>> {
+    if block_size < Protocol::RunClm.min_block_size() {
+        return Err(Error::Invalid(format!("block length must be at least 2 for the run_clm protocol, got {block_size}")));
+    }
+    let mut tok = tokenizer.clone();
+    tok.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.with_padding(None);
+    let mut blocks = Vec::new();
+    for group in documents.chunks(crate::token_cache::RUN_CLM_MAP_BATCH) {
+        let mut ids = Vec::new();
+        for d in group {
+            ids.extend_from_slice(tok.encode(d.as_ref(), true).map_err(|e| Error::Tokenizer(e.to_string()))?.get_ids());
+        }
+        blocks.extend(ids.chunks_exact(block_size).map(|c| c.to_vec()));
+    }
+    Ok(blocks)
 }

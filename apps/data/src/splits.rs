@@ -20,10 +20,20 @@
 //! files named `valid`, `dev` or `val` (and each of those the others) when no file has the
 //! name asked for.
 //!
+//! When the config asked for is `default` and there is no such folder, the repository's only
+//! config is used, whatever its folder is named (`uoft-cs/cifar100` keeps its files under
+//! `cifar100/`).
+//!
+//! A split whose shards (`…-NNNNN-of-MMMMM…`) are incomplete, duplicated (two files for one
+//! index) or from two shardings is refused, naming the files.
+//!
 //! Archives `…/<config>.tar.gz` (`.tgz`, `.tar`) hold a config each (M2D2's
-//! `data/<domain>.tar.gz` of `<domain>/{train,valid,test}.txt`): asked for that config, the
-//! archive is fetched and its members are classified as above; rows are streamed out of it
-//! without unpacking.
+//! `<domain>.tar.gz` of `<domain>/{train,valid,test}.txt`): asked for that config, the
+//! archive is fetched and exactly its member `<config>/<split>.txt` (or an alias of the split,
+//! see [`archive_member`]) is read, streamed out of the archive without unpacking; deeper
+//! members (per-subdomain folders) are never read, and an archive of another shape is an
+//! error listing its members. A config that does not exist gets the nearest existing names
+//! suggested ([`nearest_names`]: other case, the `_l1` form, close spellings).
 
 use crate::error::{Error, Result};
 use crate::source::{DataFiles, DataSource, Listing};
@@ -251,6 +261,21 @@ fn match_split(listing: &Listing, split: &str, config: Option<&str>) -> Match {
         if let Some((_, path)) = pick {
             return Match::Archive(path.clone());
         }
+        if let (Some(c), Match::Not(detail)) = (config, &m) {
+            let known = config_names(listing);
+            if !known.is_empty() && !known.contains(c) {
+                let near = nearest_names(c, known.iter().map(String::as_str));
+                let hint = if near.is_empty() {
+                    format!("; there is no config `{c}`")
+                } else {
+                    format!(
+                        "; there is no config `{c}`: did you mean {}?",
+                        near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" or ")
+                    )
+                };
+                return Match::Not(format!("{detail}{hint}"));
+            }
+        }
     }
     m
 }
@@ -266,6 +291,13 @@ fn match_files(files: &[DataFile], split: &str, config: Option<&str>, listing: &
     let mut found: Vec<&DataFile> = files.iter().filter(|f| wanted(f, config)).collect();
     if found.is_empty() && config == Some("default") {
         found = files.iter().filter(|f| wanted(f, None)).collect();
+        // `default` names the only config of a repository that has one, whatever its folder
+        // is called (`uoft-cs/cifar100` keeps its files under `cifar100/`).
+        let all: BTreeSet<Option<&str>> = files.iter().map(|f| f.config.as_deref()).collect();
+        if let (true, [Some(only)]) = (found.is_empty(), all.iter().copied().collect::<Vec<_>>().as_slice()) {
+            tracing::info!(split, config = only, "config `default`: using the repository's only config");
+            found = files.iter().filter(|f| wanted(f, Some(only))).collect();
+        }
     }
     if found.is_empty() && config.is_none() {
         let configs: BTreeSet<&str> = files.iter().filter(|f| f.split == split).filter_map(|f| f.config.as_deref()).collect();
@@ -285,46 +317,64 @@ fn match_files(files: &[DataFile], split: &str, config: Option<&str>, listing: &
         }
     }
     if found.is_empty() {
-        return Match::Not(if listing.files.is_empty() && !files.is_empty() {
-            // Members of an archive: `listing` only names it.
-            let mut names: Vec<String> = files.iter().map(|f| f.split.clone()).collect();
-            names.sort();
-            names.dedup();
-            format!("{} has splits {}", listing.origin, names.join(", "))
-        } else {
-            describe_splits(listing)
-        });
+        return Match::Not(describe_splits(listing));
     }
     // One format: parquet before JSON lines.
     let format = found.iter().map(|f| f.format).min().unwrap();
     let chosen: Vec<DataFile> = found.into_iter().filter(|f| f.format == format).cloned().collect();
-    if let Some(missing) = missing_shards(&chosen) {
-        return Match::Not(format!("{} is incomplete: {missing}", listing.origin));
+    if let Some(bad) = bad_shards(&chosen) {
+        let what = if bad.contains("missing") { "is incomplete" } else { "has duplicate shards" };
+        return Match::Not(format!("{} {what}: {bad}", listing.origin));
     }
     Match::Found(chosen)
 }
 
-/// Shards named `…-NNNNN-of-MMMMM…` must all be present.
-fn missing_shards(files: &[DataFile]) -> Option<String> {
-    let mut groups: BTreeMap<(String, usize), BTreeSet<usize>> = BTreeMap::new();
+/// Shards named `…-NNNNN-of-MMMMM…` must all be present, each once, and a split's files in one
+/// folder must come from one sharding (`train-00000-of-00002` beside `train-00000-of-00003`
+/// are two uploads of the same split): a missing shard would silently drop rows, a duplicate
+/// one (two files for one index, which has happened in hub repositories' histories) would
+/// silently read rows twice.
+fn bad_shards(files: &[DataFile]) -> Option<String> {
+    // (folder/prefix) → shard count → index → files
+    let mut groups: BTreeMap<String, BTreeMap<usize, BTreeMap<usize, Vec<&str>>>> = BTreeMap::new();
     for f in files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
         let parts: Vec<&str> = name.split(['-', '.']).collect();
-        for w in parts.windows(3) {
-            if w[1] == "of" {
-                if let (Ok(i), Ok(n)) = (w[0].parse::<usize>(), w[2].parse::<usize>()) {
-                    let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                    let prefix = name.split('-').next().unwrap_or("");
-                    groups.entry((format!("{dir}/{prefix}"), n)).or_default().insert(i);
-                }
-            }
+        if let Some((i, n)) = parts.windows(3).find_map(|w| match (w[1] == "of", w[0].parse::<usize>(), w[2].parse::<usize>()) {
+            (true, Ok(i), Ok(n)) => Some((i, n)),
+            _ => None,
+        }) {
+            let dir = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let prefix = name.split('-').next().unwrap_or("");
+            groups.entry(format!("{dir}/{prefix}")).or_default().entry(n).or_default().entry(i).or_default().push(&f.path);
         }
     }
     let mut out = Vec::new();
-    for ((prefix, n), have) in groups {
-        let missing: Vec<String> = (0..n).filter(|i| !have.contains(i)).map(|i| format!("{i:05}")).collect();
-        if !missing.is_empty() {
-            out.push(format!("{prefix}: shards {} of {n} missing", missing.join(", ")));
+    for (prefix, by_count) in groups {
+        if by_count.len() > 1 {
+            let counts: Vec<String> = by_count.keys().map(|n| format!("of {n}")).collect();
+            out.push(format!(
+                "{prefix}: files of {} shardings ({}), two copies of the split; keep one sharding and remove the other",
+                by_count.len(),
+                counts.join(", ")
+            ));
+            continue;
+        }
+        for (n, have) in by_count {
+            let missing: Vec<String> = (0..n).filter(|i| !have.contains_key(i)).map(|i| format!("{i:05}")).collect();
+            if !missing.is_empty() {
+                out.push(format!("{prefix}: shards {} of {n} missing", missing.join(", ")));
+            }
+            for (i, paths) in have.iter().filter(|(_, p)| p.len() > 1) {
+                out.push(format!(
+                    "{prefix}: shard {i:05} of {n} is there {} times ({}); remove the stale copies",
+                    paths.len(),
+                    paths.join(", ")
+                ));
+            }
+            if let Some(i) = have.keys().find(|i| **i >= n) {
+                out.push(format!("{prefix}: shard {i:05} is beyond its count of {n}"));
+            }
         }
     }
     if out.is_empty() {
@@ -332,6 +382,86 @@ fn missing_shards(files: &[DataFile]) -> Option<String> {
     } else {
         Some(out.join("; "))
     }
+}
+
+/// Extensions a split file inside an archive may have, in order of preference.
+const ARCHIVE_EXTENSIONS: &[&str] = &["txt", "jsonl", "json", "parquet"];
+
+/// The member of an archive of config `config` that holds `split`: exactly
+/// `<config>/<split>.txt` (or `.jsonl`, `.json`, `.parquet`), `<split>` or one of its aliases
+/// ([`split_aliases`]). Files deeper in the archive (an M2D2 level-1 archive may also hold
+/// per-level-2 folders `<config>/<sub>/train.txt`, the same text again) are never read. `Err`
+/// lists the archive's members.
+pub fn archive_member(members: &[String], config: &str, split: &str) -> std::result::Result<String, String> {
+    let names: Vec<&str> = std::iter::once(split).chain(split_aliases(split).iter().copied().filter(|a| *a != split)).collect();
+    for name in &names {
+        for ext in ARCHIVE_EXTENSIONS {
+            let want = format!("{config}/{name}.{ext}");
+            if members.contains(&want) {
+                return Ok(want);
+            }
+        }
+    }
+    let mut shown: Vec<&str> = members.iter().map(String::as_str).take(40).collect();
+    if members.len() > shown.len() {
+        shown.push("…");
+    }
+    Err(format!(
+        "no member `{config}/{split}.txt`{}: the archive is expected to hold `<config>/<split>.txt`; its {} members are: {}",
+        if names.len() > 1 {
+            format!(" (nor {})", names[1..].iter().map(|n| format!("`{config}/{n}.txt`")).collect::<Vec<_>>().join(", "))
+        } else {
+            String::new()
+        },
+        members.len(),
+        if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+    ))
+}
+
+/// The names among `known` nearest to `asked`, for "did you mean" hints: the same name in
+/// another case, its `_l1` form (M2D2's S2ORC level-1 domains: `math` → `math_l1`), names
+/// that start with it, and names within two edits (case-insensitive).
+pub fn nearest_names<'a>(asked: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let a = asked.to_lowercase();
+    let mut scored: Vec<(usize, String)> = Vec::new();
+    for k in known {
+        let l = k.to_lowercase();
+        let score = if l == a {
+            0
+        } else if l == format!("{a}_l1") || l.strip_suffix("_l1") == Some(a.as_str()) {
+            1
+        } else if l.starts_with(&a) || (a.starts_with(&l) && l.len() >= 3) {
+            3
+        } else {
+            match edit_distance(&a, &l) {
+                d @ 1..=2 => 1 + d,
+                _ => continue,
+            }
+        };
+        if !scored.iter().any(|(_, n)| n == k) {
+            scored.push((score, k.to_string()));
+        }
+    }
+    scored.sort();
+    scored.into_iter().take(5).map(|(_, n)| n).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Every config a listing names: config folders of its data files and its archives.
+fn config_names(listing: &Listing) -> BTreeSet<String> {
+    data_files(listing).into_iter().filter_map(|f| f.config).chain(archives(listing).into_iter().map(|(c, _)| c)).collect()
 }
 
 /// Find the data files of `split` (and `config`) of `source`, with the hub configured from the
@@ -359,24 +489,13 @@ pub fn find_split_in(files: &DataFiles, split: &str, config: Option<&str>) -> Re
     let open_archive = |rel: String| -> Result<SplitFiles> {
         let path = files.get(&rel)?;
         let members = crate::record::archive_members(&path)?;
-        let inner = Listing { files: Vec::new(), origin: format!("archive {rel}") };
-        let classified: Vec<DataFile> = members.iter().filter_map(|m| classify(m)).collect();
-        let archive_config = classify_archive(&rel);
-        // Members may sit under `<config>/`: their own config is ignored inside the archive.
-        let flat: Vec<DataFile> = classified.into_iter().map(|f| DataFile { config: None, ..f }).collect();
-        match match_files(&flat, split, None, &inner) {
-            Match::Found(found) => Ok(SplitFiles {
-                split: found[0].split.clone(),
-                config: archive_config,
-                format: found[0].format,
-                paths: vec![path],
-                members: found.into_iter().map(|f| f.path).collect(),
-            }),
-            Match::Not(detail) | Match::Archive(detail) => Err(missing(if flat.is_empty() {
-                format!("archive {rel} holds no data files ({} members)", members.len())
-            } else {
-                detail
-            })),
+        let archive_config = classify_archive(&rel).unwrap_or_default();
+        match archive_member(&members, &archive_config, split) {
+            Ok(member) => {
+                let format = classify(&member).map(|f| f.format).unwrap_or(Format::Text);
+                Ok(SplitFiles { split: split.to_string(), config: Some(archive_config), format, paths: vec![path], members: vec![member] })
+            }
+            Err(detail) => Err(missing(format!("archive {rel}: {detail}"))),
         }
     };
     let local_detail = match files.list_local() {

@@ -144,6 +144,12 @@ fn single_config_and_convert_parquet_layout() {
     hub_file(&snap, "cifar100/train-00000-of-00001.parquet", &parquet_bytes(&rows).unwrap()).unwrap();
     let got = load_split_hub(&DataSource::hub("uoft-cs/cifar100"), &offline(cache.path()), "train", None, None).unwrap();
     assert_eq!(got[0]["fine_label"], Field::Int(7));
+    // `default` (configs/vision-cifar100.toml's `vision.subset`) is the repository's only
+    // config, whatever its folder is named; another name is not.
+    let got = load_split_hub(&DataSource::hub("uoft-cs/cifar100"), &offline(cache.path()), "train", Some("default"), None).unwrap();
+    assert_eq!(got[0]["fine_label"], Field::Int(7));
+    let e = err(load_split_hub(&DataSource::hub("uoft-cs/cifar100"), &offline(cache.path()), "train", Some("plain_text"), None));
+    assert!(e.contains("(config `plain_text`)") && e.contains("config `cifar100`: train"), "{e}");
     assert!(matches!(&got[0]["img"], Field::Struct(m) if m.contains_key("bytes") && m.contains_key("path")));
 
     let other = "fedcba9876543210fedcba9876543210fedcba98";
@@ -249,12 +255,95 @@ fn archives_per_config_m2d2_layout() {
     let e = err(load_split_hub(&src, &hub, "train", Some("Math"), None));
     assert!(e.contains("(config `Math`)") && e.contains("Society, cs.CL"), "{e}");
     let e = err(load_split_hub(&src, &hub, "extra", Some("cs.CL"), None));
-    assert!(e.contains("archive data/cs.CL.tar.gz has splits test, train, valid"), "{e}");
+    assert!(e.contains("archive data/cs.CL.tar.gz: no member `cs.CL/extra.txt`"), "{e}");
+    assert!(e.contains("cs.CL/test.txt, cs.CL/train.txt, cs.CL/valid.txt"), "{e}");
     assert_eq!(archive_members(&found.paths[0]).unwrap(), vec!["Society/test.txt", "Society/train.txt", "Society/valid.txt"]);
     // LM blocks straight from the archive's lines.
     let tok = word_tokenizer(&["Society", "one", "two", "three"], TokenizerStyle::Gpt2);
     let (blocks, skips) = lm::token_blocks(lm::texts(&train, "text").unwrap(), &tok, 3).unwrap();
     assert_eq!((blocks.len(), skips.empty), (2, 1));
+}
+
+/// M2D2's S2ORC domains as the hub names them (`m2d2_split_names.py`): level-1 archives
+/// `<domain>_l1.tar.gz`, the capitalised `Art` and `Philosophy`, bare arXiv archives beside
+/// them; a level-1 archive that also holds its level-2 folders is read at `<domain>/<split>.txt`
+/// only. Unknown names get the nearest real ones suggested.
+#[test]
+fn m2d2_s2orc_level1_archives_read_exact_members_and_suggest_names() {
+    let cache = tempfile::tempdir().unwrap();
+    let snap = hub_snapshot(cache.path(), "machelreid/m2d2", "main", COMMIT).unwrap();
+    let archive = |domain: &str, nested: &[&str]| {
+        let mut members: Vec<(String, String)> = Vec::new();
+        for split in ["train", "valid", "test"] {
+            members.push((format!("{domain}/{split}.txt"), format!("{domain} {split} one\n{domain} {split} two\n")));
+            for sub in nested {
+                members.push((format!("{domain}/{sub}/{split}.txt"), format!("{sub} {split} again\n")));
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, t)| (n.as_str(), t.as_bytes())).collect();
+        hub_file(&snap, &format!("data/{domain}.tar.gz"), &tar_gz_bytes(&refs)).unwrap();
+    };
+    archive("math_l1", &["math.AG", "math.CO"]);
+    archive("astro-ph_l1", &["astro-ph.CO", "astro-ph.GA"]);
+    archive("astro-ph", &[]);
+    archive("Art", &[]);
+    archive("Philosophy", &[]);
+    archive("cs_l1", &["cs.CL"]);
+    let src = DataSource::hub("machelreid/m2d2");
+    let hub = offline(cache.path());
+    let train = load_split_hub(&src, &hub, "train", Some("math_l1"), None).unwrap();
+    assert_eq!(train, text_records("text", &["math_l1 train one", "math_l1 train two"]), "level-2 folders are not read");
+    let found = find_split_in(&src.files(&hub), "validation", Some("astro-ph_l1")).unwrap();
+    assert_eq!(found.members, vec!["astro-ph_l1/valid.txt".to_string()]);
+    assert_eq!(load_split_hub(&src, &hub, "test", Some("Art"), None).unwrap().len(), 2);
+    // The names of configs/lm-m2d2-s2orc.toml before the fix: each says what to use instead.
+    for (asked, want) in
+        [("math", "`math_l1`"), ("art", "`Art`"), ("philosophy", "`Philosophy`"), ("cs", "`cs_l1`"), ("MATH_L1", "`math_l1`")]
+    {
+        let e = err(load_split_hub(&src, &hub, "train", Some(asked), None));
+        assert!(e.contains(&format!("there is no config `{asked}`: did you mean {want}")), "{asked}: {e}");
+    }
+    let e = err(load_split_hub(&src, &hub, "train", Some("zoology"), None));
+    assert!(e.contains("there is no config `zoology`") && !e.contains("did you mean"), "{e}");
+    assert_eq!(nearest_names("astro-ph", ["astro-ph_l1", "astro-ph", "Art"]), vec!["astro-ph", "astro-ph_l1"]);
+    assert_eq!(nearest_names("Physics", ["physics_l1", "Philosophy"]), vec!["physics_l1"]);
+
+    // An archive of another shape: no `<config>/<split>.txt`; the error lists its members.
+    let odd = tar_gz_bytes(&[("train.txt", b"top level\n"), ("econ_l1/econ.GN/train.txt", b"nested\n")]);
+    hub_file(&snap, "data/econ_l1.tar.gz", &odd).unwrap();
+    let e = err(load_split_hub(&src, &hub, "train", Some("econ_l1"), None));
+    assert!(e.contains("no member `econ_l1/train.txt`") && e.contains("2 members are: econ_l1/econ.GN/train.txt, train.txt"), "{e}");
+    assert_eq!(
+        archive_member(&["x/valid.txt".into(), "x/a/validation.txt".into()], "x", "validation").unwrap(),
+        "x/valid.txt",
+        "the alias at the top, never the name deeper down"
+    );
+}
+
+/// A split with two files for one shard index (as the Stanford Cars repositories' history
+/// had), or with files of two shardings, is refused like a missing shard, naming the files.
+#[test]
+fn duplicate_shards_are_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let snap = hub_snapshot(cache.path(), "Multimodal-Fatima/StanfordCars_train", "main", COMMIT).unwrap();
+    let shard = |texts: &[&str]| parquet_bytes(&text_records("text", texts)).unwrap();
+    hub_file(&snap, "data/train-00000-of-00002-2d5a7b3c.parquet", &shard(&["a"])).unwrap();
+    hub_file(&snap, "data/train-00001-of-00002-9f01e2aa.parquet", &shard(&["b"])).unwrap();
+    let src = DataSource::hub("Multimodal-Fatima/StanfordCars_train");
+    let hub = offline(cache.path());
+    assert_eq!(load_split_hub(&src, &hub, "train", None, None).unwrap().len(), 2);
+    hub_file(&snap, "data/train-00000-of-00002-77c41d05.parquet", &shard(&["a"])).unwrap();
+    let e = err(load_split_hub(&src, &hub, "train", None, None));
+    assert!(e.contains("duplicate shards") && e.contains("shard 00000 of 2 is there 2 times"), "{e}");
+    assert!(e.contains("data/train-00000-of-00002-2d5a7b3c.parquet") && e.contains("data/train-00000-of-00002-77c41d05.parquet"), "{e}");
+    // Two shardings of the same split in one folder.
+    let cache = tempfile::tempdir().unwrap();
+    let snap = hub_snapshot(cache.path(), "o/resharded", "main", COMMIT).unwrap();
+    hub_file(&snap, "data/test-00000-of-00001.parquet", &shard(&["a", "b"])).unwrap();
+    hub_file(&snap, "data/test-00000-of-00002.parquet", &shard(&["a"])).unwrap();
+    hub_file(&snap, "data/test-00001-of-00002.parquet", &shard(&["b"])).unwrap();
+    let e = err(load_split_hub(&DataSource::hub("o/resharded"), &offline(cache.path()), "test", None, None));
+    assert!(e.contains("duplicate shards") && e.contains("2 shardings (of 1, of 2)"), "{e}");
 }
 
 #[test]

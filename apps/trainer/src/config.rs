@@ -79,8 +79,107 @@ pub struct Config {
     pub xnli: XnliConfig,
     /// Settings of `tram vision`.
     pub vision: VisionConfig,
+    /// Which settings the paper states and which are this project's choices (recorded in
+    /// each run's `results.json`, see [`Provenance`]).
+    #[serde(skip_serializing_if = "Provenance::is_empty")]
+    pub provenance: Provenance,
     /// Rows of the paper table: `[[runs]]` with `name`, optional `label` and overrides.
     pub runs: Vec<Value>,
+}
+
+/// Where a config's values come from: keys (dotted paths such as `train.steps`, or
+/// `optimizer.<component>.<parameter>` such as `optimizer.ball.rho` for a component default)
+/// whose values the paper states, and keys whose values it does not state (our choices).
+/// Each run's `results.json` records both with the run's values under `provenance`, and a key
+/// of either list that `TRAM_*` variables or `--set` changed under `provenance.changed` (with
+/// the source): such a value is neither the paper's nor the config's choice.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Provenance {
+    /// Keys whose values come from the paper.
+    pub paper: Vec<String>,
+    /// Keys whose values the paper does not state: chosen here.
+    pub ours: Vec<String>,
+    /// Keys of `paper` or `ours` given by `TRAM_*` variables or `--set`, with that source
+    /// (filled in when the config is resolved; never read from a file).
+    #[serde(skip_deserializing, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub changed: std::collections::BTreeMap<String, String>,
+}
+
+impl Provenance {
+    /// Whether nothing is marked.
+    pub fn is_empty(&self) -> bool {
+        self.paper.is_empty() && self.ours.is_empty()
+    }
+
+    /// The `provenance` object of a run's `results.json`: `{paper: {key: value}, ours: {key:
+    /// value}, changed: {key: {value, was, by}}}`, the values taken from `config` (the run's
+    /// config as JSON) or, for a component parameter the config leaves at its default, from
+    /// `optimizer` (`Optimizer::describe()`). `Null` when nothing is marked. A key whose
+    /// component the run's composition does not use is left out.
+    pub fn record(&self, config: &Value, optimizer: &Value) -> Value {
+        if self.is_empty() {
+            return Value::Null;
+        }
+        let mut out = serde_json::json!({"paper": {}, "ours": {}});
+        let mut changed = serde_json::Map::new();
+        for (bucket, keys) in [("paper", &self.paper), ("ours", &self.ours)] {
+            for key in keys {
+                let Some(value) = lookup(config, key).or_else(|| component_param(optimizer, key)).filter(|v| !v.is_null()) else {
+                    continue;
+                };
+                match self.changed.get(key) {
+                    Some(by) => {
+                        changed.insert(key.clone(), serde_json::json!({"value": value, "was": bucket, "by": by}));
+                    }
+                    None => {
+                        out[bucket][key] = value;
+                    }
+                }
+            }
+        }
+        if !changed.is_empty() {
+            out["changed"] = Value::Object(changed);
+        }
+        out
+    }
+}
+
+/// The value at a dotted key path (`train.steps`, `optimizer.schedule`) of a JSON object.
+fn lookup(v: &Value, key: &str) -> Option<Value> {
+    let mut node = v;
+    for part in key.split('.') {
+        node = node.as_object()?.get(part)?;
+    }
+    (!node.is_null()).then(|| node.clone())
+}
+
+/// `optimizer.<component>.<param>` in an optimizer description: the `params` (or penalty
+/// settings) of the part named `<component>`.
+fn component_param(desc: &Value, key: &str) -> Option<Value> {
+    let rest = key.strip_prefix("optimizer.")?;
+    let (component, param) = rest.rsplit_once('.')?;
+    let component = component.trim_matches('"');
+    // `reg:<region>` is a penalty: its weight is in the penalty settings of that region.
+    let (name, fields): (&str, &[&str]) = match component.strip_prefix("reg:") {
+        Some(region) => (region, &["penalty"]),
+        None => (component, &["params", "settings"]),
+    };
+    fn find(v: &Value, name: &str, fields: &[&str], param: &str) -> Option<Value> {
+        match v {
+            Value::Object(m) => {
+                if m.get("name").and_then(Value::as_str) == Some(name) {
+                    if let Some(x) = fields.iter().find_map(|k| m.get(*k).and_then(|p| p.get(param))) {
+                        return Some(x.clone());
+                    }
+                }
+                m.values().find_map(|x| find(x, name, fields, param))
+            }
+            Value::Array(a) => a.iter().find_map(|x| find(x, name, fields, param)),
+            _ => None,
+        }
+    }
+    find(desc, name, fields, param)
 }
 
 impl Default for Config {
@@ -101,6 +200,7 @@ impl Default for Config {
             lm: LmConfig::default(),
             xnli: XnliConfig::default(),
             vision: VisionConfig::default(),
+            provenance: Provenance::default(),
             runs: Vec::new(),
         }
     }
@@ -205,6 +305,16 @@ pub struct LmConfig {
     pub test_labels: Vec<String>,
     /// Token block length (1024 in the paper).
     pub block_size: usize,
+    /// How documents become blocks: `"run_clm"` (the default; transformers' `run_clm.py`,
+    /// M2D2's recipe: line breaks kept, no end-of-text token, non-overlapping blocks of
+    /// `block_size` tokens) or `"lines"` (lines stripped, blank lines dropped, end-of-text
+    /// after each, blocks of `block_size + 1` overlapping by one). See `tram_data::lm::Protocol`.
+    pub protocol: tram_data::lm::Protocol,
+    /// Where tokenised splits are cached (memory-mapped token files reused by every row,
+    /// seed and later run); unset: `<out>/token-cache`. A relative path is relative to the
+    /// working directory, like `out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     /// Evaluate on at most this many blocks of each validation and test split, evenly spaced
     /// through it (quick runs; unset: every block).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,6 +338,8 @@ impl Default for LmConfig {
             test_domains: Vec::new(),
             test_labels: Vec::new(),
             block_size: 1024,
+            protocol: tram_data::lm::Protocol::RunClm,
+            cache_dir: None,
             max_eval_blocks: None,
             text_column: "text".into(),
             train_split: "train".into(),
@@ -245,7 +357,16 @@ pub struct XnliConfig {
     pub train_subset: String,
     /// Training split.
     pub train_split: String,
-    /// English validation split (model selection).
+    /// The dataset of the English validation set (model selection), hub id or local
+    /// directory; empty: `data`. The paper selects on XNLI's English validation split
+    /// (`facebook/xnli`, config `en`, split `validation`: 2,490 rows, its Table 8's 2.5K).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub valid_data: String,
+    /// Config / subset of the validation set; unset: `train_subset` when the validation set
+    /// comes from `data`, else none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_subset: Option<String>,
+    /// Validation split (model selection; empty: none, the final model is evaluated).
     pub valid_split: String,
     /// The evaluation dataset (XNLI), hub id or local directory.
     pub test_data: String,
@@ -266,6 +387,23 @@ pub struct XnliConfig {
     pub num_labels: usize,
     /// Maximum tokens of a premise–hypothesis pair (truncated beyond).
     pub max_length: usize,
+    /// Test sets that come from elsewhere than `test_data` / config `<language>` /
+    /// `test_split`, by language: `{ de = { data = "org/name", subset = "de", split = "test" } }`
+    /// (a field left out keeps its default). Each key must be one of `languages`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub test_sets: std::collections::BTreeMap<String, SetSource>,
+}
+
+/// Where one evaluation set comes from; an empty field keeps the app's default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SetSource {
+    /// The dataset, hub id or local directory.
+    pub data: String,
+    /// Its config / subset.
+    pub subset: Option<String>,
+    /// Its split.
+    pub split: String,
 }
 
 impl Default for XnliConfig {
@@ -273,6 +411,8 @@ impl Default for XnliConfig {
         Self {
             train_subset: "default".into(),
             train_split: "train".into(),
+            valid_data: String::new(),
+            valid_subset: None,
             valid_split: "validation_matched".into(),
             test_data: "facebook/xnli".into(),
             test_split: "test".into(),
@@ -285,6 +425,7 @@ impl Default for XnliConfig {
             label_column: "label".into(),
             num_labels: 3,
             max_length: 128,
+            test_sets: Default::default(),
         }
     }
 }
@@ -660,6 +801,7 @@ impl Sources {
             let mut config: Config = f.extract().map_err(figment_error)?;
             config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
             explicit_settings(&f, &mut config)?;
+            mark_changed(&f, &mut config.provenance)?;
             config.validate(registry)?;
             Ok(config)
         };
@@ -755,6 +897,33 @@ fn explicit_settings(f: &Figment, config: &mut Config) -> Result<()> {
     Ok(())
 }
 
+/// Check the keys of `provenance` (each marked once, as the paper's or ours) and note which of
+/// them `TRAM_*` variables or `--set` gave: their values are no longer the marked ones.
+fn mark_changed(f: &Figment, p: &mut Provenance) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for key in p.paper.iter().chain(&p.ours) {
+        if !seen.insert(key.as_str()) {
+            return Err(Error::Config(format!(
+                "key `provenance`: `{key}` is listed twice (in `paper` and `ours`, or twice in one); a value comes from the paper or is ours"
+            )));
+        }
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            return Err(Error::Config(format!("key `provenance`: `{key}` is not a key path such as `train.steps`")));
+        }
+    }
+    p.changed.clear();
+    for key in p.paper.clone().into_iter().chain(p.ours.clone()) {
+        // The source of the key's value (a table's is the last source that set any key in
+        // it, or the whole table: either changes it). Tables above the key are not asked:
+        // `--set train.steps=…` makes `--set` the source of `train`, not of `train.select`.
+        let rank = source_rank(f, &key.replace('"', ""));
+        if rank >= 3 {
+            p.changed.insert(key, SOURCE_NAMES[rank as usize].to_string());
+        }
+    }
+    Ok(())
+}
+
 fn valid_run_name(s: &str) -> bool {
     !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
@@ -828,11 +997,46 @@ impl Config {
         if self.lm.block_size == 0 {
             return bad("lm.block_size", "must be at least 1".into());
         }
+        if self.lm.block_size < self.lm.protocol.min_block_size() {
+            return bad(
+                "lm.block_size",
+                format!(
+                    "{} is too small for lm.protocol = \"{}\": a block of L tokens predicts L - 1 of them; use at least {}",
+                    self.lm.block_size,
+                    self.lm.protocol,
+                    self.lm.protocol.min_block_size()
+                ),
+            );
+        }
         if self.xnli.max_length < 2 {
             return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", self.xnli.max_length));
         }
         if self.xnli.num_labels < 2 {
             return bad("xnli.num_labels", format!("must be at least 2, got {}", self.xnli.num_labels));
+        }
+        let json = self.to_json();
+        for key in self.provenance.paper.iter().chain(&self.provenance.ours) {
+            let exists = {
+                let mut node = Some(&json);
+                for part in key.split('.') {
+                    node = node.and_then(|n| n.as_object()).and_then(|m| m.get(part));
+                }
+                node.is_some()
+            };
+            // A component parameter left at its default is not in the config.
+            let component_param = key.starts_with("optimizer.") && key.split('.').count() >= 3;
+            if !exists && !component_param {
+                return bad(
+                    "provenance",
+                    format!("`{key}` is not a setting of the config; give key paths such as `train.steps` or `optimizer.ball.rho`"),
+                );
+            }
+        }
+        if let Some(lang) = self.xnli.test_sets.keys().find(|l| !self.xnli.languages.contains(l)) {
+            return bad(
+                &format!("xnli.test_sets.{lang}"),
+                format!("`{lang}` is not one of `xnli.languages` ({}); add it there or remove this entry", self.xnli.languages.join(", ")),
+            );
         }
         for (k, v) in [("vision.mean", &self.vision.mean), ("vision.std", &self.vision.std)] {
             if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {

@@ -168,6 +168,11 @@ pub struct RunResult {
     pub train_seconds: f64,
     /// Wall-clock seconds of the final evaluation.
     pub eval_seconds: f64,
+    /// Which settings of the run come from the paper and which are ours, with their values
+    /// (`{paper, ours, changed}`, see [`crate::config::Provenance::record`]); `null` when the
+    /// config marks none.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub provenance: Value,
     /// The run's configuration.
     pub config: Value,
 }

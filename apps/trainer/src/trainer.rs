@@ -135,6 +135,10 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
         for other in ["lm", "xnli", "vision"].into_iter().filter(|a| *a != app) {
             m.remove(other);
         }
+        // Where tokenised text is cached does not change what is computed.
+        if let Some(Value::Object(l)) = m.get_mut("lm") {
+            l.remove("cache_dir");
+        }
     }
     v
 }
@@ -490,6 +494,7 @@ pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, c
         failed,
         train_seconds,
         eval_seconds: eval_started.elapsed().as_secs_f64(),
+        provenance: run.config.provenance.record(&run.config.to_json(), &opt.describe()),
         config: run.config.to_json(),
     };
     let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;

@@ -65,6 +65,12 @@ fn lm_end_to_end_writes_metrics_and_the_paper_table() {
     assert!(!summary.interrupted);
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert_eq!(summary.tables[0], md);
+    // Three rows read five splits (soc train, validation, test; cult and hist test): each is
+    // tokenised once into the token cache (`<out>/token-cache`) and read from there by every row.
+    let cache = out.join("token-cache");
+    assert_eq!(tram_data::token_cache::builds_under(&cache), 5);
+    let entries = std::fs::read_dir(&cache).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "tok")).count();
+    assert_eq!(entries, 5);
     for needle in ["| method | Soc. | Cult. | Hist. | ZS Avg. | seeds |", "| GPT-2 |", "| Adam |", "| TRAM-x |", "noise+ball+adam"] {
         assert!(md.contains(needle), "{needle} not in\n{md}");
     }
@@ -165,7 +171,10 @@ fn lm_resume_after_interrupt_matches_an_uninterrupted_run_bitwise() {
     assert!(err.contains("--resume"), "{err}");
 
     let resume = Control { resume: true, ..Default::default() };
-    assert!(matches!(run_one(&cfg, &[&set_out], &resume), Outcome::Finished(_)));
+    // Resumed with the token cache in another place (rebuilt there): not a configuration change.
+    let set_cache = format!("lm.cache_dir={}", dir.join("other-cache").display());
+    assert!(matches!(run_one(&cfg, &[&set_out, &set_cache], &resume), Outcome::Finished(_)));
+    assert!(dir.join("other-cache").read_dir().unwrap().count() > 0);
     let a = dir.join("a");
     let b = dir.join("b");
     assert_eq!(
@@ -262,10 +271,19 @@ fn lm_bad_inputs_are_clear_errors() {
             std::fs::write(local.join(d).join(format!("{split}.jsonl")), text).unwrap();
         }
     }
-    let runs = sources(&cfg, &[&format!("data={}", local.display())]).resolve(&["adam".to_string()], &reg).unwrap();
+    let data = format!("data={}", local.display());
+    let runs = sources(&cfg, &[&data, "lm.protocol=lines"]).resolve(&["adam".to_string()], &reg).unwrap();
     let p = App::Lm.prepare(&runs[0], 0).unwrap();
     assert_eq!(p.data.skipped["soc/train"].empty, 2);
     assert_eq!(p.data.skipped["hist/test"].total(), 2);
+    // run_clm (the default) tokenises them to nothing, as transformers does: nothing skipped.
+    let runs = sources(&cfg, &[&data]).resolve(&["adam".to_string()], &reg).unwrap();
+    let p = App::Lm.prepare(&runs[0], 0).unwrap();
+    assert!(p.data.skipped.is_empty(), "{:?}", p.data.skipped.keys().collect::<Vec<_>>());
+    // A block size run_clm cannot use (a 1-token block predicts nothing) is refused by key.
+    let err = sources(&cfg, &["lm.block_size=1"]).resolve(&["adam".to_string()], &reg).err().unwrap().to_string();
+    assert!(err.contains("lm.block_size") && err.contains("run_clm") && err.contains("at least 2"), "{err}");
+    sources(&cfg, &["lm.block_size=1", "lm.protocol=lines"]).resolve(&["adam".to_string()], &reg).unwrap();
     // A malformed JSON line is an error naming the file and line.
     std::fs::write(local.join("hist").join("test.jsonl"), "{\"text\": \"the war\"}\n{not json\n").unwrap();
     let runs = sources(&cfg, &[&format!("data={}", local.display())]).resolve(&["adam".to_string()], &reg).unwrap();
@@ -296,4 +314,20 @@ fn lm_same_seed_same_metrics() {
         std::fs::read_to_string(dir.join("a/tram-noise/seed-3/metrics.jsonl")).unwrap(),
         std::fs::read_to_string(dir.join("c/tram-noise/seed-4/metrics.jsonl")).unwrap()
     );
+}
+
+#[test]
+fn m2d2_configs_use_the_run_clm_protocol_and_the_quickstart_keeps_lines() {
+    use tram_data::lm::Protocol;
+    assert_eq!(tram_trainer::config::LmConfig::default().protocol, Protocol::RunClm);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (path, want) in [
+        ("configs/lm-m2d2-s2orc.toml", "run_clm"),
+        ("configs/lm-m2d2-wiki.toml", "run_clm"),
+        ("configs/quickstart/finetune.toml", "lines"),
+        ("configs/quickstart/pretrain.toml", "lines"),
+    ] {
+        let v: toml::Value = toml::from_str(&std::fs::read_to_string(root.join(path)).unwrap()).unwrap();
+        assert_eq!(v["lm"]["protocol"].as_str(), Some(want), "{path}");
+    }
 }

@@ -1,49 +1,53 @@
 //! `tram lm`: GPT-2 fine-tuned on one M2D2 domain, perplexity on that domain and on unseen
-//! domains (paper Table 4). Each domain's documents are tokenised, joined with end-of-text
-//! tokens and cut into blocks of `lm.block_size` predicted tokens; perplexity is
-//! `exp(mean token NLL)` over every block of a split.
+//! domains (paper Table 4). Each domain's split is tokenised once into the on-disk token cache
+//! ([`tram_data::token_cache`], under `lm.cache_dir`) by `lm.protocol` (`run_clm`: M2D2's
+//! recipe; `lines`: tram's earlier one) and read from there by every row and seed;
+//! perplexity is `exp(mean token NLL)` over every block of a split.
 
 use super::stream::{tokens, Shuffled};
 use super::{data_err, data_source, load_model, load_options, model_source, Prepared};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::task::{BatchList, EvalSet, TaskData};
+use crate::task::{EvalSet, EvalSource, TaskData};
 use candle_core::Device;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tram_data::token_cache::{CacheSpec, TokenCache};
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
 
+/// The token cache entry of one domain's split: opened, or built (tokenised once, streamed)
+/// when missing or stale. Rows and seeds of a run (and later runs) share it.
+#[allow(clippy::too_many_arguments)]
 fn blocks(
     source: &DataSource,
     domain: &str,
     split: &str,
     run: &RunConfig,
     tokenizer: &Tokenizer,
+    tokenizer_hash: &str,
     limit: Option<usize>,
     skipped: &mut crate::task::Skipped,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Arc<TokenCache>> {
     let lm = &run.config.lm;
     let what = format!("{} (domain `{domain}`, split `{split}`)", run.config.data);
-    let records = tram_data::load_split(source, split, super::subset(domain)).map_err(data_err(&what))?;
-    let (mut texts, _) = tram_data::lm::decode_texts(&records, &lm.text_column).map_err(data_err(&what))?;
-    if let Some(n) = limit {
-        texts.truncate(n);
-    }
-    // Invalid UTF-8 among the documents used (after the limit), replaced by U+FFFD.
-    let replaced: usize = records
-        .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .map(|r| match r.get(&lm.text_column) {
-            Some(tram_data::Field::Bytes(b)) => tram_data::lm::invalid_utf8_bytes(b),
-            _ => 0,
-        })
-        .sum();
-    let (blocks, mut skips) = tram_data::lm::token_blocks(&texts, tokenizer, lm.block_size).map_err(data_err(&what))?;
-    skips.invalid_utf8_bytes = replaced;
-    if replaced > 0 {
+    let files = tram_data::find_split_in(&source.files_from_env(), split, super::subset(domain)).map_err(data_err(&what))?;
+    let spec = CacheSpec {
+        dir: cache_dir(run),
+        label: format!("{domain}-{split}"),
+        protocol: lm.protocol,
+        block_size: lm.block_size,
+        column: lm.text_column.clone(),
+        limit,
+        tokenizer_hash: tokenizer_hash.to_string(),
+    };
+    let (cache, _built) = TokenCache::open_or_build(&files, tokenizer, &spec).map_err(data_err(&what))?;
+    let skips = cache.skips;
+    if skips.invalid_utf8_bytes > 0 {
         tracing::warn!(
             domain,
             split,
-            replaced,
+            replaced = skips.invalid_utf8_bytes,
             "invalid UTF-8 in the text (binary data or another encoding): bytes replaced by U+FFFD; recorded in results.json"
         );
     }
@@ -53,33 +57,77 @@ fn blocks(
     if !skips.is_clean() {
         skipped.insert(format!("{domain}/{split}"), skips);
     }
-    if blocks.is_empty() {
+    if cache.is_empty() {
         return Err(Error::Data(format!(
-            "{what}: {} documents give fewer than {} tokens, not one block of lm.block_size = {}; lower lm.block_size or add text",
-            texts.len(),
-            lm.block_size + 1,
-            lm.block_size
+            "{what}: {} documents give {} tokens, not one block of lm.block_size = {} (lm.protocol = \"{}\"); lower lm.block_size or add text",
+            cache.documents,
+            cache.tokens(),
+            lm.block_size,
+            lm.protocol
         )));
     }
-    tracing::info!(domain, split, documents = texts.len(), blocks = blocks.len(), "tokenised");
-    Ok(blocks)
+    tracing::info!(domain, split, documents = cache.documents, blocks = cache.len(), "tokenised");
+    Ok(Arc::new(cache))
 }
 
-/// At most `max` blocks, evenly spaced through `blocks` (all of them when `max` is `None`).
-fn spread(blocks: Vec<Vec<u32>>, max: Option<usize>) -> Vec<Vec<u32>> {
-    match max {
-        Some(k) if k < blocks.len() => {
-            let n = blocks.len();
-            (0..k).map(|i| blocks[i * n / k].clone()).collect()
+/// The token cache directory of a run: `lm.cache_dir`, or `<out>/token-cache`.
+pub fn cache_dir(run: &RunConfig) -> PathBuf {
+    run.config.lm.cache_dir.clone().unwrap_or_else(|| run.config.out.join("token-cache"))
+}
+
+/// At most `max` blocks (all of them when `max` is `None`), evenly spaced through the blocks
+/// of `caches`, as `(entry, block)` pairs.
+fn spread(caches: &[Arc<TokenCache>], max: Option<usize>) -> Vec<(usize, usize)> {
+    let all: usize = caches.iter().map(|c| c.len()).sum();
+    let at = |mut i: usize| {
+        for (c, cache) in caches.iter().enumerate() {
+            if i < cache.len() {
+                return (c, i);
+            }
+            i -= cache.len();
         }
-        _ => blocks,
+        unreachable!("block index within the total")
+    };
+    match max {
+        Some(k) if k < all => (0..k).map(|i| at(i * all / k)).collect(),
+        _ => (0..all).map(at).collect(),
     }
 }
 
-fn eval_set(name: &str, label: &str, in_domain: bool, blocks: Vec<Vec<u32>>, batch: usize, device: &Device) -> Result<EvalSet> {
-    let n = blocks.len();
-    let batches = blocks.chunks(batch).map(|c| tram_data::lm::batch(c, device).map_err(data_err(name))).collect::<Result<Vec<_>>>()?;
-    Ok(EvalSet { name: name.into(), label: label.into(), in_domain, source: Box::new(BatchList(batches, n)) })
+/// Evaluation batches read from token cache entries when they are evaluated (nothing is
+/// held in memory between evaluations).
+struct CachedBlocks {
+    caches: Vec<Arc<TokenCache>>,
+    picks: Vec<(usize, usize)>,
+    batch: usize,
+    device: Device,
+    name: String,
+}
+
+impl EvalSource for CachedBlocks {
+    fn len(&self) -> usize {
+        self.picks.len()
+    }
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<tram::Batch>> + '_> {
+        Box::new(self.picks.chunks(self.batch).map(|c| {
+            let blocks: Vec<Vec<u32>> = c.iter().map(|&(e, k)| self.caches[e].block(k)).collect();
+            tram_data::lm::batch(&blocks, &self.device).map_err(data_err(&self.name))
+        }))
+    }
+}
+
+fn eval_set(
+    name: &str,
+    label: &str,
+    in_domain: bool,
+    caches: Vec<Arc<TokenCache>>,
+    max: Option<usize>,
+    batch: usize,
+    device: &Device,
+) -> EvalSet {
+    let picks = spread(&caches, max);
+    let source = CachedBlocks { caches, picks, batch: batch.max(1), device: device.clone(), name: name.to_string() };
+    EvalSet { name: name.into(), label: label.into(), in_domain, source: Box::new(source) }
 }
 
 /// Load GPT-2, its tokenizer and the M2D2 domains of a run.
@@ -103,6 +151,7 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     let files = source.files_from_env();
     let tokenizer_path = files.tokenizer_path()?;
     let tokenizer = tram_hub::load_tokenizer(&tokenizer_path)?;
+    let tokenizer_hash = tram_data::token_cache::hash_file(&tokenizer_path).map_err(data_err("the tokenizer"))?;
     let opts = load_options(run, seed, None)?;
     let model = load_model(run, &files, &opts)?;
     let data = data_source("data", &cfg.data)?;
@@ -118,10 +167,19 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
             return Err(Error::Config(format!("key `lm.mix_domains`: `{d}` is listed twice (or is the training domain)")));
         }
     }
-    let mut train_blocks = Vec::new();
+    let mut train_caches = Vec::new();
     if !evaluate_only {
         for d in &trained {
-            train_blocks.extend(blocks(&data, d, &lm.train_split, run, &tokenizer, cfg.train.max_train_examples, &mut skipped)?);
+            train_caches.push(blocks(
+                &data,
+                d,
+                &lm.train_split,
+                run,
+                &tokenizer,
+                &tokenizer_hash,
+                cfg.train.max_train_examples,
+                &mut skipped,
+            )?);
         }
     }
     let valid = if lm.valid_split.trim().is_empty() {
@@ -129,21 +187,21 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     } else {
         let mut b = Vec::new();
         for d in &trained {
-            b.extend(blocks(&data, d, &lm.valid_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?);
+            b.push(blocks(&data, d, &lm.valid_split, run, &tokenizer, &tokenizer_hash, cfg.train.max_eval_examples, &mut skipped)?);
         }
         let name = if lm.mix_domains.is_empty() {
             format!("{}/{}", lm.train_domain, lm.valid_split)
         } else {
             format!("mixture/{}", lm.valid_split)
         };
-        Some(eval_set(&name, "validation", true, spread(b, lm.max_eval_blocks), eval_batch, &device)?)
+        Some(eval_set(&name, "validation", true, b, lm.max_eval_blocks, eval_batch, &device))
     };
     let mut tests = Vec::new();
     let train_label = lm.train_label.clone().unwrap_or_else(|| lm.train_domain.clone());
     for (i, d) in trained.iter().enumerate() {
-        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
+        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, &tokenizer_hash, cfg.train.max_eval_examples, &mut skipped)?;
         let label = if i == 0 { train_label.clone() } else { d.to_string() };
-        tests.push(eval_set(d, &label, true, spread(b, lm.max_eval_blocks), eval_batch, &device)?);
+        tests.push(eval_set(d, &label, true, vec![b], lm.max_eval_blocks, eval_batch, &device));
     }
     for (i, d) in lm.test_domains.iter().enumerate() {
         if trained.contains(&d) {
@@ -152,19 +210,22 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
             )));
         }
         let label = lm.test_labels.get(i).cloned().unwrap_or_else(|| d.clone());
-        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, cfg.train.max_eval_examples, &mut skipped)?;
-        tests.push(eval_set(d, &label, false, spread(b, lm.max_eval_blocks), eval_batch, &device)?);
+        let b = blocks(&data, d, &lm.test_split, run, &tokenizer, &tokenizer_hash, cfg.train.max_eval_examples, &mut skipped)?;
+        tests.push(eval_set(d, &label, false, vec![b], lm.max_eval_blocks, eval_batch, &device));
     }
     let train: Box<dyn crate::task::TrainStream> = if evaluate_only {
         Box::new(Empty)
     } else {
         let dev = device.clone();
+        // Items are `(entry, block)` pairs; a batch reads its blocks from the memory map.
+        let items: Vec<(u32, u32)> =
+            train_caches.iter().enumerate().flat_map(|(e, c)| (0..c.len()).map(move |k| (e as u32, k as u32))).collect();
         Box::new(Shuffled::new(
-            train_blocks,
+            items,
             cfg.train.batch_size,
             seed,
-            Box::new(move |picked: &[&Vec<u32>], _| {
-                let owned: Vec<Vec<u32>> = picked.iter().map(|b| (*b).clone()).collect();
+            Box::new(move |picked: &[&(u32, u32)], _| {
+                let owned: Vec<Vec<u32>> = picked.iter().map(|&&(e, k)| train_caches[e as usize].block(k as usize)).collect();
                 tram_data::lm::batch(&owned, &dev).map_err(data_err("training batch"))
             }),
             tokens,
