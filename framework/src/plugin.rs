@@ -74,7 +74,7 @@ pub const TRAM_SOURCE_DIGEST: &str = env!("TRAM_SOURCE_DIGEST");
 /// The candle version this framework is built against (pinned exactly in the workspace).
 pub const CANDLE_VERSION: &str = "0.11.1";
 /// Every framework feature and whether it is enabled in this build.
-pub const FEATURES: &[(&str, bool)] = &[("fingerprint-test", cfg!(feature = "fingerprint-test"))];
+pub const FEATURES: &[(&str, bool)] = &[("fingerprint-test", cfg!(feature = "fingerprint-test")), ("cuda", cfg!(feature = "cuda"))];
 
 /// Capacity of a [`FixedStr`] in bytes (one is kept for the terminating NUL).
 pub const FIELD_LEN: usize = 128;
@@ -796,8 +796,27 @@ mod tests {
         assert_eq!(f.candle.as_str(), CANDLE_VERSION);
         assert_eq!(f.layout.as_str().len(), 16);
         assert!(f.mismatch(&Fingerprint::CURRENT).is_none());
-        let expected = if cfg!(feature = "fingerprint-test") { "fingerprint-test" } else { "(none)" };
+        let expected = match (cfg!(feature = "fingerprint-test"), cfg!(feature = "cuda")) {
+            (false, false) => "(none)",
+            (true, false) => "fingerprint-test",
+            (false, true) => "cuda",
+            (true, true) => "fingerprint-test,cuda",
+        };
         assert_eq!(f.fields()[4].1, expected);
+    }
+
+    #[test]
+    fn the_fingerprint_records_whether_candle_was_built_with_cuda() {
+        // A plugin and a host that disagree on candle's CUDA support lay tensors out differently:
+        // the `cuda` feature must be on exactly when candle's is, so the loader can refuse it.
+        let cuda = FEATURES.iter().find(|(name, _)| *name == "cuda").expect("`cuda` in FEATURES");
+        assert_eq!(
+            cuda.1,
+            candle_core::utils::cuda_is_available(),
+            "candle-core/cuda is enabled without tram/cuda (or the reverse): enable CUDA through `tram/cuda`"
+        );
+        let cuda_in_fingerprint = Fingerprint::CURRENT.features.as_str().split(',').any(|f| f == "cuda");
+        assert_eq!(cuda_in_fingerprint, candle_core::utils::cuda_is_available());
     }
 
     #[test]
