@@ -13,62 +13,6 @@ use tram_data::lm::Protocol;
 use tram_data::token_cache::{hash_tokenizer, CacheSpec, TokenCache};
 use tram_data::{Format, SplitFiles, Tokenizer};
 
-fn synthetic_text(path: &Path, mb: usize) {
-    let words = [
-        "theorem",
-        "lemma",
-        "proof",
-        "manifold",
-        "group",
-        "ring",
-        "field",
-        "integral",
-        "we",
-        "show",
-        "that",
-        "the",
-        "of",
-        "is",
-        "a",
-        "for",
-        "every",
-        "bounded",
-        "operator",
-        "space",
-        "Hilbert",
-        "Banach",
-        "2024",
-        "x_1",
-        "=",
-        "+",
-        "(",
-        ")",
-        "convergence",
-        "sequence",
-    ];
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let (mut written, mut i) = (0usize, 0usize);
-    while written < mb << 20 {
-        let mut line = String::new();
-        for j in 0..(20 + i % 60) {
-            line.push_str(words[(i * 7 + j * 13 + j * j) % words.len()]);
-            line.push(' ');
-        }
-        line.push('\n');
-        if i % 9 == 0 {
-            line.push('\n');
-        }
-        f.write_all(line.as_bytes()).unwrap();
-        written += line.len();
-        i += 1;
-    }
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mb: usize = args.get(1).expect("text size in MiB").parse().unwrap();
@@ -77,7 +21,7 @@ fn main() {
     std::fs::create_dir_all(&work).unwrap();
     let text = work.join(format!("synthetic-{mb}MiB.txt"));
     if !text.exists() {
-        synthetic_text(&text, mb);
+        tram_data::fixtures::synthetic_text(&text, mb).unwrap();
     }
     let tok = Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/quickstart/tokenizer.json")).unwrap();
     let start = std::time::Instant::now();
@@ -89,7 +33,7 @@ fn main() {
             "old: text_mib={mb} blocks={} seconds={:.1} vm_hwm_mib={}",
             blocks.len(),
             start.elapsed().as_secs_f64(),
-            vm_hwm_kib() / 1024
+            tram_data::fixtures::peak_rss_kib().unwrap_or(0) / 1024
         );
         return;
     }
@@ -114,7 +58,7 @@ fn main() {
         std::fs::metadata(c.path()).unwrap().len() as f64 / (1 << 20) as f64,
         c.tokens() as f64 / build_s,
         t.elapsed().as_secs_f64(),
-        vm_hwm_kib() / 1024
+        tram_data::fixtures::peak_rss_kib().unwrap_or(0) / 1024
     );
     drop(c2);
 }

@@ -474,3 +474,66 @@ pub fn word_tokenizer(words: &[&str], style: TokenizerStyle) -> Tokenizer {
     let json = word_tokenizer_json(words, style).to_string();
     Tokenizer::from_bytes(json.as_bytes()).expect("fixture tokenizer.json is valid")
 }
+
+/// Writes `mb` MiB of synthetic text to `path` (varied words, one paragraph a line, a blank
+/// line every ninth): corpora of any size for the token cache's memory test and benchmark.
+pub fn synthetic_text(path: &Path, mb: usize) -> Result<()> {
+    use std::io::Write;
+    let io = |source: std::io::Error| Error::Io { context: format!("writing {}", path.display()), source };
+    let words = [
+        "theorem",
+        "lemma",
+        "proof",
+        "manifold",
+        "group",
+        "ring",
+        "field",
+        "integral",
+        "we",
+        "show",
+        "that",
+        "the",
+        "of",
+        "is",
+        "a",
+        "for",
+        "every",
+        "bounded",
+        "operator",
+        "space",
+        "Hilbert",
+        "Banach",
+        "2024",
+        "x_1",
+        "=",
+        "+",
+        "(",
+        ")",
+        "convergence",
+        "sequence",
+    ];
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let (mut written, mut i) = (0usize, 0usize);
+    while written < mb << 20 {
+        let mut line = String::new();
+        for j in 0..(20 + i % 60) {
+            line.push_str(words[(i * 7 + j * 13 + j * j) % words.len()]);
+            line.push(' ');
+        }
+        line.push('\n');
+        if i % 9 == 0 {
+            line.push('\n');
+        }
+        f.write_all(line.as_bytes()).map_err(io)?;
+        written += line.len();
+        i += 1;
+    }
+    f.flush().map_err(io)
+}
+
+/// This process's peak resident memory in KiB (`VmHWM` of `/proc/self/status`; `None` where
+/// there is no such file, i.e. off Linux).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}

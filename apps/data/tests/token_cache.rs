@@ -203,64 +203,6 @@ fn a_block_size_below_the_protocol_minimum_is_refused() {
     assert!(e.contains("block size 1") && e.contains("run_clm") && e.contains("at least 2"), "{e}");
 }
 
-/// Writes `mb` MiB of synthetic text (varied words, one paragraph a line, blank lines).
-fn synthetic_text(path: &Path, mb: usize) {
-    let words = [
-        "theorem",
-        "lemma",
-        "proof",
-        "manifold",
-        "group",
-        "ring",
-        "field",
-        "integral",
-        "we",
-        "show",
-        "that",
-        "the",
-        "of",
-        "is",
-        "a",
-        "for",
-        "every",
-        "bounded",
-        "operator",
-        "space",
-        "Hilbert",
-        "Banach",
-        "2024",
-        "x_1",
-        "=",
-        "+",
-        "(",
-        ")",
-        "convergence",
-        "sequence",
-    ];
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let (mut written, mut i) = (0usize, 0usize);
-    while written < mb << 20 {
-        let mut line = String::new();
-        for j in 0..(20 + i % 60) {
-            line.push_str(words[(i * 7 + j * 13 + j * j) % words.len()]);
-            line.push(' ');
-        }
-        line.push('\n');
-        if i % 9 == 0 {
-            line.push('\n');
-        }
-        f.write_all(line.as_bytes()).unwrap();
-        written += line.len();
-        i += 1;
-    }
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// The child of [`peak_memory_does_not_grow_with_the_corpus`]: builds the entry of the text
 /// named by `TRAM_RSS_TEXT` and prints its peak RSS. Does nothing otherwise.
 #[test]
@@ -278,7 +220,7 @@ fn rss_child() {
         c.len(),
         std::fs::metadata(c.path()).unwrap().len(),
         start.elapsed().as_secs_f64(),
-        vm_hwm_kib()
+        tram_data::fixtures::peak_rss_kib().expect("Linux /proc/self/status")
     );
 }
 
@@ -301,8 +243,8 @@ fn child_peak(text: &Path, dir: &Path) -> (u64, u64) {
 fn peak_memory_does_not_grow_with_the_corpus() {
     let dir = scratch("rss");
     let (small, large) = (dir.join("small.txt"), dir.join("large.txt"));
-    synthetic_text(&small, 3);
-    synthetic_text(&large, 30);
+    tram_data::fixtures::synthetic_text(&small, 3).unwrap();
+    tram_data::fixtures::synthetic_text(&large, 30).unwrap();
     let (hwm_small, tokens_small) = child_peak(&small, &dir.join("s"));
     let (hwm_large, tokens_large) = child_peak(&large, &dir.join("l"));
     assert!(tokens_large > 9 * tokens_small, "{tokens_large} vs {tokens_small} tokens");
