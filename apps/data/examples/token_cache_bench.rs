@@ -7,7 +7,6 @@
 //! split is instead loaded and tokenised in memory the way `tram lm` did before the cache
 //! (records, texts, one token stream, block copies), for comparison.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tram_data::lm::Protocol;
 use tram_data::token_cache::{hash_tokenizer, CacheSpec, TokenCache};

@@ -3,7 +3,6 @@
 //! equals the in-memory `token_blocks`, entries are reused, stale and corrupt entries rebuilt,
 //! archives streamed, and peak memory does not grow with the corpus.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tram_data::fixtures::{tar_gz_bytes, text_records, write_json_lines};
 use tram_data::lm::{self, Protocol};
