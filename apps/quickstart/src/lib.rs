@@ -197,9 +197,6 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     // Its rows are the compositions: an override that changes what a row is (its optimizer,
     // whether it trains) would label one method's numbers with another's name.
     tram_trainer::rows::check_labels(&sources, &runs).context("the quickstart's rows are its methods")?;
-    for r in &runs {
-        tram_trainer::apps::check_sizes(r)?;
-    }
     // Earlier results of these rows are kept (the trainer refuses to overwrite them; with
     // `control.resume` the rows finished with the same settings are skipped) unless
     // `control.force`: then every seed of the row goes, so that no stale seed joins the table.

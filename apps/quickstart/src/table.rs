@@ -89,20 +89,7 @@ impl QuickRow {
 
     /// For CSV: `diverged`, `failed`, `3/40 skipped`, `2/40 no ascent`, joined by `; `.
     pub fn status(&self) -> String {
-        let mut s = Vec::new();
-        if self.diverged {
-            s.push("diverged".to_string());
-        }
-        if self.failed {
-            s.push("failed".to_string());
-        }
-        if self.skipped_steps > 0 {
-            s.push(format!("{}/{} skipped", self.skipped_steps, self.steps));
-        }
-        if self.no_ascent_steps > 0 {
-            s.push(format!("{}/{} no ascent", self.no_ascent_steps, self.steps));
-        }
-        s.join("; ")
+        tram_trainer::results::status(self.diverged, self.failed, self.skipped_steps, self.no_ascent_steps, self.steps)
     }
 }
 

@@ -75,9 +75,6 @@ pub fn run_sources(
     let all = sources.run_names()?;
     let runs = sources.resolve(names, registry)?;
     crate::rows::check_labels(sources, &runs)?;
-    for r in &runs {
-        crate::apps::check_sizes(r)?;
-    }
     if dry_run {
         print!("{}", dry_run_text(&runs)?);
         return Ok(Summary { tables: Vec::new(), interrupted: false, failures: Vec::new() });

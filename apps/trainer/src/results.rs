@@ -346,6 +346,25 @@ pub fn markers(diverged: bool, skipped: bool, no_ascent: bool) -> String {
     [(diverged, '†'), (skipped, '‡'), (no_ascent, '§')].into_iter().filter(|&(on, _)| on).map(|(_, c)| c).collect()
 }
 
+/// A row's status for CSV: `diverged`, `failed`, `3/40 skipped`, `2/40 no ascent`, joined by
+/// `; ` (empty for a clean row; the trainer's and the quickstart's tables use the same one).
+pub fn status(diverged: bool, failed: bool, skipped: u64, no_ascent: u64, steps: u64) -> String {
+    let mut s = Vec::new();
+    if diverged {
+        s.push("diverged".to_string());
+    }
+    if failed {
+        s.push("failed".to_string());
+    }
+    if skipped > 0 {
+        s.push(format!("{skipped}/{steps} skipped"));
+    }
+    if no_ascent > 0 {
+        s.push(format!("{no_ascent}/{steps} no ascent"));
+    }
+    s.join("; ")
+}
+
 /// `label` followed by its `markers`, if any (`SAM ‡`).
 pub fn marked_label(label: &str, markers: &str) -> String {
     if markers.is_empty() {
@@ -400,20 +419,7 @@ impl Row {
 
     /// The notes of the row for CSV: `diverged`, `failed`, `3/6 skipped`, `2/6 no ascent`, joined by `; `.
     pub fn status(&self) -> String {
-        let mut s = Vec::new();
-        if self.diverged > 0 {
-            s.push("diverged".to_string());
-        }
-        if self.failed > 0 {
-            s.push("failed".to_string());
-        }
-        if self.skipped_steps > 0 {
-            s.push(format!("{}/{} skipped", self.skipped_steps, self.steps));
-        }
-        if self.no_ascent_steps > 0 {
-            s.push(format!("{}/{} no ascent", self.no_ascent_steps, self.steps));
-        }
-        s.join("; ")
+        status(self.diverged > 0, self.failed > 0, self.skipped_steps, self.no_ascent_steps, self.steps)
     }
 }
 

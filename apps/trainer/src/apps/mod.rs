@@ -130,24 +130,3 @@ pub fn subset(s: &str) -> Option<&str> {
     let s = s.trim();
     (!s.is_empty()).then_some(s)
 }
-
-/// Refuse settings that leave an evaluation set (or the training set of a training run)
-/// empty: an empty evaluation set has no metric, and the run would only find out after
-/// training. Checked for every selected run before the first one starts.
-pub fn check_sizes(run: &RunConfig) -> Result<()> {
-    let t = &run.config.train;
-    let zero = |key: &str, what: &str| {
-        Err(Error::Config(format!("key `{key}` = 0 (run `{}`): {what}; give at least 1, or leave it unset for no limit", run.name)))
-    };
-    if t.max_eval_examples == Some(0) {
-        return zero("train.max_eval_examples", "every validation and test set would be empty, with no metric to report");
-    }
-    if run.config.lm.max_eval_blocks == Some(0) {
-        return zero("lm.max_eval_blocks", "every validation and test set would be empty, with no metric to report");
-    }
-    let trains = !t.evaluate_only && t.steps != Some(0);
-    if trains && t.max_train_examples == Some(0) {
-        return zero("train.max_train_examples", "the training set would be empty");
-    }
-    Ok(())
-}
