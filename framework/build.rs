@@ -1,5 +1,5 @@
 //! Captures what a run-time plugin must share with the program that loads it (see
-//! `src/plugin.rs`): the compiler version and a digest of the framework's own source.
+//! `src/plugin/`): the compiler version and a digest of the framework's own source.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

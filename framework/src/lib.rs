@@ -10,24 +10,23 @@
 //! - [`BaseOptimizer`]: SGD, Adam, AdamW.
 //!
 //! `Optimizer::new(&registry, OptimizerConfig::new("noise+ball+adam", 1e-4))` is TRAM-x on
-//! Adam; see [`composition`] for the grammar. Built-in components live in `tram-plugins`.
+//! Adam; see [`compose::grammar`] for the grammar. Built-in components live in `tram-plugins`.
 
-pub mod base;
 pub mod check;
-pub mod composition;
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-mod elf;
+pub mod components;
+pub mod compose;
 pub mod engine;
 pub mod error;
-pub mod model;
-pub mod neighborhood;
 pub mod noise;
 pub mod ops;
 pub mod plugin;
-pub mod region;
-pub mod registry;
 pub mod schedule;
-pub mod state;
+
+// The paths of the flat layout, kept so code written against them still compiles.
+#[doc(hidden)]
+pub use components::{base, model, neighborhood, region, state};
+#[doc(hidden)]
+pub use compose::{grammar as composition, registry};
 
 pub use base::BaseOptimizer;
 pub use composition::{Composition, Term};

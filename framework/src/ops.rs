@@ -1,8 +1,8 @@
 //! Differentiable building blocks (candle's fused `softmax_last_dim` drops gradients, so these
 //! are written from primitive ops) and global-norm helpers over parameter lists.
 
+use crate::components::model::to_f32;
 use crate::error::Result;
-use crate::model::to_f32;
 use candle_core::{DType, Tensor, D};
 
 /// `log softmax` over the last dimension; the max shift is a detached constant.

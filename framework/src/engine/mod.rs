@@ -2,16 +2,16 @@
 //! bitwise restore, clipped base step, trust-region bookkeeping; the one-pass regulariser
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
-use crate::base::BaseOptimizer;
 use crate::check::Range;
-use crate::composition::{Composition, Term};
+use crate::components::base::BaseOptimizer;
+use crate::components::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
+use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
+use crate::components::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
+use crate::compose::grammar::{Composition, Term};
+use crate::compose::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::error::{Error, Result};
-use crate::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
-use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::ops::global_norm;
-use crate::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
-use crate::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::schedule::Schedule;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -617,10 +617,10 @@ impl Optimizer {
             params.restore(&theta)?;
             let origin = "<state before the rolled-back step>";
             let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
-            self.base.load_state(params, &crate::state::StateReader::in_memory(&state, origin))?;
+            self.base.load_state(params, &crate::components::state::StateReader::in_memory(&state, origin))?;
             for (b, st) in self.bound_mut().zip(region_states) {
                 let st: std::collections::HashMap<String, Tensor> = st.into_iter().collect();
-                b.region.load_state(params, &crate::state::StateReader::in_memory(&st, origin))?;
+                b.region.load_state(params, &crate::components::state::StateReader::in_memory(&st, origin))?;
             }
             self.skipped += 1;
             self.step += 1;

@@ -1,8 +1,8 @@
 //! Trust regions (paper §3): a *target* output produced without gradient (θ_{t-1}, θ₀, noised
 //! input, EMA) and a *distance* between target and current logits.
 
+use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::error::Result;
-use crate::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::noise::NoiseSource;
 use candle_core::{Shape, Tensor};
 use serde::{Deserialize, Serialize};
@@ -127,7 +127,7 @@ pub trait TrustRegion: Send {
     /// The state to checkpoint, as `(key, tensor)` with keys unique within this region.
     fn state(&self, params: &Params) -> Vec<(String, Tensor)>;
     /// Restore from [`TrustRegion::state`]'s keys.
-    fn load_state(&mut self, params: &Params, state: &crate::state::StateReader<'_>) -> Result<()>;
+    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
     /// Parameters, for reports and `Display`.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null

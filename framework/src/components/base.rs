@@ -1,7 +1,7 @@
 //! Base optimizers: the final update given a gradient. State is keyed by parameter name.
 
+use crate::components::model::Params;
 use crate::error::Result;
-use crate::model::Params;
 use candle_core::Tensor;
 
 /// A base optimizer (SGD, Adam, AdamW, ...). The learning rate is passed in per step.
@@ -13,7 +13,7 @@ pub trait BaseOptimizer: Send {
     /// The state to checkpoint as `(key, tensor)`; keys include parameter names.
     fn state(&self, params: &Params) -> Vec<(String, Tensor)>;
     /// Restore state written by [`BaseOptimizer::state`].
-    fn load_state(&mut self, params: &Params, state: &crate::state::StateReader<'_>) -> Result<()>;
+    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
     /// Parameters, for reports.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -2,9 +2,9 @@
 //! snapshots (θ_{t-1}, θ₀, EMA) and the noise stream position, saved by parameter name as
 //! safetensors with a format version, written atomically (temp file + rename).
 
+use crate::components::model::Params;
 use crate::engine::Optimizer;
 use crate::error::{Error, Result};
-use crate::model::Params;
 use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -196,13 +196,13 @@ impl Optimizer {
 }
 
 /// Checkpoint entries `<key>/<param name>` for a snapshot aligned with `params`.
-pub fn snapshot_state(key: &str, params: &Params, snapshot: &crate::model::Snapshot) -> Vec<(String, Tensor)> {
+pub fn snapshot_state(key: &str, params: &Params, snapshot: &crate::components::model::Snapshot) -> Vec<(String, Tensor)> {
     params.iter().zip(snapshot.tensors()).map(|(p, t)| (format!("{key}/{}", p.name), t.clone())).collect()
 }
 
 /// Read a snapshot written by [`snapshot_state`], checking every parameter's shape.
-pub fn load_snapshot(key: &str, params: &Params, reader: &StateReader<'_>) -> Result<crate::model::Snapshot> {
+pub fn load_snapshot(key: &str, params: &Params, reader: &StateReader<'_>) -> Result<crate::components::model::Snapshot> {
     let tensors =
         params.iter().map(|p| reader.require_like(&format!("{key}/{}", p.name), p.var.as_tensor())).collect::<Result<Vec<_>>>()?;
-    crate::model::Snapshot::from_tensors(params, tensors)
+    crate::components::model::Snapshot::from_tensors(params, tensors)
 }

@@ -1,7 +1,7 @@
 //! Neighborhoods: the shape of the ascent perturbation ε given a radius and a gradient.
 
+use crate::components::model::Params;
 use crate::error::Result;
-use crate::model::Params;
 use candle_core::Tensor;
 
 /// Where the radius of the ascent comes from.

@@ -43,12 +43,15 @@
 //! `#[global_allocator]`), since plugin-allocated values are freed by the host; and a panic
 //! inside a plugin component (after registration) aborts the process.
 
-use crate::base::BaseOptimizer;
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+mod elf;
+
+use crate::components::base::BaseOptimizer;
+use crate::components::model::{Batch, Logits, Mode, Params, Snapshot};
+use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
+use crate::components::region::{Distance, Reduction, TargetCtx, TrustRegion};
+use crate::compose::registry::{Alias, BuildFn, Component, Entry, Kind, ParamDoc, Registry};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Logits, Mode, Params, Snapshot};
-use crate::neighborhood::{Ascent, Neighborhood, RadiusSource};
-use crate::region::{Distance, Reduction, TargetCtx, TrustRegion};
-use crate::registry::{Alias, BuildFn, Component, Entry, Kind, ParamDoc, Registry};
 use candle_core::Tensor;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -500,7 +503,7 @@ impl Registry {
         // The loader does not check the file against its headers: a truncated library would
         // crash the process with SIGBUS.
         #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-        crate::elf::check(&canonical).map_err(|reason| Error::Plugin { path: origin.clone(), reason })?;
+        crate::plugin::elf::check(&canonical).map_err(|reason| Error::Plugin { path: origin.clone(), reason })?;
         // SAFETY: loading a library runs its initialisers; a tram plugin's are Rust's own.
         // What runs next is checked first (see `checked_register_fn`).
         let library = unsafe { open_library(&canonical) }
@@ -715,7 +718,7 @@ impl TrustRegion for PluginTrustRegion {
         let state = self.inner.state(params);
         adopt_all(state.clone()).unwrap_or(state)
     }
-    fn load_state(&mut self, params: &Params, state: &crate::state::StateReader<'_>) -> Result<()> {
+    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()> {
         self.inner.load_state(params, state).map_err(launder)
     }
     fn describe(&self) -> Value {
@@ -770,7 +773,7 @@ impl BaseOptimizer for PluginBase {
         let state = self.inner.state(params);
         adopt_all(state.clone()).unwrap_or(state)
     }
-    fn load_state(&mut self, params: &Params, state: &crate::state::StateReader<'_>) -> Result<()> {
+    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()> {
         self.inner.load_state(params, state).map_err(launder)
     }
     fn describe(&self) -> Value {
@@ -853,9 +856,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     mod wrappers {
         use super::*;
-        use crate::model::{Model, Weights};
+        use crate::components::model::{Model, Weights};
+        use crate::components::region::NoiseSlot;
         use crate::noise::SeededNoise;
-        use crate::region::NoiseSlot;
         use candle_core::{Device, Var};
 
         /// Doubles the input embeddings; its target is the embeddings themselves.
@@ -882,7 +885,7 @@ mod tests {
             fn state(&self, _: &Params) -> Vec<(String, Tensor)> {
                 Vec::new()
             }
-            fn load_state(&mut self, _: &Params, _: &crate::state::StateReader<'_>) -> Result<()> {
+            fn load_state(&mut self, _: &Params, _: &crate::components::state::StateReader<'_>) -> Result<()> {
                 Ok(())
             }
         }

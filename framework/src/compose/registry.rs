@@ -2,10 +2,10 @@
 //! plus whatever run-time plugins add. A duplicate name is an error; an unknown name lists
 //! every valid one.
 
-use crate::base::BaseOptimizer;
+use crate::components::base::BaseOptimizer;
+use crate::components::neighborhood::Neighborhood;
+use crate::components::region::{Distance, TrustRegion};
 use crate::error::{Error, Result};
-use crate::neighborhood::Neighborhood;
-use crate::region::{Distance, TrustRegion};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;

@@ -12,8 +12,8 @@
 //! most one neighborhood, then exactly one base optimizer, last. An alias may stand for
 //! everything before the base: `sam` is `ball+adam`, `sam+sgd` is `ball+sgd`.
 
+use crate::compose::registry::{Kind, Registry};
 use crate::error::{Error, Result};
-use crate::registry::{Kind, Registry};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
