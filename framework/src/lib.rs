@@ -24,11 +24,19 @@ pub mod schedule;
 
 // The paths of the flat layout, kept so code written against them still compiles.
 #[doc(hidden)]
-pub use components::{base, model, neighborhood, region, state};
+pub use components::{base, model, neighborhood, region};
+/// The old `tram::state`: a component's checkpoint reader and the checkpoint file helpers.
+#[doc(hidden)]
+pub mod state {
+    pub use crate::components::state::*;
+    pub use crate::engine::checkpoint::{safetensors_bytes, write_atomic, FORMAT, VERSION};
+}
 #[doc(hidden)]
 pub use compose::{grammar as composition, registry};
 
 pub use base::BaseOptimizer;
+pub use components::distance::{Distance, Reduction};
+pub use components::region::{NoiseSlot, TargetCtx, TrustRegion};
 pub use composition::{Composition, Term};
 pub use engine::{BoundRegion, Optimizer, OptimizerConfig, PenaltySettings, RadiusPrecision, RegionSettings, StepReport};
 pub use error::{Error, Result};
@@ -36,7 +44,6 @@ pub use model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
 pub use neighborhood::{Ascent, Neighborhood, RadiusSource};
 pub use noise::{NoiseKind, NoiseSource, QueuedNoise, SeededNoise};
 pub use plugin::{Registrar, PLUGINS_ENV};
-pub use region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
 pub use registry::{Alias, AliasRegistration, Component, Entry, Kind, ParamDoc, Registration, Registry};
 pub use schedule::Schedule;
 

@@ -1,7 +1,6 @@
 //! Differentiable building blocks (candle's fused `softmax_last_dim` drops gradients, so these
 //! are written from primitive ops) and global-norm helpers over parameter lists.
 
-use crate::components::model::to_f32;
 use crate::error::Result;
 use candle_core::{DType, Tensor, D};
 
@@ -61,4 +60,9 @@ pub fn global_norm(tensors: &[Tensor]) -> Result<f64> {
 /// Multiply every tensor by `s`.
 pub fn scale_all(tensors: &[Tensor], s: f64) -> Result<Vec<Tensor>> {
     tensors.iter().map(|t| t.affine(s, 0.0).map_err(Into::into)).collect()
+}
+
+/// Cast to f32 when needed (distances and norms are computed in f32).
+pub(crate) fn to_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
 }

@@ -3,7 +3,7 @@
 //! and a forward split at the input embeddings so noise can be added there (TRAM-x, R3F).
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -246,9 +246,4 @@ pub trait Model {
     fn loss(&self, logits: &Logits) -> Result<Tensor> {
         crate::ops::cross_entropy(&logits.logits, &logits.targets)
     }
-}
-
-/// Cast to f32 when needed (distances and norms are computed in f32).
-pub(crate) fn to_f32(t: &Tensor) -> Result<Tensor> {
-    Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
 }

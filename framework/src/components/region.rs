@@ -1,61 +1,10 @@
 //! Trust regions (paper §3): a *target* output produced without gradient (θ_{t-1}, θ₀, noised
-//! input, EMA) and a *distance* between target and current logits.
+//! input, EMA), measured against the current logits by a [`Distance`].
 
 use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::error::Result;
 use crate::noise::NoiseSource;
 use candle_core::{Shape, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// How a distance is reduced over rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Reduction {
-    /// Per-row mean (the paper's definition).
-    #[default]
-    Mean,
-    /// TRAM's reference code: KL divided by rows × classes and again by the batch size; MMD
-    /// and L2 (the per-row *mean* of row norms) divided by the batch size. As TRAM's radius it
-    /// also drops the δ ≤ 0 guard, as the reference code has none.
-    Reference,
-}
-
-/// A distance `D(target ‖ current)` between two `[rows, classes]` logit tensors, in f32.
-pub trait Distance: Send + Sync {
-    /// Registered name.
-    fn name(&self) -> &str;
-    /// The distance as a scalar tensor; differentiable in the inputs that carry a graph.
-    /// `examples` is the number of examples in the batch (for `Reduction::Reference`).
-    fn distance(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<Tensor>;
-    /// Parameters that differ from the defaults, for reports.
-    fn describe(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-    /// The distance of detached copies of `target` and `current`, detached, with its gradient
-    /// with respect to each. Run-time plugins are differentiated through this: the default body
-    /// is compiled into the plugin, so the graph it builds uses only the plugin's copy of candle
-    /// (see `tram::plugin`). Do not override.
-    #[doc(hidden)]
-    fn distance_with_grads(
-        &self,
-        target: &Tensor,
-        current: &Tensor,
-        reduction: Reduction,
-        examples: usize,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let t = candle_core::Var::from_tensor(&target.detach())?;
-        let c = candle_core::Var::from_tensor(&current.detach())?;
-        let d = self.distance(t.as_tensor(), c.as_tensor(), reduction, examples)?;
-        let grads = d.backward()?;
-        let grad = |v: &candle_core::Var| -> Result<Tensor> {
-            Ok(match grads.get(v.as_tensor()) {
-                Some(g) => g.detach(),
-                None => v.as_tensor().zeros_like()?,
-            })
-        };
-        Ok((d.detach(), grad(&t)?, grad(&c)?))
-    }
-}
 
 /// What a trust region sees when it produces a target.
 pub struct TargetCtx<'a> {

@@ -3,8 +3,9 @@
 //! every valid one.
 
 use crate::components::base::BaseOptimizer;
+use crate::components::distance::Distance;
 use crate::components::neighborhood::Neighborhood;
-use crate::components::region::{Distance, TrustRegion};
+use crate::components::region::TrustRegion;
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -2,16 +2,19 @@
 //! bitwise restore, clipped base step, trust-region bookkeeping; the one-pass regulariser
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
+pub mod checkpoint;
+
 use crate::check::Range;
 use crate::components::base::BaseOptimizer;
-use crate::components::model::{to_f32, Batch, Logits, Mode, Model, Params, Snapshot};
+use crate::components::distance::{Distance, Reduction};
+use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
-use crate::components::region::{Distance, NoiseSlot, Reduction, TargetCtx, TrustRegion};
+use crate::components::region::{NoiseSlot, TargetCtx, TrustRegion};
 use crate::compose::grammar::{Composition, Term};
 use crate::compose::registry::{parse_params, reject_nulls, Component, Kind, Registry};
 use crate::error::{Error, Result};
 use crate::noise::{NoiseSource, SeededNoise};
-use crate::ops::global_norm;
+use crate::ops::{global_norm, to_f32};
 use crate::schedule::Schedule;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

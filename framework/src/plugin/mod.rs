@@ -47,9 +47,10 @@
 mod elf;
 
 use crate::components::base::BaseOptimizer;
+use crate::components::distance::{Distance, Reduction};
 use crate::components::model::{Batch, Logits, Mode, Params, Snapshot};
 use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
-use crate::components::region::{Distance, Reduction, TargetCtx, TrustRegion};
+use crate::components::region::{TargetCtx, TrustRegion};
 use crate::compose::registry::{Alias, BuildFn, Component, Entry, Kind, ParamDoc, Registry};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
