@@ -50,3 +50,9 @@ pub use schedule::Schedule;
 
 /// Re-exported so component crates register without depending on `inventory` themselves.
 pub use inventory;
+
+/// Items only [`export_plugin!`] expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::plugin::abi::catch_panics;
+}

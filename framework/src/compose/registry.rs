@@ -81,6 +81,19 @@ pub struct Entry {
     pub build: Arc<BuildFn>,
 }
 
+impl Entry {
+    /// A component entry (origin "built-in"; the plugin loader sets it to the plugin's path).
+    pub fn new(
+        kind: Kind,
+        name: impl Into<String>,
+        summary: impl Into<String>,
+        params: Vec<ParamDoc>,
+        build: impl Fn(&Value) -> Result<Component> + Send + Sync + 'static,
+    ) -> Entry {
+        Entry { kind, name: name.into(), summary: summary.into(), params, origin: "built-in".into(), build: Arc::new(build) }
+    }
+}
+
 /// A static registration, submitted with `inventory::submit!` by built-in component files.
 pub struct Registration {
     /// Kind.
@@ -118,13 +131,20 @@ pub struct AliasRegistration {
 }
 inventory::collect!(AliasRegistration);
 
+/// A run-time plugin library that a registry keeps loaded (made by `Registry::load_plugin`,
+/// see [`crate::plugin`]): it stays mapped while the registry, or anything built from it, lives.
+pub trait LoadedPlugin: Send + Sync {
+    /// The canonical path it was loaded from.
+    fn path(&self) -> &std::path::Path;
+}
+
 /// Every component and alias known to this process.
 #[derive(Clone, Default)]
 pub struct Registry {
     entries: BTreeMap<String, Entry>,
     aliases: BTreeMap<String, Alias>,
     /// Run-time plugin libraries loaded into this registry (see [`Registry::load_plugin`]).
-    pub(crate) plugins: Vec<Arc<crate::plugin::PluginLibrary>>,
+    pub(crate) plugins: Vec<Arc<dyn LoadedPlugin>>,
 }
 
 impl Registry {
@@ -220,6 +240,11 @@ impl Registry {
     /// Names of every component (of one kind, if given), sorted.
     pub fn names(&self, kind: Option<Kind>) -> Vec<String> {
         self.entries.values().filter(|e| kind.is_none_or(|k| e.kind == k)).map(|e| e.name.clone()).collect()
+    }
+
+    /// The plugin libraries loaded into this registry.
+    pub fn plugins(&self) -> impl Iterator<Item = &dyn LoadedPlugin> {
+        self.plugins.iter().map(|l| l.as_ref())
     }
 
     /// Build component `name` of `kind` from its parameter table.
