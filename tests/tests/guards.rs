@@ -264,3 +264,41 @@ fn f16_parameters_are_refused_naming_what_to_use_instead() {
         [0.5, -1.0, 0.25]
     );
 }
+
+/// A base optimizer whose state cannot be read (a device error, say): plain SGD without state.
+struct UnreadableState;
+
+impl tram::BaseOptimizer for UnreadableState {
+    fn name(&self) -> &str {
+        "unreadable"
+    }
+    fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> tram::Result<()> {
+        for (p, g) in params.iter().zip(grads) {
+            p.var.set(&p.var.as_tensor().sub(&g.affine(lr, 0.0)?)?)?;
+        }
+        Ok(())
+    }
+    fn state(&self, _: &Params) -> tram::Result<Vec<(String, Tensor)>> {
+        Err(tram::Error::Model("the state of `unreadable` cannot be read".into()))
+    }
+    fn load_state(&mut self, _: &Params, _: &tram::state::StateReader<'_>) -> tram::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_state_that_cannot_be_read_fails_the_save_and_the_step_instead_of_being_dropped() {
+    let mut r = tram::Registry::empty();
+    r.register(Entry::new(Kind::Base, "unreadable", "test", vec![], |_| Ok(Component::Base(Box::new(UnreadableState))))).unwrap();
+    let m = model(3);
+    let before = clone_model(&m);
+    let mut opt = Optimizer::new(&r, OptimizerConfig::new("unreadable", 0.1)).unwrap();
+    // The step needs the state for its rollback: it fails, and the parameters are untouched.
+    let err = opt.step(&m, &batches(1, 1)).unwrap_err().to_string();
+    assert!(err.contains("cannot be read"), "{err}");
+    assert_bitwise_equal(&m, &before, "unreadable");
+    let dir = tempfile::tempdir().unwrap();
+    let err = opt.save_state(m.params(), &dir.path().join("opt.safetensors")).unwrap_err().to_string();
+    assert!(err.contains("cannot be read"), "{err}");
+    assert!(!dir.path().join("opt.safetensors").exists(), "nothing written");
+}

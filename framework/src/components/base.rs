@@ -10,8 +10,9 @@ pub trait BaseOptimizer: Send {
     fn name(&self) -> &str;
     /// Apply one update with `grads` aligned with `params`.
     fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()>;
-    /// The state to checkpoint as `(key, tensor)`; keys include parameter names.
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)>;
+    /// The state to checkpoint as `(key, tensor)`; keys include parameter names. An error
+    /// fails the save (or the step that needed the state for a rollback), never drops a tensor.
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
     /// Restore state written by [`BaseOptimizer::state`].
     fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
     /// Parameters, for reports.

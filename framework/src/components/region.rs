@@ -74,7 +74,7 @@ pub trait TrustRegion: Send {
         Ok(())
     }
     /// The state to checkpoint, as `(key, tensor)` with keys unique within this region.
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)>;
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
     /// Restore from [`TrustRegion::state`]'s keys.
     fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
     /// Parameters, for reports and `Display`.

@@ -70,11 +70,11 @@ impl Optimizer {
     /// Every state tensor, keyed `base/…`, `region<i>/…`, `engine/…`.
     fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
-        for (k, t) in self.base().state(params) {
+        for (k, t) in self.base().state(params)? {
             out.insert(format!("base/{k}"), t);
         }
         for (i, b) in self.bound().enumerate() {
-            for (k, t) in b.region.state(params) {
+            for (k, t) in b.region.state(params)? {
                 out.insert(format!("region{i}/{k}"), t);
             }
         }

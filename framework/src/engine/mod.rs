@@ -260,8 +260,8 @@ impl Optimizer {
             Some(b) => b,
             None => params.snapshot()?,
         };
-        let base_state = self.base.state(params);
-        let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect();
+        let base_state = self.base.state(params)?;
+        let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect::<Result<_>>()?;
         for b in self.bound_mut() {
             b.region.before_update(params, Some(&theta))?;
         }

@@ -135,9 +135,8 @@ impl TrustRegion for PluginTrustRegion {
     fn after_update(&mut self, params: &Params) -> Result<()> {
         self.inner.after_update(params).map_err(launder)
     }
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
-        let state = self.inner.state(params);
-        adopt_all(state.clone()).unwrap_or(state)
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        adopt_all(self.inner.state(params).map_err(launder)?)
     }
     fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()> {
         self.inner.load_state(params, state).map_err(launder)
@@ -190,9 +189,8 @@ impl BaseOptimizer for PluginBase {
     fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
         self.inner.update(params, grads, lr).map_err(launder)
     }
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
-        let state = self.inner.state(params);
-        adopt_all(state.clone()).unwrap_or(state)
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        adopt_all(self.inner.state(params).map_err(launder)?)
     }
     fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()> {
         self.inner.load_state(params, state).map_err(launder)
@@ -236,8 +234,8 @@ mod tests {
             fn perturbs_input(&self) -> bool {
                 true
             }
-            fn state(&self, _: &Params) -> Vec<(String, Tensor)> {
-                Vec::new()
+            fn state(&self, _: &Params) -> Result<Vec<(String, Tensor)>> {
+                Ok(Vec::new())
             }
             fn load_state(&mut self, _: &Params, _: &crate::components::state::StateReader<'_>) -> Result<()> {
                 Ok(())

@@ -122,7 +122,7 @@ impl AdamCore {
     }
 
     /// Checkpoint entries.
-    pub fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
+    pub fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
         let mut out: Vec<(String, Tensor)> = Vec::new();
         for p in params.iter() {
             if let (Some(m), Some(v)) = (self.m.get(&p.name), self.v.get(&p.name)) {
@@ -130,10 +130,8 @@ impl AdamCore {
                 out.push((format!("exp_avg_sq/{}", p.name), v.clone()));
             }
         }
-        if let Ok(t) = u64_tensor(self.step) {
-            out.push(("step".into(), t));
-        }
-        out
+        out.push(("step".into(), u64_tensor(self.step)?));
+        Ok(out)
     }
 
     /// Restore checkpoint entries.
@@ -161,7 +159,7 @@ impl BaseOptimizer for Adam {
     fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
         self.0.update(params, grads, lr)
     }
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
         self.0.state(params)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {

@@ -21,7 +21,7 @@ impl BaseOptimizer for AdamW {
     fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
         self.0.update(params, grads, lr)
     }
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
         self.0.state(params)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {

@@ -57,8 +57,8 @@ impl BaseOptimizer for Sgd {
         }
         Ok(())
     }
-    fn state(&self, params: &Params) -> Vec<(String, Tensor)> {
-        params.iter().filter_map(|p| self.buffers.get(&p.name).map(|b| (format!("momentum/{}", p.name), b.clone()))).collect()
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        Ok(params.iter().filter_map(|p| self.buffers.get(&p.name).map(|b| (format!("momentum/{}", p.name), b.clone()))).collect())
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
         self.buffers.clear();

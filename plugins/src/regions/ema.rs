@@ -51,8 +51,8 @@ impl TrustRegion for MovingAverage {
         }
         Ok(())
     }
-    fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
-        self.theta.as_ref().map(|s| snapshot_state("theta_ema", params, s)).unwrap_or_default()
+    fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
+        Ok(self.theta.as_ref().map(|s| snapshot_state("theta_ema", params, s)).unwrap_or_default())
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
         self.theta = Some(load_snapshot("theta_ema", params, state)?);

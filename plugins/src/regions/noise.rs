@@ -61,8 +61,8 @@ impl TrustRegion for InputNoise {
     fn perturbs_input(&self) -> bool {
         true
     }
-    fn state(&self, _params: &Params) -> Vec<(String, candle_core::Tensor)> {
-        Vec::new()
+    fn state(&self, _params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
+        Ok(Vec::new())
     }
     fn load_state(&mut self, _params: &Params, _state: &StateReader<'_>) -> Result<()> {
         Ok(())

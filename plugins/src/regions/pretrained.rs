@@ -32,8 +32,8 @@ impl TrustRegion for Pretrained {
     fn tracks_current(&self) -> bool {
         false
     }
-    fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
-        self.theta0.as_ref().map(|s| snapshot_state("theta0", params, s)).unwrap_or_default()
+    fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
+        Ok(self.theta0.as_ref().map(|s| snapshot_state("theta0", params, s)).unwrap_or_default())
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
         self.theta0 = Some(load_snapshot("theta0", params, state)?);

@@ -49,8 +49,8 @@ impl TrustRegion for PreviousIterate {
     fn describe(&self) -> Value {
         serde_json::json!({ "target": READING })
     }
-    fn state(&self, params: &Params) -> Vec<(String, candle_core::Tensor)> {
-        self.theta.as_ref().map(|s| snapshot_state("theta", params, s)).unwrap_or_default()
+    fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
+        Ok(self.theta.as_ref().map(|s| snapshot_state("theta", params, s)).unwrap_or_default())
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
         self.theta = Some(load_snapshot("theta", params, state)?);
