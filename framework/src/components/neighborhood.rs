@@ -31,6 +31,15 @@ pub trait Neighborhood: Send {
     fn radius_source(&self) -> RadiusSource;
     /// Tell the neighborhood whether a trust region sizes it (called once at composition).
     fn sized_by_region(&mut self, _sized: bool) {}
+    /// The radius of this step's ascent, given the δ of the trust region composed before it
+    /// (`None` without one): δ when that region sizes this neighborhood
+    /// ([`RadiusSource::Region`]), else [`Neighborhood::rho`].
+    fn radius(&self, delta: Option<f64>) -> f64 {
+        match (self.radius_source(), delta) {
+            (RadiusSource::Region, Some(delta)) => delta,
+            _ => self.rho(),
+        }
+    }
     /// ε for gradient `grads` (aligned with `params`) and radius `radius`.
     fn perturbation(&self, params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent>;
     /// Parameters, for reports.

@@ -58,8 +58,7 @@ pub struct Optimizer {
     composition: Composition,
     config: OptimizerConfig,
     penalties: Vec<Penalty>,
-    region: Option<BoundRegion>,
-    neighborhood: Option<Box<dyn Neighborhood>>,
+    plan: Plan,
     base: Box<dyn BaseOptimizer>,
     noise: Box<dyn NoiseSource>,
     pub(crate) step: u64,
@@ -78,20 +77,9 @@ impl Optimizer {
     /// Compose the optimizer `config.name` from `registry`.
     pub fn new(registry: &Registry, config: OptimizerConfig) -> Result<Optimizer> {
         let Bound { composition, penalties, region, neighborhood, base } = bind(registry, &config)?;
+        let plan = Plan::new(&composition, region, neighborhood)?;
         let noise = Box::new(SeededNoise::new(config.seed));
-        Ok(Optimizer {
-            composition,
-            config,
-            penalties,
-            region,
-            neighborhood,
-            base,
-            noise,
-            step: 0,
-            skipped: 0,
-            no_ascent: 0,
-            initialized: false,
-        })
+        Ok(Optimizer { composition, config, penalties, plan, base, noise, step: 0, skipped: 0, no_ascent: 0, initialized: false })
     }
 
     /// The canonical composition.
@@ -128,8 +116,8 @@ impl Optimizer {
         serde_json::json!({
             "composition": self.composition.to_string(),
             "penalties": self.penalties.iter().map(|p| { let mut v = region(&p.bound); v["penalty"] = serde_json::to_value(&p.settings).unwrap_or_default(); v }).collect::<Vec<_>>(),
-            "region": self.region.as_ref().map(region),
-            "neighborhood": self.neighborhood.as_ref().map(|n| serde_json::json!({"name": n.name(), "params": n.describe()})),
+            "region": self.plan.region().map(region),
+            "neighborhood": self.plan.neighborhood().map(|n| serde_json::json!({"name": n.name(), "params": n.describe()})),
             "base": {"name": self.base.name(), "params": self.base.describe()},
             "lr": self.config.lr, "schedule": self.config.schedule, "max_grad_norm": self.config.max_grad_norm,
         })
@@ -155,10 +143,10 @@ impl Optimizer {
     }
 
     pub(crate) fn bound_mut(&mut self) -> impl Iterator<Item = &mut BoundRegion> {
-        self.penalties.iter_mut().map(|p| &mut p.bound).chain(self.region.iter_mut())
+        self.penalties.iter_mut().map(|p| &mut p.bound).chain(self.plan.region_mut())
     }
     pub(crate) fn bound(&self) -> impl Iterator<Item = &BoundRegion> {
-        self.penalties.iter().map(|p| &p.bound).chain(self.region.iter())
+        self.penalties.iter().map(|p| &p.bound).chain(self.plan.region())
     }
     pub(crate) fn base(&self) -> &dyn BaseOptimizer {
         self.base.as_ref()
@@ -171,10 +159,6 @@ impl Optimizer {
     }
     pub(crate) fn noise_mut(&mut self) -> &mut dyn NoiseSource {
         self.noise.as_mut()
-    }
-
-    fn sizing_region(&self) -> bool {
-        self.region.is_some() && self.neighborhood.as_ref().is_some_and(|n| n.radius_source() == RadiusSource::Region)
     }
 
     /// One optimizer step over `batches` (gradient accumulation over micro-batches).
@@ -209,11 +193,12 @@ impl Optimizer {
         // (τ = 0 or a NaN target), even where candle drops its gradient.
         let finite_loss = first.loss.is_finite() && first.penalty.is_none_or(f64::is_finite);
         if finite_loss {
-            if let Some(n) = &self.neighborhood {
-                let radius = if self.sizing_region() { first.delta.unwrap_or(f64::NAN) } else { n.rho() };
+            if let Some(n) = self.plan.neighborhood() {
+                // `first.delta` is there exactly when the plan is `Sized`.
+                let radius = n.radius(first.delta);
                 // The reference code has no guard for δ ≤ 0: with its scaling it perturbs anyway
                 // (a negative δ reverses the ascent). Non-finite radii never perturb.
-                let unguarded = self.sizing_region() && self.region.as_ref().is_some_and(|r| r.settings.reduction == Reduction::Reference);
+                let unguarded = matches!(&self.plan, Plan::Sized { region, .. } if region.settings.reduction == Reduction::Reference);
                 let ascent =
                     if radius.is_finite() && (radius > 0.0 || unguarded) { n.perturbation(params, &grads, radius)? } else { Ascent::None };
                 match ascent {
@@ -296,15 +281,13 @@ impl Optimizer {
     fn pass(&mut self, model: &dyn Model, batches: &[Batch], mode: Mode, first: bool, s: &mut Scratch) -> Result<PassOut> {
         let params = model.params();
         let mode = if first { mode } else { mode.frozen() };
-        let sizing = first && self.sizing_region();
-        let noising = first && self.region.is_some() && !self.sizing_region();
+        let sizing = first && matches!(self.plan, Plan::Sized { .. });
         let k = batches.len();
         let (mut acc, mut loss_sum, mut pen_sum, mut delta_sum, mut rows_total) = (None::<Vec<Tensor>>, 0.0, 0.0, 0.0, 0usize);
         for (i, batch) in batches.iter().enumerate() {
             let examples = batch.examples()?;
             let mut embeds = model.embed(params, batch, mode)?;
-            if noising {
-                let r = self.region.as_mut().expect("noising implies a region");
+            if let (true, Plan::Fixed { input: Some(r), .. }) = (first, &mut self.plan) {
                 let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
                 let mut ctx = TargetCtx { model, batch, mode, noise: &mut slot };
                 embeds = r
@@ -339,8 +322,7 @@ impl Optimizer {
                 pen_sum += r.to_scalar::<f32>()? as f64 * rows as f64;
                 total = total.add(&r)?;
             }
-            if sizing {
-                let r = self.region.as_mut().expect("sizing implies a region");
+            if let (true, Plan::Sized { region: r, .. }) = (first, &mut self.plan) {
                 let tmode = r.target_mode(mode);
                 let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
                 let mut ctx = TargetCtx { model, batch, mode: tmode, noise: &mut slot };
@@ -382,6 +364,57 @@ impl Optimizer {
             penalty: (!self.penalties.is_empty()).then_some(pen_sum / n),
             delta: sizing.then_some(delta_sum / n),
         })
+    }
+}
+
+/// What a step does with the trust region and the neighborhood of its composition, fixed when
+/// the optimizer is built (SPEC "Two-pass step").
+enum Plan {
+    /// No neighborhood: one pass and the base step (penalties, if any, are in the loss).
+    Descent,
+    /// An ascent of the neighborhood's fixed radius ρ (SAM, ASAM, FSAM). With `input`, the
+    /// first pass runs on that region's perturbed input (TRAM-Fisher).
+    Fixed { neighborhood: Box<dyn Neighborhood>, input: Option<BoundRegion> },
+    /// TRAM: the region's distance δ between its target and the first pass's logits sizes the
+    /// ascent ([`Neighborhood::radius`]).
+    Sized { neighborhood: Box<dyn Neighborhood>, region: BoundRegion },
+}
+
+impl Plan {
+    /// The plan of a bound composition. `bind` has checked that a region comes with a
+    /// neighborhood and that a fixed-radius neighborhood only takes an input-perturbing region.
+    fn new(composition: &Composition, region: Option<BoundRegion>, neighborhood: Option<Box<dyn Neighborhood>>) -> Result<Plan> {
+        Ok(match (neighborhood, region) {
+            (None, None) => Plan::Descent,
+            (None, Some(r)) => {
+                return Err(Error::composition(
+                    &composition.to_string(),
+                    format!("trust region `{}` has no neighborhood to size", r.region.name()),
+                ))
+            }
+            (Some(neighborhood), Some(region)) if neighborhood.radius_source() == RadiusSource::Region => {
+                Plan::Sized { neighborhood, region }
+            }
+            (Some(neighborhood), input) => Plan::Fixed { neighborhood, input },
+        })
+    }
+    fn neighborhood(&self) -> Option<&dyn Neighborhood> {
+        match self {
+            Plan::Descent => None,
+            Plan::Fixed { neighborhood, .. } | Plan::Sized { neighborhood, .. } => Some(neighborhood.as_ref()),
+        }
+    }
+    fn region(&self) -> Option<&BoundRegion> {
+        match self {
+            Plan::Descent | Plan::Fixed { input: None, .. } => None,
+            Plan::Fixed { input: Some(region), .. } | Plan::Sized { region, .. } => Some(region),
+        }
+    }
+    fn region_mut(&mut self) -> Option<&mut BoundRegion> {
+        match self {
+            Plan::Descent | Plan::Fixed { input: None, .. } => None,
+            Plan::Fixed { input: Some(region), .. } | Plan::Sized { region, .. } => Some(region),
+        }
     }
 }
 

@@ -165,6 +165,9 @@ impl Neighborhood for PluginNeighborhood {
     fn sized_by_region(&mut self, sized: bool) {
         self.inner.sized_by_region(sized)
     }
+    fn radius(&self, delta: Option<f64>) -> f64 {
+        self.inner.radius(delta)
+    }
     fn perturbation(&self, params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent> {
         Ok(match self.inner.perturbation(params, grads, radius).map_err(launder)? {
             Ascent::Step(eps) => Ascent::Step(eps.iter().map(adopt).collect::<Result<_>>()?),
