@@ -71,4 +71,25 @@ mod tests {
             assert!(r.find(n).is_some(), "{n} missing");
         }
     }
+
+    #[test]
+    fn base_optimizer_checkpoint_keys_are_the_saved_ones() {
+        // Saved checkpoints name their tensors with these keys: they must never change.
+        use candle_core::{Device, Tensor, Var};
+        let dev = Device::Cpu;
+        let params = tram::Params::new([("w.weight".to_string(), Var::new(&[1f32, 2.0], &dev).unwrap())]).unwrap();
+        let g = [Tensor::new(&[0.5f32, -1.0], &dev).unwrap()];
+        let r = registry().unwrap();
+        for (name, keys) in [
+            ("sgd", &["momentum/w.weight"][..]),
+            ("adam", &["exp_avg/w.weight", "exp_avg_sq/w.weight", "step"][..]),
+            ("adamw", &["exp_avg/w.weight", "exp_avg_sq/w.weight", "step"][..]),
+        ] {
+            let tram::Component::Base(mut b) = r.build(tram::Kind::Base, name, &serde_json::Value::Null).unwrap() else { panic!() };
+            b.update(&params, &g, 0.1).unwrap();
+            let mut got: Vec<String> = b.state(&params).unwrap().into_iter().map(|(k, _)| k).collect();
+            got.sort();
+            assert_eq!(got, keys, "{name}");
+        }
+    }
 }

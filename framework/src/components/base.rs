@@ -1,10 +1,44 @@
-//! Base optimizers: the final update given a gradient. State is keyed by parameter name.
+//! Base optimizers: the final update given a gradient.
+//!
+//! Most base optimizers are per-parameter math: write that as a [`SimpleOptimizer`] and wrap
+//! it in an [`Adaptor`], which owns everything else (state keyed by parameter name, checkpoint
+//! keys `<slot>/<parameter name>`, moving restored state to the parameter's device and dtype).
+//! Implement [`BaseOptimizer`] directly only for an update that couples parameters.
 
 use crate::components::model::Params;
+use crate::components::state::StateReader;
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 
 /// A base optimizer (SGD, Adam, AdamW, ...). The learning rate is passed in per step.
+///
+/// ```
+/// use tram::components::base::{Adaptor, BaseOptimizer, SimpleOptimizer, StatePolicy};
+/// use candle_core::{Device, Tensor, Var};
+///
+/// /// Plain gradient descent: no state.
+/// struct Descent;
+/// impl SimpleOptimizer for Descent {
+///     type State = ();
+///     const SLOTS: &'static [&'static str] = &[];
+///     fn name(&self) -> &str { "descent" }
+///     fn step(&self, lr: f64, param: &Var, grad: &Tensor, _: &mut Option<()>) -> tram::Result<()> {
+///         Ok(param.set(&param.as_tensor().detach().sub(&grad.affine(lr, 0.0)?)?)?)
+///     }
+///     fn state_policy(&self) -> StatePolicy { StatePolicy::None }
+///     fn to_tensors(_: &()) -> Vec<Tensor> { Vec::new() }
+///     fn from_tensors(_: Vec<Tensor>) -> tram::Result<()> { Ok(()) }
+/// }
+///
+/// let w = Var::new(&[1f32, 2.0], &Device::Cpu)?;
+/// let params = tram::Params::new([("w".to_string(), w.clone())])?;
+/// let mut opt = Adaptor::new(Descent);
+/// opt.update(&params, &[Tensor::new(&[1f32, -1.0], &Device::Cpu)?], 0.5)?;
+/// assert_eq!(w.as_tensor().to_vec1::<f32>()?, [0.5, 2.5]);
+/// assert!(opt.state(&params)?.is_empty());
+/// # Ok::<(), tram::Error>(())
+/// ```
 pub trait BaseOptimizer: Send {
     /// Registered name.
     fn name(&self) -> &str;
@@ -14,9 +48,128 @@ pub trait BaseOptimizer: Send {
     /// fails the save (or the step that needed the state for a rollback), never drops a tensor.
     fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
     /// Restore state written by [`BaseOptimizer::state`].
-    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()>;
     /// Parameters, for reports.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+}
+
+/// Which parameters a checkpoint must hold per-parameter state for (checked on load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatePolicy {
+    /// None: any per-parameter tensors in the checkpoint are ignored (Adam before its first step).
+    None,
+    /// Those that have it: a parameter without its tensors starts without state (SGD's
+    /// momentum buffers).
+    Optional,
+    /// Every parameter: a missing tensor is a checkpoint error (Adam after its first step).
+    Required,
+}
+
+/// The per-parameter math of a base optimizer (burn's `SimpleOptimizer`): how one parameter
+/// and its own state change given its gradient. [`Adaptor`] makes it a [`BaseOptimizer`].
+///
+/// [`SimpleOptimizer::step`] writes the parameter and the state itself, so an implementation
+/// may update both in place (a fused kernel) instead of allocating new tensors.
+pub trait SimpleOptimizer: Send {
+    /// One parameter's state (moments, a momentum buffer); `()` for none.
+    type State: Send;
+    /// The checkpoint key of each state tensor, in [`SimpleOptimizer::to_tensors`] order:
+    /// tensor `i` of parameter `p` is saved as `<SLOTS[i]>/<p>`.
+    const SLOTS: &'static [&'static str];
+    /// Registered name.
+    fn name(&self) -> &str;
+    /// Called once per step before the parameters are updated (advance a step counter).
+    fn begin_step(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Update `param` (its value and `state`, `None` before its first step) with `grad` at
+    /// learning rate `lr`.
+    fn step(&self, lr: f64, param: &Var, grad: &Tensor, state: &mut Option<Self::State>) -> Result<()>;
+    /// The state tensors, aligned with [`SimpleOptimizer::SLOTS`].
+    fn to_tensors(state: &Self::State) -> Vec<Tensor>;
+    /// A state from tensors aligned with [`SimpleOptimizer::SLOTS`] (already checked against
+    /// the parameter's shape and moved to its device and dtype).
+    fn from_tensors(tensors: Vec<Tensor>) -> Result<Self::State>;
+    /// Which parameters a checkpoint holds state for, after [`SimpleOptimizer::load_global_state`].
+    fn state_policy(&self) -> StatePolicy {
+        StatePolicy::Optional
+    }
+    /// State shared by every parameter (Adam's step count), under keys without a `/`.
+    fn global_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Restore [`SimpleOptimizer::global_state`]; called before the per-parameter state.
+    fn load_global_state(&mut self, _state: &StateReader<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Parameters, for reports.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// A [`SimpleOptimizer`] as a [`BaseOptimizer`]: it keeps each parameter's state by name and
+/// writes and reads the checkpoint keys.
+pub struct Adaptor<R: SimpleOptimizer> {
+    rule: R,
+    state: HashMap<String, Option<R::State>>,
+}
+
+impl<R: SimpleOptimizer> Adaptor<R> {
+    /// `rule` with no state yet.
+    pub fn new(rule: R) -> Self {
+        Self { rule, state: HashMap::new() }
+    }
+    /// The per-parameter rule.
+    pub fn rule(&self) -> &R {
+        &self.rule
+    }
+}
+
+impl<R: SimpleOptimizer> BaseOptimizer for Adaptor<R> {
+    fn name(&self) -> &str {
+        self.rule.name()
+    }
+    fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.rule.begin_step()?;
+        for (p, g) in params.iter().zip(grads) {
+            let state = self.state.entry(p.name.clone()).or_insert(None);
+            self.rule.step(lr, &p.var, g, state)?;
+        }
+        Ok(())
+    }
+    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for p in params.iter() {
+            if let Some(Some(s)) = self.state.get(&p.name) {
+                out.extend(R::SLOTS.iter().zip(R::to_tensors(s)).map(|(slot, t)| (format!("{slot}/{}", p.name), t)));
+            }
+        }
+        out.extend(self.rule.global_state()?);
+        Ok(out)
+    }
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
+        self.rule.load_global_state(state)?;
+        self.state.clear();
+        let policy = self.rule.state_policy();
+        if policy == StatePolicy::None || R::SLOTS.is_empty() {
+            return Ok(());
+        }
+        for p in params.iter() {
+            if policy == StatePolicy::Optional && state.get(&format!("{}/{}", R::SLOTS[0], p.name)).is_none() {
+                continue;
+            }
+            let tensors = R::SLOTS
+                .iter()
+                .map(|slot| state.require_like(&format!("{slot}/{}", p.name), p.var.as_tensor()))
+                .collect::<Result<Vec<_>>>()?;
+            self.state.insert(p.name.clone(), Some(R::from_tensors(tensors)?));
+        }
+        Ok(())
+    }
+    fn describe(&self) -> serde_json::Value {
+        self.rule.describe()
     }
 }

@@ -1,14 +1,14 @@
 //! `adam`: Adam (Kingma & Ba, 2015), bias-corrected, with optional L2 weight decay added to
 //! the gradient — PyTorch's `torch.optim.Adam` rule. [`AdamCore`] is shared with `adamw`.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
 use tram::check::Range;
+use tram::components::base::{Adaptor, SimpleOptimizer, StatePolicy};
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::state::{scalar_u64, u64_tensor, StateReader};
-use tram::{BaseOptimizer, Params, Result};
+use tram::{Error, Result};
 
 /// Parameters of Adam / AdamW.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,108 +70,104 @@ impl Default for AdamConfig {
     }
 }
 
-/// Adam moments keyed by parameter name, and the step count.
+/// Adam(W)'s per-parameter math; [`Adaptor`] keeps the moments by parameter name.
 pub struct AdamCore {
     /// Hyper-parameters.
     pub config: AdamConfig,
     /// Decoupled weight decay (AdamW) instead of L2.
     pub decoupled: bool,
+    name: &'static str,
     step: u64,
-    m: HashMap<String, Tensor>,
-    v: HashMap<String, Tensor>,
+    /// `1 − β1ᵗ` and `√(1 − β2ᵗ)` of the current step.
+    bias_corrections: (f64, f64),
+}
+
+/// One parameter's Adam moments.
+pub struct Moments {
+    /// First moment `m` (`exp_avg`).
+    pub m: Tensor,
+    /// Second moment `v` (`exp_avg_sq`).
+    pub v: Tensor,
 }
 
 impl AdamCore {
-    /// Fresh state.
+    /// Fresh state: `adamw` with `decoupled`, else `adam`.
     pub fn new(config: AdamConfig, decoupled: bool) -> Self {
-        Self { config, decoupled, step: 0, m: HashMap::new(), v: HashMap::new() }
+        Self { config, decoupled, name: if decoupled { "adamw" } else { "adam" }, step: 0, bias_corrections: (1.0, 1.0) }
     }
+}
 
-    /// One Adam(W) update.
-    pub fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
+impl SimpleOptimizer for AdamCore {
+    type State = Moments;
+    const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn begin_step(&mut self) -> Result<()> {
         let c = &self.config;
         self.step += 1;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        for (p, g) in params.iter().zip(grads) {
-            let mut theta = p.var.as_tensor().detach();
-            let mut g = g.clone();
-            if c.weight_decay != 0.0 {
-                if self.decoupled {
-                    theta = theta.affine(1.0 - lr * c.weight_decay, 0.0)?;
-                } else {
-                    g = g.add(&theta.affine(c.weight_decay, 0.0)?)?;
-                }
-            }
-            let m = match self.m.get(&p.name) {
-                Some(m) => (m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?,
-                None => g.affine(1.0 - c.beta1, 0.0)?,
-            };
-            let g2 = g.sqr()?;
-            let v = match self.v.get(&p.name) {
-                Some(v) => (v.affine(c.beta2, 0.0)? + g2.affine(1.0 - c.beta2, 0.0)?)?,
-                None => g2.affine(1.0 - c.beta2, 0.0)?,
-            };
-            let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
-            let new = theta.sub(&m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
-            p.var.set(&new)?;
-            self.m.insert(p.name.clone(), m);
-            self.v.insert(p.name.clone(), v);
-        }
+        self.bias_corrections = (1.0 - c.beta1.powi(self.step as i32), (1.0 - c.beta2.powi(self.step as i32)).sqrt());
         Ok(())
     }
-
-    /// Checkpoint entries.
-    pub fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
-        let mut out: Vec<(String, Tensor)> = Vec::new();
-        for p in params.iter() {
-            if let (Some(m), Some(v)) = (self.m.get(&p.name), self.v.get(&p.name)) {
-                out.push((format!("exp_avg/{}", p.name), m.clone()));
-                out.push((format!("exp_avg_sq/{}", p.name), v.clone()));
+    fn step(&self, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
+        let c = &self.config;
+        let (bc1, bc2_sqrt) = self.bias_corrections;
+        let mut theta = param.as_tensor().detach();
+        let mut g = g.clone();
+        if c.weight_decay != 0.0 {
+            if self.decoupled {
+                theta = theta.affine(1.0 - lr * c.weight_decay, 0.0)?;
+            } else {
+                g = g.add(&theta.affine(c.weight_decay, 0.0)?)?;
             }
         }
-        out.push(("step".into(), u64_tensor(self.step)?));
-        Ok(out)
+        let m = match state {
+            Some(s) => (s.m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?,
+            None => g.affine(1.0 - c.beta1, 0.0)?,
+        };
+        let g2 = g.sqr()?;
+        let v = match state {
+            Some(s) => (s.v.affine(c.beta2, 0.0)? + g2.affine(1.0 - c.beta2, 0.0)?)?,
+            None => g2.affine(1.0 - c.beta2, 0.0)?,
+        };
+        let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
+        let new = theta.sub(&m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
+        param.set(&new)?;
+        *state = Some(Moments { m, v });
+        Ok(())
     }
-
-    /// Restore checkpoint entries.
-    pub fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.step = scalar_u64(&state.require("step")?)?;
-        self.m.clear();
-        self.v.clear();
+    fn to_tensors(s: &Moments) -> Vec<Tensor> {
+        vec![s.m.clone(), s.v.clone()]
+    }
+    fn from_tensors(t: Vec<Tensor>) -> Result<Moments> {
+        let [m, v]: [Tensor; 2] = t.try_into().map_err(|t: Vec<Tensor>| Error::Model(format!("{} Adam state tensors, not 2", t.len())))?;
+        Ok(Moments { m, v })
+    }
+    /// Moments exist for every parameter after the first step, for none before it.
+    fn state_policy(&self) -> StatePolicy {
         if self.step > 0 {
-            for p in params.iter() {
-                self.m.insert(p.name.clone(), state.require_like(&format!("exp_avg/{}", p.name), p.var.as_tensor())?);
-                self.v.insert(p.name.clone(), state.require_like(&format!("exp_avg_sq/{}", p.name), p.var.as_tensor())?);
-            }
+            StatePolicy::Required
+        } else {
+            StatePolicy::None
         }
+    }
+    fn global_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![("step".into(), u64_tensor(self.step)?)])
+    }
+    fn load_global_state(&mut self, state: &StateReader<'_>) -> Result<()> {
+        self.step = scalar_u64(&state.require("step")?)?;
         Ok(())
+    }
+    fn describe(&self) -> Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
     }
 }
 
 /// Adam with L2 weight decay.
-pub struct Adam(pub AdamCore);
-
-impl BaseOptimizer for Adam {
-    fn name(&self) -> &str {
-        "adam"
-    }
-    fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
-        self.0.update(params, grads, lr)
-    }
-    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
-        self.0.state(params)
-    }
-    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.0.load_state(params, state)
-    }
-    fn describe(&self) -> Value {
-        serde_json::to_value(&self.0.config).unwrap_or_default()
-    }
-}
+pub type Adam = Adaptor<AdamCore>;
 
 fn build(v: &Value) -> Result<Component> {
-    Ok(Component::Base(Box::new(Adam(AdamCore::new(AdamConfig::parse("base optimizer `adam`", v, 0.0)?, false)))))
+    Ok(Component::Base(Box::new(Adam::new(AdamCore::new(AdamConfig::parse("base optimizer `adam`", v, 0.0)?, false)))))
 }
 
 tram::inventory::submit! {

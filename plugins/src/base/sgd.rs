@@ -1,14 +1,13 @@
 //! `sgd`: stochastic gradient descent with momentum, optional Nesterov, and L2 weight decay
 //! added to the gradient — PyTorch's `torch.optim.SGD` rule (Sutskever et al., 2013).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
 use tram::check::Range;
+use tram::components::base::{Adaptor, SimpleOptimizer};
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::StateReader;
-use tram::{BaseOptimizer, Error, Params, Result};
+use tram::{Error, Result};
 
 /// Parameters of SGD.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,44 +29,41 @@ impl Default for SgdConfig {
     }
 }
 
-/// SGD with momentum buffers keyed by parameter name.
-pub struct Sgd {
+/// SGD's per-parameter math; [`Adaptor`] keeps the momentum buffers by parameter name.
+pub struct SgdRule {
     config: SgdConfig,
-    buffers: HashMap<String, Tensor>,
 }
 
-impl BaseOptimizer for Sgd {
+/// SGD with momentum buffers keyed by parameter name.
+pub type Sgd = Adaptor<SgdRule>;
+
+impl SimpleOptimizer for SgdRule {
+    /// The momentum buffer (none while `momentum` is 0).
+    type State = Tensor;
+    const SLOTS: &'static [&'static str] = &["momentum"];
     fn name(&self) -> &str {
         "sgd"
     }
-    fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
+    fn step(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
         let c = &self.config;
-        for (p, g) in params.iter().zip(grads) {
-            let theta = p.var.as_tensor().detach();
-            let mut d = if c.weight_decay != 0.0 { g.add(&theta.affine(c.weight_decay, 0.0)?)? } else { g.clone() };
-            if c.momentum != 0.0 {
-                let buf = match self.buffers.get(&p.name) {
-                    Some(b) => (b.affine(c.momentum, 0.0)? + d.affine(1.0 - c.dampening, 0.0)?)?,
-                    None => d.copy()?,
-                };
-                d = if c.nesterov { d.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
-                self.buffers.insert(p.name.clone(), buf);
-            }
-            p.var.set(&theta.sub(&d.affine(lr, 0.0)?)?)?;
+        let theta = param.as_tensor().detach();
+        let mut d = if c.weight_decay != 0.0 { g.add(&theta.affine(c.weight_decay, 0.0)?)? } else { g.clone() };
+        if c.momentum != 0.0 {
+            let buf = match buffer {
+                Some(b) => (b.affine(c.momentum, 0.0)? + d.affine(1.0 - c.dampening, 0.0)?)?,
+                None => d.copy()?,
+            };
+            d = if c.nesterov { d.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
+            *buffer = Some(buf);
         }
+        param.set(&theta.sub(&d.affine(lr, 0.0)?)?)?;
         Ok(())
     }
-    fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
-        Ok(params.iter().filter_map(|p| self.buffers.get(&p.name).map(|b| (format!("momentum/{}", p.name), b.clone()))).collect())
+    fn to_tensors(buffer: &Tensor) -> Vec<Tensor> {
+        vec![buffer.clone()]
     }
-    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.buffers.clear();
-        for p in params.iter() {
-            if state.get(&format!("momentum/{}", p.name)).is_some() {
-                self.buffers.insert(p.name.clone(), state.require_like(&format!("momentum/{}", p.name), p.var.as_tensor())?);
-            }
-        }
-        Ok(())
+    fn from_tensors(t: Vec<Tensor>) -> Result<Tensor> {
+        t.into_iter().next().ok_or_else(|| Error::Model("no SGD momentum tensor".into()))
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()
@@ -91,7 +87,7 @@ fn build(v: &Value) -> Result<Component> {
     if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
         return Err(Error::Config { component: WHAT.into(), reason: "nesterov needs momentum > 0 and dampening = 0".into() });
     }
-    Ok(Component::Base(Box::new(Sgd { config, buffers: HashMap::new() })))
+    Ok(Component::Base(Box::new(Sgd::new(SgdRule { config }))))
 }
 
 tram::inventory::submit! {
