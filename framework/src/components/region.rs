@@ -2,7 +2,8 @@
 //! input, EMA), measured against the current logits by a [`Distance`].
 
 use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
-use crate::error::Result;
+use crate::components::state::{load_snapshot, snapshot_state, StateReader};
+use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::{Shape, Tensor};
 
@@ -76,9 +77,59 @@ pub trait TrustRegion: Send {
     /// The state to checkpoint, as `(key, tensor)` with keys unique within this region.
     fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
     /// Restore from [`TrustRegion::state`]'s keys.
-    fn load_state(&mut self, params: &Params, state: &crate::components::state::StateReader<'_>) -> Result<()>;
+    fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()>;
     /// Parameters, for reports and `Display`.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+}
+
+/// A parameter snapshot a trust region keeps as its target's weights (θ_{t-1}, θ₀, θ_ema):
+/// taken at [`TrustRegion::init`], evaluated without a graph, checkpointed as
+/// `<key>/<parameter name>`. The `prev`, `pretrained` and `ema` regions are built on it.
+pub struct SnapshotTarget {
+    region: &'static str,
+    key: &'static str,
+    theta: Option<Snapshot>,
+}
+
+impl SnapshotTarget {
+    /// An empty snapshot of trust region `region`, checkpointed under `key`.
+    pub const fn new(region: &'static str, key: &'static str) -> Self {
+        Self { region, key, theta: None }
+    }
+    /// Take the snapshot: an exact copy of `params`.
+    pub fn init(&mut self, params: &Params) -> Result<()> {
+        self.theta = Some(params.snapshot()?);
+        Ok(())
+    }
+    /// Replace the snapshot.
+    pub fn set(&mut self, theta: Snapshot) {
+        self.theta = Some(theta);
+    }
+    /// The snapshot; an error before [`SnapshotTarget::init`].
+    pub fn get(&self) -> Result<&Snapshot> {
+        self.theta.as_ref().ok_or_else(|| self.before_init())
+    }
+    /// The snapshot, to update it in place (EMA); an error before [`SnapshotTarget::init`].
+    pub fn get_mut(&mut self) -> Result<&mut Snapshot> {
+        let err = self.before_init();
+        self.theta.as_mut().ok_or(err)
+    }
+    /// The model's logits at the snapshot, for the context's batch and mode.
+    pub fn target(&self, ctx: &TargetCtx<'_>) -> Result<Logits> {
+        ctx.model.forward(self.get()?, ctx.batch, ctx.mode)
+    }
+    /// Checkpoint entries `<key>/<parameter name>` (none before [`SnapshotTarget::init`]).
+    pub fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.theta.as_ref().map(|s| snapshot_state(self.key, params, s)).unwrap_or_default())
+    }
+    /// Restore from [`SnapshotTarget::state`]'s entries, checking every parameter's shape.
+    pub fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
+        self.theta = Some(load_snapshot(self.key, params, state)?);
+        Ok(())
+    }
+    fn before_init(&self) -> Error {
+        Error::Model(format!("`{}` used before init", self.region))
     }
 }

@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
+use tram::components::region::SnapshotTarget;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::{load_snapshot, snapshot_state, StateReader};
-use tram::{Error, Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
+use tram::state::StateReader;
+use tram::{Logits, Params, Result, TargetCtx, TrustRegion};
 
 /// Parameters of the `ema` trust region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ impl Default for EmaConfig {
 /// Keeps θ_ema, starting at θ₀.
 pub struct MovingAverage {
     config: EmaConfig,
-    theta: Option<Snapshot>,
+    theta: SnapshotTarget,
 }
 
 impl TrustRegion for MovingAverage {
@@ -33,30 +34,27 @@ impl TrustRegion for MovingAverage {
         "ema"
     }
     fn init(&mut self, params: &Params) -> Result<()> {
-        self.theta = Some(params.snapshot()?);
-        Ok(())
+        self.theta.init(params)
     }
     fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
-        let theta = self.theta.as_ref().ok_or_else(|| Error::Model("`ema` used before init".into()))?;
-        ctx.model.forward(theta, ctx.batch, ctx.mode)
+        self.theta.target(ctx)
     }
     fn tracks_current(&self) -> bool {
         false
     }
     fn after_update(&mut self, params: &Params) -> Result<()> {
         let d = self.config.decay;
-        let theta = self.theta.as_mut().ok_or_else(|| Error::Model("`ema` used before init".into()))?;
+        let theta = self.theta.get_mut()?;
         for (e, p) in theta.tensors_mut().iter_mut().zip(params.iter()) {
             *e = (e.affine(d, 0.0)? + p.var.as_tensor().detach().affine(1.0 - d, 0.0)?)?;
         }
         Ok(())
     }
     fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
-        Ok(self.theta.as_ref().map(|s| snapshot_state("theta_ema", params, s)).unwrap_or_default())
+        self.theta.state(params)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.theta = Some(load_snapshot("theta_ema", params, state)?);
-        Ok(())
+        self.theta.load_state(params, state)
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()
@@ -71,7 +69,7 @@ const DECAY: Range = Range::UNIT;
 fn build(v: &Value) -> Result<Component> {
     let config: EmaConfig = parse_params(WHAT, v)?;
     DECAY.check(WHAT, "decay", config.decay)?;
-    Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: None })))
+    Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: SnapshotTarget::new("ema", "theta_ema") })))
 }
 
 tram::inventory::submit! {

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::components::region::SnapshotTarget;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::{load_snapshot, snapshot_state, StateReader};
-use tram::{Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
+use tram::state::StateReader;
+use tram::{Logits, Params, Result, TargetCtx, TrustRegion};
 
 /// `pretrained` has no parameters of its own.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -14,7 +15,7 @@ pub struct PretrainedConfig {}
 
 /// Keeps a frozen copy of θ₀.
 pub struct Pretrained {
-    theta0: Option<Snapshot>,
+    theta0: SnapshotTarget,
 }
 
 impl TrustRegion for Pretrained {
@@ -22,28 +23,25 @@ impl TrustRegion for Pretrained {
         "pretrained"
     }
     fn init(&mut self, params: &Params) -> Result<()> {
-        self.theta0 = Some(params.snapshot()?);
-        Ok(())
+        self.theta0.init(params)
     }
     fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
-        let theta0 = self.theta0.as_ref().ok_or_else(|| tram::Error::Model("`pretrained` used before init".into()))?;
-        ctx.model.forward(theta0, ctx.batch, ctx.mode)
+        self.theta0.target(ctx)
     }
     fn tracks_current(&self) -> bool {
         false
     }
     fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
-        Ok(self.theta0.as_ref().map(|s| snapshot_state("theta0", params, s)).unwrap_or_default())
+        self.theta0.state(params)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.theta0 = Some(load_snapshot("theta0", params, state)?);
-        Ok(())
+        self.theta0.load_state(params, state)
     }
 }
 
 fn build(v: &Value) -> Result<Component> {
     let _: PretrainedConfig = parse_params("trust region `pretrained`", v)?;
-    Ok(Component::TrustRegion(Box::new(Pretrained { theta0: None })))
+    Ok(Component::TrustRegion(Box::new(Pretrained { theta0: SnapshotTarget::new("pretrained", "theta0") })))
 }
 
 tram::inventory::submit! {

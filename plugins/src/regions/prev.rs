@@ -10,8 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::components::region::SnapshotTarget;
 use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::{load_snapshot, snapshot_state, StateReader};
+use tram::state::StateReader;
 use tram::{Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
 
 /// `prev` has no parameters of its own (distance settings are common to every region).
@@ -21,7 +22,20 @@ pub struct PrevConfig {}
 
 /// Keeps θ_{t-1} and evaluates the model there without a graph.
 pub struct PreviousIterate {
-    theta: Option<Snapshot>,
+    theta: SnapshotTarget,
+}
+
+impl PreviousIterate {
+    /// Before init: no snapshot yet.
+    pub fn new() -> Self {
+        Self { theta: SnapshotTarget::new("prev", "theta") }
+    }
+}
+
+impl Default for PreviousIterate {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TrustRegion for PreviousIterate {
@@ -29,32 +43,29 @@ impl TrustRegion for PreviousIterate {
         "prev"
     }
     fn init(&mut self, params: &Params) -> Result<()> {
-        self.theta = Some(params.snapshot()?);
-        Ok(())
+        self.theta.init(params)
     }
     fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> Result<Logits> {
-        let theta = self.theta.as_ref().ok_or_else(|| tram::Error::Model("`prev` used before init".into()))?;
-        ctx.model.forward(theta, ctx.batch, ctx.mode)
+        self.theta.target(ctx)
     }
     fn tracks_current(&self) -> bool {
         false
     }
     fn before_update(&mut self, params: &Params, exact_copy: Option<&Snapshot>) -> Result<()> {
-        self.theta = Some(match exact_copy {
-            Some(s) => s.clone(),
-            None => params.snapshot()?,
-        });
+        match exact_copy {
+            Some(s) => self.theta.set(s.clone()),
+            None => self.theta.init(params)?,
+        }
         Ok(())
     }
     fn describe(&self) -> Value {
         serde_json::json!({ "target": READING })
     }
     fn state(&self, params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
-        Ok(self.theta.as_ref().map(|s| snapshot_state("theta", params, s)).unwrap_or_default())
+        self.theta.state(params)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.theta = Some(load_snapshot("theta", params, state)?);
-        Ok(())
+        self.theta.load_state(params, state)
     }
 }
 
@@ -64,7 +75,7 @@ The published reference code never updates its target, so its TRAM-θ_{t-1} is T
 
 fn build(v: &Value) -> Result<Component> {
     let _: PrevConfig = parse_params("trust region `prev`", v)?;
-    Ok(Component::TrustRegion(Box::new(PreviousIterate { theta: None })))
+    Ok(Component::TrustRegion(Box::new(PreviousIterate::new())))
 }
 
 tram::inventory::submit! {
@@ -77,7 +88,7 @@ mod tests {
 
     #[test]
     fn describes_which_reading_of_theta_t_minus_1_it_implements() {
-        let d = PreviousIterate { theta: None }.describe().to_string();
+        let d = PreviousIterate::new().describe().to_string();
         assert!(d.contains("before each base update") && d.contains("TRAM-θ₀") && d.contains("pretrained"), "{d}");
     }
 
