@@ -398,3 +398,28 @@ fn take_keys(m: &mut Map<String, Value>, keys: &[(&str, &str)]) -> Value {
 fn wrong_kind(name: &str, kind: Kind) -> Error {
     Error::Config { component: name.into(), reason: format!("its constructor did not build a {kind}") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: Value) -> Vec<String> {
+        let Value::Object(m) = v else { panic!("not a table: {v}") };
+        let mut k: Vec<String> = m.keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    fn listed(docs: &[(&str, &str)]) -> Vec<String> {
+        let mut k: Vec<String> = docs.iter().map(|(k, _)| k.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn every_region_and_penalty_setting_is_listed_with_a_doc() {
+        assert_eq!(keys(serde_json::to_value(RegionSettings::default()).unwrap()), listed(REGION_SETTINGS));
+        assert_eq!(keys(serde_json::to_value(PenaltySettings::default()).unwrap()), listed(PENALTY_SETTINGS));
+        assert!(REGION_SETTINGS.iter().chain(PENALTY_SETTINGS).all(|(_, doc)| !doc.is_empty()));
+    }
+}

@@ -94,7 +94,12 @@ impl Entry {
     }
 }
 
-/// A static registration, submitted with `inventory::submit!` by built-in component files.
+/// A component's declaration: everything the registry lists about it and its constructor.
+/// Write it with [`component!`](crate::component), which also names the component once for its
+/// trait impl and its errors. In-tree and statically linked crates submit it with
+/// `tram::inventory::submit!(REGISTRATION);` ([`Registry::builtin`] collects them); a run-time
+/// plugin registers it with `registrar.register(REGISTRATION.entry())`.
+#[derive(Clone, Copy)]
 pub struct Registration {
     /// Kind.
     pub kind: Kind,
@@ -108,6 +113,76 @@ pub struct Registration {
     pub build: fn(&Value) -> Result<Component>,
 }
 inventory::collect!(Registration);
+
+impl Registration {
+    /// The registry entry of this declaration (origin "built-in"; the plugin loader sets a
+    /// plugin's path).
+    pub fn entry(&self) -> Entry {
+        Entry::new(self.kind, self.name, self.summary, (self.params)(), self.build)
+    }
+}
+
+/// Declare a component once: its kind and name, its one-line summary, the doc of every key of
+/// its parameter table, and its constructor. Defines, in the calling module:
+///
+/// - `NAME`: the registered name (return it from the trait's `name()`);
+/// - `WHAT`: how errors name it, e.g. ``"trust region `ema`"`` (pass it to `parse_params`);
+/// - `REGISTRATION`: its [`Registration`]. Submit it with `tram::inventory::submit!(REGISTRATION);`
+///   in a linked crate, or register `REGISTRATION.entry()` from a plugin's register function.
+///
+/// The kind is one of `trust_region`, `distance`, `neighborhood`, `base`. Parameter docs are
+/// given per field of the config struct (its `Default` gives the defaults `tram list` shows), or
+/// as `params: <fn() -> Vec<ParamDoc>>` where they need computing.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tram::compose::registry::{parse_params, Component};
+/// #[derive(Default, Serialize, Deserialize)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct HalfConfig { scale: f64 }
+/// fn build(v: &serde_json::Value) -> tram::Result<Component> {
+///     let _c: HalfConfig = parse_params(WHAT, v)?;
+///     # Err(tram::Error::Model("not built in this example".into()))
+/// }
+/// tram::component! {
+///     neighborhood "half",
+///     summary: "an example",
+///     config: HalfConfig { scale: "multiplier of ε" },
+///     build: build,
+/// }
+/// assert_eq!((NAME, WHAT), ("half", "neighborhood `half`"));
+/// let entry = REGISTRATION.entry();
+/// assert_eq!((entry.params[0].name.as_str(), entry.params[0].default.as_str()), ("scale", "0.0"));
+/// ```
+#[macro_export]
+macro_rules! component {
+    (@kind trust_region) => { $crate::Kind::TrustRegion };
+    (@kind distance) => { $crate::Kind::Distance };
+    (@kind neighborhood) => { $crate::Kind::Neighborhood };
+    (@kind base) => { $crate::Kind::Base };
+    (@what trust_region $name:literal) => { concat!("trust region `", $name, "`") };
+    (@what distance $name:literal) => { concat!("distance `", $name, "`") };
+    (@what neighborhood $name:literal) => { concat!("neighborhood `", $name, "`") };
+    (@what base $name:literal) => { concat!("base optimizer `", $name, "`") };
+    ($kind:ident $name:literal, summary: $summary:expr, config: $config:ty { $($key:ident: $doc:expr),* $(,)? }, build: $build:expr $(,)?) => {
+        $crate::component!($kind $name, summary: $summary,
+            params: || $crate::compose::registry::param_docs::<$config>(&[$((stringify!($key), $doc)),*]), build: $build);
+    };
+    ($kind:ident $name:literal, summary: $summary:expr, params: $params:expr, build: $build:expr $(,)?) => {
+        /// The registered name of this component.
+        pub const NAME: &str = $name;
+        /// How errors name this component.
+        pub const WHAT: &str = $crate::component!(@what $kind $name);
+        /// The declaration of this component (kind, name, summary, parameter docs, constructor).
+        pub const REGISTRATION: $crate::Registration = $crate::Registration {
+            kind: $crate::component!(@kind $kind),
+            name: NAME,
+            summary: $summary,
+            params: $params,
+            build: $build,
+        };
+    };
+}
 
 /// A short name for a composition (a paper row).
 #[derive(Clone, Debug)]
@@ -161,15 +236,7 @@ impl Registry {
             .get_or_init(|| {
                 let mut r = Registry::empty();
                 for reg in inventory::iter::<Registration> {
-                    r.register(Entry {
-                        kind: reg.kind,
-                        name: reg.name.to_string(),
-                        summary: reg.summary.to_string(),
-                        params: (reg.params)(),
-                        origin: "built-in".into(),
-                        build: Arc::new(reg.build),
-                    })
-                    .map_err(|e| e.to_string())?;
+                    r.register(reg.entry()).map_err(|e| e.to_string())?;
                 }
                 for a in inventory::iter::<AliasRegistration> {
                     r.register_alias(Alias { name: a.name.into(), composition: a.composition.into(), summary: a.summary.into() })
@@ -254,16 +321,20 @@ impl Registry {
 }
 
 /// Parameter docs for a component config `C`: defaults from `C::default()`, one doc per field.
-/// Panics in tests (not at run time) when a field has no doc: see `tram_plugins` tests.
+/// A field of `C` missing from `docs` is listed after them with an empty doc, so every field
+/// shows up in `tram list` (and `tram_plugins`' tests refuse the empty doc).
 pub fn param_docs<C: Default + Serialize>(docs: &[(&str, &str)]) -> Vec<ParamDoc> {
     let defaults = serde_json::to_value(C::default()).unwrap_or(Value::Null);
-    docs.iter()
-        .map(|(name, doc)| ParamDoc {
-            name: name.to_string(),
-            default: defaults.get(*name).map(toml_literal).unwrap_or_else(|| "(none)".into()),
-            doc: doc.to_string(),
-        })
-        .collect()
+    let doc = |name: &str, doc: &str| ParamDoc {
+        name: name.to_string(),
+        default: defaults.get(name).map(toml_literal).unwrap_or_else(|| "(none)".into()),
+        doc: doc.to_string(),
+    };
+    let mut out: Vec<ParamDoc> = docs.iter().map(|(name, d)| doc(name, d)).collect();
+    if let Value::Object(fields) = &defaults {
+        out.extend(fields.keys().filter(|k| !docs.iter().any(|(name, _)| name == k)).map(|k| doc(k, "")));
+    }
+    out
 }
 
 /// Deserialize a component's parameter table into its config struct (which should be
@@ -309,5 +380,24 @@ pub fn toml_literal(v: &Value) -> String {
         Value::Null => "(none)".into(),
         Value::String(s) => format!("\"{s}\""),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Serialize)]
+    struct Config {
+        rate: f64,
+        bounded: Option<f64>,
+        forgotten: bool,
+    }
+
+    #[test]
+    fn every_field_of_a_config_is_listed_even_without_a_doc() {
+        let docs = param_docs::<Config>(&[("rate", "the rate"), ("bounded", "an optional bound")]);
+        let listed: Vec<(&str, &str, &str)> = docs.iter().map(|d| (d.name.as_str(), d.default.as_str(), d.doc.as_str())).collect();
+        assert_eq!(listed, [("rate", "0.0", "the rate"), ("bounded", "(none)", "an optional bound"), ("forgotten", "false", "")]);
     }
 }
