@@ -64,6 +64,27 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_parameter_is_a_real_key_and_its_listed_default_builds() {
+        // `tram list` prints `params` (name, default, doc): param_docs lists every config field,
+        // so a field without a doc shows up with an empty one (refused above); here every listed
+        // key must also be accepted by the component, at the default it is listed with.
+        let r = registry().unwrap();
+        for e in r.entries() {
+            for p in &e.params {
+                if p.default == "(none)" {
+                    continue;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&p.default).unwrap_or_else(|err| panic!("{}.{} default `{}`: {err}", e.name, p.name, p.default));
+                let table = serde_json::json!({ p.name.clone(): v });
+                if let Err(err) = (e.build)(&table) {
+                    panic!("{}: its listed parameter `{}` = {} is refused: {err}", e.name, p.name, p.default);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn registry_has_every_builtin() {
         let r = registry().unwrap();
         for n in ["prev", "pretrained", "noise", "ema", "kl", "kl-reverse", "kl-sym", "mmd", "l2", "ball", "fisher", "sgd", "adam", "adamw"]

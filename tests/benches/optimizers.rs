@@ -678,34 +678,14 @@ fn micro_costs(registry: &Registry, s: &Settings, batch: &Batch) -> anyhow::Resu
 
 // ---------------------------------------------------------------------------------------------
 
-/// Order of the paper's tables; any other registered alias follows alphabetically.
-const ORDER: &[&str] = &[
-    "sgd",
-    "adam",
-    "adamw",
-    "sam",
-    "asam",
-    "fsam",
-    "trpo",
-    "r3f",
-    "mesa",
-    "asam+trpo",
-    "asam+r3f",
-    "asam+mesa",
-    "tram-prev",
-    "tram-pretrained",
-    "tram-noise",
-    "tram-fisher",
-    "tram-noise-mmd",
-    "tram-noise-l2",
-];
-
 fn main() -> anyhow::Result<()> {
     let s = Settings::from_env();
     let registry = tram_plugins::registry()?;
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut aliases: Vec<(String, String)> = registry.aliases().map(|a| (a.name.clone(), a.composition.clone())).collect();
-    aliases.sort_by_key(|(n, _)| (ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()), n.clone()));
+    // The paper's table order; any other registered alias follows alphabetically.
+    let order = tram_plugins::aliases::PAPER_ROWS;
+    aliases.sort_by_key(|(n, _)| (order.iter().position(|o| o.name == n).unwrap_or(order.len()), n.clone()));
     if !filter.is_empty() {
         // Keep the named aliases and the bases they are compared with.
         aliases

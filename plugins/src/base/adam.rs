@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
 use tram::components::base::{Adaptor, SimpleOptimizer, StatePolicy};
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::{scalar_u64, u64_tensor, StateReader};
+use tram::components::state::{scalar_u64, u64_tensor, StateReader};
+use tram::compose::registry::{param_docs, parse_params, Component};
 use tram::{Error, Result};
 
 /// Parameters of Adam / AdamW.
@@ -93,7 +93,7 @@ pub struct Moments {
 impl AdamCore {
     /// Fresh state: `adamw` with `decoupled`, else `adam`.
     pub fn new(config: AdamConfig, decoupled: bool) -> Self {
-        Self { config, decoupled, name: if decoupled { "adamw" } else { "adam" }, step: 0, bias_corrections: (1.0, 1.0) }
+        Self { config, decoupled, name: if decoupled { super::adamw::NAME } else { NAME }, step: 0, bias_corrections: (1.0, 1.0) }
     }
 }
 
@@ -167,9 +167,13 @@ impl SimpleOptimizer for AdamCore {
 pub type Adam = Adaptor<AdamCore>;
 
 fn build(v: &Value) -> Result<Component> {
-    Ok(Component::Base(Box::new(Adam::new(AdamCore::new(AdamConfig::parse("base optimizer `adam`", v, 0.0)?, false)))))
+    Ok(Component::Base(Box::new(Adam::new(AdamCore::new(AdamConfig::parse(WHAT, v, 0.0)?, false)))))
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::Base, name: "adam", summary: "Adam, bias-corrected, L2 weight decay (torch.optim.Adam rule)", params: || AdamConfig::docs("L2 penalty added to the gradient"), build }
+tram::component! {
+    base "adam",
+    summary: "Adam, bias-corrected, L2 weight decay (torch.optim.Adam rule)",
+    params: || AdamConfig::docs("L2 penalty added to the gradient"),
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);

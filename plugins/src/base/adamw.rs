@@ -4,7 +4,7 @@
 use super::adam::{AdamConfig, AdamCore};
 use serde_json::Value;
 use tram::components::base::Adaptor;
-use tram::registry::{Component, Kind, Registration};
+use tram::compose::registry::Component;
 use tram::Result;
 
 /// AdamW's default weight decay (PyTorch's).
@@ -14,7 +14,7 @@ pub const DEFAULT_WEIGHT_DECAY: f64 = 0.01;
 pub type AdamW = Adaptor<AdamCore>;
 
 fn build(v: &Value) -> Result<Component> {
-    Ok(Component::Base(Box::new(AdamW::new(AdamCore::new(AdamConfig::parse("base optimizer `adamw`", v, DEFAULT_WEIGHT_DECAY)?, true)))))
+    Ok(Component::Base(Box::new(AdamW::new(AdamCore::new(AdamConfig::parse(WHAT, v, DEFAULT_WEIGHT_DECAY)?, true)))))
 }
 
 fn docs() -> Vec<tram::ParamDoc> {
@@ -25,6 +25,10 @@ fn docs() -> Vec<tram::ParamDoc> {
     d
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::Base, name: "adamw", summary: "AdamW, decoupled weight decay (torch.optim.AdamW rule)", params: docs, build }
+tram::component! {
+    base "adamw",
+    summary: "AdamW, decoupled weight decay (torch.optim.AdamW rule)",
+    params: docs,
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);

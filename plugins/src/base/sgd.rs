@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
 use tram::components::base::{Adaptor, SimpleOptimizer};
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::compose::registry::{parse_params, Component};
 use tram::{Error, Result};
 
 /// Parameters of SGD.
@@ -42,7 +42,7 @@ impl SimpleOptimizer for SgdRule {
     type State = Tensor;
     const SLOTS: &'static [&'static str] = &["momentum"];
     fn name(&self) -> &str {
-        "sgd"
+        NAME
     }
     fn step(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
         let c = &self.config;
@@ -70,8 +70,6 @@ impl SimpleOptimizer for SgdRule {
     }
 }
 
-/// How this component is named in errors.
-const WHAT: &str = "base optimizer `sgd`";
 /// Valid range of `momentum`: at 1 or above the buffer never forgets and the steps grow.
 const MOMENTUM: Range = Range::closed_open(0.0, 1.0);
 /// Valid range of `dampening` (a fraction of the gradient kept out of the buffer).
@@ -90,10 +88,15 @@ fn build(v: &Value) -> Result<Component> {
     Ok(Component::Base(Box::new(Sgd::new(SgdRule { config }))))
 }
 
-tram::inventory::submit! {
-    Registration {
-        kind: Kind::Base, name: "sgd", summary: "SGD with momentum, Nesterov, L2 weight decay (torch.optim.SGD rule)",
-        params: || param_docs::<SgdConfig>(&[("momentum", "momentum μ, in [0, 1)"), ("dampening", "momentum dampening, in [0, 1]"), ("nesterov", "Nesterov momentum"), ("weight_decay", "L2 penalty added to the gradient, in [0, 1000]")]),
-        build,
-    }
+tram::component! {
+    base "sgd",
+    summary: "SGD with momentum, Nesterov, L2 weight decay (torch.optim.SGD rule)",
+    config: SgdConfig {
+        momentum: "momentum μ, in [0, 1)",
+        dampening: "momentum dampening, in [0, 1]",
+        nesterov: "Nesterov momentum",
+        weight_decay: "L2 penalty added to the gradient, in [0, 1000]",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);

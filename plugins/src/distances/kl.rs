@@ -5,8 +5,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::compose::registry::{parse_params, Component};
 use tram::ops::log_softmax;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::{Distance, Reduction, Result};
 
 /// The KL distances have no parameters (temperature and scale are trust-region settings).
@@ -41,9 +41,9 @@ fn kl_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
 impl Distance for KlDivergence {
     fn name(&self) -> &str {
         match self.direction {
-            Direction::Forward => "kl",
-            Direction::Reverse => "kl-reverse",
-            Direction::Symmetric => "kl-sym",
+            Direction::Forward => forward::NAME,
+            Direction::Reverse => reverse::NAME,
+            Direction::Symmetric => symmetric::NAME,
         }
     }
     fn distance(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<Tensor> {
@@ -63,23 +63,46 @@ impl Distance for KlDivergence {
 
 fn builder(direction: Direction) -> impl Fn(&Value) -> Result<Component> {
     move |v| {
-        let _: KlConfig = parse_params("distance `kl`", v)?;
+        // Every direction names itself `kl` in parameter errors (as it always has).
+        let _: KlConfig = parse_params(forward::WHAT, v)?;
         Ok(Component::Distance(Box::new(KlDivergence { direction })))
     }
 }
 
-fn docs() -> Vec<tram::ParamDoc> {
-    param_docs::<KlConfig>(&[])
+/// `kl`: the forward divergence.
+pub mod forward {
+    use super::*;
+    tram::component! {
+        distance "kl",
+        summary: "forward KL(p_target ‖ p_current), TRAM's default",
+        config: KlConfig {},
+        build: |v| builder(Direction::Forward)(v),
+    }
+    tram::inventory::submit!(REGISTRATION);
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::Distance, name: "kl", summary: "forward KL(p_target ‖ p_current), TRAM's default", params: docs, build: |v| builder(Direction::Forward)(v) }
+/// `kl-reverse`: the reverse divergence.
+pub mod reverse {
+    use super::*;
+    tram::component! {
+        distance "kl-reverse",
+        summary: "reverse KL(p_current ‖ p_target)",
+        config: KlConfig {},
+        build: |v| builder(Direction::Reverse)(v),
+    }
+    tram::inventory::submit!(REGISTRATION);
 }
-tram::inventory::submit! {
-    Registration { kind: Kind::Distance, name: "kl-reverse", summary: "reverse KL(p_current ‖ p_target)", params: docs, build: |v| builder(Direction::Reverse)(v) }
-}
-tram::inventory::submit! {
-    Registration { kind: Kind::Distance, name: "kl-sym", summary: "symmetric KL, forward + reverse (R3F)", params: docs, build: |v| builder(Direction::Symmetric)(v) }
+
+/// `kl-sym`: forward plus reverse.
+pub mod symmetric {
+    use super::*;
+    tram::component! {
+        distance "kl-sym",
+        summary: "symmetric KL, forward + reverse (R3F)",
+        config: KlConfig {},
+        build: |v| builder(Direction::Symmetric)(v),
+    }
+    tram::inventory::submit!(REGISTRATION);
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::compose::registry::{parse_params, Component};
 use tram::ops::row_norm;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::{Distance, Reduction, Result};
 
 /// The L2 distance has no parameters.
@@ -20,7 +20,7 @@ pub struct L2Distance;
 
 impl Distance for L2Distance {
     fn name(&self) -> &str {
-        "l2"
+        NAME
     }
     /// `mean_rows ‖f_t − f_c‖₂`; with `Reduction::Reference` that per-row mean is divided by the
     /// batch size again, as the reference code's `_l2(x, y) / x.size(0)` does.
@@ -36,13 +36,17 @@ impl Distance for L2Distance {
 }
 
 fn build(v: &Value) -> Result<Component> {
-    let _: L2Config = parse_params("distance `l2`", v)?;
+    let _: L2Config = parse_params(WHAT, v)?;
     Ok(Component::Distance(Box::new(L2Distance)))
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::Distance, name: "l2", summary: "mean row-wise L2 distance of logits (TRAM-x L2)", params: || param_docs::<L2Config>(&[]), build }
+tram::component! {
+    distance "l2",
+    summary: "mean row-wise L2 distance of logits (TRAM-x L2)",
+    config: L2Config {},
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::compose::registry::{parse_params, Component};
 use tram::{Distance, Error, Reduction, Result};
 
 /// Kernel family, summed over the bandwidths `b`; `d = ‖a − a'‖²`.
@@ -101,13 +101,13 @@ impl Mmd {
                 Some(t) => t.add(&k)?,
             });
         }
-        Ok(total.ok_or_else(|| Error::Config { component: "distance `mmd`".into(), reason: "bandwidths is empty".into() })?.mean_all()?)
+        Ok(total.ok_or_else(|| Error::Config { component: WHAT.into(), reason: "bandwidths is empty".into() })?.mean_all()?)
     }
 }
 
 impl Distance for Mmd {
     fn name(&self) -> &str {
-        "mmd"
+        NAME
     }
     fn distance(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<Tensor> {
         let tt = self.kernel_mean(target, target)?;
@@ -125,34 +125,33 @@ impl Distance for Mmd {
 }
 
 fn build(v: &Value) -> Result<Component> {
-    let config: MmdConfig = parse_params("distance `mmd`", v)?;
+    let config: MmdConfig = parse_params(WHAT, v)?;
     if config.bandwidths.is_empty() {
         return Err(Error::Config {
-            component: "distance `mmd`".into(),
+            component: WHAT.into(),
             reason: "`bandwidths` is empty; give at least one bandwidth, each finite and > 0 (default [0.1, 0.2, 0.5, 1, 2, 5, 10])".into(),
         });
     }
     if let Some(b) = config.bandwidths.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
         return Err(Error::Config {
-            component: "distance `mmd`".into(),
+            component: WHAT.into(),
             reason: format!("bandwidth {b} in `bandwidths` is out of range; every bandwidth must be finite and > 0"),
         });
     }
     Ok(Component::Distance(Box::new(Mmd { config })))
 }
 
-tram::inventory::submit! {
-    Registration {
-        kind: Kind::Distance, name: "mmd",
-        summary: "maximum mean discrepancy of logit rows, multi-bandwidth kernel, default imq2 (TRAM-x MMD)",
-        params: || param_docs::<MmdConfig>(&[
-            ("kernel", "d = squared row distance: \"imq2\" (b²+d)^-½ (default), \"imq\" b/(b+d), \"imq3\" b²/(b²+d), \"rbf\" exp(−d/2b) \
-                        (the reference code's), \"imq-three-halves\" (b²+d)^-3/2, \"gaussian\" exp(−d/2b²)"),
-            ("bandwidths", "kernel bandwidths b, summed; each finite and > 0"),
-        ]),
-        build,
-    }
+tram::component! {
+    distance "mmd",
+    summary: "maximum mean discrepancy of logit rows, multi-bandwidth kernel, default imq2 (TRAM-x MMD)",
+    config: MmdConfig {
+        kernel: "d = squared row distance: \"imq2\" (b²+d)^-½ (default), \"imq\" b/(b+d), \"imq3\" b²/(b²+d), \"rbf\" exp(−d/2b) \
+                        (the reference code's), \"imq-three-halves\" (b²+d)^-3/2, \"gaussian\" exp(−d/2b²)",
+        bandwidths: "kernel bandwidths b, summed; each finite and > 0",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {

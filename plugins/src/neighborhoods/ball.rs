@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
+use tram::compose::registry::{parse_params, Component};
 use tram::ops::global_norm;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
 use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
 
 /// How the ascent direction is formed.
@@ -65,7 +65,7 @@ impl Ball {
 
 impl Neighborhood for Ball {
     fn name(&self) -> &str {
-        "ball"
+        NAME
     }
     fn rho(&self) -> f64 {
         self.config.rho.unwrap_or(match (self.adaptive(), self.config.weights_only || self.config.eta > 0.0) {
@@ -119,8 +119,6 @@ impl Neighborhood for Ball {
     }
 }
 
-/// How this component is named in errors.
-const WHAT: &str = "neighborhood `ball`";
 /// Valid range of `rho`: an ascent far beyond the size of any weight (SAM uses 0.05, ASAM 2)
 /// measures nothing of the model, and near 1e38 it overflows f32 and every ascent is dropped.
 const RHO: Range = Range::closed(0.0, 1e3);
@@ -134,20 +132,19 @@ fn build(v: &Value) -> Result<Component> {
     Ok(Component::Neighborhood(Box::new(Ball { config, sized: false })))
 }
 
-tram::inventory::submit! {
-    Registration {
-        kind: Kind::Neighborhood, name: "ball",
-        summary: "L2 ball (SAM), adaptive |θ|+η scaling (ASAM, TRAM); sized by δ when a trust region precedes it",
-        params: || param_docs::<BallConfig>(&[
-            ("rho", "fixed radius ρ, in [0, 1000]; unset: 0.05 plain, 2.0 adaptive (η=0), 0.5 adaptive ASAM-code style"),
-            ("adaptive", "scale by T = |θ| + η; unset: adaptive iff a trust region sizes the ball"),
-            ("eta", "η in T = |θ| + η, in [0, 1000]"),
-            ("weights_only", "apply T to rank ≥ 2 tensors only (ASAM code)"),
-            ("ascent", "\"paper\" ε ∝ T²⊙g or \"reference\" ε ∝ T² (TRAM reference code)"),
-        ]),
-        build,
-    }
+tram::component! {
+    neighborhood "ball",
+    summary: "L2 ball (SAM), adaptive |θ|+η scaling (ASAM, TRAM); sized by δ when a trust region precedes it",
+    config: BallConfig {
+        rho: "fixed radius ρ, in [0, 1000]; unset: 0.05 plain, 2.0 adaptive (η=0), 0.5 adaptive ASAM-code style",
+        adaptive: "scale by T = |θ| + η; unset: adaptive iff a trust region sizes the ball",
+        eta: "η in T = |θ| + η, in [0, 1000]",
+        weights_only: "apply T to rank ≥ 2 tensors only (ASAM code)",
+        ascent: "\"paper\" ε ∝ T²⊙g or \"reference\" ε ∝ T² (TRAM reference code)",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
+use tram::compose::registry::{parse_params, Component};
 use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
 
 /// Parameters of the Fisher ellipse.
@@ -32,7 +32,7 @@ pub struct FisherEllipse {
 
 impl Neighborhood for FisherEllipse {
     fn name(&self) -> &str {
-        "fisher"
+        NAME
     }
     fn rho(&self) -> f64 {
         self.config.rho
@@ -55,8 +55,6 @@ impl Neighborhood for FisherEllipse {
     }
 }
 
-/// How this component is named in errors.
-const WHAT: &str = "neighborhood `fisher`";
 /// Valid range of `rho` (as the ball's: FSAM uses 0.1).
 const RHO: Range = Range::closed(0.0, 1e3);
 /// Valid range of `eta` (FSAM uses 1): beyond, `η g²` overflows f32 and every ascent is dropped.
@@ -69,14 +67,16 @@ fn build(v: &Value) -> Result<Component> {
     Ok(Component::Neighborhood(Box::new(FisherEllipse { config })))
 }
 
-tram::inventory::submit! {
-    Registration {
-        kind: Kind::Neighborhood, name: "fisher",
-        summary: "diagonal Fisher ellipse F = 1 + η g² (FSAM; TRAM-Fisher after `noise`)",
-        params: || param_docs::<FisherConfig>(&[("rho", "radius ρ, in [0, 1000]"), ("eta", "η in F = 1 + η g², in [0, 1e6]")]),
-        build,
-    }
+tram::component! {
+    neighborhood "fisher",
+    summary: "diagonal Fisher ellipse F = 1 + η g² (FSAM; TRAM-Fisher after `noise`)",
+    config: FisherConfig {
+        rho: "radius ρ, in [0, 1000]",
+        eta: "η in F = 1 + η g², in [0, 1e6]",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
 use tram::components::region::SnapshotTarget;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::StateReader;
+use tram::components::state::StateReader;
+use tram::compose::registry::{parse_params, Component};
 use tram::{Logits, Params, Result, TargetCtx, TrustRegion};
 
 /// Parameters of the `ema` trust region.
@@ -31,7 +31,7 @@ pub struct MovingAverage {
 
 impl TrustRegion for MovingAverage {
     fn name(&self) -> &str {
-        "ema"
+        NAME
     }
     fn init(&mut self, params: &Params) -> Result<()> {
         self.theta.init(params)
@@ -61,8 +61,6 @@ impl TrustRegion for MovingAverage {
     }
 }
 
-/// How this component is named in errors.
-const WHAT: &str = "trust region `ema`";
 /// Valid range of `decay` (1 keeps θ_ema = θ₀).
 const DECAY: Range = Range::UNIT;
 
@@ -72,9 +70,15 @@ fn build(v: &Value) -> Result<Component> {
     Ok(Component::TrustRegion(Box::new(MovingAverage { config, theta: SnapshotTarget::new("ema", "theta_ema") })))
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::TrustRegion, name: "ema", summary: "target f(x; θ_ema), a moving average of the iterates (MESA)", params: || param_docs::<EmaConfig>(&[("decay", "decay d of θ_ema ← d·θ_ema + (1-d)·θ, in [0, 1]")]), build }
+tram::component! {
+    trust_region "ema",
+    summary: "target f(x; θ_ema), a moving average of the iterates (MESA)",
+    config: EmaConfig {
+        decay: "decay d of θ_ema ← d·θ_ema + (1-d)·θ, in [0, 1]",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {

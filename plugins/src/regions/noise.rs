@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::StateReader;
+use tram::components::state::StateReader;
+use tram::compose::registry::{parse_params, Component};
 use tram::{Logits, NoiseKind, Params, Result, TargetCtx, TrustRegion, Weights};
 
 /// Parameters of the `noise` trust region.
@@ -39,7 +39,7 @@ impl InputNoise {
 
 impl TrustRegion for InputNoise {
     fn name(&self) -> &str {
-        "noise"
+        NAME
     }
     fn init(&mut self, _params: &Params) -> Result<()> {
         Ok(())
@@ -72,8 +72,6 @@ impl TrustRegion for InputNoise {
     }
 }
 
-/// How this component is named in errors.
-const WHAT: &str = "trust region `noise`";
 /// Valid range of `sigma`: noise far beyond the scale of any embedding (the paper uses 1e-5)
 /// only measures the noise, and at 1e39 it overflows f32.
 const SIGMA: Range = Range::closed(0.0, 1e3);
@@ -84,11 +82,13 @@ fn build(v: &Value) -> Result<Component> {
     Ok(Component::TrustRegion(Box::new(InputNoise { config })))
 }
 
-tram::inventory::submit! {
-    Registration {
-        kind: Kind::TrustRegion, name: "noise",
-        summary: "target f(x̃; θ) on noised input embeddings (TRAM-x, TRAM-Fisher, R3F)",
-        params: || param_docs::<NoiseConfig>(&[("sigma", "noise scale σ, in [0, 1000]"), ("sample", "\"normal\" N(0, σ²) or \"uniform\" U(-σ, σ)")]),
-        build,
-    }
+tram::component! {
+    trust_region "noise",
+    summary: "target f(x̃; θ) on noised input embeddings (TRAM-x, TRAM-Fisher, R3F)",
+    config: NoiseConfig {
+        sigma: "noise scale σ, in [0, 1000]",
+        sample: "\"normal\" N(0, σ²) or \"uniform\" U(-σ, σ)",
+    },
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);

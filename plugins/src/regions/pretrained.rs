@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::components::region::SnapshotTarget;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::StateReader;
+use tram::components::state::StateReader;
+use tram::compose::registry::{parse_params, Component};
 use tram::{Logits, Params, Result, TargetCtx, TrustRegion};
 
 /// `pretrained` has no parameters of its own.
@@ -20,7 +20,7 @@ pub struct Pretrained {
 
 impl TrustRegion for Pretrained {
     fn name(&self) -> &str {
-        "pretrained"
+        NAME
     }
     fn init(&mut self, params: &Params) -> Result<()> {
         self.theta0.init(params)
@@ -40,10 +40,14 @@ impl TrustRegion for Pretrained {
 }
 
 fn build(v: &Value) -> Result<Component> {
-    let _: PretrainedConfig = parse_params("trust region `pretrained`", v)?;
+    let _: PretrainedConfig = parse_params(WHAT, v)?;
     Ok(Component::TrustRegion(Box::new(Pretrained { theta0: SnapshotTarget::new("pretrained", "theta0") })))
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::TrustRegion, name: "pretrained", summary: "target f(x; θ₀), the pretrained function (TRAM-θ₀)", params: || param_docs::<PretrainedConfig>(&[]), build }
+tram::component! {
+    trust_region "pretrained",
+    summary: "target f(x; θ₀), the pretrained function (TRAM-θ₀)",
+    config: PretrainedConfig {},
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);

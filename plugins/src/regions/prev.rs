@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::components::region::SnapshotTarget;
-use tram::registry::{param_docs, parse_params, Component, Kind, Registration};
-use tram::state::StateReader;
+use tram::components::state::StateReader;
+use tram::compose::registry::{parse_params, Component};
 use tram::{Logits, Params, Result, Snapshot, TargetCtx, TrustRegion};
 
 /// `prev` has no parameters of its own (distance settings are common to every region).
@@ -40,7 +40,7 @@ impl Default for PreviousIterate {
 
 impl TrustRegion for PreviousIterate {
     fn name(&self) -> &str {
-        "prev"
+        NAME
     }
     fn init(&mut self, params: &Params) -> Result<()> {
         self.theta.init(params)
@@ -74,13 +74,17 @@ const READING: &str = "θ_{t-1}: θ snapshotted just before each base update (th
 The published reference code never updates its target, so its TRAM-θ_{t-1} is TRAM-θ₀: use `pretrained` to reproduce it";
 
 fn build(v: &Value) -> Result<Component> {
-    let _: PrevConfig = parse_params("trust region `prev`", v)?;
+    let _: PrevConfig = parse_params(WHAT, v)?;
     Ok(Component::TrustRegion(Box::new(PreviousIterate::new())))
 }
 
-tram::inventory::submit! {
-    Registration { kind: Kind::TrustRegion, name: "prev", summary: "target f(x; θ_{t-1}), θ before each update (paper; the published code's prev stays θ₀) (TRAM-θ_{t-1}, TRPO)", params: || param_docs::<PrevConfig>(&[]), build }
+tram::component! {
+    trust_region "prev",
+    summary: "target f(x; θ_{t-1}), θ before each update (paper; the published code's prev stays θ₀) (TRAM-θ_{t-1}, TRPO)",
+    config: PrevConfig {},
+    build: build,
 }
+tram::inventory::submit!(REGISTRATION);
 
 #[cfg(test)]
 mod tests {
