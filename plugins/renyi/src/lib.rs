@@ -15,7 +15,7 @@
 pub mod renyi;
 
 use tram::plugin::Registrar;
-use tram::registry::Alias;
+use tram::Alias;
 
 /// Registers every component and alias of this plugin.
 pub fn register(r: &mut dyn Registrar) -> tram::Result<()> {

@@ -11,10 +11,12 @@
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tram::compose::registry::{param_docs, parse_params, Component};
 use tram::ops::log_softmax;
 use tram::plugin::Registrar;
-use tram::registry::{param_docs, parse_params, Component, Entry, Kind};
 use tram::{Distance, Error, ParamDoc, Reduction, Result};
+#[cfg(test)]
+use tram::{Entry, Kind};
 
 /// Parameters of the `renyi` distance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,7 +71,7 @@ impl RenyiDivergence {
 
 impl Distance for RenyiDivergence {
     fn name(&self) -> &str {
-        "renyi"
+        NAME
     }
     fn distance(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<Tensor> {
         let total = self.sum_over_rows(target, current)?;
@@ -94,13 +96,21 @@ fn docs() -> Vec<ParamDoc> {
 }
 
 fn build(params: &Value) -> Result<Component> {
-    let c: RenyiConfig = parse_params("distance `renyi`", params)?;
+    let c: RenyiConfig = parse_params(WHAT, params)?;
     Ok(Component::Distance(Box::new(RenyiDivergence::new(c.alpha)?)))
 }
 
-/// Registers the distance `renyi`.
+tram::component! {
+    distance "renyi",
+    summary: "Rényi divergence D_α(p_target ‖ p_current) (Rényi, 1961); α → 1 is KL",
+    params: docs,
+    build: build,
+}
+
+/// Registers the distance `renyi` (the same declaration a linked crate would submit to
+/// `inventory`).
 pub fn register(r: &mut dyn Registrar) -> Result<()> {
-    r.register(Entry::new(Kind::Distance, "renyi", "Rényi divergence D_α(p_target ‖ p_current) (Rényi, 1961); α → 1 is KL", docs(), build))
+    r.register(REGISTRATION.entry())
 }
 
 #[cfg(test)]
