@@ -1,6 +1,7 @@
 //! Test support for the workspace: a small embedding-input classifier implementing
 //! [`tram::Model`] (the model of the PyTorch golden fixtures and the conformance tests),
-//! and helpers to build synthetic data.
+//! helpers to build synthetic data, and [`build_example_plugin`], which builds the example
+//! run-time plugin for the tests that load it.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
@@ -167,4 +168,43 @@ pub fn param_values(model: &dyn Model) -> Result<Vec<(String, Vec<f32>)>> {
 /// Logits reduced over the last dim (used by tests that need a scalar per row).
 pub fn row_max(t: &Tensor) -> Result<Tensor> {
     Ok(t.max(D::Minus1)?)
+}
+
+/// The workspace root (the directory of the root `Cargo.toml`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("the workspace root exists")
+}
+
+/// `cargo build -p tram-renyi --lib` (the example run-time plugin) with the cargo running the
+/// tests, in their profile (`test`, or `release` for an optimised test build), with `extra`
+/// arguments and into `target_dir` when given; returns the cdylib cargo reports. Panics with
+/// cargo's output when the build fails (this is test support).
+pub fn build_example_plugin(target_dir: Option<&std::path::Path>, extra: &[&str]) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(["build", "-p", "tram-renyi", "--lib", "--message-format=json-render-diagnostics"]);
+    cmd.args(if cfg!(debug_assertions) { ["--profile", "test"] } else { ["--profile", "release"] });
+    cmd.args(extra);
+    if let Some(dir) = target_dir {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    let out = cmd.output().expect("running cargo");
+    assert!(out.status.success(), "cargo build -p tram-renyi failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ext = std::env::consts::DLL_EXTENSION;
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tram_renyi")
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == ext))
+        .unwrap_or_else(|| panic!("cargo reported no .{ext} for tram-renyi:\n{stdout}"))
+}
+
+/// The example plugin built by [`build_example_plugin`] with no extra arguments, once per process.
+pub fn example_plugin() -> &'static std::path::Path {
+    static PLUGIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PLUGIN.get_or_init(|| build_example_plugin(None, &[]))
 }

@@ -6,46 +6,20 @@
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use tram::{Distance, Error, Kind, Model, Optimizer, OptimizerConfig, Reduction, Registry};
 use tram_tests::{eval_loss, synthetic_batches, ClassifierShape, EmbeddingClassifier};
 
 const SHAPE: ClassifierShape = ClassifierShape { vocab: 32, embed: 8, hidden: 16, layers: 1, classes: 4 };
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    tram_tests::workspace_root()
 }
 
-/// `cargo build -p tram-renyi` with the cargo running this test, in this test's profile;
-/// returns the cdylib it reports.
-fn build_plugin(target_dir: Option<&Path>, extra: &[&str]) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace()).args(["build", "-p", "tram-renyi", "--lib", "--message-format=json-render-diagnostics"]);
-    cmd.args(if cfg!(debug_assertions) { ["--profile", "test"] } else { ["--profile", "release"] });
-    cmd.args(extra);
-    if let Some(dir) = target_dir {
-        cmd.env("CARGO_TARGET_DIR", dir);
-    }
-    let out = cmd.output().expect("running cargo");
-    assert!(out.status.success(), "cargo build -p tram-renyi failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ext = std::env::consts::DLL_EXTENSION;
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tram_renyi")
-        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .find(|f| f.extension().is_some_and(|e| e == ext))
-        .unwrap_or_else(|| panic!("cargo reported no .{ext} for tram-renyi:\n{stdout}"))
-}
+use tram_tests::build_example_plugin as build_plugin;
 
 /// The example plugin, built once per test binary.
 fn plugin() -> &'static Path {
-    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
-    PLUGIN.get_or_init(|| build_plugin(None, &[]))
+    tram_tests::example_plugin()
 }
 
 fn registry_with_plugin() -> Registry {
