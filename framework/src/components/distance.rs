@@ -19,6 +19,25 @@ pub enum Reduction {
 }
 
 /// A distance `D(target ‖ current)` between two `[rows, classes]` logit tensors, in f32.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tram::{Distance, Reduction};
+///
+/// /// Mean absolute difference of the logits.
+/// struct L1;
+/// impl Distance for L1 {
+///     fn name(&self) -> &str { "l1" }
+///     fn distance(&self, t: &Tensor, c: &Tensor, _: Reduction, _: usize) -> tram::Result<Tensor> {
+///         Ok(t.sub(c)?.abs()?.sum_all()?.affine(1.0 / t.dim(0)? as f64, 0.0)?)
+///     }
+/// }
+///
+/// let t = Tensor::new(&[[1f32, 2.0], [0.0, 0.0]], &Device::Cpu)?;
+/// let c = Tensor::new(&[[1f32, 0.0], [1.0, 1.0]], &Device::Cpu)?;
+/// assert_eq!(L1.distance(&t, &c, Reduction::Mean, 2)?.to_scalar::<f32>()?, 2.0);
+/// # Ok::<(), tram::Error>(())
+/// ```
 pub trait Distance: Send + Sync {
     /// Registered name.
     fn name(&self) -> &str;

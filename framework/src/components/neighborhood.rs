@@ -21,7 +21,32 @@ pub enum Ascent {
     None,
 }
 
-/// A neighborhood computes ε.
+/// A neighborhood computes the ascent perturbation ε from the first pass's gradient and a radius.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use tram::{Ascent, Neighborhood, Params, RadiusSource};
+///
+/// /// SAM's ball without its guards: ε = r · g / ‖g‖.
+/// struct Ball;
+/// impl Neighborhood for Ball {
+///     fn name(&self) -> &str { "ball" }
+///     fn rho(&self) -> f64 { 0.05 }
+///     fn radius_source(&self) -> RadiusSource { RadiusSource::Region }
+///     fn perturbation(&self, _: &Params, grads: &[Tensor], radius: f64) -> tram::Result<Ascent> {
+///         let norm = tram::ops::global_norm(grads)?;
+///         Ok(Ascent::Step(tram::ops::scale_all(grads, radius / norm)?))
+///     }
+/// }
+///
+/// // Sized by a trust region, the radius is its δ; alone, the fixed ρ.
+/// assert_eq!((Ball.radius(Some(0.2)), Ball.radius(None)), (0.2, 0.05));
+/// let params = Params::new([("w".to_string(), Var::new(&[0f32, 0.0], &Device::Cpu)?)])?;
+/// let g = [Tensor::new(&[3f32, 4.0], &Device::Cpu)?];
+/// let Ascent::Step(eps) = Ball.perturbation(&params, &g, Ball.radius(Some(0.5)))? else { unreachable!() };
+/// assert_eq!(eps[0].to_vec1::<f32>()?, [0.3, 0.4]);
+/// # Ok::<(), tram::Error>(())
+/// ```
 pub trait Neighborhood: Send {
     /// Registered name.
     fn name(&self) -> &str;

@@ -45,6 +45,34 @@ impl NoiseSlot<'_> {
 }
 
 /// A trust region: produces target logits and owns any parameter history it needs.
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use tram::components::region::SnapshotTarget;
+/// use tram::state::StateReader;
+/// use tram::{Logits, Params, TargetCtx, TrustRegion};
+///
+/// /// The function at θ₀ (what `pretrained` does).
+/// struct Start(SnapshotTarget);
+/// impl TrustRegion for Start {
+///     fn name(&self) -> &str { "start" }
+///     fn init(&mut self, params: &Params) -> tram::Result<()> { self.0.init(params) }
+///     fn target(&mut self, ctx: &mut TargetCtx<'_>, _grad: bool) -> tram::Result<Logits> { self.0.target(ctx) }
+///     fn tracks_current(&self) -> bool { false }
+///     fn state(&self, params: &Params) -> tram::Result<Vec<(String, candle_core::Tensor)>> { self.0.state(params) }
+///     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> tram::Result<()> {
+///         self.0.load_state(params, state)
+///     }
+/// }
+///
+/// let params = Params::new([("w".to_string(), Var::new(&[1f32, 2.0], &Device::Cpu)?)])?;
+/// let mut region = Start(SnapshotTarget::new("start", "theta0"));
+/// assert!(region.state(&params)?.is_empty(), "nothing before init");
+/// region.init(&params)?;
+/// let keys: Vec<String> = region.state(&params)?.into_iter().map(|(k, _)| k).collect();
+/// assert_eq!(keys, ["theta0/w"]);
+/// # Ok::<(), tram::Error>(())
+/// ```
 pub trait TrustRegion: Send {
     /// Registered name.
     fn name(&self) -> &str;

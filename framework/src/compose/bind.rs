@@ -204,11 +204,12 @@ pub const PENALTY_SETTINGS: &[(&str, &str)] =
 
 /// A trust region with its distance and settings.
 pub struct BoundRegion {
-    /// The target.
+    /// The region that produces the target logits.
     pub region: Box<dyn TrustRegion>,
-    /// The distance.
+    /// Measures the target against the current logits (`settings.distance`, built with the
+    /// `[optimizer.<distance>]` table).
     pub distance: Box<dyn Distance>,
-    /// The settings.
+    /// Scale, temperature, reduction and precision applied around the distance.
     pub settings: RegionSettings,
 }
 

@@ -74,7 +74,38 @@ impl std::fmt::Display for Optimizer {
 }
 
 impl Optimizer {
-    /// Compose the optimizer `config.name` from `registry`.
+    /// Compose the optimizer `config.name` from `registry`: [`bind`](crate::compose::bind::bind)
+    /// builds and checks its components, then the engine starts at step 0. Built-in components
+    /// are in `tram_plugins::registry()`; here one is registered by hand.
+    ///
+    /// ```
+    /// use tram::components::base::{Adaptor, SimpleOptimizer};
+    /// use tram::{Component, Entry, Kind, Optimizer, OptimizerConfig, Registry};
+    ///
+    /// struct Descent;
+    /// impl SimpleOptimizer for Descent {
+    ///     type State = ();
+    ///     const SLOTS: &'static [&'static str] = &[];
+    ///     fn name(&self) -> &str { "descent" }
+    ///     fn step(&self, lr: f64, p: &candle_core::Var, g: &candle_core::Tensor, _: &mut Option<()>) -> tram::Result<()> {
+    ///         Ok(p.set(&p.as_tensor().detach().sub(&g.affine(lr, 0.0)?)?)?)
+    ///     }
+    ///     fn to_tensors(_: &()) -> Vec<candle_core::Tensor> { Vec::new() }
+    ///     fn from_tensors(_: Vec<candle_core::Tensor>) -> tram::Result<()> { Ok(()) }
+    /// }
+    ///
+    /// let mut registry = Registry::empty();
+    /// registry.register(Entry::new(Kind::Base, "descent", "plain gradient descent", vec![], |_| {
+    ///     Ok(Component::Base(Box::new(Adaptor::new(Descent))))
+    /// }))?;
+    /// let opt = Optimizer::new(&registry, OptimizerConfig::new("descent", 0.1))?;
+    /// assert_eq!((opt.to_string(), opt.steps()), ("descent".to_string(), 0));
+    ///
+    /// // An unknown name is an error listing the valid ones.
+    /// let err = Optimizer::new(&registry, OptimizerConfig::new("ball+descent", 0.1)).err().unwrap();
+    /// assert!(err.to_string().contains("unknown component `ball`") && err.to_string().contains("descent"));
+    /// # Ok::<(), tram::Error>(())
+    /// ```
     pub fn new(registry: &Registry, config: OptimizerConfig) -> Result<Optimizer> {
         let Bound { composition, penalties, region, neighborhood, base } = bind(registry, &config)?;
         let plan = Plan::new(&composition, region, neighborhood)?;

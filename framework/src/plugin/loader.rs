@@ -84,6 +84,16 @@ impl Registry {
     ///
     /// A library this registry already loaded (the same canonical path, however `path` names
     /// it) is not loaded again: nothing is registered and the returned list is empty.
+    ///
+    /// ```
+    /// let mut registry = tram::Registry::empty();
+    /// // Build a plugin with `cargo build --release -p tram-renyi`, then load
+    /// // target/release/libtram_renyi.so; a path that is not there is an error naming it.
+    /// let err = registry.load_plugin("target/release/libno_such_plugin.so").unwrap_err();
+    /// assert!(matches!(err, tram::Error::Plugin { .. }));
+    /// assert!(err.to_string().contains("libno_such_plugin.so") && err.to_string().contains("no such file"));
+    /// assert_eq!(registry.plugins().count(), 0);
+    /// ```
     pub fn load_plugin(&mut self, path: impl AsRef<Path>) -> Result<Vec<String>> {
         let given = path.as_ref();
         let shown = given.display().to_string();
