@@ -1,5 +1,5 @@
 //! Trust regions (paper §3): a *target* output produced without gradient (θ_{t-1}, θ₀, noised
-//! input, EMA), measured against the current logits by a [`Distance`].
+//! input, EMA), measured against the current logits by a [`Distance`](crate::Distance).
 
 use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::components::state::{load_snapshot, snapshot_state, StateReader};

@@ -74,7 +74,7 @@ impl std::fmt::Display for Optimizer {
 }
 
 impl Optimizer {
-    /// Compose the optimizer `config.name` from `registry`: [`bind`](crate::compose::bind::bind)
+    /// Compose the optimizer `config.name` from `registry`: [`bind`]
     /// builds and checks its components, then the engine starts at step 0. Built-in components
     /// are in `tram_plugins::registry()`; here one is registered by hand.
     ///

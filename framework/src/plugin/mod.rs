@@ -1,4 +1,4 @@
-//! Run-time plugins: components loaded from a `cdylib` with [`Registry::load_plugin`].
+//! Run-time plugins: components loaded from a `cdylib` with [`Registry::load_plugin`](crate::Registry::load_plugin).
 //!
 //! A plugin crate exports one [`PluginDeclaration`] through [`export_plugin!`](crate::export_plugin)
 //! (the "Plugins in Rust" declaration pattern): a `#[no_mangle]` static holding a build
@@ -19,19 +19,19 @@
 //! (magic, ABI version, size) and fingerprint (fixed-size, NUL-padded strings: rustc version,
 //! tram version and source digest, candle version, framework features, a digest of the sizes
 //! of the types that cross the boundary) *before* calling anything in the library, and refuses
-//! any difference with [`Error::PluginMismatch`] naming the field and both values.
+//! any difference with [`Error::PluginMismatch`](crate::Error::PluginMismatch) naming the field and both values.
 //!
 //! # What else the loader guarantees
 //!
-//! - The [`libloading::Library`] is kept alive by the registry, by every [`Entry`] build closure
+//! - The [`libloading::Library`] is kept alive by the registry, by every [`Entry`](crate::Entry) build closure
 //!   it registered and by every component built from those, so it outlives every object it made
 //!   (on Unix it is also opened `RTLD_NODELETE`: threads its copy of candle started may outlive
 //!   all of those, so its code is never unmapped).
 //! - Built components are wrapped in delegating wrappers. A plugin links its *own copy* of
 //!   candle, whose tensor ids come from a counter separate from the host's; an autograd graph
 //!   mixing tensors made by both could mix up gradients. The wrappers therefore re-label every
-//!   tensor a plugin returns in the host's id space, and a plugin [`Distance`] is differentiated
-//!   inside the plugin ([`Distance::distance_with_grads`]) and re-attached to the host graph by
+//!   tensor a plugin returns in the host's id space, and a plugin [`Distance`](crate::Distance) is differentiated
+//!   inside the plugin ([`Distance::distance_with_grads`](crate::Distance::distance_with_grads)) and re-attached to the host graph by
 //!   an exact first-order surrogate. A plugin trust region's noised embeddings are treated as
 //!   `embeddings + perturbation` (the gradient passes to the clean embeddings unchanged, exact
 //!   for additive noise), and differentiating through a plugin trust region's target
