@@ -5,11 +5,17 @@
 //! [`Fingerprint`] and the crate's registration function.
 //!
 //! ```text
+//! tram::component! { distance "renyi", summary: "Rényi divergence", config: RenyiConfig { alpha: "order α" }, build: build }
 //! pub fn register(r: &mut dyn tram::plugin::Registrar) -> tram::Result<()> {
-//!     r.register(tram::Entry::new(tram::Kind::Distance, "renyi", "Rényi divergence", docs(), build))
+//!     r.register(REGISTRATION.entry())
 //! }
 //! tram::export_plugin!(register);
 //! ```
+//!
+//! The module is split by concern: `abi` (the declaration and fingerprint, and reading them back
+//! from a library), `loader` (opening a library and registering what it declares), `library`
+//! (the handle that keeps it loaded) and `wrappers` (what a plugin's components are wrapped in).
+//! Every `unsafe` is in `abi` and `loader`.
 //!
 //! # Why a fingerprint
 //!
