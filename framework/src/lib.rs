@@ -11,6 +11,15 @@
 //!
 //! `Optimizer::new(&registry, OptimizerConfig::new("noise+ball+adam", 1e-4))` is TRAM-x on
 //! Adam; see [`compose::grammar`] for the grammar. Built-in components live in `tram-plugins`.
+//!
+//! The crate is laid out by concept:
+//!
+//! - [`components`]: the component traits and the model interface they see;
+//! - [`compose`]: the composition grammar, the registry, and [`compose::bind`], which turns an
+//!   [`OptimizerConfig`] into bound components (and documents the region and penalty settings);
+//! - [`engine`]: the step algorithm ([`Optimizer`]) and the optimizer checkpoint;
+//! - [`plugin`]: run-time plugins (ABI and fingerprint, loader, wrappers);
+//! - [`check`], [`error`], [`noise`], [`ops`], [`schedule`]: what all of them share.
 
 pub mod check;
 pub mod components;
@@ -34,18 +43,18 @@ pub mod state {
 #[doc(hidden)]
 pub use compose::{grammar as composition, registry};
 
-pub use base::BaseOptimizer;
+pub use components::base::BaseOptimizer;
 pub use components::distance::{Distance, Reduction};
+pub use components::model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
+pub use components::neighborhood::{Ascent, Neighborhood, RadiusSource};
 pub use components::region::{NoiseSlot, TargetCtx, TrustRegion};
 pub use compose::bind::{BoundRegion, OptimizerConfig, PenaltySettings, RadiusPrecision, RegionSettings};
-pub use composition::{Composition, Term};
+pub use compose::grammar::{Composition, Term};
+pub use compose::registry::{Alias, AliasRegistration, Component, Entry, Kind, ParamDoc, Registration, Registry};
 pub use engine::{Optimizer, StepReport};
 pub use error::{Error, Result};
-pub use model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
-pub use neighborhood::{Ascent, Neighborhood, RadiusSource};
 pub use noise::{NoiseKind, NoiseSource, QueuedNoise, SeededNoise};
 pub use plugin::{Registrar, PLUGINS_ENV};
-pub use registry::{Alias, AliasRegistration, Component, Entry, Kind, ParamDoc, Registration, Registry};
 pub use schedule::Schedule;
 
 /// Re-exported so component crates register without depending on `inventory` themselves.

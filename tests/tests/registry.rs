@@ -252,3 +252,27 @@ fn a_non_finite_value_is_an_error_naming_the_key_never_the_default() {
         assert!(err(c).contains("is not a finite number"), "{c}: {}", err(c));
     }
 }
+
+#[test]
+fn bind_alone_builds_the_components_and_splits_the_framework_settings() {
+    use tram::compose::bind::bind;
+    // Inline parameters win over the table; region and penalty settings are taken out of the
+    // region's parameters before it is built.
+    let cfg = OptimizerConfig::new("reg:noise(lambda=0.5,distance=kl-sym)+ball(rho=0.1)+sgd", 1e-3)
+        .with("noise", "sigma", 1e-3)
+        .with("noise", "lambda", 2.0)
+        .with("noise", "temperature", 2.0)
+        .with("sgd", "momentum", 0.5);
+    let b = bind(&registry(), &cfg).unwrap();
+    assert_eq!(b.composition.to_string(), "reg:noise(distance=kl-sym,lambda=0.5)+ball(rho=0.1)+sgd");
+    let p = &b.penalties[0];
+    assert_eq!((p.settings.lambda, p.bound.settings.temperature), (0.5, 2.0));
+    assert_eq!((p.bound.region.name(), p.bound.distance.name()), ("noise", "kl-sym"));
+    assert_eq!(p.bound.region.describe()["sigma"], 1e-3);
+    assert!(b.region.is_none());
+    assert_eq!(b.neighborhood.as_ref().unwrap().rho(), 0.1);
+    assert_eq!((b.base.name(), b.base.describe()["momentum"].as_f64()), ("sgd", Some(0.5)));
+    // A penalty setting on a region that sizes the ascent names the fix.
+    let err = bind(&registry(), &OptimizerConfig::new("noise(lambda=1)+ball+adam", 1e-3)).err().unwrap().to_string();
+    assert!(err.contains("apply to penalties only") && err.contains("reg:noise"), "{err}");
+}
