@@ -84,14 +84,11 @@ pub trait TrustRegion: Send {
     /// Whether the target depends on the current parameters (it must then be recomputed
     /// at the perturbed point of a two-pass step).
     fn tracks_current(&self) -> bool;
-    /// The noised input embeddings, for regions that perturb the input (TRAM-Fisher runs
-    /// its first pass there). `None` for regions that do not.
-    fn noised_embeds(&mut self, _ctx: &mut TargetCtx<'_>, _embeds: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-    /// Whether [`TrustRegion::noised_embeds`] returns a value.
-    fn perturbs_input(&self) -> bool {
-        false
+    /// How this region perturbs the input embeddings, for a region that does (TRAM-Fisher runs
+    /// its first pass there, and only such a region composes with a fixed-radius neighborhood);
+    /// `None` (the default) for one that does not.
+    fn input_perturbation(&mut self) -> Option<&mut dyn InputPerturbation> {
+        None
     }
     /// Called with θ_t just before the base update; `exact_copy` is a bitwise copy of θ_t
     /// when the engine already has one (the two-pass backup), free to keep.
@@ -110,6 +107,14 @@ pub trait TrustRegion: Send {
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+}
+
+/// A trust region's perturbation of the input embeddings (see
+/// [`TrustRegion::input_perturbation`]).
+pub trait InputPerturbation {
+    /// The perturbed embeddings for `ctx`'s micro-batch (noise drawn through `ctx.noise`, so
+    /// every pass of a step sees the same sample).
+    fn perturb(&mut self, ctx: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Tensor>;
 }
 
 /// A parameter snapshot a trust region keeps as its target's weights (θ_{t-1}, θ₀, θ_ema):

@@ -322,7 +322,7 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
         LAMBDA_RANGE.check(&what, "lambda", settings.lambda)?;
         penalties.push(Penalty { bound, settings });
     }
-    let region = match &composition.region {
+    let mut region = match &composition.region {
         Some(t) => {
             let (b, role) = bind(t, None)?;
             if !role.is_empty() {
@@ -342,8 +342,8 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
                 Component::Neighborhood(n) => n,
                 _ => return Err(wrong_kind(&t.name, Kind::Neighborhood)),
             };
-            if let Some(r) = &region {
-                if n.radius_source() == RadiusSource::Fixed && !r.region.perturbs_input() {
+            if let Some(r) = &mut region {
+                if n.radius_source() == RadiusSource::Fixed && r.region.input_perturbation().is_none() {
                     return Err(Error::composition(
                         &config.name,
                         format!(

@@ -321,10 +321,12 @@ impl Optimizer {
             if let (true, Plan::Fixed { input: Some(r), .. }) = (first, &mut self.plan) {
                 let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
                 let mut ctx = TargetCtx { model, batch, mode, noise: &mut slot };
+                let name = r.region.name().to_string();
                 embeds = r
                     .region
-                    .noised_embeds(&mut ctx, &embeds)?
-                    .ok_or_else(|| Error::Model(format!("trust region `{}` did not noise the input", r.region.name())))?;
+                    .input_perturbation()
+                    .ok_or_else(|| Error::Model(format!("trust region `{name}` did not noise the input")))?
+                    .perturb(&mut ctx, &embeds)?;
             }
             let logits = model.forward_embeds(params, &embeds, batch, mode)?;
             s.forward += 1;

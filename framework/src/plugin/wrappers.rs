@@ -9,7 +9,7 @@ use crate::components::distance::{Distance, Reduction};
 use crate::components::model::{Batch, Mode};
 use crate::components::model::{Logits, Params, Snapshot};
 use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
-use crate::components::region::{TargetCtx, TrustRegion};
+use crate::components::region::{InputPerturbation, TargetCtx, TrustRegion};
 use crate::compose::registry::{BuildFn, Component};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -120,14 +120,11 @@ impl TrustRegion for PluginTrustRegion {
     fn tracks_current(&self) -> bool {
         self.inner.tracks_current()
     }
-    fn noised_embeds(&mut self, ctx: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Option<Tensor>> {
-        let Some(noised) = self.inner.noised_embeds(ctx, &embeds.detach()).map_err(launder)? else { return Ok(None) };
-        let noised = adopt(&noised)?;
-        // Value exactly the plugin's; gradient to the clean embeddings unchanged.
-        Ok(Some(if embeds.track_op() { noised.add(&embeds.sub(&embeds.detach())?)? } else { noised }))
-    }
-    fn perturbs_input(&self) -> bool {
-        self.inner.perturbs_input()
+    fn input_perturbation(&mut self) -> Option<&mut dyn InputPerturbation> {
+        match self.inner.input_perturbation() {
+            Some(_) => Some(self),
+            None => None,
+        }
     }
     fn before_update(&mut self, params: &Params, exact_copy: Option<&Snapshot>) -> Result<()> {
         self.inner.before_update(params, exact_copy).map_err(launder)
@@ -143,6 +140,19 @@ impl TrustRegion for PluginTrustRegion {
     }
     fn describe(&self) -> Value {
         self.inner.describe()
+    }
+}
+
+/// A plugin trust region's input perturbation: the plugin perturbs detached embeddings, and
+/// the result is re-attached as `embeddings + perturbation`.
+impl InputPerturbation for PluginTrustRegion {
+    fn perturb(&mut self, ctx: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Tensor> {
+        let name = self.inner.name().to_string();
+        let inner =
+            self.inner.input_perturbation().ok_or_else(|| Error::Model(format!("trust region `{name}` did not noise the input")))?;
+        let noised = adopt(&inner.perturb(ctx, &embeds.detach()).map_err(launder)?)?;
+        // Value exactly the plugin's; gradient to the clean embeddings unchanged.
+        Ok(if embeds.track_op() { noised.add(&embeds.sub(&embeds.detach())?)? } else { noised })
     }
 }
 
@@ -231,17 +241,20 @@ mod tests {
             fn tracks_current(&self) -> bool {
                 false
             }
-            fn noised_embeds(&mut self, _: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Option<Tensor>> {
-                Ok(Some(embeds.affine(2.0, 0.0)?))
-            }
-            fn perturbs_input(&self) -> bool {
-                true
+            fn input_perturbation(&mut self) -> Option<&mut dyn InputPerturbation> {
+                Some(self)
             }
             fn state(&self, _: &Params) -> Result<Vec<(String, Tensor)>> {
                 Ok(Vec::new())
             }
             fn load_state(&mut self, _: &Params, _: &crate::components::state::StateReader<'_>) -> Result<()> {
                 Ok(())
+            }
+        }
+
+        impl InputPerturbation for Doubling {
+            fn perturb(&mut self, _: &mut TargetCtx<'_>, embeds: &Tensor) -> Result<Tensor> {
+                Ok(embeds.affine(2.0, 0.0)?)
             }
         }
 
@@ -288,7 +301,7 @@ mod tests {
         fn plugin_noised_embeddings_keep_their_value_and_pass_the_gradient_through() {
             let mut r = region();
             let x = Var::new(&[[1f32, -3.0]], &Device::Cpu).unwrap();
-            let noised = with_ctx(|ctx| r.noised_embeds(ctx, x.as_tensor()).unwrap().unwrap());
+            let noised = with_ctx(|ctx| r.input_perturbation().unwrap().perturb(ctx, x.as_tensor()).unwrap());
             assert_eq!(noised.to_vec2::<f32>().unwrap(), [[2.0, -6.0]]);
             let g = noised.sum_all().unwrap().backward().unwrap();
             assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), [[1.0, 1.0]]);

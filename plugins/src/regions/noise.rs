@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
+use tram::components::region::InputPerturbation;
 use tram::components::state::StateReader;
 use tram::compose::registry::{parse_params, Component};
 use tram::{Logits, NoiseKind, Params, Result, TargetCtx, TrustRegion, Weights};
@@ -37,6 +38,13 @@ impl InputNoise {
     }
 }
 
+/// TRAM-Fisher's first pass: the embeddings plus this step's noise sample.
+impl InputPerturbation for InputNoise {
+    fn perturb(&mut self, ctx: &mut TargetCtx<'_>, embeds: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        self.noised(ctx, embeds)
+    }
+}
+
 impl TrustRegion for InputNoise {
     fn name(&self) -> &str {
         NAME
@@ -55,11 +63,8 @@ impl TrustRegion for InputNoise {
     fn tracks_current(&self) -> bool {
         true
     }
-    fn noised_embeds(&mut self, ctx: &mut TargetCtx<'_>, embeds: &candle_core::Tensor) -> Result<Option<candle_core::Tensor>> {
-        Ok(Some(self.noised(ctx, embeds)?))
-    }
-    fn perturbs_input(&self) -> bool {
-        true
+    fn input_perturbation(&mut self) -> Option<&mut dyn InputPerturbation> {
+        Some(self)
     }
     fn state(&self, _params: &Params) -> Result<Vec<(String, candle_core::Tensor)>> {
         Ok(Vec::new())
