@@ -6,7 +6,7 @@
 //! Implement [`BaseOptimizer`] directly only for an update that couples parameters.
 
 use crate::components::model::Params;
-use crate::components::state::StateReader;
+use crate::components::state::{scalar_u64, u64_tensor, StateReader};
 use crate::error::Result;
 use candle_core::{Tensor, Var};
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 /// A base optimizer (SGD, Adam, AdamW, ...). The learning rate is passed in per step.
 ///
 /// ```
-/// use tram::components::base::{Adaptor, BaseOptimizer, SimpleOptimizer, StatePolicy};
+/// use tram::components::base::{Adaptor, BaseOptimizer, SimpleOptimizer};
 /// use candle_core::{Device, Tensor, Var};
 ///
 /// /// Plain gradient descent: no state.
@@ -23,10 +23,9 @@ use std::collections::HashMap;
 ///     type State = ();
 ///     const SLOTS: &'static [&'static str] = &[];
 ///     fn name(&self) -> &str { "descent" }
-///     fn step(&self, lr: f64, param: &Var, grad: &Tensor, _: &mut Option<()>) -> tram::Result<()> {
+///     fn step(&self, _t: u64, lr: f64, param: &Var, grad: &Tensor, _: &mut Option<()>) -> tram::Result<()> {
 ///         Ok(param.set(&param.as_tensor().detach().sub(&grad.affine(lr, 0.0)?)?)?)
 ///     }
-///     fn state_policy(&self) -> StatePolicy { StatePolicy::None }
 ///     fn to_tensors(_: &()) -> Vec<Tensor> { Vec::new() }
 ///     fn from_tensors(_: Vec<Tensor>) -> tram::Result<()> { Ok(()) }
 /// }
@@ -55,18 +54,6 @@ pub trait BaseOptimizer: Send {
     }
 }
 
-/// Which parameters a checkpoint must hold per-parameter state for (checked on load).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatePolicy {
-    /// None: any per-parameter tensors in the checkpoint are ignored (Adam before its first step).
-    None,
-    /// Those that have it: a parameter without its tensors starts without state (SGD's
-    /// momentum buffers).
-    Optional,
-    /// Every parameter: a missing tensor is a checkpoint error (Adam after its first step).
-    Required,
-}
-
 /// The per-parameter math of a base optimizer (burn's `SimpleOptimizer`): how one parameter
 /// and its own state change given its gradient. [`Adaptor`] makes it a [`BaseOptimizer`].
 ///
@@ -78,49 +65,40 @@ pub trait SimpleOptimizer: Send {
     /// The checkpoint key of each state tensor, in [`SimpleOptimizer::to_tensors`] order:
     /// tensor `i` of parameter `p` is saved as `<SLOTS[i]>/<p>`.
     const SLOTS: &'static [&'static str];
+    /// Whether the rule uses the step index `t` (Adam's bias corrections). The adaptor then
+    /// checkpoints the step count as `step`, and a checkpoint written after the first step must
+    /// hold every parameter's state. Otherwise a parameter's state is optional (SGD without
+    /// momentum keeps none) and `t` restarts from 1 on resume.
+    const COUNTS_STEPS: bool = false;
     /// Registered name.
     fn name(&self) -> &str;
-    /// Called once per step before the parameters are updated (advance a step counter).
-    fn begin_step(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// Update `param` (its value and `state`, `None` before its first step) with `grad` at
-    /// learning rate `lr`.
-    fn step(&self, lr: f64, param: &Var, grad: &Tensor, state: &mut Option<Self::State>) -> Result<()>;
+    /// Update `param` (its value, and `state`: `None` before its first step) with `grad` at
+    /// learning rate `lr`; `t` is the 1-based index of this step.
+    fn step(&self, t: u64, lr: f64, param: &Var, grad: &Tensor, state: &mut Option<Self::State>) -> Result<()>;
     /// The state tensors, aligned with [`SimpleOptimizer::SLOTS`].
     fn to_tensors(state: &Self::State) -> Vec<Tensor>;
     /// A state from tensors aligned with [`SimpleOptimizer::SLOTS`] (already checked against
     /// the parameter's shape and moved to its device and dtype).
     fn from_tensors(tensors: Vec<Tensor>) -> Result<Self::State>;
-    /// Which parameters a checkpoint holds state for, after [`SimpleOptimizer::load_global_state`].
-    fn state_policy(&self) -> StatePolicy {
-        StatePolicy::Optional
-    }
-    /// State shared by every parameter (Adam's step count), under keys without a `/`.
-    fn global_state(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(Vec::new())
-    }
-    /// Restore [`SimpleOptimizer::global_state`]; called before the per-parameter state.
-    fn load_global_state(&mut self, _state: &StateReader<'_>) -> Result<()> {
-        Ok(())
-    }
     /// Parameters, for reports.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
 }
 
-/// A [`SimpleOptimizer`] as a [`BaseOptimizer`]: it keeps each parameter's state by name and
-/// writes and reads the checkpoint keys.
+/// A [`SimpleOptimizer`] as a [`BaseOptimizer`]: it counts steps, keeps each parameter's state
+/// by name, and writes and reads the checkpoint keys (`<slot>/<parameter name>`, and `step`
+/// for a rule that counts steps).
 pub struct Adaptor<R: SimpleOptimizer> {
     rule: R,
+    step: u64,
     state: HashMap<String, Option<R::State>>,
 }
 
 impl<R: SimpleOptimizer> Adaptor<R> {
     /// `rule` with no state yet.
     pub fn new(rule: R) -> Self {
-        Self { rule, state: HashMap::new() }
+        Self { rule, step: 0, state: HashMap::new() }
     }
     /// The per-parameter rule.
     pub fn rule(&self) -> &R {
@@ -133,10 +111,10 @@ impl<R: SimpleOptimizer> BaseOptimizer for Adaptor<R> {
         self.rule.name()
     }
     fn update(&mut self, params: &Params, grads: &[Tensor], lr: f64) -> Result<()> {
-        self.rule.begin_step()?;
+        self.step += 1;
         for (p, g) in params.iter().zip(grads) {
             let state = self.state.entry(p.name.clone()).or_insert(None);
-            self.rule.step(lr, &p.var, g, state)?;
+            self.rule.step(self.step, lr, &p.var, g, state)?;
         }
         Ok(())
     }
@@ -147,18 +125,23 @@ impl<R: SimpleOptimizer> BaseOptimizer for Adaptor<R> {
                 out.extend(R::SLOTS.iter().zip(R::to_tensors(s)).map(|(slot, t)| (format!("{slot}/{}", p.name), t)));
             }
         }
-        out.extend(self.rule.global_state()?);
+        if R::COUNTS_STEPS {
+            out.push(("step".into(), u64_tensor(self.step)?));
+        }
         Ok(out)
     }
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()> {
-        self.rule.load_global_state(state)?;
+        if R::COUNTS_STEPS {
+            self.step = scalar_u64(&state.require("step")?)?;
+        }
         self.state.clear();
-        let policy = self.rule.state_policy();
-        if policy == StatePolicy::None || R::SLOTS.is_empty() {
+        // A rule that counts steps has state for every parameter after its first step and for
+        // none before it.
+        if R::SLOTS.is_empty() || (R::COUNTS_STEPS && self.step == 0) {
             return Ok(());
         }
         for p in params.iter() {
-            if policy == StatePolicy::Optional && state.get(&format!("{}/{}", R::SLOTS[0], p.name)).is_none() {
+            if !R::COUNTS_STEPS && state.get(&format!("{}/{}", R::SLOTS[0], p.name)).is_none() {
                 continue;
             }
             let tensors = R::SLOTS

@@ -87,7 +87,7 @@ impl Optimizer {
     ///     type State = ();
     ///     const SLOTS: &'static [&'static str] = &[];
     ///     fn name(&self) -> &str { "descent" }
-    ///     fn step(&self, lr: f64, p: &candle_core::Var, g: &candle_core::Tensor, _: &mut Option<()>) -> tram::Result<()> {
+    ///     fn step(&self, _t: u64, lr: f64, p: &candle_core::Var, g: &candle_core::Tensor, _: &mut Option<()>) -> tram::Result<()> {
     ///         Ok(p.set(&p.as_tensor().detach().sub(&g.affine(lr, 0.0)?)?)?)
     ///     }
     ///     fn to_tensors(_: &()) -> Vec<candle_core::Tensor> { Vec::new() }

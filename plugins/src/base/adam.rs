@@ -5,8 +5,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::check::Range;
-use tram::components::base::{Adaptor, SimpleOptimizer, StatePolicy};
-use tram::components::state::{scalar_u64, u64_tensor, StateReader};
+use tram::components::base::{Adaptor, SimpleOptimizer};
 use tram::compose::registry::{param_docs, parse_params, Component};
 use tram::{Error, Result};
 
@@ -70,16 +69,13 @@ impl Default for AdamConfig {
     }
 }
 
-/// Adam(W)'s per-parameter math; [`Adaptor`] keeps the moments by parameter name.
+/// Adam(W)'s per-parameter math; [`Adaptor`] keeps the moments by parameter name and the
+/// step count.
 pub struct AdamCore {
     /// Hyper-parameters.
     pub config: AdamConfig,
     /// Decoupled weight decay (AdamW) instead of L2.
     pub decoupled: bool,
-    name: &'static str,
-    step: u64,
-    /// `1 − β1ᵗ` and `√(1 − β2ᵗ)` of the current step.
-    bias_corrections: (f64, f64),
 }
 
 /// One parameter's Adam moments.
@@ -91,27 +87,27 @@ pub struct Moments {
 }
 
 impl AdamCore {
-    /// Fresh state: `adamw` with `decoupled`, else `adam`.
+    /// Adam(W) with `config`: AdamW's decoupled decay with `decoupled`, Adam's L2 otherwise.
     pub fn new(config: AdamConfig, decoupled: bool) -> Self {
-        Self { config, decoupled, name: if decoupled { super::adamw::NAME } else { NAME }, step: 0, bias_corrections: (1.0, 1.0) }
+        Self { config, decoupled }
     }
 }
 
 impl SimpleOptimizer for AdamCore {
     type State = Moments;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+    const COUNTS_STEPS: bool = true;
     fn name(&self) -> &str {
-        self.name
+        if self.decoupled {
+            super::adamw::NAME
+        } else {
+            NAME
+        }
     }
-    fn begin_step(&mut self) -> Result<()> {
+    fn step(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
         let c = &self.config;
-        self.step += 1;
-        self.bias_corrections = (1.0 - c.beta1.powi(self.step as i32), (1.0 - c.beta2.powi(self.step as i32)).sqrt());
-        Ok(())
-    }
-    fn step(&self, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
-        let c = &self.config;
-        let (bc1, bc2_sqrt) = self.bias_corrections;
+        let bc1 = 1.0 - c.beta1.powi(t as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
         let mut theta = param.as_tensor().detach();
         let mut g = g.clone();
         if c.weight_decay != 0.0 {
@@ -131,8 +127,7 @@ impl SimpleOptimizer for AdamCore {
             None => g2.affine(1.0 - c.beta2, 0.0)?,
         };
         let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
-        let new = theta.sub(&m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
-        param.set(&new)?;
+        param.set(&theta.sub(&m.div(&denom)?.affine(lr / bc1, 0.0)?)?)?;
         *state = Some(Moments { m, v });
         Ok(())
     }
@@ -142,21 +137,6 @@ impl SimpleOptimizer for AdamCore {
     fn from_tensors(t: Vec<Tensor>) -> Result<Moments> {
         let [m, v]: [Tensor; 2] = t.try_into().map_err(|t: Vec<Tensor>| Error::Model(format!("{} Adam state tensors, not 2", t.len())))?;
         Ok(Moments { m, v })
-    }
-    /// Moments exist for every parameter after the first step, for none before it.
-    fn state_policy(&self) -> StatePolicy {
-        if self.step > 0 {
-            StatePolicy::Required
-        } else {
-            StatePolicy::None
-        }
-    }
-    fn global_state(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![("step".into(), u64_tensor(self.step)?)])
-    }
-    fn load_global_state(&mut self, state: &StateReader<'_>) -> Result<()> {
-        self.step = scalar_u64(&state.require("step")?)?;
-        Ok(())
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()

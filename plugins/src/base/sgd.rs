@@ -44,7 +44,7 @@ impl SimpleOptimizer for SgdRule {
     fn name(&self) -> &str {
         NAME
     }
-    fn step(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
+    fn step(&self, _t: u64, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
         let c = &self.config;
         let theta = param.as_tensor().detach();
         let mut d = if c.weight_decay != 0.0 { g.add(&theta.affine(c.weight_decay, 0.0)?)? } else { g.clone() };
