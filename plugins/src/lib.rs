@@ -1,6 +1,7 @@
 //! # tram-plugins
 //!
-//! The built-in components of [`tram`], one per file, each registered with `inventory`:
+//! The built-in components of [`tram`], one per file, each declared once with
+//! [`tram::component!`] and submitted to `inventory`:
 //!
 //! | kind | names |
 //! |---|---|
@@ -9,7 +10,8 @@
 //! | neighborhood | `ball`, `fisher` |
 //! | base optimizer | `sgd`, `adam`, `adamw` |
 //!
-//! plus one alias per row of the TRAM paper's tables (`sam`, `tram-noise`, ...).
+//! plus one alias per row of the TRAM paper's tables (`sam`, `tram-noise`, ...), declared in
+//! the tables' order in [`aliases::PAPER_ROWS`].
 //! Call [`registry`] to get them all (it also makes sure this crate is linked).
 
 pub mod aliases;
