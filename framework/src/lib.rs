@@ -47,7 +47,7 @@ pub use components::base::BaseOptimizer;
 pub use components::distance::{Distance, Reduction};
 pub use components::model::{Batch, Logits, Mode, Model, Param, Params, Snapshot, Weights};
 pub use components::neighborhood::{Ascent, Neighborhood, RadiusSource};
-pub use components::region::{NoiseSlot, TargetCtx, TrustRegion};
+pub use components::region::{NoiseSamples, NoiseSlot, TargetCtx, TrustRegion};
 pub use compose::bind::{BoundRegion, OptimizerConfig, PenaltySettings, RadiusPrecision, RegionSettings};
 pub use compose::grammar::{Composition, Term};
 pub use compose::registry::{Alias, AliasRegistration, Component, Entry, Kind, ParamDoc, Registration, Registry};

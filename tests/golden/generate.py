@@ -366,6 +366,7 @@ class Method:
     max_grad_norm: Optional[float] = None
     schedule: dict = field(default_factory=lambda: {"kind": "constant"})
     equal_weights: bool = False  # ablation only: average micro-batches without row weights
+    shared_noise: bool = False  # ablation only: one sample per micro-batch for every noise user (the first one's sigma)
 
 
 @dataclass
@@ -412,21 +413,22 @@ def run(case: Case, method: Method):
     region = RegionState(method.region, model) if method.region is not None else None
     sizing = region is not None and isinstance(nb, Ball)  # TRAM: delta sizes the ball
     noising = region is not None and isinstance(nb, Fisher)  # TRAM-Fisher: noised first pass
-    noise_region = next((r.region for _, r in pens if r.region.kind == "noise"), method.region if method.region is not None and method.region.kind == "noise" else None)
 
     for step in range(case.steps):
-        noise: list[Optional[torch.Tensor]] = [None] * case.accumulation
+        # Per micro-batch, one sample per distribution (uniform or normal, sigma): two noise users
+        # of different sigma never share a sample; users of the same distribution do.
+        noise: list[dict] = [{} for _ in range(case.accumulation)]
         cache: dict = {}
 
-        def z(i):  # drawn on first use in this step, reused by every later pass
-            if noise[i] is None:
+        def z(i, r: Region):  # drawn on first use in this step, reused by every later pass
+            key = "shared" if method.shared_noise else (r.uniform, r.sigma)
+            if key not in noise[i]:
                 shape = (sizes[i], SEQ, EMBED)
-                r = noise_region
                 u = (torch.rand(shape, generator=noise_gen, dtype=torch.float32) * 2 - 1) if r.uniform else torch.randn(shape, generator=noise_gen, dtype=torch.float32)
                 zi = u * torch.tensor(r.sigma, dtype=torch.float32)
                 drawn.append(zi.clone())
-                noise[i] = zi.to(DTYPE)
-            return noise[i]
+                noise[i][key] = zi.to(DTYPE)
+            return noise[i][key]
 
         def pass_(first: bool) -> float:
             base.zero_grad(set_to_none=True)
@@ -434,12 +436,12 @@ def run(case: Case, method: Method):
             for i, (ids, y) in enumerate(batches[step]):
                 e = model.emb(ids)
                 if first and noising:
-                    e = e + z(i)
+                    e = e + z(i, region.region)
                 logits = model.forward_embeds(e)
                 loss = F.cross_entropy(logits, y)
                 for j, (pen, st) in enumerate(pens):
                     if pen.region.kind == "noise":  # tracks theta: recomputed at theta + eps, same z
-                        target = st.target(model, ids, z(i), grad=pen.through_target)
+                        target = st.target(model, ids, z(i, pen.region), grad=pen.through_target)
                     else:  # parameter-history target: computed once per step
                         if (i, j) not in cache:
                             cache[(i, j)] = st.target(model, ids, None, grad=False)
@@ -449,7 +451,7 @@ def run(case: Case, method: Method):
                     loss = loss + pen.lam * pen.region.measure(target, logits, ids.shape[0])
                 if first and sizing:
                     with torch.no_grad():
-                        t = region.target(model, ids, z(i) if region.region.kind == "noise" else None, grad=False)
+                        t = region.target(model, ids, z(i, region.region) if region.region.kind == "noise" else None, grad=False)
                         delta += region.region.radius(t, logits.detach(), ids.shape[0]) * weights[i]
                         exact[-1] += region.region.measure(t, logits.detach(), ids.shape[0]).item() * weights[i]
                 (loss * weights[i]).backward()
@@ -504,6 +506,8 @@ ABLATIONS: dict[str, Callable[[Method], Method]] = {
     "clean-first-pass": lambda m: replace(m, region=None),  # FSAM instead of TRAM-Fisher
     "equal-weights": lambda m: replace(m, equal_weights=True),
     "plain-ball": lambda m: replace(m, neighborhood=replace(m.neighborhood, adaptive=False)),
+    # Every noise user handed the first one's sample (the engine before noise was keyed by sigma).
+    "shared-noise": lambda m: replace(m, shared_noise=True),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -628,6 +632,11 @@ CASES = [
          note="reference mode perturbs with delta <= 0 (here < 0 at every step), as the reference code does"),
     Case("tram-noise-ascent-reference", "noise+ball(ascent=reference)+adam", 0.01, {"noise": {"sigma": 0.3}},
          Method(ADAM, region=noise(sigma=0.3), neighborhood=tram_ball(ascent="reference")), ablations=("base", "paper-ascent")),
+    # Two noise users of different sigma: each gets a sample of its own distribution per micro-batch
+    # (the penalty's sigma = 0.05 sample is drawn first, then the radius region's sigma = 1).
+    Case("tram-noise-two-sigmas", "reg:noise(sigma=0.05,lambda=2)+noise(sigma=1,scale=20)+ball+adam", 0.01, {},
+         Method(ADAM, penalties=[Penalty(noise(sigma=0.05), lam=2.0)], region=noise(sigma=1.0, scale=20.0), neighborhood=tram_ball()), accumulation=2,
+         ablations=("base", "no-penalty", "shared-noise"), note="two noise users of different sigma: one sample each per micro-batch"),
     Case("tram-fisher", "tram-fisher", 0.01, {"noise": {"sigma": 0.3}, "fisher": {"rho": 0.1}},
          Method(ADAM, region=noise(sigma=0.3), neighborhood=Fisher(rho=0.1)), ablations=("base", "clean-first-pass")),
     Case("tram-fisher-accum2", "tram-fisher+sgd", 0.05, {"noise": {"sigma": 0.3}, "fisher": {"rho": 0.2}},

@@ -4,42 +4,91 @@
 use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::components::state::{load_snapshot, snapshot_state, StateReader};
 use crate::error::{Error, Result};
-use crate::noise::NoiseSource;
+use crate::noise::{NoiseKind, NoiseSource};
 use candle_core::{Shape, Tensor};
 
 /// What a trust region sees when it produces a target.
+///
+/// The engine builds one for every target it asks for; a test builds one with
+/// [`TargetCtx::new`] (or `tram::testing::TargetHarness`, behind the `testing` feature).
 pub struct TargetCtx<'a> {
     /// The model being trained.
     pub model: &'a dyn Model,
     /// The micro-batch.
     pub batch: &'a Batch,
-    /// The mode of the current training pass.
+    /// The mode of the current training pass (for the target's pass:
+    /// [`RegionSettings::target_mode`](crate::RegionSettings) already applied, so a region
+    /// passes it on to the model unchanged).
     pub mode: Mode,
-    /// Per-micro-batch noise, sampled once per step and reused by every pass of that step.
+    /// Per-micro-batch noise, sampled once per step and distribution and reused by every pass
+    /// of that step.
     pub noise: &'a mut NoiseSlot<'a>,
 }
 
-/// A lazily drawn noise sample for one micro-batch, shared by the passes of one step.
-pub struct NoiseSlot<'a> {
-    pub(crate) source: &'a mut dyn NoiseSource,
-    pub(crate) sample: &'a mut Option<Tensor>,
+impl<'a> TargetCtx<'a> {
+    /// A context for `model` on `batch` in `mode`, drawing noise through `noise`.
+    pub fn new(model: &'a dyn Model, batch: &'a Batch, mode: Mode, noise: &'a mut NoiseSlot<'a>) -> Self {
+        Self { model, batch, mode, noise }
+    }
 }
 
-impl NoiseSlot<'_> {
-    /// The noise for embeddings of `shape` (drawn on first use, then reused).
-    pub fn get(&mut self, shape: &Shape, kind: crate::noise::NoiseKind, sigma: f64, like: &Tensor) -> Result<Tensor> {
-        if let Some(z) = self.sample.as_ref() {
-            if z.shape() != shape {
-                return Err(crate::Error::Model(format!(
-                    "noise of shape {:?} was drawn for this micro-batch, now embeddings of shape {:?} ask for it: embed() must return the same shape in every pass",
-                    z.dims(),
-                    shape.dims()
-                )));
-            }
+/// The noise samples drawn for one micro-batch in one step: one per distinct
+/// (distribution, σ, shape) that a region asked for, in draw order.
+#[derive(Default)]
+pub struct NoiseSamples {
+    drawn: Vec<(NoiseKind, u64, Vec<usize>, Tensor)>,
+}
+
+impl NoiseSamples {
+    /// No samples yet (the start of a step).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How many distinct samples were drawn.
+    pub fn len(&self) -> usize {
+        self.drawn.len()
+    }
+    /// Whether none was drawn.
+    pub fn is_empty(&self) -> bool {
+        self.drawn.is_empty()
+    }
+}
+
+/// A lazily drawn noise sample for one micro-batch, shared by the passes of one step.
+///
+/// A sample is keyed by its distribution, its scale σ and its shape: every pass (and every
+/// region) that asks for the same (kind, σ, shape) gets the same tensor, and a request with
+/// another distribution or σ gets a sample of its own, drawn when first asked for. Two noise
+/// users of different σ in one composition (`reg:noise(sigma=0.1)+noise+ball+adam`) thus
+/// never share a sample.
+pub struct NoiseSlot<'a> {
+    pub(crate) source: &'a mut dyn NoiseSource,
+    pub(crate) samples: &'a mut NoiseSamples,
+}
+
+impl<'a> NoiseSlot<'a> {
+    /// A slot drawing from `source` and keeping what it drew in `samples` (keep one
+    /// [`NoiseSamples`] per micro-batch for a step and pass it to every pass).
+    pub fn new(source: &'a mut dyn NoiseSource, samples: &'a mut NoiseSamples) -> Self {
+        Self { source, samples }
+    }
+
+    /// The noise of distribution `kind` and scale `sigma` for embeddings of `shape` (drawn on
+    /// first use, then reused), on `like`'s device and in its dtype.
+    pub fn get(&mut self, shape: &Shape, kind: NoiseKind, sigma: f64, like: &Tensor) -> Result<Tensor> {
+        let key = (kind, sigma.to_bits(), shape.dims());
+        if let Some((.., z)) = self.samples.drawn.iter().find(|(k, s, d, _)| (*k, *s, d.as_slice()) == key) {
             return Ok(z.clone());
         }
         let z = self.source.sample(shape, kind, sigma, like.device(), like.dtype())?;
-        *self.sample = Some(z.clone());
+        if z.shape() != shape {
+            return Err(Error::Model(format!(
+                "the noise source returned a sample of shape {:?} for embeddings of shape {:?}",
+                z.dims(),
+                shape.dims()
+            )));
+        }
+        self.samples.drawn.push((kind, sigma.to_bits(), shape.dims().to_vec(), z.clone()));
         Ok(z)
     }
 }
@@ -164,5 +213,38 @@ impl SnapshotTarget {
     }
     fn before_init(&self) -> Error {
         Error::Model(format!("`{}` used before init", self.region))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::SeededNoise;
+    use candle_core::Device;
+
+    fn draw(slot: &mut NoiseSlot<'_>, dims: &[usize], kind: NoiseKind, sigma: f64) -> Vec<f32> {
+        let like = Tensor::zeros(dims, candle_core::DType::F32, &Device::Cpu).unwrap();
+        slot.get(&Shape::from_dims(dims), kind, sigma, &like).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn a_noise_sample_is_reused_for_the_same_distribution_and_never_shared_across_sigma_or_kind() {
+        let (mut source, mut samples) = (SeededNoise::new(3), NoiseSamples::new());
+        let mut slot = NoiseSlot::new(&mut source, &mut samples);
+        let small = draw(&mut slot, &[2, 3], NoiseKind::Normal, 1e-3);
+        // The same request again (a later pass of the step): the same sample.
+        assert_eq!(draw(&mut slot, &[2, 3], NoiseKind::Normal, 1e-3), small);
+        // Another σ: a sample of its own, at its own scale (not the first one rescaled or reused).
+        let large = draw(&mut slot, &[2, 3], NoiseKind::Normal, 1.0);
+        assert_ne!(large, small);
+        let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(max(&small) < 1e-2 && max(&large) > 1e-2, "{small:?} {large:?}");
+        // Another distribution at the first σ: uniform samples lie in [-σ, σ].
+        let uniform = draw(&mut slot, &[2, 3], NoiseKind::Uniform, 1e-3);
+        assert_ne!(uniform, small);
+        assert!(max(&uniform) <= 1e-3);
+        // Another shape: a sample of that shape.
+        assert_eq!(draw(&mut slot, &[4], NoiseKind::Normal, 1e-3).len(), 4);
+        assert_eq!(samples.len(), 4);
     }
 }

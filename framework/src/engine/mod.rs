@@ -8,7 +8,7 @@ use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
 use crate::components::model::{Batch, Logits, Mode, Model, Params, Snapshot};
 use crate::components::neighborhood::{Ascent, Neighborhood, RadiusSource};
-use crate::components::region::{NoiseSlot, TargetCtx};
+use crate::components::region::{NoiseSamples, NoiseSlot, TargetCtx};
 use crate::compose::bind::{bind, Bound, BoundRegion, OptimizerConfig, Penalty};
 use crate::compose::grammar::Composition;
 use crate::compose::registry::Registry;
@@ -207,7 +207,7 @@ impl Optimizer {
         let lr = self.config.lr * self.config.schedule.factor(self.step);
         let mode = if self.config.train_mode { Mode::TRAIN } else { Mode::EVAL };
         let mut scratch = Scratch {
-            noise: vec![None; batches.len()],
+            noise: (0..batches.len()).map(|_| NoiseSamples::new()).collect(),
             targets: vec![vec![None; self.penalties.len()]; batches.len()],
             forward: 0,
             backward: 0,
@@ -319,7 +319,7 @@ impl Optimizer {
             let examples = batch.examples()?;
             let mut embeds = model.embed(params, batch, mode)?;
             if let (true, Plan::Fixed { input: Some(r), .. }) = (first, &mut self.plan) {
-                let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                let mut slot = NoiseSlot::new(self.noise.as_mut(), &mut s.noise[i]);
                 let mut ctx = TargetCtx { model, batch, mode, noise: &mut slot };
                 let name = r.region.name().to_string();
                 embeds = r
@@ -339,7 +339,7 @@ impl Optimizer {
                     Some(t) => t,
                     None => {
                         let tmode = p.bound.target_mode(mode);
-                        let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                        let mut slot = NoiseSlot::new(self.noise.as_mut(), &mut s.noise[i]);
                         let mut ctx = TargetCtx { model, batch, mode: tmode, noise: &mut slot };
                         let t = p.bound.region.target(&mut ctx, p.settings.through_target)?;
                         s.forward += 1;
@@ -357,7 +357,7 @@ impl Optimizer {
             }
             if let (true, Plan::Sized { region: r, .. }) = (first, &mut self.plan) {
                 let tmode = r.target_mode(mode);
-                let mut slot = NoiseSlot { source: self.noise.as_mut(), sample: &mut s.noise[i] };
+                let mut slot = NoiseSlot::new(self.noise.as_mut(), &mut s.noise[i]);
                 let mut ctx = TargetCtx { model, batch, mode: tmode, noise: &mut slot };
                 let target: Logits = r.region.target(&mut ctx, false)?;
                 s.forward += 1;
@@ -478,7 +478,7 @@ fn made_non_finite(params: &Params, before: &Snapshot) -> Result<Option<String>>
 }
 
 struct Scratch {
-    noise: Vec<Option<Tensor>>,
+    noise: Vec<NoiseSamples>,
     targets: Vec<Vec<Option<Logits>>>,
     forward: usize,
     backward: usize,

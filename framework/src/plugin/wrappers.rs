@@ -221,7 +221,7 @@ mod tests {
     mod wrappers {
         use super::*;
         use crate::components::model::{Model, Weights};
-        use crate::components::region::NoiseSlot;
+        use crate::components::region::{NoiseSamples, NoiseSlot};
         use crate::noise::SeededNoise;
         use crate::plugin::loader::some_library;
         use candle_core::{Device, Var};
@@ -275,8 +275,8 @@ mod tests {
             let dev = Device::Cpu;
             let model = Identity(Params::new(Vec::new()).unwrap());
             let batch = Batch::new(Tensor::new(&[[1f32, 2.0]], &dev).unwrap(), Tensor::new(&[0u32], &dev).unwrap());
-            let (mut source, mut sample) = (SeededNoise::new(0), None);
-            let mut slot = NoiseSlot { source: &mut source, sample: &mut sample };
+            let (mut source, mut samples) = (SeededNoise::new(0), NoiseSamples::new());
+            let mut slot = NoiseSlot::new(&mut source, &mut samples);
             let mut ctx = TargetCtx { model: &model, batch: &batch, mode: Mode::EVAL, noise: &mut slot };
             f(&mut ctx)
         }
