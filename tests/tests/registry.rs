@@ -276,3 +276,63 @@ fn bind_alone_builds_the_components_and_splits_the_framework_settings() {
     let err = bind(&registry(), &OptimizerConfig::new("noise(lambda=1)+ball+adam", 1e-3)).err().unwrap().to_string();
     assert!(err.contains("apply to penalties only") && err.contains("reg:noise"), "{err}");
 }
+
+/// A component that does not implement `describe()` has its resolved parameters recorded: the
+/// config struct it was built from, defaults filled in, inline parameters and tables applied.
+#[test]
+fn a_component_without_describe_records_the_parameters_it_was_built_with() {
+    use tram::components::state::StateReader;
+    use tram::compose::registry::{parse_params, Component};
+    use tram::{Logits, Params, TargetCtx, TrustRegion};
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct StillConfig {
+        keep: f64,
+        label: String,
+    }
+    impl Default for StillConfig {
+        fn default() -> Self {
+            Self { keep: 0.5, label: "still".into() }
+        }
+    }
+    struct Still;
+    impl TrustRegion for Still {
+        fn name(&self) -> &str {
+            "still"
+        }
+        fn init(&mut self, _: &Params) -> tram::Result<()> {
+            Ok(())
+        }
+        fn target(&mut self, ctx: &mut TargetCtx<'_>, _: bool) -> tram::Result<Logits> {
+            ctx.model.forward(&ctx.model.params().detached(), ctx.batch, ctx.mode)
+        }
+        fn tracks_current(&self) -> bool {
+            true
+        }
+        fn state(&self, _: &Params) -> tram::Result<Vec<(String, candle_core::Tensor)>> {
+            Ok(Vec::new())
+        }
+        fn load_state(&mut self, _: &Params, _: &StateReader<'_>) -> tram::Result<()> {
+            Ok(())
+        }
+    }
+    fn build(v: &serde_json::Value) -> tram::Result<Component> {
+        let _: StillConfig = parse_params(WHAT, v)?;
+        Ok(Component::TrustRegion(Box::new(Still)))
+    }
+    tram::component! {
+        trust_region "still",
+        summary: "the current function (a test region without describe())",
+        config: StillConfig { keep: "a number", label: "a word" },
+        build: build,
+    }
+    let mut r = tram_plugins::registry().unwrap();
+    r.register(REGISTRATION.entry()).unwrap();
+    let cfg = tram::OptimizerConfig::new("still(keep=0.25)+ball+sgd", 0.1).with("ball", "rho", 0.5);
+    let d = tram::Optimizer::new(&r, cfg).unwrap().describe();
+    assert_eq!(d["region"]["params"], serde_json::json!({"keep": 0.25, "label": "still"}));
+    assert_eq!(d["region"]["distance"]["name"], "kl");
+    // Built-ins that implement describe() keep their own record.
+    assert_eq!(d["neighborhood"]["params"]["rho"], 0.5);
+}

@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tram::registry::{param_docs, parse_params, AliasRegistration, Component, Kind, Registration};
+use tram::registry::{param_docs, parse_params, resolved, AliasRegistration, Component, Kind, Registration};
 use tram::{Distance, Optimizer, OptimizerConfig, Reduction, Registry, Result};
 use tram_tests::{eval_loss, synthetic_batches, ClassifierShape, EmbeddingClassifier};
 
@@ -52,6 +52,7 @@ tram::inventory::submit! {
         summary: "mean squared L2 distance of logits (registered statically by a test crate)",
         params: || param_docs::<SqL2Config>(&[("weight", "multiplier of the mean squared distance")]),
         build,
+        resolve: Some(resolved::<SqL2Config>),
     }
 }
 
@@ -91,6 +92,8 @@ fn tram_x_with_a_statically_registered_distance_decreases_the_loss() {
     let cfg = OptimizerConfig::new("tram-noise-sq-l2", 0.01).with("noise", "sigma", 1e-3);
     let mut opt = Optimizer::new(&r, cfg).unwrap();
     assert_eq!(opt.describe()["region"]["distance"]["name"], "sq-l2");
+    // SqL2 does not implement describe(): its resolved parameters are recorded all the same.
+    assert_eq!(opt.describe()["region"]["distance"]["params"], serde_json::json!({"weight": 1.0}));
     let before = eval_loss(&m, &data).unwrap();
     for s in 0..40 {
         let rep = opt.step(&m, std::slice::from_ref(&data[s % data.len()])).unwrap();

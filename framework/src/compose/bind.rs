@@ -211,6 +211,11 @@ pub struct BoundRegion {
     pub distance: Box<dyn Distance>,
     /// Scale, temperature, reduction and precision applied around the distance.
     pub settings: RegionSettings,
+    /// The region's resolved parameters ([`Entry::resolve_params`](crate::Entry::resolve_params)):
+    /// what a run records for it when it does not implement `describe()`.
+    pub params: Value,
+    /// The distance's resolved parameters.
+    pub distance_params: Value,
 }
 
 impl BoundRegion {
@@ -269,6 +274,10 @@ pub struct Bound {
     pub neighborhood: Option<Box<dyn Neighborhood>>,
     /// The base optimizer.
     pub base: Box<dyn BaseOptimizer>,
+    /// The neighborhood's resolved parameters (`null` without a neighborhood).
+    pub neighborhood_params: Value,
+    /// The base optimizer's resolved parameters.
+    pub base_params: Value,
 }
 
 /// Build the components of `config.name` from `registry`, with their parameter tables and the
@@ -303,16 +312,17 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
         let settings: RegionSettings = parse_params(&what, &take_keys(&mut m, REGION_SETTINGS))?;
         settings.validate(&what)?;
         let role = take_keys(&mut m, PENALTY_SETTINGS);
-        let region = match registry.build(Kind::TrustRegion, &term.name, &Value::Object(m))? {
-            Component::TrustRegion(r) => r,
+        let (region, params) = match registry.build_resolved(Kind::TrustRegion, &term.name, &Value::Object(m))? {
+            (Component::TrustRegion(r), p) => (r, p),
             _ => return Err(wrong_kind(&term.name, Kind::TrustRegion)),
         };
-        let distance = match registry.build(Kind::Distance, &settings.distance, tables.get(&settings.distance).unwrap_or(&Value::Null))? {
-            Component::Distance(d) => d,
-            _ => return Err(wrong_kind(&settings.distance, Kind::Distance)),
-        };
+        let (distance, distance_params) =
+            match registry.build_resolved(Kind::Distance, &settings.distance, tables.get(&settings.distance).unwrap_or(&Value::Null))? {
+                (Component::Distance(d), p) => (d, p),
+                _ => return Err(wrong_kind(&settings.distance, Kind::Distance)),
+            };
         let Value::Object(role) = role else { unreachable!("take_keys returns an object") };
-        Ok((BoundRegion { region, distance, settings }, role))
+        Ok((BoundRegion { region, distance, settings, params, distance_params }, role))
     };
     let mut penalties = Vec::new();
     for t in &composition.penalties {
@@ -335,11 +345,15 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
         }
         None => None,
     };
+    let mut neighborhood_params = Value::Null;
     let neighborhood = match &composition.neighborhood {
         Some(t) => {
             let m = merged(tables.get(&t.name), &t.params, &format!("neighborhood `{}`", t.name))?;
-            let mut n = match registry.build(Kind::Neighborhood, &t.name, &Value::Object(m))? {
-                Component::Neighborhood(n) => n,
+            let mut n = match registry.build_resolved(Kind::Neighborhood, &t.name, &Value::Object(m))? {
+                (Component::Neighborhood(n), p) => {
+                    neighborhood_params = p;
+                    n
+                }
                 _ => return Err(wrong_kind(&t.name, Kind::Neighborhood)),
             };
             if let Some(r) = &mut region {
@@ -361,14 +375,14 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
     };
     let b = &composition.base;
     let m = merged(tables.get(&b.name), &b.params, &format!("base optimizer `{}`", b.name))?;
-    let base = match registry.build(Kind::Base, &b.name, &Value::Object(m))? {
-        Component::Base(b) => b,
+    let (base, base_params) = match registry.build_resolved(Kind::Base, &b.name, &Value::Object(m))? {
+        (Component::Base(b), p) => (b, p),
         _ => return Err(wrong_kind(&b.name, Kind::Base)),
     };
     Range::NON_NEGATIVE.check("optimizer", "lr", config.lr)?;
     Range::POSITIVE.check_opt("optimizer", "max_grad_norm", config.max_grad_norm)?;
     config.schedule.check().map_err(|reason| Error::Config { component: "optimizer".into(), reason })?;
-    Ok(Bound { composition, penalties, region, neighborhood, base })
+    Ok(Bound { composition, penalties, region, neighborhood, base, neighborhood_params, base_params })
 }
 
 fn merged(table: Option<&Value>, inline: &BTreeMap<String, Value>, what: &str) -> Result<Map<String, Value>> {

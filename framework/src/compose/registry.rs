@@ -64,6 +64,10 @@ pub struct ParamDoc {
 /// Build a component from its parameter table (a JSON object).
 pub type BuildFn = dyn Fn(&Value) -> Result<Component> + Send + Sync;
 
+/// A component's resolved parameters from its parameter table: the config struct it is built
+/// from, with every default filled in, serialized back (see [`resolved`]).
+pub type ResolveFn = dyn Fn(&Value) -> Result<Value> + Send + Sync;
+
 /// A registered component.
 #[derive(Clone)]
 pub struct Entry {
@@ -79,6 +83,11 @@ pub struct Entry {
     pub origin: String,
     /// The constructor.
     pub build: Arc<BuildFn>,
+    /// The resolved parameters of a parameter table, recorded with each run
+    /// ([`Optimizer::describe`](crate::Optimizer::describe)) for a component whose
+    /// `describe()` returns `null`. [`component!`](crate::component) with a `config:` struct
+    /// sets it; `None` records the table as given.
+    pub resolve: Option<Arc<ResolveFn>>,
 }
 
 impl Entry {
@@ -90,7 +99,22 @@ impl Entry {
         params: Vec<ParamDoc>,
         build: impl Fn(&Value) -> Result<Component> + Send + Sync + 'static,
     ) -> Entry {
-        Entry { kind, name: name.into(), summary: summary.into(), params, origin: "built-in".into(), build: Arc::new(build) }
+        Entry { kind, name: name.into(), summary: summary.into(), params, origin: "built-in".into(), build: Arc::new(build), resolve: None }
+    }
+
+    /// The same entry, resolving its parameters with `resolve` (e.g. [`resolved::<Config>`](resolved)).
+    pub fn with_resolve(self, resolve: impl Fn(&Value) -> Result<Value> + Send + Sync + 'static) -> Entry {
+        Entry { resolve: Some(Arc::new(resolve)), ..self }
+    }
+
+    /// The parameters this entry's component is built with from `params`: [`Entry::resolve`]'s
+    /// result, or `params` itself (an empty table for `null`) without one.
+    pub fn resolve_params(&self, params: &Value) -> Result<Value> {
+        match &self.resolve {
+            Some(r) => r(params),
+            None if params.is_null() => Ok(Value::Object(Default::default())),
+            None => Ok(params.clone()),
+        }
     }
 }
 
@@ -111,6 +135,9 @@ pub struct Registration {
     pub params: fn() -> Vec<ParamDoc>,
     /// Constructor.
     pub build: fn(&Value) -> Result<Component>,
+    /// The resolved parameters of a table ([`resolved::<Config>`](resolved)), recorded with
+    /// each run; `None` records the table as given. [`component!`](crate::component) sets it.
+    pub resolve: Option<fn(&Value) -> Result<Value>>,
 }
 inventory::collect!(Registration);
 
@@ -118,7 +145,11 @@ impl Registration {
     /// The registry entry of this declaration (origin "built-in"; the plugin loader sets a
     /// plugin's path).
     pub fn entry(&self) -> Entry {
-        Entry::new(self.kind, self.name, self.summary, (self.params)(), self.build)
+        let entry = Entry::new(self.kind, self.name, self.summary, (self.params)(), self.build);
+        match self.resolve {
+            Some(r) => entry.with_resolve(r),
+            None => entry,
+        }
     }
 }
 
@@ -165,10 +196,14 @@ macro_rules! component {
     (@what neighborhood $name:literal) => { concat!("neighborhood `", $name, "`") };
     (@what base $name:literal) => { concat!("base optimizer `", $name, "`") };
     ($kind:ident $name:literal, summary: $summary:expr, config: $config:ty { $($key:ident: $doc:expr),* $(,)? }, build: $build:expr $(,)?) => {
-        $crate::component!($kind $name, summary: $summary,
-            params: || $crate::compose::registry::param_docs::<$config>(&[$((stringify!($key), $doc)),*]), build: $build);
+        $crate::component!(@declare $kind $name, summary: $summary,
+            params: || $crate::compose::registry::param_docs::<$config>(&[$((stringify!($key), $doc)),*]), build: $build,
+            resolve: ::core::option::Option::Some($crate::compose::registry::resolved::<$config>));
     };
     ($kind:ident $name:literal, summary: $summary:expr, params: $params:expr, build: $build:expr $(,)?) => {
+        $crate::component!(@declare $kind $name, summary: $summary, params: $params, build: $build, resolve: ::core::option::Option::None);
+    };
+    (@declare $kind:ident $name:literal, summary: $summary:expr, params: $params:expr, build: $build:expr, resolve: $resolve:expr) => {
         /// The registered name of this component.
         pub const NAME: &str = $name;
         /// How errors name this component.
@@ -180,6 +215,7 @@ macro_rules! component {
             summary: $summary,
             params: $params,
             build: $build,
+            resolve: $resolve,
         };
     };
 }
@@ -318,6 +354,14 @@ impl Registry {
     pub fn build(&self, kind: Kind, name: &str, params: &Value) -> Result<Component> {
         (self.get(kind, name)?.build)(params)
     }
+
+    /// Build component `name` of `kind` from its parameter table, with its resolved parameters
+    /// ([`Entry::resolve_params`]).
+    pub fn build_resolved(&self, kind: Kind, name: &str, params: &Value) -> Result<(Component, Value)> {
+        let entry = self.get(kind, name)?;
+        let component = (entry.build)(params)?;
+        Ok((component, entry.resolve_params(params)?))
+    }
 }
 
 /// Parameter docs for a component config `C`: defaults from `C::default()`, one doc per field.
@@ -335,6 +379,26 @@ pub fn param_docs<C: Default + Serialize>(docs: &[(&str, &str)]) -> Vec<ParamDoc
         out.extend(fields.keys().filter(|k| !docs.iter().any(|(name, _)| name == k)).map(|k| doc(k, "")));
     }
     out
+}
+
+/// The resolved parameters of a component built from config struct `C`: `params` parsed into
+/// `C` (defaults filled in) and serialized back. What [`Optimizer::describe`](crate::Optimizer::describe)
+/// records for a component that does not implement `describe()` itself; set by
+/// [`component!`](crate::component) for its `config:` struct.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Config { weight: f64, kernel: String }
+/// impl Default for Config { fn default() -> Self { Config { weight: 1.0, kernel: "rbf".into() } } }
+/// let v = tram::compose::registry::resolved::<Config>(&serde_json::json!({"weight": 2.0}))?;
+/// assert_eq!(v, serde_json::json!({"weight": 2.0, "kernel": "rbf"}));
+/// # Ok::<(), tram::Error>(())
+/// ```
+pub fn resolved<C: DeserializeOwned + Serialize>(params: &Value) -> Result<Value> {
+    let c: C = parse_params("component parameters", params)?;
+    serde_json::to_value(c).map_err(|e| Error::Config { component: "component parameters".into(), reason: e.to_string() })
 }
 
 /// Deserialize a component's parameter table into its config struct (which should be

@@ -60,6 +60,9 @@ pub struct Optimizer {
     penalties: Vec<Penalty>,
     plan: Plan,
     base: Box<dyn BaseOptimizer>,
+    /// Resolved parameters of the neighborhood and the base (see [`Optimizer::describe`]).
+    neighborhood_params: Value,
+    base_params: Value,
     noise: Box<dyn NoiseSource>,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
@@ -107,10 +110,23 @@ impl Optimizer {
     /// # Ok::<(), tram::Error>(())
     /// ```
     pub fn new(registry: &Registry, config: OptimizerConfig) -> Result<Optimizer> {
-        let Bound { composition, penalties, region, neighborhood, base } = bind(registry, &config)?;
+        let Bound { composition, penalties, region, neighborhood, base, neighborhood_params, base_params } = bind(registry, &config)?;
         let plan = Plan::new(&composition, region, neighborhood)?;
         let noise = Box::new(SeededNoise::new(config.seed));
-        Ok(Optimizer { composition, config, penalties, plan, base, noise, step: 0, skipped: 0, no_ascent: 0, initialized: false })
+        Ok(Optimizer {
+            composition,
+            config,
+            penalties,
+            plan,
+            base,
+            neighborhood_params,
+            base_params,
+            noise,
+            step: 0,
+            skipped: 0,
+            no_ascent: 0,
+            initialized: false,
+        })
     }
 
     /// The canonical composition.
@@ -139,17 +155,24 @@ impl Optimizer {
         self.noise = noise;
     }
     /// Every component with its resolved parameters (record this with each run).
+    ///
+    /// A component's `params` are what its `describe()` returns, or, when that is `null` (the
+    /// trait's default), the parameters it was built with: its config struct with every
+    /// default filled in, as [`component!`](crate::component) declared it
+    /// ([`Entry::resolve_params`](crate::Entry::resolve_params)). A component thus never has to
+    /// implement `describe()` for its parameters to be recorded.
     pub fn describe(&self) -> Value {
+        let or = |described: Value, resolved: &Value| if described.is_null() { resolved.clone() } else { described };
         let region = |b: &BoundRegion| {
-            serde_json::json!({"name": b.region.name(), "params": b.region.describe(), "settings": b.settings,
-                "distance": {"name": b.distance.name(), "params": b.distance.describe()}})
+            serde_json::json!({"name": b.region.name(), "params": or(b.region.describe(), &b.params), "settings": b.settings,
+                "distance": {"name": b.distance.name(), "params": or(b.distance.describe(), &b.distance_params)}})
         };
         serde_json::json!({
             "composition": self.composition.to_string(),
             "penalties": self.penalties.iter().map(|p| { let mut v = region(&p.bound); v["penalty"] = serde_json::to_value(&p.settings).unwrap_or_default(); v }).collect::<Vec<_>>(),
             "region": self.plan.region().map(region),
-            "neighborhood": self.plan.neighborhood().map(|n| serde_json::json!({"name": n.name(), "params": n.describe()})),
-            "base": {"name": self.base.name(), "params": self.base.describe()},
+            "neighborhood": self.plan.neighborhood().map(|n| serde_json::json!({"name": n.name(), "params": or(n.describe(), &self.neighborhood_params)})),
+            "base": {"name": self.base.name(), "params": or(self.base.describe(), &self.base_params)},
             "lr": self.config.lr, "schedule": self.config.schedule, "max_grad_norm": self.config.max_grad_norm,
         })
     }

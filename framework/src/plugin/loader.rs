@@ -4,7 +4,7 @@
 
 use super::abi::{checked_register_fn, Registrar};
 use super::library::PluginLibrary;
-use super::wrappers::PluginBuild;
+use super::wrappers::{PluginBuild, PluginResolve};
 use crate::compose::registry::{Alias, Entry, Registry};
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -136,6 +136,7 @@ impl Registry {
         for e in collector.entries {
             names.push(e.name.clone());
             let build = PluginBuild { inner: e.build, library: library.clone() };
+            let resolve = e.resolve.map(|inner| PluginResolve { inner, _library: library.clone() });
             next.register(Entry {
                 kind: e.kind,
                 name: e.name,
@@ -143,6 +144,7 @@ impl Registry {
                 params: e.params,
                 origin: origin.clone(),
                 build: Arc::new(move |v: &Value| build.build(v)),
+                resolve: resolve.map(|r| Arc::new(move |v: &Value| r.resolve(v)) as Arc<crate::compose::registry::ResolveFn>),
             })?;
         }
         for a in collector.aliases {

@@ -34,6 +34,20 @@ impl PluginBuild {
     }
 }
 
+/// A plugin's parameter resolver with the library it lives in.
+pub(super) struct PluginResolve {
+    pub(super) inner: Arc<crate::compose::registry::ResolveFn>,
+    pub(super) _library: Arc<PluginLibrary>,
+}
+
+impl PluginResolve {
+    /// The plugin's resolved parameters, copied into values this program allocated.
+    pub(super) fn resolve(&self, params: &Value) -> Result<Value> {
+        let v = (self.inner)(params).map_err(launder)?;
+        Ok(v.clone())
+    }
+}
+
 /// An error from plugin code, rebuilt from plain data (candle and io errors may hold boxed
 /// trait objects whose code lives in the library).
 fn launder(e: Error) -> Error {
