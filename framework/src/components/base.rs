@@ -48,7 +48,8 @@ pub trait BaseOptimizer: Send {
     fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
     /// Restore state written by [`BaseOptimizer::state`].
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()>;
-    /// Parameters, for reports.
+    /// Parameters, for reports. The default (`null`) records the config the component was
+    /// built from ([`crate::compose::registry::resolved`]); override only to record something else.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
@@ -80,7 +81,8 @@ pub trait SimpleOptimizer: Send {
     /// A state from tensors aligned with [`SimpleOptimizer::SLOTS`] (already checked against
     /// the parameter's shape and moved to its device and dtype).
     fn from_tensors(tensors: Vec<Tensor>) -> Result<Self::State>;
-    /// Parameters, for reports.
+    /// Parameters, for reports. The default (`null`) records the config the component was
+    /// built from ([`crate::compose::registry::resolved`]); override only to record something else.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }

@@ -43,8 +43,14 @@ pub trait Distance: Send + Sync {
     fn name(&self) -> &str;
     /// The distance as a scalar tensor; differentiable in the inputs that carry a graph.
     /// `examples` is the number of examples in the batch (for `Reduction::Reference`).
+    ///
+    /// Called with f32 logits in the loss (a penalty: `current` carries the graph, `target`
+    /// too with `through_target = true`) and with detached f64 logits for TRAM's radius δ
+    /// (`radius_precision = "exact"`): use ops that work in both dtypes, and the
+    /// differentiable ones of [`crate::ops`] (candle's fused softmax drops gradients).
     fn distance(&self, target: &Tensor, current: &Tensor, reduction: Reduction, examples: usize) -> Result<Tensor>;
-    /// Parameters that differ from the defaults, for reports.
+    /// Parameters, for reports. The default (`null`) records the config the component was
+    /// built from ([`crate::compose::registry::resolved`]); override only to record something else.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }

@@ -67,7 +67,8 @@ pub trait Neighborhood: Send {
     }
     /// ε for gradient `grads` (aligned with `params`) and radius `radius`.
     fn perturbation(&self, params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent>;
-    /// Parameters, for reports.
+    /// Parameters, for reports. The default (`null`) records the config the component was
+    /// built from ([`crate::compose::registry::resolved`]); override only to record something else.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }

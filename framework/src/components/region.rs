@@ -95,6 +95,66 @@ impl<'a> NoiseSlot<'a> {
 
 /// A trust region: produces target logits and owns any parameter history it needs.
 ///
+/// # Where a region is used
+///
+/// A composition uses a region in one of three roles (see [`crate::compose::bind`]):
+///
+/// - **penalty** `reg:<region>`: the loss is `L + λ·D(target ‖ current)` in every pass
+///   (TRPO, R3F, MESA);
+/// - **radius** `<region>+ball+<base>`: `δ = D(target ‖ current)` of the first pass sizes the
+///   ascent (TRAM); the target is evaluated in the first pass only;
+/// - **input** `<region>+fisher+<base>`: the first pass runs on
+///   [`input_perturbation`](TrustRegion::input_perturbation)'s embeddings (TRAM-Fisher).
+///
+/// # The engine's call order
+///
+/// [`Optimizer::step`](crate::Optimizer::step) calls a region's methods in this order (SPEC
+/// "Two-pass step"); `k` is the number of micro-batches of the step.
+///
+/// 1. First step only: [`init`](TrustRegion::init) with θ₀ (every region of the composition,
+///    penalties first). On resume [`load_state`](TrustRegion::load_state) replaces it.
+/// 2. **First pass at θ**, for each of the `k` micro-batches:
+///    1. input role: [`InputPerturbation::perturb`] on the clean embeddings;
+///    2. penalty role: [`target`](TrustRegion::target)`(ctx, grad = through_target)`. A region
+///       whose [`tracks_current`](TrustRegion::tracks_current) is `false` is evaluated once per
+///       micro-batch and step, and its (detached) target reused in the second pass;
+///    3. radius role: `target(ctx, grad = false)`, measured against the first pass's logits
+///       (detached, in f64) for δ.
+/// 3. The ascent ε from the gradient (no region call).
+/// 4. **Second pass at θ + ε** (only when there is an ascent), per micro-batch: penalty role
+///    with `tracks_current() == true` only, `target(ctx, grad = through_target)` again (same
+///    noise sample as the first pass). No radius or input call.
+/// 5. θ restored bitwise; if the loss, a penalty or the gradient is not finite the step is
+///    skipped here and nothing below is called.
+/// 6. [`before_update`](TrustRegion::before_update) with θ_t, then the base update, then
+///    [`after_update`](TrustRegion::after_update) with θ_{t+1}. If the update made a weight
+///    non-finite it is rolled back: [`load_state`](TrustRegion::load_state) gets what
+///    [`state`](TrustRegion::state) returned before `before_update`, and `after_update` is
+///    not called.
+/// 7. Checkpoints call [`state`](TrustRegion::state) at any point between steps.
+///
+/// # What the context holds
+///
+/// [`TargetCtx::mode`] is the mode of the *target's* pass: `target_train` when the config
+/// sets it, else eval for a region that does not track the current parameters and the
+/// current pass's mode (statistics frozen) for one that does. Pass it to the model unchanged.
+/// [`TargetCtx::noise`] draws noise: one sample per (distribution, σ, shape) per micro-batch
+/// and step, so the first and the second pass of a step, and every region asking for the same
+/// distribution, see the same sample ([`NoiseSlot::get`]).
+///
+/// # Gradients
+///
+/// With `grad = false` return logits without a graph (evaluate at
+/// [`Params::detached`](crate::Params::detached) or a [`Snapshot`]): the engine never
+/// backpropagates through them. With `grad = true` (a penalty with `through_target = true`,
+/// R3F) evaluate at [`ctx.model.params()`](crate::Model::params) so that the gradient flows
+/// through the target branch too. A region loaded as a run-time plugin is refused with
+/// `grad = true` (its graph would mix two copies of candle); link it statically instead.
+///
+/// The [`Distance`](crate::Distance) measuring the target must be differentiable in the
+/// current logits (penalties backpropagate through them), in the target too when
+/// `through_target = true`, and accept f64 inputs (δ is measured in f64).
+///
 /// ```
 /// use candle_core::{Device, Var};
 /// use tram::components::region::SnapshotTarget;
@@ -123,15 +183,23 @@ impl<'a> NoiseSlot<'a> {
 /// # Ok::<(), tram::Error>(())
 /// ```
 pub trait TrustRegion: Send {
-    /// Registered name.
+    /// Registered name (return the `NAME` that [`component!`](crate::component) defines).
     fn name(&self) -> &str;
-    /// Called once before the first step with the pretrained parameters θ₀.
+    /// Called once, before the first step, with the pretrained parameters θ₀: take any
+    /// snapshot the target needs here (not in the constructor, which has no parameters).
+    /// Not called on resume, where [`TrustRegion::load_state`] restores the state instead.
     fn init(&mut self, params: &Params) -> Result<()>;
-    /// Target logits for the micro-batch. With `grad` the target keeps its graph (R3F);
-    /// otherwise it is evaluated without building one.
+    /// Target logits for `ctx.batch`, in `ctx.mode` (already the target pass's mode).
+    ///
+    /// With `grad` (a penalty with `through_target = true`) the target keeps its graph through
+    /// the current parameters; otherwise it must be evaluated without one. Draw any noise
+    /// through `ctx.noise` so that every pass of the step sees the same sample. See the
+    /// trait docs for when it is called.
     fn target(&mut self, ctx: &mut TargetCtx<'_>, grad: bool) -> Result<Logits>;
-    /// Whether the target depends on the current parameters (it must then be recomputed
-    /// at the perturbed point of a two-pass step).
+    /// Whether the target depends on the current parameters θ (noise: `f(x̃; θ)`), so that it
+    /// must be recomputed at the perturbed point θ + ε of a two-pass step. `false` (a
+    /// parameter snapshot: θ_{t-1}, θ₀, EMA) lets the engine evaluate it once per micro-batch
+    /// and step, cache it, and run it in eval mode by default.
     fn tracks_current(&self) -> bool;
     /// How this region perturbs the input embeddings, for a region that does (TRAM-Fisher runs
     /// its first pass there, and only such a region composes with a fixed-radius neighborhood);
@@ -139,20 +207,29 @@ pub trait TrustRegion: Send {
     fn input_perturbation(&mut self) -> Option<&mut dyn InputPerturbation> {
         None
     }
-    /// Called with θ_t just before the base update; `exact_copy` is a bitwise copy of θ_t
-    /// when the engine already has one (the two-pass backup), free to keep.
+    /// Called with θ_t just before the base update (after both passes); `exact_copy` is a
+    /// bitwise copy of θ_t when the engine already has one (the two-pass backup), free to keep
+    /// (`prev` keeps it as θ_{t-1}). Not called for a skipped step.
     fn before_update(&mut self, _params: &Params, _exact_copy: Option<&Snapshot>) -> Result<()> {
         Ok(())
     }
-    /// Called after the base update.
+    /// Called with θ_{t+1} after the base update (`ema` moves its average here). Not called
+    /// for a skipped or rolled-back step.
     fn after_update(&mut self, _params: &Params) -> Result<()> {
         Ok(())
     }
-    /// The state to checkpoint, as `(key, tensor)` with keys unique within this region.
+    /// The state to checkpoint, as `(key, tensor)` with keys unique within this region (the
+    /// engine prefixes them per region). Everything [`TrustRegion::target`] depends on besides
+    /// the parameters and the config must be in it: a resumed run continues bitwise. Empty
+    /// before [`TrustRegion::init`].
     fn state(&self, params: &Params) -> Result<Vec<(String, Tensor)>>;
-    /// Restore from [`TrustRegion::state`]'s keys.
+    /// Restore from [`TrustRegion::state`]'s keys: on resume (instead of `init`) and when the
+    /// engine rolls back a step. A missing key or a shape that does not match `params` is an
+    /// error ([`StateReader`] names it), never a silent default.
     fn load_state(&mut self, params: &Params, state: &StateReader<'_>) -> Result<()>;
-    /// Parameters, for reports and `Display`.
+    /// Parameters, for reports. The default (`null`) records the config the component was
+    /// built from ([`crate::compose::registry::resolved`]), which is what almost every
+    /// component wants; override only to record something else (a derived value).
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
