@@ -30,6 +30,8 @@ pub mod noise;
 pub mod ops;
 pub mod plugin;
 pub mod schedule;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 // The paths of the flat layout, kept so code written against them still compiles.
 #[doc(hidden)]

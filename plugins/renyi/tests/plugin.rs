@@ -321,3 +321,45 @@ fn a_directory_in_a_plugin_list_loads_every_shared_library_in_it_in_name_order()
     );
     assert!(r.find("renyi").is_some(), "the library before it was loaded");
 }
+
+/// `tram::testing::static_equals_loaded`, the helper plugin authors use: TRAM-x with Rényi
+/// (the plugin distance sees detached logits) is bitwise the same linked and loaded, a penalty
+/// (gradient through the plugin boundary) the same within 1e-4.
+#[test]
+fn the_static_equals_loaded_helper_passes_the_renyi_plugin() {
+    let base = tram_plugins::registry().unwrap();
+    let cfg = OptimizerConfig::new("tram-noise-renyi", 0.01).with("noise", "sigma", 1e-2);
+    let r = tram::testing::static_equals_loaded(&base, tram_renyi::register, plugin(), &cfg, 3, 0.0).unwrap();
+    assert_eq!((r.steps, r.max_difference), (3, 0.0));
+    assert!(r.values > 0 && r.last_loss.is_finite(), "{r:?}");
+    let cfg = OptimizerConfig::new("reg:noise(distance=renyi,lambda=5)+sgd", 0.1).with("noise", "sigma", 0.5);
+    let r = tram::testing::static_equals_loaded(&base, tram_renyi::register, plugin(), &cfg, 3, 1e-4).unwrap();
+    assert!(r.max_difference <= 1e-4, "{r:?}");
+}
+
+/// The helper catches a plugin whose run-time build computes something else than the crate
+/// linked statically (here: a linked `renyi` that is really squared L2).
+#[test]
+fn the_static_equals_loaded_helper_catches_a_plugin_that_differs_from_the_linked_crate() {
+    struct NotRenyi;
+    impl Distance for NotRenyi {
+        fn name(&self) -> &str {
+            "renyi"
+        }
+        fn distance(&self, t: &Tensor, c: &Tensor, _: Reduction, _: usize) -> tram::Result<Tensor> {
+            Ok(t.sub(c)?.sqr()?.mean_all()?)
+        }
+    }
+    fn register(r: &mut dyn tram::plugin::Registrar) -> tram::Result<()> {
+        r.register(tram::Entry::new(Kind::Distance, "renyi", "not Rényi", vec![], |_| Ok(tram::Component::Distance(Box::new(NotRenyi)))))?;
+        r.register_alias(tram::Alias {
+            name: "tram-noise-renyi".into(),
+            composition: "noise(distance=renyi)+ball+adam".into(),
+            summary: "TRAM-x, not with Rényi".into(),
+        })
+    }
+    let base = tram_plugins::registry().unwrap();
+    let cfg = OptimizerConfig::new("tram-noise-renyi", 0.01).with("noise", "sigma", 1e-2);
+    let err = tram::testing::static_equals_loaded(&base, register, plugin(), &cfg, 3, 0.0).unwrap_err().to_string();
+    assert!(err.contains("step 0") && err.contains("linked statically and loaded"), "{err}");
+}
