@@ -76,7 +76,9 @@ pub fn gradcheck(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opt
             };
             let numerical = (at(options.eps)? - at(-options.eps)?) / (2.0 * options.eps);
             let err = (analytic[j] - numerical).abs();
-            if !(err <= options.atol + options.rtol * numerical.abs()) {
+            // Written so that a NaN on either side fails.
+            let within = err <= options.atol + options.rtol * numerical.abs();
+            if !within {
                 return Err(fail(format!(
                     "input {i}, entry {j} (of shape {:?}): analytic gradient {:.6e}, numerical {:.6e} (|difference| {err:.2e} > atol {:.0e} + rtol {:.0e} · |numerical|): the backward of the function is wrong, or an op in it drops the gradient",
                     x.dims(),

@@ -93,7 +93,8 @@ pub fn static_equals_loaded(
     loaded.load_plugin(library)?;
     let shape = ClassifierShape { vocab: 32, embed: 8, hidden: 16, layers: 1, classes: 4 };
     let data = synthetic_batches(shape, 2, 8, 6, 7, &Device::Cpu)?;
-    let run = |registry: &Registry| -> Result<(Vec<crate::StepReport>, Vec<(String, Vec<f32>)>)> {
+    type Run = (Vec<crate::StepReport>, Vec<(String, Vec<f32>)>);
+    let run = |registry: &Registry| -> Result<Run> {
         let model = EmbeddingClassifier::random(shape, 1, &Device::Cpu)?;
         let mut opt = Optimizer::new(registry, config.clone())?;
         let reports = (0..steps).map(|s| opt.step(&model, std::slice::from_ref(&data[s % data.len()]))).collect::<Result<Vec<_>>>()?;
