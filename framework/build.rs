@@ -1,5 +1,9 @@
 //! Captures what a run-time plugin must share with the program that loads it (see
-//! `src/plugin/`): the compiler version and a digest of the framework's own source.
+//! `src/plugin/`): the compiler version and a digest of the framework's code (comments and
+//! formatting excluded: `build/digest.rs`).
+
+#[path = "build/digest.rs"]
+mod digest;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,6 +11,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build/digest.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
 
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -19,21 +24,24 @@ fn main() {
         .unwrap_or_else(|| panic!("could not run `{rustc} --version`: tram records the compiler version for plugin checks"));
     println!("cargo:rustc-env=TRAM_RUSTC_VERSION={version}");
 
-    // FNV-1a over every source file (path and contents, in sorted order): two builds of the
-    // framework from different sources must not exchange trait objects.
+    // The code digest (build/digest.rs) of every source file but the test-support module
+    // (`src/testing/`, feature `testing`: code no plugin shares), in sorted order: two builds
+    // of the framework from different code must not exchange trait objects; comments, doc
+    // comments, formatting and unit tests do not count.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     collect(&root.join("src"), &mut files);
     files.sort();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for f in &files {
-        let rel = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
-        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
-        for b in rel.bytes().chain([0u8]).chain(bytes.iter().copied().filter(|&b| b != b'\r')).chain([0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+            let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
+            (rel, text)
+        })
+        .filter(|(rel, _)| !rel.starts_with("src/testing/"))
+        .collect();
+    let h = digest::code_digest(sources.iter().map(|(p, s)| (p.as_str(), s.as_str())));
     println!("cargo:rustc-env=TRAM_SOURCE_DIGEST={h:016x}");
 }
 

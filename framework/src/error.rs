@@ -69,7 +69,7 @@ pub enum Error {
         reason: String,
     },
     /// A run-time plugin was built differently from this program (see `tram::plugin`).
-    #[error("plugin {path} was built with {field} `{plugin}`, but this program with {field} `{host}`: rebuild the plugin with the same compiler against the same tram and candle, with the same features")]
+    #[error("plugin {path} was built with {field} `{plugin}`, but this program with {field} `{host}`: {}", mismatch_advice(.field, .host))]
     PluginMismatch {
         /// The plugin library.
         path: String,
@@ -90,8 +90,53 @@ pub enum Error {
     },
 }
 
+/// How to fix a plugin whose fingerprint `field` differs from the host's value `host`.
+pub fn mismatch_advice(field: &str, host: &str) -> String {
+    match field {
+        "plugin ABI version" | "declaration size" => {
+            "the plugin was built against a tram with another plugin ABI: rebuild it against this program's tram (a path dependency on the same checkout, or the same git commit)".into()
+        }
+        "rustc version" => format!(
+            "build the plugin with the compiler that built this program ({host}): copy tram's rust-toolchain.toml into the plugin crate, or `rustup run <version> cargo build`; `tram --version --verbose` prints the host's build"
+        ),
+        "tram version" | "tram code digest" => "rebuild the plugin against this program's tram: a path dependency on the same checkout (or the same git commit); a library under target/ that `cargo test` did not rebuild is stale, run `cargo build` in the plugin crate".into(),
+        "candle version" => format!("pin `candle-core = \"={host}\"` in the plugin crate and copy tram's Cargo.lock into it"),
+        "framework features" => format!(
+            "enable the same tram features in the plugin crate (`{host}`; for a CUDA build `tram = {{ …, features = [\"cuda\"] }}`), or build the program without them"
+        ),
+        "type layout digest" => "a dependency shared with the plugin (serde_json, candle) was built with other versions or features: copy tram's Cargo.lock into the plugin crate and enable the same features of candle-core and serde_json".into(),
+        _ => "rebuild the plugin with the same compiler against the same tram and candle, with the same features".into(),
+    }
+}
+
 impl Error {
     pub(crate) fn composition(input: &str, reason: impl Into<String>) -> Self {
         Error::Composition { input: input.to_string(), reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mismatch(field: &str, host: &str) -> String {
+        Error::PluginMismatch { path: "/p/lib.so".into(), field: field.into(), plugin: "P".into(), host: host.into() }.to_string()
+    }
+
+    #[test]
+    fn every_fingerprint_field_gets_advice_of_its_own() {
+        let fields = crate::plugin::Fingerprint::CURRENT.fields().map(|(name, _)| name);
+        let mut advice: Vec<String> = ["plugin ABI version"].into_iter().chain(fields).map(|f| mismatch_advice(f, "H")).collect();
+        let generic = mismatch_advice("(unknown field)", "H");
+        assert!(advice.iter().all(|a| *a != generic), "{advice:#?}");
+        // tram version and code digest share their fix; every other cause has its own.
+        advice.dedup();
+        assert_eq!(advice.len(), 6, "{advice:#?}");
+        let rustc = mismatch("rustc version", "rustc 1.95.0");
+        assert!(rustc.contains("`rustc 1.95.0`") && rustc.contains("rust-toolchain.toml"), "{rustc}");
+        let candle = mismatch("candle version", "0.11.1");
+        assert!(candle.contains("candle-core = \"=0.11.1\"") && candle.contains("Cargo.lock"), "{candle}");
+        assert!(mismatch("tram code digest", "abc").contains("stale"));
+        assert!(mismatch("framework features", "cuda").contains("features = [\"cuda\"]"));
     }
 }

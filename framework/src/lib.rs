@@ -21,6 +21,10 @@
 //! - [`plugin`]: run-time plugins (ABI and fingerprint, loader, wrappers);
 //! - [`check`], [`error`], [`noise`], [`ops`], [`schedule`]: what all of them share.
 
+/// The code digest of `build.rs`, for the fingerprint's unit tests.
+#[cfg(test)]
+#[path = "../build/digest.rs"]
+mod build_digest;
 pub mod check;
 pub mod components;
 pub mod compose;

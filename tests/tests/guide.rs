@@ -115,6 +115,13 @@ fn the_guides_plugin_crate_builds_outside_the_workspace_passes_its_tests_loads_a
     assert_eq!(names, ["hellinger", "embed-dropout", "tram-noise-hellinger", "tram-dropout"]);
     assert_eq!(registry.find("hellinger").unwrap().origin, library.canonicalize().unwrap().display().to_string());
 
+    // Differentiating through a plugin region's target is refused when the optimizer is built
+    // (`tram explain` builds it too), not at the first step.
+    let err = tram::Optimizer::new(&registry, OptimizerConfig::new("reg:embed-dropout(through_target=true)+adam", 0.01)).err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("through_target") && msg.contains("embed-dropout") && msg.contains("statically"), "{msg}");
+    tram::Optimizer::new(&registry, OptimizerConfig::new("reg:embed-dropout+adam", 0.01)).unwrap();
+
     // A 3-step training with each alias; the resolved parameters of the guide's components
     // (which implement no describe()) are recorded.
     let shape = ClassifierShape { vocab: 32, embed: 8, hidden: 16, layers: 1, classes: 4 };

@@ -330,6 +330,17 @@ pub fn bind(registry: &Registry, config: &OptimizerConfig) -> Result<Bound> {
         let what = format!("penalty `reg:{}`", t.name);
         let settings: PenaltySettings = parse_params(&what, &Value::Object(role))?;
         LAMBDA_RANGE.check(&what, "lambda", settings.lambda)?;
+        // A run-time plugin's target is evaluated by its own copy of candle: its graph cannot
+        // join this program's (see `tram::plugin`), so say so now rather than at the first step.
+        let origin = &registry.get(Kind::TrustRegion, &t.name)?.origin;
+        if settings.through_target && registry.plugins().any(|l| l.path().display().to_string() == *origin) {
+            return Err(Error::Config {
+                component: what,
+                reason: format!(
+                    "`through_target = true` differentiates through the target, which a trust region loaded from a run-time plugin ({origin}) cannot do (its graph lives in the plugin's copy of candle); drop `through_target`, or link the plugin crate statically (`register(&mut registry)`)"
+                ),
+            });
+        }
         penalties.push(Penalty { bound, settings });
     }
     let mut region = match &composition.region {

@@ -91,7 +91,11 @@ impl Composition {
             let Some(entry) = registry.find(&r.term.name) else {
                 let mut valid = registry.names(None);
                 valid.extend(registry.aliases().map(|a| format!("{} (alias)", a.name)));
-                return Err(Error::UnknownComponent { kind: "component".into(), name: r.term.name, valid: valid.join(", ") });
+                return Err(Error::UnknownComponent {
+                    kind: "component".into(),
+                    name: r.term.name,
+                    valid: valid.join(", ") + &registry.refusal_note(),
+                });
             };
             if base.is_some() {
                 return Err(err(format!("`{}` follows the base optimizer; the base optimizer must be the last term", r.text)));

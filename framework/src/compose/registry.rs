@@ -256,6 +256,8 @@ pub struct Registry {
     aliases: BTreeMap<String, Alias>,
     /// Run-time plugin libraries loaded into this registry (see [`Registry::load_plugin`]).
     pub(crate) plugins: Vec<Arc<dyn LoadedPlugin>>,
+    /// Plugins a lenient load refused: `(path, reason)`.
+    pub(crate) refused: Vec<(String, String)>,
 }
 
 impl Registry {
@@ -336,7 +338,11 @@ impl Registry {
     pub fn get(&self, kind: Kind, name: &str) -> Result<&Entry> {
         match self.entries.get(name) {
             Some(e) if e.kind == kind => Ok(e),
-            _ => Err(Error::UnknownComponent { kind: kind.to_string(), name: name.into(), valid: self.names(Some(kind)).join(", ") }),
+            _ => Err(Error::UnknownComponent {
+                kind: kind.to_string(),
+                name: name.into(),
+                valid: self.names(Some(kind)).join(", ") + &self.refusal_note(),
+            }),
         }
     }
 
@@ -348,6 +354,20 @@ impl Registry {
     /// The plugin libraries loaded into this registry.
     pub fn plugins(&self) -> impl Iterator<Item = &dyn LoadedPlugin> {
         self.plugins.iter().map(|l| l.as_ref())
+    }
+
+    /// Plugins a lenient load (`Registry::load_plugins_lenient`) refused, as `(path, reason)`.
+    pub fn refused_plugins(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.refused.iter().map(|(p, r)| (p.as_str(), r.as_str()))
+    }
+
+    /// Appended to "unknown name" errors: the plugins that were refused and might define it.
+    pub(crate) fn refusal_note(&self) -> String {
+        if self.refused.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = self.refused.iter().map(|(p, r)| format!("{p} ({r})")).collect();
+        format!("; {} plugin(s) could not be loaded and may define it: {}", list.len(), list.join("; "))
     }
 
     /// Build component `name` of `kind` from its parameter table.

@@ -21,11 +21,15 @@ pub const DECLARATION_SYMBOL: &str = "TRAM_PLUGIN_DECLARATION";
 pub const RUSTC_VERSION: &str = env!("TRAM_RUSTC_VERSION");
 /// Version of the `tram` crate.
 pub const TRAM_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Digest of the framework's source files (two builds from different sources differ).
+/// Digest of the framework's code: the code tokens of every source file (comments, doc
+/// comments, formatting, `#[cfg(test)]` modules and the `testing` module excluded), so two
+/// builds from different code differ and an edit to a comment changes nothing
+/// (`framework/build/digest.rs`).
 pub const TRAM_SOURCE_DIGEST: &str = env!("TRAM_SOURCE_DIGEST");
 /// The candle version this framework is built against (pinned exactly in the workspace).
 pub const CANDLE_VERSION: &str = "0.11.1";
-/// Every framework feature and whether it is enabled in this build.
+/// Every framework feature that changes what crosses the plugin boundary, and whether it is
+/// enabled in this build. `testing` only adds code and is not listed.
 pub const FEATURES: &[(&str, bool)] = &[("fingerprint-test", cfg!(feature = "fingerprint-test")), ("cuda", cfg!(feature = "cuda"))];
 
 /// Capacity of a [`FixedStr`] in bytes (one is kept for the terminating NUL).
@@ -73,7 +77,7 @@ pub struct Fingerprint {
     pub rustc: FixedStr,
     /// tram version.
     pub tram: FixedStr,
-    /// Digest of tram's sources.
+    /// Digest of tram's code ([`TRAM_SOURCE_DIGEST`]).
     pub tram_source: FixedStr,
     /// candle version.
     pub candle: FixedStr,
@@ -188,7 +192,7 @@ impl Fingerprint {
         [
             ("rustc version", self.rustc.as_str()),
             ("tram version", self.tram.as_str()),
-            ("tram source digest", self.tram_source.as_str()),
+            ("tram code digest", self.tram_source.as_str()),
             ("candle version", self.candle.as_str()),
             ("framework features", features),
             ("type layout digest", self.layout.as_str()),
@@ -284,18 +288,13 @@ pub trait Registrar {
     fn register_alias(&mut self, alias: Alias) -> Result<()>;
 }
 
-/// Reads and checks the declaration of `library`, then returns its registration function.
+/// The declaration of `library` as far as it can be read whatever built it: its header, and
+/// its fingerprint when the header has this build's magic, ABI version and size.
 ///
 /// # Safety
-/// `library` must stay loaded while the returned function is used.
-pub(super) unsafe fn checked_register_fn(library: &libloading::Library, path: &str) -> Result<RegisterFn> {
+/// `library` must be loaded for the duration of the call.
+pub(super) unsafe fn read_declaration(library: &libloading::Library, path: &str) -> Result<(PluginHeader, Option<Fingerprint>)> {
     let plugin_err = |reason: String| Error::Plugin { path: path.to_string(), reason };
-    let mismatch = |field: &str, plugin: String, host: String| Error::PluginMismatch {
-        path: path.to_string(),
-        field: field.to_string(),
-        plugin,
-        host,
-    };
     let symbol = format!("{DECLARATION_SYMBOL}\0");
     // SAFETY: the symbol is read as a plain address (a `*const PluginHeader`), not called or
     // dereferenced here; `library` is loaded for the duration of this call.
@@ -317,6 +316,30 @@ pub(super) unsafe fn checked_register_fn(library: &libloading::Library, path: &s
     if header.magic != MAGIC {
         return Err(plugin_err(format!("not a tram plugin: `{DECLARATION_SYMBOL}` does not start with the tram magic bytes")));
     }
+    if header.abi_version != ABI_VERSION || header.size != std::mem::size_of::<PluginDeclaration>() as u32 {
+        return Ok((header, None));
+    }
+    // SAFETY: same magic, ABI version and size, so the static is a `PluginDeclaration` of this
+    // layout: the fingerprint is a repr(C) run of fixed-size byte arrays (any bytes are valid)
+    // at a known offset inside it; `addr_of!` takes its address without making a reference.
+    let fingerprint: Fingerprint =
+        unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*(addr as *const PluginDeclaration)).fingerprint)) };
+    Ok((header, Some(fingerprint)))
+}
+
+/// Reads and checks the declaration of `library`, then returns its registration function.
+///
+/// # Safety
+/// `library` must stay loaded while the returned function is used.
+pub(super) unsafe fn checked_register_fn(library: &libloading::Library, path: &str) -> Result<RegisterFn> {
+    let mismatch = |field: &str, plugin: String, host: String| Error::PluginMismatch {
+        path: path.to_string(),
+        field: field.to_string(),
+        plugin,
+        host,
+    };
+    // SAFETY: forwarded to the caller (`library` is loaded).
+    let (header, fingerprint) = unsafe { read_declaration(library, path)? };
     if header.abi_version != ABI_VERSION {
         return Err(mismatch("plugin ABI version", header.abi_version.to_string(), ABI_VERSION.to_string()));
     }
@@ -324,18 +347,21 @@ pub(super) unsafe fn checked_register_fn(library: &libloading::Library, path: &s
     if header.size != size {
         return Err(mismatch("declaration size", header.size.to_string(), size.to_string()));
     }
-    // SAFETY: same magic, ABI version and size, so the static is a `PluginDeclaration` of this
-    // layout: the fingerprint is a repr(C) run of fixed-size byte arrays (any bytes are valid)
-    // at a known offset inside it; `addr_of!` takes its address without making a reference.
-    let fingerprint: Fingerprint =
-        unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*(addr as *const PluginDeclaration)).fingerprint)) };
+    let fingerprint = fingerprint.expect("read with this build's ABI version and size");
     if let Some((field, plugin, host)) = fingerprint.mismatch(&Fingerprint::CURRENT) {
         return Err(mismatch(field, plugin, host));
     }
-    // SAFETY: the fingerprint matched, so the plugin was built by this compiler from these
-    // sources with these features: the `register` field is a valid `RegisterFn` with this
-    // program's ABI, and the caller keeps `library` loaded while it is used.
-    Ok(unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*(addr as *const PluginDeclaration)).register)) })
+    let symbol = format!("{DECLARATION_SYMBOL}\0");
+    // SAFETY: `read_declaration` just read this symbol from the loaded `library`.
+    let addr: *const PluginDeclaration = unsafe {
+        *library
+            .get::<*const PluginDeclaration>(symbol.as_bytes())
+            .map_err(|e| Error::Plugin { path: path.to_string(), reason: e.to_string() })?
+    };
+    // SAFETY: the fingerprint matched, so the plugin was built by this compiler from this code
+    // with these features: the `register` field is a valid `RegisterFn` with this program's ABI,
+    // and the caller keeps `library` loaded while it is used.
+    Ok(unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*addr).register)) })
 }
 
 #[cfg(test)]
@@ -394,6 +420,62 @@ mod tests {
         let at = lock.find("name = \"candle-core\"\nversion = \"").expect("candle-core in Cargo.lock");
         let version = lock[at..].split('"').nth(3).unwrap();
         assert_eq!(version, CANDLE_VERSION, "update tram::plugin::CANDLE_VERSION with the candle-core pin");
+    }
+
+    use crate::build_digest as digest;
+
+    const CODE: &str = "/// Adds one.\npub fn f(x: u32) -> u32 {\n    x + 1 // the step\n}\n";
+
+    #[test]
+    fn comments_doc_comments_and_formatting_do_not_change_the_code_digest() {
+        let d = |src: &str| digest::code_digest([("src/a.rs", src)]);
+        let reworded = "/// Adds 1 to x.\n/* a block\n /* nested */ comment */\npub fn f( x : u32 )->u32{ x+1 }\n";
+        assert_eq!(d(CODE), d(reworded));
+        let with_tests =
+            format!("{CODE}#[cfg(test)]\nmod tests {{\n    #[test]\n    fn t() {{ assert_eq!(super::f(1), 2); let _ = \"}}\"; }}\n}}\n");
+        assert_eq!(d(CODE), d(&with_tests), "unit-test modules are not part of the digest");
+    }
+
+    #[test]
+    fn any_change_to_code_changes_the_code_digest() {
+        let d = |src: &str| digest::code_digest([("src/a.rs", src)]);
+        for changed in [
+            CODE.replace("x + 1", "x + 2"),
+            CODE.replace("u32 {", "u64 {"),
+            CODE.replace("pub fn f", "pub fn g"),
+            format!("{CODE}pub struct S(u8);\n"),
+        ] {
+            assert_ne!(d(CODE), d(&changed), "{changed}");
+        }
+        assert_ne!(digest::code_digest([("src/a.rs", CODE)]), digest::code_digest([("src/b.rs", CODE)]));
+        // Literals are tokens: a comment marker or a brace inside a string is code.
+        assert_ne!(d("const S: &str = \"a // b\";"), d("const S: &str = \"a \";"));
+        assert_eq!(digest::code_tokens("let c = '\"'; let s = r#\"{\"#; 'a: loop {}").len(), 16);
+    }
+
+    #[test]
+    fn the_recorded_code_digest_is_the_one_of_this_source_tree() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        let mut stack = vec![root.join("src")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        let sources: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"), std::fs::read_to_string(f).unwrap()))
+            .filter(|(rel, _)| !rel.starts_with("src/testing/"))
+            .collect();
+        let h = digest::code_digest(sources.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+        assert_eq!(format!("{h:016x}"), TRAM_SOURCE_DIGEST);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! registration function and registers what it made, wrapped ([`super::wrappers`]), into a
 //! [`Registry`].
 
-use super::abi::{checked_register_fn, Registrar};
+use super::abi::{checked_register_fn, read_declaration, Fingerprint, Registrar, ABI_VERSION};
 use super::library::PluginLibrary;
 use super::wrappers::{PluginBuild, PluginResolve};
 use crate::compose::registry::{Alias, Entry, Registry};
@@ -178,12 +178,98 @@ impl Registry {
         }
     }
 
+    /// [`Registry::load_plugins`], but a plugin that does not load is recorded as refused
+    /// ([`Registry::refused_plugins`]) and returned, and the others still load. For programs
+    /// where a broken plugin must not stop commands that do not use it (`tram explain adam`
+    /// with a stale library in `TRAM_PLUGINS`); a composition naming a component that is not
+    /// registered then lists the refused plugins in its error.
+    pub fn load_plugins_lenient<P: AsRef<Path>>(&mut self, paths: impl IntoIterator<Item = P>) -> Vec<Error> {
+        let mut errors = Vec::new();
+        for p in paths {
+            let files = match plugin_files(p.as_ref()) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.refused.push((p.as_ref().display().to_string(), e.to_string()));
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for file in files {
+                if let Err(e) = self.load_plugin(&file) {
+                    self.refused.push((file.display().to_string(), e.to_string()));
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// [`Registry::load_env_plugins`] with [`Registry::load_plugins_lenient`]'s handling of a
+    /// plugin that does not load.
+    pub fn load_env_plugins_lenient(&mut self) -> Vec<Error> {
+        match std::env::var_os(PLUGINS_ENV) {
+            Some(list) => self.load_plugins_lenient(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect::<Vec<_>>()),
+            None => Vec::new(),
+        }
+    }
+
     /// Load the plugins of a path list separated like `PATH` (the value of `TRAM_PLUGINS`):
     /// each entry is a plugin library or a directory of them ([`Registry::load_plugins`]);
     /// empty entries are skipped.
     pub fn load_plugin_list(&mut self, list: &std::ffi::OsStr) -> Result<Vec<String>> {
         self.load_plugins(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()))
     }
+}
+
+/// What a plugin library declares, read by [`inspect`] without registering anything.
+#[derive(Clone, Debug)]
+pub struct PluginIdentity {
+    /// The library's canonical path.
+    pub path: PathBuf,
+    /// The plugin ABI version of its declaration ([`ABI_VERSION`] for this build).
+    pub abi_version: u32,
+    /// Its fingerprint; `None` when its ABI version or declaration size differs from this
+    /// build's (the fingerprint is then not at a known place).
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl PluginIdentity {
+    /// The plugin's fingerprint fields beside this program's: `(field, plugin, host)`, the
+    /// plugin ABI version first; the plugin's value is `?` where it could not be read.
+    pub fn compare(&self) -> Vec<(&'static str, String, String)> {
+        let host = Fingerprint::CURRENT;
+        let mut rows = vec![("plugin ABI version", self.abi_version.to_string(), ABI_VERSION.to_string())];
+        let plugin: Vec<String> = match &self.fingerprint {
+            Some(f) => f.fields().iter().map(|(_, v)| v.to_string()).collect(),
+            None => vec!["?".into(); host.fields().len()],
+        };
+        rows.extend(host.fields().into_iter().zip(plugin).map(|((name, h), p)| (name, p, h.into_owned())));
+        rows
+    }
+    /// Whether this program would load it (every field equal).
+    pub fn matches(&self) -> bool {
+        self.compare().iter().all(|(_, p, h)| p == h)
+    }
+}
+
+/// Reads the declaration of the plugin library at `path` (its header and fingerprint) without
+/// running its registration function, for `tram plugin check`: a file that is not a tram plugin
+/// is an [`Error::Plugin`]; a plugin built differently is *not* an error here (compare with
+/// [`PluginIdentity::compare`]).
+pub fn inspect(path: impl AsRef<Path>) -> Result<PluginIdentity> {
+    let given = path.as_ref();
+    let err = |reason: String| Error::Plugin { path: given.display().to_string(), reason };
+    let canonical = given.canonicalize().map_err(|e| err(e.to_string()))?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    crate::plugin::elf::check(&canonical).map_err(|reason| Error::Plugin { path: canonical.display().to_string(), reason })?;
+    let shown = canonical.display().to_string();
+    // SAFETY: loading a library runs its initialisers (a tram plugin's are Rust's own); nothing
+    // else in it is called: `read_declaration` only reads its declaration's plain-data fields.
+    let library = unsafe { open_library(&canonical) }
+        .map_err(|e| Error::Plugin { path: shown.clone(), reason: format!("cannot be loaded as a shared library: {e}") })?;
+    // SAFETY: `library` is loaded for the duration of the call.
+    let (header, fingerprint) = unsafe { read_declaration(&library, &shown)? };
+    Ok(PluginIdentity { path: canonical, abi_version: header.abi_version, fingerprint })
 }
 
 /// The plugin libraries `path` stands for: a directory stands for every file in it (not in

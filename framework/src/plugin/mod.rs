@@ -23,7 +23,7 @@
 //! `serde_json::Value`s and candle tensors, which is sound only when both were compiled by the
 //! same compiler from the same sources. The loader reads the declaration's `#[repr(C)]` header
 //! (magic, ABI version, size) and fingerprint (fixed-size, NUL-padded strings: rustc version,
-//! tram version and source digest, candle version, framework features, a digest of the sizes
+//! tram version and code digest (comments excluded), candle version, framework features, a digest of the sizes
 //! of the types that cross the boundary) *before* calling anything in the library, and refuses
 //! any difference with [`Error::PluginMismatch`](crate::Error::PluginMismatch) naming the field and both values.
 //!
@@ -61,4 +61,4 @@ pub use abi::{
     FEATURES, FIELD_LEN, MAGIC, RUSTC_VERSION, TRAM_SOURCE_DIGEST, TRAM_VERSION,
 };
 pub use library::PluginLibrary;
-pub use loader::{plugin_files, PLUGINS_ENV};
+pub use loader::{inspect, plugin_files, PluginIdentity, PLUGINS_ENV};

@@ -205,25 +205,33 @@ fn a_truncated_plugin_is_a_clear_error_not_a_crash() {
     }
 }
 
+/// The example plugin built with the `fingerprint-test` feature (another fingerprint), once.
+fn mismatched_plugin() -> &'static Path {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        // A separate target dir: the cdylib's file name has no hash, the normal build would be clobbered.
+        // Only loaded to be refused, so built unoptimised.
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
+        build_plugin(
+            Some(&target),
+            &[
+                "--features",
+                "fingerprint-test",
+                "--config",
+                "profile.test.package.\"*\".opt-level=0",
+                "--config",
+                "profile.test.debug=0",
+                "--config",
+                "profile.release.package.\"*\".opt-level=0",
+            ],
+        )
+    })
+}
+
 #[test]
 fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_values() {
-    // A separate target dir: the cdylib's file name has no hash, the normal build would be clobbered.
-    // Only loaded to be refused, so built unoptimised.
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
-    let lib = build_plugin(
-        Some(&target),
-        &[
-            "--features",
-            "fingerprint-test",
-            "--config",
-            "profile.test.package.\"*\".opt-level=0",
-            "--config",
-            "profile.test.debug=0",
-            "--config",
-            "profile.release.package.\"*\".opt-level=0",
-        ],
-    );
+    let lib = mismatched_plugin();
     let mut r = tram_plugins::registry().unwrap();
     let names = r.names(None);
     let err = r.load_plugin(&lib).unwrap_err();
@@ -235,7 +243,41 @@ fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_
     }
     let msg = err.to_string();
     assert!(msg.contains("framework features") && msg.contains("`fingerprint-test`") && msg.contains("`(none)`"), "{msg}");
+    // The advice is the one for this cause: the plugin crate's tram features.
+    assert!(msg.contains("enable the same tram features"), "{msg}");
     assert_eq!(r.names(None), names, "nothing registered");
+}
+
+/// `tram plugin check`'s reading: both fingerprints, field by field, without registering.
+#[test]
+fn inspect_reads_a_plugins_fingerprint_beside_the_hosts() {
+    let good = tram::plugin::inspect(plugin()).unwrap();
+    assert!(good.matches(), "{:?}", good.compare());
+    assert_eq!(good.compare().len(), 7);
+    let bad = tram::plugin::inspect(mismatched_plugin()).unwrap();
+    assert!(!bad.matches());
+    let differing: Vec<_> = bad.compare().into_iter().filter(|(_, p, h)| p != h).collect();
+    assert_eq!(differing, [("framework features", "fingerprint-test".to_string(), "(none)".to_string())]);
+    let err = tram::plugin::inspect("/no/such/libx.so").unwrap_err();
+    assert!(matches!(err, Error::Plugin { .. }), "{err}");
+}
+
+/// A stale or mismatched plugin among several: the others load, it is recorded as refused
+/// with the reason, compositions that do not use it work, and an unknown name lists it.
+#[test]
+fn a_lenient_load_refuses_a_mismatched_plugin_and_keeps_the_others() {
+    let mut r = tram_plugins::registry().unwrap();
+    let errors = r.load_plugins_lenient([mismatched_plugin(), plugin()]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(matches!(errors[0], Error::PluginMismatch { .. }));
+    let refused: Vec<(String, String)> = r.refused_plugins().map(|(p, why)| (p.to_string(), why.to_string())).collect();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].0.ends_with("libtram_renyi.so") && refused[0].1.contains("framework features"), "{refused:?}");
+    assert!(r.find("renyi").is_some(), "the good copy loaded");
+    Optimizer::new(&r, OptimizerConfig::new("adam", 0.01)).unwrap();
+    Optimizer::new(&r, OptimizerConfig::new("tram-noise-renyi", 0.01)).unwrap();
+    let err = Optimizer::new(&r, OptimizerConfig::new("noise(distance=hellinger)+ball+adam", 0.01)).err().unwrap().to_string();
+    assert!(err.contains("hellinger") && err.contains("could not be loaded") && err.contains("framework features"), "{err}");
 }
 
 #[test]
