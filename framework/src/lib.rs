@@ -19,7 +19,8 @@
 //!   [`OptimizerConfig`] into bound components (and documents the region and penalty settings);
 //! - [`engine`]: the step algorithm ([`Optimizer`]) and the optimizer checkpoint;
 //! - [`plugin`]: run-time plugins (ABI and fingerprint, loader, wrappers);
-//! - [`check`], [`error`], [`noise`], [`ops`], [`schedule`]: what all of them share.
+//! - [`check`], [`error`], [`noise`], [`ops`], [`schedule`]: what all of them share;
+//! - `testing` (feature `testing`): test support for component and plugin authors.
 
 /// The code digest of `build.rs`, for the fingerprint's unit tests.
 #[cfg(test)]

@@ -258,6 +258,8 @@ pub struct Registry {
     pub(crate) plugins: Vec<Arc<dyn LoadedPlugin>>,
     /// Plugins a lenient load refused: `(path, reason)`.
     pub(crate) refused: Vec<(String, String)>,
+    /// Where each alias a plugin registered came from (its canonical path); absent: built-in.
+    pub(crate) alias_origins: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -327,6 +329,12 @@ impl Registry {
     /// The alias called `name`.
     pub fn alias(&self, name: &str) -> Option<&Alias> {
         self.aliases.get(name)
+    }
+
+    /// Where alias `name` came from: the canonical path of the plugin that registered it, or
+    /// "built-in" (linked into the program, or registered with [`Registry::register_alias`]).
+    pub fn alias_origin(&self, name: &str) -> &str {
+        self.alias_origins.get(name).map_or("built-in", String::as_str)
     }
 
     /// The component called `name`, of any kind, if registered.

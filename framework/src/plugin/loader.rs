@@ -149,6 +149,7 @@ impl Registry {
         }
         for a in collector.aliases {
             names.push(a.name.clone());
+            next.alias_origins.insert(a.name.clone(), origin.clone());
             next.register_alias(a)?;
         }
         next.plugins.push(library);

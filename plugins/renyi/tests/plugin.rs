@@ -50,6 +50,7 @@ fn the_plugin_registers_renyi_with_its_path_as_origin() {
     assert_eq!(e.origin, path);
     assert_eq!((e.params[0].name.as_str(), e.params[0].default.as_str()), ("alpha", "2.0"));
     assert_eq!(r.alias("tram-noise-renyi").unwrap().composition, "noise(distance=renyi)+ball+adam");
+    assert_eq!((r.alias_origin("tram-noise-renyi"), r.alias_origin("sam")), (path.as_str(), "built-in"));
     assert_eq!(r.plugins().map(|l| l.path().display().to_string()).collect::<Vec<_>>(), [path]);
     // Built-ins are untouched.
     assert_eq!(r.find("kl").unwrap().origin, "built-in");
