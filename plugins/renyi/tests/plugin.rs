@@ -235,7 +235,7 @@ fn a_plugin_built_with_another_fingerprint_is_refused_naming_the_field_and_both_
     let lib = mismatched_plugin();
     let mut r = tram_plugins::registry().unwrap();
     let names = r.names(None);
-    let err = r.load_plugin(&lib).unwrap_err();
+    let err = r.load_plugin(lib).unwrap_err();
     match &err {
         Error::PluginMismatch { field, plugin, host, .. } => {
             assert_eq!((field.as_str(), plugin.as_str(), host.as_str()), ("framework features", "fingerprint-test", "(none)"));
