@@ -22,7 +22,7 @@ fn main() {
     if !text.exists() {
         tram_data::fixtures::synthetic_text(&text, mb).unwrap();
     }
-    let tok = Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/quickstart/tokenizer.json")).unwrap();
+    let tok = Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../models/quickstart/tokenizer.json")).unwrap();
     let start = std::time::Instant::now();
     if old {
         let records = tram_data::read_text_lines(&text, None).unwrap();

@@ -7,8 +7,8 @@
 # into $TRAM_CACHE/minilm (default ~/.cache/tram/minilm), checks the weights' sha256, and
 # prints the directory. Idempotent: an existing, complete directory is reused.
 #
-#   apps/hub/tests/fetch-minilm.sh            # prints the directory
-#   eval "$(apps/hub/tests/fetch-minilm.sh --export)"   # sets TRAM_MINILM_DIR in this shell
+#   apps/runtime/hub/tests/fetch-minilm.sh            # prints the directory
+#   eval "$(apps/runtime/hub/tests/fetch-minilm.sh --export)"   # sets TRAM_MINILM_DIR in this shell
 #
 # In GitHub Actions ($GITHUB_ENV set) TRAM_MINILM_DIR is also exported to later steps.
 # Environment: TRAM_CACHE (cache root), PYTHON (interpreter with pip; default python3).

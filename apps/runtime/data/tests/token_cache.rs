@@ -10,7 +10,7 @@ use tram_data::token_cache::{builds_under, hash_tokenizer, CacheSpec, TokenCache
 use tram_data::{read_text_lines, Format, SplitFiles, Tokenizer};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..")
 }
 
 fn fixture_dir() -> PathBuf {

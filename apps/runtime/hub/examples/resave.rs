@@ -1,6 +1,6 @@
 //! Load a checkpoint directory (hub layout) with tram and save it again with
 //! `tram_hub::save_model`: `cargo run -p tram-hub --example resave -- <in-dir> <out-dir>`.
-//! Used to check that Python `transformers` loads what tram saves (see apps/hub/README.md).
+//! Used to check that Python `transformers` loads what tram saves (see apps/runtime/hub/README.md).
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

