@@ -10,11 +10,74 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::task::{EvalSet, EvalSource, TaskData};
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tram_data::token_cache::{CacheSpec, TokenCache};
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
+
+/// `tram lm`: cross-domain language modelling on M2D2 (paper Table 4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LmConfig {
+    /// The training domain (a dataset config / subset name, or a sub-directory of a local dataset).
+    pub train_domain: String,
+    /// Column label of the training domain in the table (defaults to `train_domain`).
+    pub train_label: Option<String>,
+    /// More domains whose training and validation splits are mixed with the training
+    /// domain's (pretraining on a mixture); their test splits are in-domain columns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix_domains: Vec<String>,
+    /// The unseen test domains, in table order.
+    pub test_domains: Vec<String>,
+    /// Column labels of the test domains (same length as `test_domains`, or empty).
+    pub test_labels: Vec<String>,
+    /// Token block length (1024 in the paper).
+    pub block_size: usize,
+    /// How documents become blocks: `"run_clm"` (the default; transformers' `run_clm.py`,
+    /// M2D2's recipe: line breaks kept, no end-of-text token, non-overlapping blocks of
+    /// `block_size` tokens) or `"lines"` (lines stripped, blank lines dropped, end-of-text
+    /// after each, blocks of `block_size + 1` overlapping by one). See `tram_data::lm::Protocol`.
+    pub protocol: tram_data::lm::Protocol,
+    /// Where tokenised splits are cached (memory-mapped token files reused by every row,
+    /// seed and later run); unset: `<out>/token-cache`. A relative path is relative to the
+    /// working directory, like `out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Evaluate on at most this many blocks of each validation and test split, evenly spaced
+    /// through it (quick runs; unset: every block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_eval_blocks: Option<usize>,
+    /// The text column.
+    pub text_column: String,
+    /// Split names.
+    pub train_split: String,
+    /// Validation split of the training domain (model selection).
+    pub valid_split: String,
+    /// Test split of every domain.
+    pub test_split: String,
+}
+
+impl Default for LmConfig {
+    fn default() -> Self {
+        Self {
+            train_domain: String::new(),
+            train_label: None,
+            mix_domains: Vec::new(),
+            test_domains: Vec::new(),
+            test_labels: Vec::new(),
+            block_size: 1024,
+            protocol: tram_data::lm::Protocol::RunClm,
+            cache_dir: None,
+            max_eval_blocks: None,
+            text_column: "text".into(),
+            train_split: "train".into(),
+            valid_split: "validation".into(),
+            test_split: "test".into(),
+        }
+    }
+}
 
 /// The token cache entry of one domain's split: opened, or built (tokenised once, streamed)
 /// when missing or stale. Rows and seeds of a run (and later runs) share it.

@@ -11,9 +11,63 @@ use crate::error::{Error, Result};
 use crate::task::{EvalSet, EvalSource, TaskData};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tram::Batch;
 use tram_data::{Images, Preprocess};
+
+/// `tram vision`: cross-dataset image classification (paper Table 3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Dataset config / subset (`default` when the dataset has one).
+    pub subset: String,
+    /// The dataset holding the test split, when it is another repository than `data`
+    /// (Stanford Cars on the hub); empty: `data`.
+    pub test_data: String,
+    /// Column label of the dataset in the table (defaults to `data`).
+    pub dataset_label: Option<String>,
+    /// Training split.
+    pub train_split: String,
+    /// Validation split (empty: none; model selection then uses the final model).
+    pub valid_split: String,
+    /// Test split (top-1 accuracy is reported on it).
+    pub test_split: String,
+    /// Image column.
+    pub image_column: String,
+    /// Label column.
+    pub label_column: String,
+    /// Number of classes of the new head (0: from the data's largest label + 1).
+    pub num_labels: usize,
+    /// Side of the square model input (defaults to the model's `image_size`).
+    pub image_size: Option<usize>,
+    /// Per-channel normalisation mean (default: the model's `preprocessor_config.json`, else 0.5).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std (default: the model's `preprocessor_config.json`, else 0.5).
+    pub std: Option<Vec<f32>>,
+    /// Random horizontal flips of training images.
+    pub hflip: bool,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            subset: "default".into(),
+            test_data: String::new(),
+            dataset_label: None,
+            train_split: "train".into(),
+            valid_split: String::new(),
+            test_split: "test".into(),
+            image_column: "img".into(),
+            label_column: "label".into(),
+            num_labels: 0,
+            image_size: None,
+            mean: None,
+            std: None,
+            hflip: true,
+        }
+    }
+}
 
 fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usize>, skipped: &mut crate::task::Skipped) -> Result<Images> {
     let v = &run.config.vision;

@@ -11,9 +11,91 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::task::{BatchList, EvalSet, TaskData};
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use tram_data::nli::PairExample;
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
+
+/// `tram xnli`: zero-shot cross-lingual NLI (paper Table 5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct XnliConfig {
+    /// English training data's config / subset (`default` for `nyu-mll/multi_nli`; empty: none).
+    pub train_subset: String,
+    /// Training split.
+    pub train_split: String,
+    /// The dataset of the English validation set (model selection), hub id or local
+    /// directory; empty: `data`. The paper selects on XNLI's English validation split
+    /// (`facebook/xnli`, config `en`, split `validation`: 2,490 rows, its Table 8's 2.5K).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub valid_data: String,
+    /// Config / subset of the validation set; unset: `train_subset` when the validation set
+    /// comes from `data`, else none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_subset: Option<String>,
+    /// Validation split (model selection; empty: none, the final model is evaluated).
+    pub valid_split: String,
+    /// The evaluation dataset (XNLI), hub id or local directory.
+    pub test_data: String,
+    /// Test split of the evaluation dataset.
+    pub test_split: String,
+    /// Languages of the evaluation dataset (its configs / subsets), in table order; the first
+    /// one that equals `source_language` is the in-language column.
+    pub languages: Vec<String>,
+    /// The training language (excluded from the zero-shot average).
+    pub source_language: String,
+    /// Columns.
+    pub premise_column: String,
+    /// Hypothesis column.
+    pub hypothesis_column: String,
+    /// Label column (0 entailment, 1 neutral, 2 contradiction; rows with -1 are skipped).
+    pub label_column: String,
+    /// Number of classes of the new head.
+    pub num_labels: usize,
+    /// Maximum tokens of a premise–hypothesis pair (truncated beyond).
+    pub max_length: usize,
+    /// Test sets that come from elsewhere than `test_data` / config `<language>` /
+    /// `test_split`, by language: `{ de = { data = "org/name", subset = "de", split = "test" } }`
+    /// (a field left out keeps its default). Each key must be one of `languages`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub test_sets: std::collections::BTreeMap<String, SetSource>,
+}
+
+/// Where one evaluation set comes from; an empty field keeps the app's default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SetSource {
+    /// The dataset, hub id or local directory.
+    pub data: String,
+    /// Its config / subset.
+    pub subset: Option<String>,
+    /// Its split.
+    pub split: String,
+}
+
+impl Default for XnliConfig {
+    fn default() -> Self {
+        Self {
+            train_subset: "default".into(),
+            train_split: "train".into(),
+            valid_data: String::new(),
+            valid_subset: None,
+            valid_split: "validation_matched".into(),
+            test_data: "facebook/xnli".into(),
+            test_split: "test".into(),
+            languages: ["en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
+                .map(String::from)
+                .to_vec(),
+            source_language: "en".into(),
+            premise_column: "premise".into(),
+            hypothesis_column: "hypothesis".into(),
+            label_column: "label".into(),
+            num_labels: 3,
+            max_length: 128,
+            test_sets: Default::default(),
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn pairs(
