@@ -197,12 +197,7 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunResult)>> {
 }
 
 fn app_of(name: &str) -> Result<App> {
-    match name {
-        "lm" => Ok(App::Lm),
-        "xnli" => Ok(App::Xnli),
-        "vision" => Ok(App::Vision),
-        other => Err(Error::Input(format!("results.json names app `{other}`; the analysis knows lm, xnli and vision"))),
-    }
+    App::named(name).ok_or_else(|| Error::Input(format!("results.json names app `{name}`; the analysis knows {}", App::names())))
 }
 
 fn set_path(root: &mut Value, key: &str, value: Value) -> Result<()> {

@@ -314,3 +314,59 @@ impl crate::task::TrainStream for Empty {
         Ok(())
     }
 }
+
+/// The `tram lm` app.
+pub struct Lm;
+
+impl super::AppSpec for Lm {
+    fn name(&self) -> &'static str {
+        "lm"
+    }
+
+    fn about(&self) -> &'static str {
+        "Cross-domain language modelling: GPT-2 on M2D2 (paper Table 4). See apps/trainer/README.md"
+    }
+
+    /// Where tokenised text is cached does not change what is computed.
+    fn untracked_keys(&self) -> &'static [&'static str] {
+        &["cache_dir"]
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let lm = &config.lm;
+        let bad = |k: &str, why: String| Err(Error::Config(format!("key `{k}`: {why}")));
+        crate::config::limit_at_least_one("lm.max_eval_blocks", lm.max_eval_blocks)?;
+        if lm.block_size == 0 {
+            return bad("lm.block_size", "must be at least 1".into());
+        }
+        if lm.block_size < lm.protocol.min_block_size() {
+            return bad(
+                "lm.block_size",
+                format!(
+                    "{} is too small for lm.protocol = \"{}\": a block of L tokens predicts L - 1 of them; use at least {}",
+                    lm.block_size,
+                    lm.protocol,
+                    lm.protocol.min_block_size()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, run: Option<&RunConfig>) -> crate::results::TableSpec {
+        let split = run
+            .map(|r| format!(" — trained on {}", r.config.lm.train_label.clone().unwrap_or_else(|| r.config.lm.train_domain.clone())))
+            .unwrap_or_default();
+        crate::results::TableSpec {
+            title: format!("Cross-domain language modelling (paper Table 4){split}"),
+            metric: crate::results::Metric::Perplexity,
+            zero_shot_average: true,
+            confidence: false,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
+    }
+}

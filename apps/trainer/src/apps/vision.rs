@@ -223,3 +223,41 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     };
     Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "images", skipped }, tokenizer: None })
 }
+
+/// The `tram vision` app.
+pub struct Vision;
+
+impl super::AppSpec for Vision {
+    fn name(&self) -> &'static str {
+        "vision"
+    }
+
+    fn about(&self) -> &'static str {
+        "Cross-dataset image classification: ViT-B/16 on CIFAR-100 / Cars / Flowers (paper Table 3)"
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let v = &config.vision;
+        crate::config::limit_at_least_one("vision.image_size", v.image_size)?;
+        for (k, v) in [("vision.mean", &v.mean), ("vision.std", &v.std)] {
+            if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {
+                return Err(Error::Config(format!("key `{k}`: {x} is not a valid value (finite; a std must be > 0)")));
+            }
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, _run: Option<&RunConfig>) -> crate::results::TableSpec {
+        crate::results::TableSpec {
+            title: "Cross-dataset image classification (paper Table 3)".into(),
+            metric: crate::results::Metric::Accuracy,
+            zero_shot_average: false,
+            confidence: true,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
+    }
+}

@@ -208,3 +208,48 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
     }
     Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "examples", skipped }, tokenizer: Some(tokenizer_path) })
 }
+
+/// The `tram xnli` app.
+pub struct Xnli;
+
+impl super::AppSpec for Xnli {
+    fn name(&self) -> &'static str {
+        "xnli"
+    }
+
+    fn about(&self) -> &'static str {
+        "Zero-shot cross-lingual NLI: XLM-R on MultiNLI, tested on XNLI (paper Table 5)"
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let x = &config.xnli;
+        let bad = |k: &str, why: String| Err(Error::Config(format!("key `{k}`: {why}")));
+        if x.max_length < 2 {
+            return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", x.max_length));
+        }
+        if x.num_labels < 2 {
+            return bad("xnli.num_labels", format!("must be at least 2, got {}", x.num_labels));
+        }
+        if let Some(lang) = x.test_sets.keys().find(|l| !x.languages.contains(l)) {
+            return bad(
+                &format!("xnli.test_sets.{lang}"),
+                format!("`{lang}` is not one of `xnli.languages` ({}); add it there or remove this entry", x.languages.join(", ")),
+            );
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, _run: Option<&RunConfig>) -> crate::results::TableSpec {
+        crate::results::TableSpec {
+            title: "Zero-shot cross-lingual transfer, XNLI (paper Table 5)".into(),
+            metric: crate::results::Metric::Accuracy,
+            zero_shot_average: true,
+            confidence: false,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
+    }
+}

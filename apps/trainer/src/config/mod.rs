@@ -249,37 +249,10 @@ impl Config {
                 ),
             );
         }
-        for (k, v) in [
-            ("train.max_train_examples", self.train.max_train_examples),
-            ("train.max_eval_examples", self.train.max_eval_examples),
-            ("lm.max_eval_blocks", self.lm.max_eval_blocks),
-            ("vision.image_size", self.vision.image_size),
-        ] {
-            if v == Some(0) {
-                return Err(Error::Config(format!(
-                    "key `{k}` = 0: must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)"
-                )));
-            }
-        }
-        if self.lm.block_size == 0 {
-            return bad("lm.block_size", "must be at least 1".into());
-        }
-        if self.lm.block_size < self.lm.protocol.min_block_size() {
-            return bad(
-                "lm.block_size",
-                format!(
-                    "{} is too small for lm.protocol = \"{}\": a block of L tokens predicts L - 1 of them; use at least {}",
-                    self.lm.block_size,
-                    self.lm.protocol,
-                    self.lm.protocol.min_block_size()
-                ),
-            );
-        }
-        if self.xnli.max_length < 2 {
-            return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", self.xnli.max_length));
-        }
-        if self.xnli.num_labels < 2 {
-            return bad("xnli.num_labels", format!("must be at least 2, got {}", self.xnli.num_labels));
+        limit_at_least_one("train.max_train_examples", self.train.max_train_examples)?;
+        limit_at_least_one("train.max_eval_examples", self.train.max_eval_examples)?;
+        for app in crate::apps::App::ALL {
+            app.spec().validate(self)?;
         }
         let json = self.to_json();
         for key in self.provenance.paper.iter().chain(&self.provenance.ours) {
@@ -297,17 +270,6 @@ impl Config {
                     "provenance",
                     format!("`{key}` is not a setting of the config; give key paths such as `train.steps` or `optimizer.ball.rho`"),
                 );
-            }
-        }
-        if let Some(lang) = self.xnli.test_sets.keys().find(|l| !self.xnli.languages.contains(l)) {
-            return bad(
-                &format!("xnli.test_sets.{lang}"),
-                format!("`{lang}` is not one of `xnli.languages` ({}); add it there or remove this entry", self.xnli.languages.join(", ")),
-            );
-        }
-        for (k, v) in [("vision.mean", &self.vision.mean), ("vision.std", &self.vision.std)] {
-            if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {
-                return bad(k, format!("{x} is not a valid value (finite; a std must be > 0)"));
             }
         }
         if let (Some(steps), tram::Schedule::Polynomial { warmup, total: 0, .. }) = (self.train.steps, &self.optimizer.schedule) {
@@ -353,6 +315,17 @@ impl Config {
         }
         v
     }
+}
+
+/// An optional limit (`train.max_train_examples`, `lm.max_eval_blocks`, ...): unset is no
+/// limit, `0` is refused (it would leave nothing to train on or to evaluate).
+pub(crate) fn limit_at_least_one(key: &str, v: Option<usize>) -> Result<()> {
+    if v == Some(0) {
+        return Err(Error::Config(format!(
+            "key `{key}` = 0: must be at least 1 (0 leaves nothing to train on or to evaluate; leave it out for no limit)"
+        )));
+    }
+    Ok(())
 }
 
 /// Load the configuration of one run from a file (no `[[runs]]` selection), for library use.
