@@ -28,8 +28,7 @@ fn members(root: &Path) -> Vec<(String, String, String)> {
         .iter()
         .map(|m| {
             let dir = m.as_str().expect("a member is a path");
-            let crate_toml: toml::Value =
-                std::fs::read_to_string(root.join(dir).join("Cargo.toml")).unwrap().parse().unwrap();
+            let crate_toml: toml::Value = std::fs::read_to_string(root.join(dir).join("Cargo.toml")).unwrap().parse().unwrap();
             let package = &crate_toml["package"];
             let name = package["name"].as_str().unwrap().to_string();
             let description = package.get("description").and_then(|d| d.as_str()).unwrap_or("").to_string();
@@ -49,11 +48,7 @@ fn table(readme: &str) -> (std::ops::Range<usize>, Vec<Row>) {
         .map(|l| {
             let cells: Vec<&str> = l.trim_matches('|').splitn(3, '|').map(str::trim).collect();
             assert_eq!(cells.len(), 3, "a workspace row has three cells: {l}");
-            Row {
-                name: cells[0].trim_matches('`').to_string(),
-                path: cells[1].trim_matches('`').to_string(),
-                what: cells[2].to_string(),
-            }
+            Row { name: cells[0].trim_matches('`').to_string(), path: cells[1].trim_matches('`').to_string(), what: cells[2].to_string() }
         })
         .collect();
     (start..end, rows)
