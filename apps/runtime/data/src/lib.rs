@@ -13,7 +13,7 @@
 //!   and XNLI);
 //! * [`vision`]: PNG/JPEG images resized and normalised as `ViTImageProcessor` does (ViT on
 //!   CIFAR-100, Stanford Cars, Oxford Flowers);
-//! * [`Loader`]: deterministic shuffled mini-batches that resume exactly;
+//! * [`Loader`]: the shuffled training order of every app, resumed exactly from a checkpoint;
 //! * [`fixtures`]: tiny parquet / JSON lines datasets and tokenizers for tests.
 //!
 //! ```no_run

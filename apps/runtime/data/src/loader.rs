@@ -1,98 +1,116 @@
-//! Deterministic shuffled mini-batches that resume exactly.
+//! The resumable training order every training app uses: shuffled mini-batches of indices
+//! whose position can be saved with a checkpoint and restored exactly.
 
 use crate::error::{Error, Result};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-/// Where a [`Loader`] stands: saved with a checkpoint, restored on resume.
+/// Where a [`Loader`] stands: saved with a checkpoint (the trainer writes it as the JSON
+/// object of these fields, in this order), restored on resume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LoaderState {
     /// Completed epochs.
     pub epoch: u64,
-    /// Examples already served in the current epoch.
-    pub cursor: usize,
+    /// Batches already served in the current epoch.
+    pub next: usize,
+    /// Batches served since the start, over every epoch (a step counter for per-batch
+    /// randomness such as image augmentation).
+    pub served: u64,
+    /// Number of examples the order is over (a different number: the data changed).
+    pub items: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
     /// The base seed.
     pub seed: u64,
 }
 
 /// Shuffled mini-batches of indices over `n` examples. Epoch `e` visits the examples in a
-/// permutation drawn from ChaCha8 seeded with `seed + e` (Fisher–Yates, implemented here so
-/// the order never changes with a `rand` upgrade); the last batch of an epoch may be smaller
-/// (`drop_last = false`); batches never straddle two epochs.
+/// permutation drawn from `(seed, e)` ([`permutation`]); the last, incomplete batch of an
+/// epoch is dropped unless it is the only one, so every batch but that one is full.
+///
+/// ```
+/// let mut a = tram_data::Loader::new(10, 4, 7)?;
+/// let first: Vec<Vec<usize>> = (0..3).map(|_| a.next_indices()).collect();
+/// assert_eq!(a.batches_per_epoch(), 2); // 10 examples: two batches of 4, 2 dropped
+/// // A loader restored from a saved position serves the same batches.
+/// let saved = a.position();
+/// let next = a.next_indices();
+/// let mut b = tram_data::Loader::new(10, 4, 7)?;
+/// b.restore(&saved)?;
+/// assert_eq!(b.next_indices(), next);
+/// # assert_eq!(first[0].len(), 4);
+/// # Ok::<(), tram_data::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Loader {
     n: usize,
     batch_size: usize,
     seed: u64,
     epoch: u64,
-    cursor: usize,
+    next: usize,
+    served: u64,
     order: Vec<usize>,
 }
 
-/// The permutation of `0..n` that epoch `epoch` of a loader seeded `seed` uses.
+/// The permutation of `0..n` that epoch `epoch` of a loader seeded `seed` visits: a
+/// Fisher–Yates shuffle (`rand`'s `SliceRandom::shuffle`) driven by ChaCha8 seeded with
+/// `seed` mixed with `epoch`.
 pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch));
     let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        // Uniform in 0..=i by widening multiplication (bias below 2^-32 for any realistic n).
-        let j = ((rng.next_u64() as u128 * (i as u128 + 1)) >> 64) as usize;
-        order.swap(i, j);
-    }
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(0x5851_F42D_4C95_7F2D));
+    order.shuffle(&mut rng);
     order
 }
 
 impl Loader {
-    /// A loader over `n` examples in batches of `batch_size`, at epoch 0. Both must be
-    /// positive.
+    /// A loader over `n` examples in batches of `batch_size` (0 counts as 1), at epoch 0.
+    /// `n` must be positive.
     pub fn new(n: usize, batch_size: usize, seed: u64) -> Result<Self> {
         if n == 0 {
             return Err(Error::Invalid("the loader has no examples to serve (n = 0)".into()));
         }
-        if batch_size == 0 {
-            return Err(Error::Invalid("batch size must be at least 1".into()));
-        }
-        Ok(Self { n, batch_size, seed, epoch: 0, cursor: 0, order: permutation(n, seed, 0) })
+        Ok(Self { n, batch_size: batch_size.max(1), seed, epoch: 0, next: 0, served: 0, order: permutation(n, seed, 0) })
     }
 
-    /// A loader over `n` examples in batches of `batch_size`, continuing from `state`.
-    pub fn resume(n: usize, batch_size: usize, state: LoaderState) -> Result<Self> {
-        let mut l = Self::new(n, batch_size, state.seed)?;
-        l.restore(state)?;
-        Ok(l)
-    }
-
-    /// The indices of the next batch; at the end of an epoch the next one starts with a
-    /// fresh permutation.
+    /// The indices of the next batch; after the last batch of an epoch the next epoch
+    /// starts with a fresh permutation.
     pub fn next_indices(&mut self) -> Vec<usize> {
-        let end = (self.cursor + self.batch_size).min(self.n);
-        let out = self.order[self.cursor..end].to_vec();
-        self.cursor = end;
-        if self.cursor == self.n {
+        if self.next >= self.batches_per_epoch() {
             self.epoch += 1;
-            self.cursor = 0;
+            self.next = 0;
             self.order = permutation(self.n, self.seed, self.epoch);
         }
-        out
+        let start = self.next * self.batch_size;
+        let end = (start + self.batch_size).min(self.n);
+        self.next += 1;
+        self.served += 1;
+        self.order[start..end].to_vec()
+    }
+
+    /// Batches served since the start (the index of the next batch, counted over epochs).
+    pub fn served(&self) -> u64 {
+        self.served
     }
 
     /// Where the loader stands.
     pub fn position(&self) -> LoaderState {
-        LoaderState { epoch: self.epoch, cursor: self.cursor, seed: self.seed }
+        LoaderState { epoch: self.epoch, next: self.next, served: self.served, items: self.n, batch_size: self.batch_size, seed: self.seed }
     }
 
-    /// Continue from `state` (its seed replaces this loader's). A cursor past the end of the
-    /// data is an error (the dataset changed size).
-    pub fn restore(&mut self, state: LoaderState) -> Result<()> {
-        if state.cursor >= self.n {
+    /// Continue from `state`. A state saved for another number of examples, batch size or
+    /// seed is an error naming both (the training data or the run changed).
+    pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
+        if (state.items, state.batch_size, state.seed) != (self.n, self.batch_size, self.seed) {
             return Err(Error::Invalid(format!(
-                "loader state cursor {} is past the {} examples of this dataset: it was saved for different data",
-                state.cursor, self.n
+                "the saved position is for {} examples in batches of {} with seed {}; this loader has {} in batches of {} with seed {}: the data changed",
+                state.items, state.batch_size, state.seed, self.n, self.batch_size, self.seed
             )));
         }
-        self.seed = state.seed;
         self.epoch = state.epoch;
-        self.cursor = state.cursor;
+        self.next = state.next;
+        self.served = state.served;
         self.order = permutation(self.n, self.seed, self.epoch);
         Ok(())
     }
@@ -117,9 +135,10 @@ impl Loader {
         self.batch_size
     }
 
-    /// Batches per epoch (the last one may be smaller).
+    /// Batches per epoch: the full batches (at least one; with fewer examples than a batch,
+    /// that one batch holds them all).
     pub fn batches_per_epoch(&self) -> usize {
-        self.n.div_ceil(self.batch_size)
+        (self.n / self.batch_size).max(1)
     }
 }
 

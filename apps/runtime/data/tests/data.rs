@@ -762,41 +762,51 @@ fn preprocess_from_configs() {
 // ---------------------------------------------------------------------------------------
 // Loader
 
+/// `permutation(10, 7, 0)` as the trainer's `Shuffled` drew it before the loader moved here.
+const PINNED_ORDER: [usize; 10] = [4, 2, 1, 5, 0, 6, 9, 8, 7, 3];
+
 #[test]
 fn loader_is_deterministic_and_resumes_exactly() {
     let draw = |l: &mut Loader, k: usize| (0..k).map(|_| l.next_indices()).collect::<Vec<_>>();
     let mut a = Loader::new(10, 4, 7).unwrap();
     let mut b = Loader::new(10, 4, 7).unwrap();
-    let xs = draw(&mut a, 9);
-    assert_eq!(xs, draw(&mut b, 9));
-    // 3 batches per epoch (4, 4, 2), each epoch a permutation, epochs differ.
-    assert_eq!(a.batches_per_epoch(), 3);
-    assert_eq!(xs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2, 4, 4, 2, 4, 4, 2]);
-    let epochs: Vec<Vec<usize>> = xs.chunks(3).map(|c| c.concat()).collect();
-    for e in &epochs {
-        let mut s = e.clone();
+    let xs = draw(&mut a, 6);
+    assert_eq!(xs, draw(&mut b, 6));
+    // 2 full batches per epoch (the incomplete third is dropped), each epoch from its own
+    // permutation, epochs differ.
+    assert_eq!(a.batches_per_epoch(), 2);
+    assert!(xs.iter().all(|x| x.len() == 4));
+    let epochs: Vec<Vec<usize>> = xs.chunks(2).map(|c| c.concat()).collect();
+    for (e, seen) in epochs.iter().enumerate() {
+        assert_eq!(seen[..], permutation(10, 7, e as u64)[..8]);
+        let mut s = permutation(10, 7, e as u64);
         s.sort();
         assert_eq!(s, (0..10).collect::<Vec<_>>());
     }
     assert_ne!(epochs[0], epochs[1]);
-    assert_ne!(epochs[0], (0..10).collect::<Vec<_>>());
-    assert_eq!(epochs[1], permutation(10, 7, 1));
-    assert_eq!(a.position(), LoaderState { epoch: 3, cursor: 0, seed: 7 });
+    // The order is the one the trainer has always used (checkpoints of earlier runs resume to
+    // the same batches): pinned.
+    assert_eq!(permutation(10, 7, 0), PINNED_ORDER);
+    assert_eq!(a.position(), LoaderState { epoch: 2, next: 2, served: 6, items: 10, batch_size: 4, seed: 7 });
     assert_ne!(draw(&mut Loader::new(10, 4, 8).unwrap(), 3), xs[..3].to_vec());
+    // Fewer examples than a batch: one batch of all of them per epoch.
+    let mut small = Loader::new(3, 4, 0).unwrap();
+    assert_eq!((small.batches_per_epoch(), small.next_indices().len()), (1, 3));
 
     // Resume mid-epoch through a serialized state.
     let mut c = Loader::new(10, 4, 7).unwrap();
-    let _ = draw(&mut c, 4);
+    let _ = draw(&mut c, 3);
     let state = c.position();
-    assert_eq!(state, LoaderState { epoch: 1, cursor: 4, seed: 7 });
+    assert_eq!(state, LoaderState { epoch: 1, next: 1, served: 3, items: 10, batch_size: 4, seed: 7 });
     let json = serde_json::to_string(&state).unwrap();
-    let mut d = Loader::resume(10, 4, serde_json::from_str(&json).unwrap()).unwrap();
-    assert_eq!(draw(&mut d, 5), xs[4..].to_vec());
-    let mut e = Loader::new(10, 4, 99).unwrap();
-    e.restore(state).unwrap();
-    assert_eq!(e.next_indices(), xs[4]);
-    assert!(err(Loader::resume(3, 4, state)).contains("past the 3 examples"));
-    assert!(Loader::new(0, 4, 0).is_err() && Loader::new(4, 0, 0).is_err());
+    let mut d = Loader::new(10, 4, 7).unwrap();
+    d.restore(&serde_json::from_str(&json).unwrap()).unwrap();
+    assert_eq!(draw(&mut d, 3), xs[3..].to_vec());
+    assert_eq!(d.served(), 6);
+    let e = Loader::new(10, 4, 99).unwrap().restore(&state).unwrap_err().to_string();
+    assert!(e.contains("seed 7") && e.contains("seed 99") && e.contains("the data changed"), "{e}");
+    assert!(Loader::new(9, 4, 7).unwrap().restore(&state).is_err());
+    assert!(Loader::new(0, 4, 0).is_err());
     // Sequential evaluation batches.
     assert_eq!(sequential(5, 2).collect::<Vec<_>>(), vec![vec![0, 1], vec![2, 3], vec![4]]);
 }
