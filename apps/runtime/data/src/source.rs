@@ -45,41 +45,13 @@ impl DataSource {
     /// Parse a source: a path to an existing directory is [`DataSource::Local`]; otherwise the
     /// string must be a hub dataset id `org/name` or `org/name@revision` (revision defaults to
     /// `main`; it may contain `/`, as in `refs/convert/parquet`).
+    /// The rules are [`tram_hub::parse_source`]'s, shared with model sources.
     pub fn parse(input: &str) -> Result<Self> {
-        let invalid = |reason: String| Error::InvalidSource { input: input.to_string(), reason };
-        let s = input.trim();
-        if s.is_empty() {
-            return Err(invalid("empty; give a hub dataset id `org/name[@revision]` or a local directory".into()));
+        match tram_hub::parse_source(input, tram_hub::RepoKind::Dataset) {
+            Ok(tram_hub::ParsedSource::Hub { repo_id, revision }) => Ok(Self::Hub { repo_id, revision }),
+            Ok(tram_hub::ParsedSource::Local(dir)) => Ok(Self::Local(dir)),
+            Err(reason) => Err(Error::InvalidSource { input: input.to_string(), reason }),
         }
-        let path = Path::new(s);
-        if path.is_dir() {
-            return Ok(Self::Local(path.to_path_buf()));
-        }
-        if path.exists() {
-            return Err(invalid(format!("{} is a file, not a directory; pass the directory that holds the data files", path.display())));
-        }
-        let path_like = s.starts_with(['/', '.', '~']) || s.ends_with('/') || s.contains('\\') || s.contains("//");
-        if path_like {
-            return Err(invalid(format!("no such directory {} (and it is not a hub dataset id `org/name[@revision]`)", path.display())));
-        }
-        let (id, revision) = match s.split_once('@') {
-            Some((id, rev)) => (id, rev),
-            None => (s, DEFAULT_REVISION),
-        };
-        if revision.is_empty()
-            || revision.contains(char::is_whitespace)
-            || revision.contains('@')
-            || revision.split('/').any(|c| c.is_empty() || c == "..")
-        {
-            return Err(invalid(format!("bad revision `{revision}`; expected `org/name@<branch, tag or commit>`")));
-        }
-        if let Err(why) = tram_hub::check_repo_id(id) {
-            return Err(invalid(format!(
-                "not an existing directory, and `{id}` is not a hub dataset id ({why}); expected `org/name` or \
-                 `org/name@revision`, or a path to a local directory"
-            )));
-        }
-        Ok(Self::Hub { repo_id: id.to_string(), revision: revision.to_string() })
     }
 
     /// The files of this dataset, found through `hub`.

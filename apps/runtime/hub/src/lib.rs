@@ -30,5 +30,7 @@ pub use load::{
     WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 pub use save::{safetensors_bytes, save_model, save_pretrained, NamedTensors, TOKENIZER_SIDE_FILES};
-pub use source::{check_repo_id, HubOptions, ModelFiles, ModelSource, DEFAULT_ENDPOINT, DEFAULT_REVISION};
+pub use source::{
+    check_repo_id, parse_source, HubOptions, ModelFiles, ModelSource, ParsedSource, RepoKind, DEFAULT_ENDPOINT, DEFAULT_REVISION,
+};
 pub use tokenizers::Tokenizer;
