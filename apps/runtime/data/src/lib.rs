@@ -14,7 +14,8 @@
 //! * [`vision`]: PNG/JPEG images resized and normalised as `ViTImageProcessor` does (ViT on
 //!   CIFAR-100, Stanford Cars, Oxford Flowers);
 //! * [`Loader`]: the shuffled training order of every app, resumed exactly from a checkpoint;
-//! * [`fixtures`]: tiny parquet / JSON lines datasets and tokenizers for tests.
+//! * `fixtures` (cargo feature `fixtures`, for tests only): tiny parquet / JSON lines datasets
+//!   and tokenizers.
 //!
 //! ```no_run
 //! use tram_data::{load_split, nli, DataSource};
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod lm;
 mod loader;
