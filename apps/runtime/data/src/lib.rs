@@ -27,8 +27,6 @@
 //! # Ok::<(), tram_data::Error>(())
 //! ```
 
-#![warn(missing_docs)]
-
 mod error;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;

@@ -15,8 +15,6 @@
 //! Resolution honours `HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_ENDPOINT` and `HF_TOKEN`
 //! ([`HubOptions::from_env`]); with `HF_HUB_OFFLINE=1` only the cache is read.
 
-#![warn(missing_docs)]
-
 mod dispatch;
 mod error;
 mod load;

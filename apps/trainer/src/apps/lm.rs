@@ -49,9 +49,9 @@ pub struct LmConfig {
     /// through it (quick runs; unset: every block).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_eval_blocks: Option<usize>,
-    /// The text column.
+    /// The column holding each document's text (`text` in M2D2).
     pub text_column: String,
-    /// Split names.
+    /// Training split of every training domain.
     pub train_split: String,
     /// Validation split of the training domain (model selection).
     pub valid_split: String,

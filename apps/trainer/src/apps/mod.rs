@@ -43,14 +43,22 @@ pub trait AppSpec: Send + Sync + 'static {
 }
 
 /// One of the apps: a handle on its [`AppSpec`], compared by name.
+///
+/// ```
+/// use tram_trainer::apps::App;
+/// let names: Vec<&str> = App::ALL.iter().map(|a| a.name()).collect();
+/// assert_eq!(names, ["lm", "xnli", "vision"]);
+/// assert_eq!(App::named("xnli"), Some(App::Xnli));
+/// assert_eq!(App::Lm.table_spec(None).title, "Cross-domain language modelling (paper Table 4)");
+/// ```
 #[derive(Clone, Copy)]
 pub struct App(&'static dyn AppSpec);
 
 /// What an app prepared for one run and seed.
 pub struct Prepared {
-    /// The model.
+    /// The model, with the checkpoint's weights (or freshly initialised, `init = "random"`).
     pub model: Box<dyn Pretrained>,
-    /// Its data.
+    /// The training stream, validation set and test sets built for this seed.
     pub data: TaskData,
     /// The tokenizer file to save beside the selected model.
     pub tokenizer: Option<PathBuf>,

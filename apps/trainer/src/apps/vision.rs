@@ -27,15 +27,15 @@ pub struct VisionConfig {
     pub test_data: String,
     /// Column label of the dataset in the table (defaults to `data`).
     pub dataset_label: Option<String>,
-    /// Training split.
+    /// Split the head and the model are fine-tuned on.
     pub train_split: String,
     /// Validation split (empty: none; model selection then uses the final model).
     pub valid_split: String,
     /// Test split (top-1 accuracy is reported on it).
     pub test_split: String,
-    /// Image column.
+    /// The column holding the encoded images (PNG or JPEG bytes).
     pub image_column: String,
-    /// Label column.
+    /// The column holding each image's class index.
     pub label_column: String,
     /// Number of classes of the new head (0: from the data's largest label + 1).
     pub num_labels: usize,

@@ -22,7 +22,7 @@ use tram_hub::Tokenizer;
 pub struct XnliConfig {
     /// English training data's config / subset (`default` for `nyu-mll/multi_nli`; empty: none).
     pub train_subset: String,
-    /// Training split.
+    /// Split of `data` the model is fine-tuned on (English MultiNLI `train`).
     pub train_split: String,
     /// The dataset of the English validation set (model selection), hub id or local
     /// directory; empty: `data`. The paper selects on XNLI's English validation split
@@ -44,9 +44,9 @@ pub struct XnliConfig {
     pub languages: Vec<String>,
     /// The training language (excluded from the zero-shot average).
     pub source_language: String,
-    /// Columns.
+    /// The column holding the premise of a pair.
     pub premise_column: String,
-    /// Hypothesis column.
+    /// The column holding the hypothesis of a pair.
     pub hypothesis_column: String,
     /// Label column (0 entailment, 1 neutral, 2 contradiction; rows with -1 are skipped).
     pub label_column: String,

@@ -205,7 +205,7 @@ pub struct RunConfig {
     pub name: String,
     /// Row label in the table.
     pub label: String,
-    /// The configuration.
+    /// The run's configuration: the file's values with its `[[runs]]` entry, `TRAM_*` and `--set` applied.
     pub config: Config,
 }
 

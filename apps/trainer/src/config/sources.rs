@@ -195,10 +195,23 @@ impl Provider for RunOverlay {
     }
 }
 
-/// Where a configuration comes from.
+/// Where a configuration comes from: a TOML file, `--set` overrides and `TRAM_*` variables,
+/// resolved into the runs to do with [`Sources::resolve`].
+///
+/// ```
+/// use tram_trainer::Sources;
+/// let sets = vec!["model=org/name".to_string(), "train.steps=3".to_string(), "optimizer.name=tram-noise".to_string()];
+/// let sources = Sources { file: None, sets, env: Some(Vec::new()) }; // `env`: no TRAM_* variables
+/// let runs = sources.resolve(&[], &tram_plugins::registry()?)?;
+/// assert_eq!((runs[0].name.as_str(), runs[0].config.train.steps), ("tram-noise", Some(3)));
+/// // A key that is no setting is an error naming it.
+/// let bad = Sources { file: None, sets: vec!["train.stesp=3".into()], env: Some(Vec::new()) };
+/// assert!(bad.resolve(&[], &tram_plugins::registry()?).unwrap_err().to_string().contains("train.stesp"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Sources {
-    /// The TOML file, if any.
+    /// The TOML file; `None`: the defaults and overrides only.
     pub file: Option<PathBuf>,
     /// `--set key=value` overrides.
     pub sets: Vec<String>,
