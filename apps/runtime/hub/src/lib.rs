@@ -17,18 +17,18 @@
 
 mod dispatch;
 mod error;
+mod id;
 mod load;
 mod save;
 mod source;
 
 pub use dispatch::{init_model_from, load_model, load_model_from, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
+pub use id::{check_repo_id, parse_source, ParsedSource, RepoKind};
 pub use load::{
     load_safetensors, load_tokenizer, read_config, read_weight_index, Checkpoint, WeightFiles, WeightMap, CONFIG_FILE, TOKENIZER_FILE,
     WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 pub use save::{safetensors_bytes, save_model, save_pretrained, NamedTensors, TOKENIZER_SIDE_FILES};
-pub use source::{
-    check_repo_id, parse_source, HubOptions, ModelFiles, ModelSource, ParsedSource, RepoKind, DEFAULT_ENDPOINT, DEFAULT_REVISION,
-};
+pub use source::{HubOptions, ModelFiles, ModelSource, DEFAULT_ENDPOINT, DEFAULT_REVISION};
 pub use tokenizers::Tokenizer;
