@@ -4,7 +4,7 @@
 //! it started from and its saved fine-tuned model, and measure per domain / language
 //! (each column of the run's results table):
 //!
-//! - ε-sharpness of the fine-tuned model ([`crate::sharpness`]);
+//! - ε-sharpness of the fine-tuned model ([`crate::sharpness()`]);
 //! - linear CKA between the pretrained and the fine-tuned representations ([`crate::cka`]).
 //!
 //! A run that did not train (`train.steps = 0`, the zero-shot row) is analysed at the

@@ -200,7 +200,7 @@ fn progress_bar(total: u64, enabled: bool, prefix: String) -> ProgressBar {
 }
 
 /// Train `model` on `data` as `spec` says, then evaluate; see the module docs. The steps are
-/// those of [`Run`]: open (checks, lock, optimizer, recorded results), resume, train, select,
+/// those of the private `Run`: open (checks, lock, optimizer, recorded results), resume, train, select,
 /// evaluate.
 pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, data: TaskData, control: &Control) -> Result<Outcome> {
     let mut run = match Run::open(spec, model, data, control)? {

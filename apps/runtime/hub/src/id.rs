@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 /// (`refs/convert/parquet`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RepoKind {
-    /// A model repository ([`ModelSource`]).
+    /// A model repository ([`crate::ModelSource`]).
     Model,
     /// A dataset repository (`tram_data::DataSource`).
     Dataset,
 }
 
 /// A source string parsed by [`parse_source`]: a hub repository at a revision, or an
-/// existing local directory. [`ModelSource`] and `tram_data::DataSource` are built from it.
+/// existing local directory. [`crate::ModelSource`] and `tram_data::DataSource` are built from it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ParsedSource {
     /// A hub repository.
