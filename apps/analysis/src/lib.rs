@@ -3,7 +3,7 @@
 //! The loss-surface and representation analysis of the TRAM paper (Sherborne et al., ICLR
 //! 2024, Table 6, appendices B.7 and B.8) for any [`tram::Model`]:
 //!
-//! - [`sharpness`]: ε-sharpness (Keskar et al. 2017, `A = I`) by projected SGD ascent in the
+//! - [`sharpness`](mod@sharpness): ε-sharpness (Keskar et al. 2017, `A = I`) by projected SGD ascent in the
 //!   box `|y_i| ≤ ε(|θ_i| + 1)`, parameters restored bitwise;
 //! - [`cka`]: linear CKA (Kornblith et al. 2019) between two models' representations before
 //!   the task head ([`tram::Model::representation`]);

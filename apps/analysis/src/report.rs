@@ -520,7 +520,7 @@ pub fn runs_csv(r: &Report) -> String {
     out
 }
 
-/// The files [`write`] creates.
+/// The files [`write()`] creates.
 pub const FILES: &[&str] = &["analysis.md", "analysis.json", "sharpness.csv", "cka.csv", "runs.csv"];
 
 /// Write `analysis.md`, `analysis.json`, `sharpness.csv`, `cka.csv` and `runs.csv` into `out`.

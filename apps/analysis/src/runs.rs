@@ -4,7 +4,7 @@
 //! it started from and its saved fine-tuned model, and measure per domain / language
 //! (each column of the run's results table):
 //!
-//! - ε-sharpness of the fine-tuned model ([`crate::sharpness`]);
+//! - ε-sharpness of the fine-tuned model ([`crate::sharpness()`]);
 //! - linear CKA between the pretrained and the fine-tuned representations ([`crate::cka`]).
 //!
 //! A run that did not train (`train.steps = 0`, the zero-shot row) is analysed at the
@@ -197,12 +197,7 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunResult)>> {
 }
 
 fn app_of(name: &str) -> Result<App> {
-    match name {
-        "lm" => Ok(App::Lm),
-        "xnli" => Ok(App::Xnli),
-        "vision" => Ok(App::Vision),
-        other => Err(Error::Input(format!("results.json names app `{other}`; the analysis knows lm, xnli and vision"))),
-    }
+    App::named(name).ok_or_else(|| Error::Input(format!("results.json names app `{name}`; the analysis knows {}", App::names())))
 }
 
 fn set_path(root: &mut Value, key: &str, value: Value) -> Result<()> {

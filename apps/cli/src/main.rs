@@ -1,9 +1,10 @@
 //! The `tram` command: fine-tune with TRAM and the optimizers of the TRAM paper.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tram::engine::{PENALTY_SETTINGS, REGION_SETTINGS};
 use tram::{Kind, Optimizer, OptimizerConfig, Registry};
+use tram_trainer::apps::App;
 
 #[derive(Parser)]
 #[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
@@ -14,8 +15,25 @@ struct Cli {
     /// with `plugins = [...]`. See docs/writing-a-plugin.md.
     #[arg(long = "plugin", value_name = "PATH", global = true)]
     plugins: Vec<std::path::PathBuf>,
+    /// The subcommands other than the apps (each app's subcommand is built from
+    /// [`App::ALL`] by [`command`]: `None` here means an app's).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The subcommands of [`Command`], then one per app of [`App::ALL`] (its name, its help line,
+/// the [`tram_trainer::cli::AppArgs`]), shown between `explain` and `analyze`.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command().subcommand_required(true).arg_required_else_help(true);
+    // Derived subcommands are numbered in declaration order; `analyze` moves after the apps.
+    let analyze_at = 3 + App::ALL.len();
+    cmd = cmd.mut_subcommand("analyze", |c| c.display_order(analyze_at));
+    for (i, app) in App::ALL.iter().enumerate() {
+        // The about line after `augment_args`, which sets `AppArgs`' own doc comment.
+        let sub = tram_trainer::cli::AppArgs::augment_args(clap::Command::new(app.name()));
+        cmd = cmd.subcommand(sub.about(app.about()).long_about(None).display_order(3 + i));
+    }
+    cmd
 }
 
 #[derive(Subcommand)]
@@ -30,18 +48,12 @@ enum Command {
         /// A composition such as `noise+ball+adam` or an alias such as `tram-noise`.
         composition: String,
     },
-    /// Cross-domain language modelling: GPT-2 on M2D2 (paper Table 4). See apps/trainer/README.md.
-    Lm(tram_trainer::cli::AppArgs),
-    /// Zero-shot cross-lingual NLI: XLM-R on MultiNLI, tested on XNLI (paper Table 5).
-    Xnli(tram_trainer::cli::AppArgs),
-    /// Cross-dataset image classification: ViT-B/16 on CIFAR-100 / Cars / Flowers (paper Table 3).
-    Vision(tram_trainer::cli::AppArgs),
     /// Loss-surface and representation analysis of finished runs (paper Table 6): ε-sharpness
     /// in and out of domain with their correlation, and CKA to the pretrained model per domain.
     Analyze(tram_analysis::cli::AnalyzeArgs),
 }
 
-fn run_app(app: tram_trainer::apps::App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> Result<()> {
+fn run_app(app: App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> Result<()> {
     let control = tram_trainer::Control { resume: args.resume, ..Default::default() };
     tram_trainer::cli::install_ctrlc(&control)?;
     let summary = tram_trainer::cli::run_app(app, args, &control, registry)?;
@@ -114,7 +126,8 @@ fn main() -> Result<()> {
     // Colours only on a terminal: logs redirected to a file or a scheduler's log stay plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).with_ansi(colour).init();
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !cli.plugins.is_empty() {
         // Through the environment, so that registries built elsewhere in this process see them too.
         let mut paths: Vec<std::path::PathBuf> =
@@ -124,7 +137,13 @@ fn main() -> Result<()> {
     }
     let mut registry = tram_plugins::registry()?;
     registry.load_env_plugins()?;
-    match cli.command {
+    let Some(command) = cli.command else {
+        let (name, sub) = matches.subcommand().expect("a subcommand is required");
+        let app = App::named(name).expect("every subcommand that is not a `Command` is an app's");
+        let args = tram_trainer::cli::AppArgs::from_arg_matches(sub).unwrap_or_else(|e| e.exit());
+        return run_app(app, &args, &registry);
+    };
+    match command {
         Command::List => list(&registry),
         Command::Explain { composition } => {
             let opt = Optimizer::new(&registry, OptimizerConfig::new(composition, 1e-3))?;
@@ -137,10 +156,41 @@ fn main() -> Result<()> {
                 std::process::exit(code);
             }
         }
-        Command::Lm(args) => run_app(tram_trainer::apps::App::Lm, &args, &registry)?,
-        Command::Xnli(args) => run_app(tram_trainer::apps::App::Xnli, &args, &registry)?,
-        Command::Vision(args) => run_app(tram_trainer::apps::App::Vision, &args, &registry)?,
         Command::Analyze(args) => println!("{}", tram_analysis::cli::run(&args)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_app_is_a_subcommand_with_its_help_line_between_explain_and_analyze() {
+        let cmd = command();
+        cmd.clone().debug_assert();
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        let mut expected = vec!["quickstart", "list", "explain"];
+        expected.extend(App::ALL.iter().map(|a| a.name()));
+        expected.push("analyze");
+        let mut shown = names.clone();
+        shown.sort_by_key(|n| cmd.find_subcommand(n).unwrap().get_display_order());
+        assert_eq!(shown, expected);
+        for app in App::ALL {
+            let sub = cmd.find_subcommand(app.name()).unwrap();
+            assert_eq!(sub.get_about().map(|a| a.to_string()).as_deref(), Some(app.about()));
+            assert!(sub.get_arguments().any(|a| a.get_id() == "resume"), "`tram {}` takes the app arguments", app.name());
+        }
+    }
+
+    #[test]
+    fn an_app_subcommand_parses_to_no_command_and_its_app_args() {
+        let m = command().try_get_matches_from(["tram", "xnli", "--dry-run", "--set", "seed=3"]).unwrap();
+        assert!(Cli::from_arg_matches(&m).unwrap().command.is_none());
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(App::named(name), Some(App::Xnli));
+        let args = tram_trainer::cli::AppArgs::from_arg_matches(sub).unwrap();
+        assert!(args.dry_run);
+        assert_eq!(args.sets, ["seed=3"]);
+    }
 }

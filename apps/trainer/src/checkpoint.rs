@@ -75,7 +75,7 @@ pub struct TrainerState {
     pub fingerprint: Value,
     /// File name → (size, FNV-1a 64 hash as hex).
     pub files: BTreeMap<String, (u64, String)>,
-    /// FNV-1a 64 of this file's text as written with this field empty (set by [`write`],
+    /// FNV-1a 64 of this file's text as written with this field empty (set by [`write()`],
     /// checked by [`read`]).
     #[serde(default)]
     pub state_hash: String,

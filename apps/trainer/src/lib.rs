@@ -4,14 +4,17 @@
 //!
 //! - [`config`]: a TOML file, `TRAM_*` environment variables and `--set key=value` overrides
 //!   (figment), strictly checked; `[[runs]]` rows of a paper table;
-//! - [`trainer`]: the loop — accumulation, metrics lines, validation-based model selection,
-//!   atomic checkpoints, exact `--resume`, Ctrl-C, final evaluation;
+//! - [`trainer`]: one run as steps (open, resume, train, select, evaluate) — accumulation,
+//!   metrics lines, validation-based model selection, atomic checkpoints, exact `--resume`,
+//!   Ctrl-C, final evaluation;
 //! - [`results`]: per-run `results.json` and the paper-shaped table (JSON, CSV, Markdown);
 //! - [`rundir`]: the run directory's lock, stale temporary files, output paths checked up
 //!   front, and what `--resume` / `--force` do with recorded results;
 //! - [`rows`]: the checks that keep every row's label true to what ran;
 //! - [`apps`]: `lm` (GPT-2 on M2D2, Table 4), `xnli` (XLM-R on MultiNLI → XNLI, Table 5) and
-//!   `vision` (ViT-B/16 on CIFAR-100 / Cars / Flowers, Table 3).
+//!   `vision` (ViT-B/16 on CIFAR-100 / Cars / Flowers, Table 3), each an [`apps::AppSpec`]
+//!   beside its config section, listed in [`apps::App::ALL`] (the subcommands, fingerprints and
+//!   `tram analyze` derive from it).
 
 pub mod apps;
 pub mod checkpoint;

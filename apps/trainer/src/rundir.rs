@@ -270,13 +270,8 @@ pub fn result_fingerprint(app: &str, config: &Value, seed: u64) -> Value {
                 t.remove(k);
             }
         }
-        for other in ["lm", "xnli", "vision"].into_iter().filter(|a| *a != app) {
-            m.remove(other);
-        }
-        // Where tokenised text is cached does not change what is computed.
-        if let Some(Value::Object(l)) = m.get_mut("lm") {
-            l.remove("cache_dir");
-        }
+        // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
+        crate::apps::keep_own_section(m, app);
     }
     v
 }

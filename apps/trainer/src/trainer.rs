@@ -131,14 +131,8 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
                 t.remove(k);
             }
         }
-        // Only the app's own section matters.
-        for other in ["lm", "xnli", "vision"].into_iter().filter(|a| *a != app) {
-            m.remove(other);
-        }
-        // Where tokenised text is cached does not change what is computed.
-        if let Some(Value::Object(l)) = m.get_mut("lm") {
-            l.remove("cache_dir");
-        }
+        // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
+        crate::apps::keep_own_section(m, app);
     }
     v
 }
@@ -205,299 +199,412 @@ fn progress_bar(total: u64, enabled: bool, prefix: String) -> ProgressBar {
     pb
 }
 
-/// Train `model` on `data` as `spec` says, then evaluate; see the module docs.
-pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, mut data: TaskData, control: &Control) -> Result<Outcome> {
-    let run = spec.run;
-    let cfg = &run.config;
-    let dir = run.dir(spec.seed);
-    crate::rundir::check_outputs(&dir)?;
-    if control.resume && control.force {
-        return Err(Error::Config("--resume keeps a run's results and --force discards them: pass one of them".into()));
+/// Train `model` on `data` as `spec` says, then evaluate; see the module docs. The steps are
+/// those of the private `Run`: open (checks, lock, optimizer, recorded results), resume, train, select,
+/// evaluate.
+pub fn run(spec: &RunSpec<'_>, model: Box<dyn Pretrained>, data: TaskData, control: &Control) -> Result<Outcome> {
+    let mut run = match Run::open(spec, model, data, control)? {
+        Opened::Start(run) => run,
+        Opened::Finished(recorded) => return Ok(Outcome::Finished(recorded)),
+    };
+    run.resume()?;
+    if let Some(interrupted) = run.train()? {
+        return Ok(interrupted);
     }
-    // An empty evaluation set has no metric at all: refuse it before the first step.
-    for (set, what) in data.valid.iter().map(|v| (v, "validation")).chain(data.tests.iter().map(|t| (t, "test"))) {
-        if set.source.is_empty() {
-            return Err(Error::Config(format!(
-                "the {what} set `{}` ({}) of run `{}` is empty: nothing to evaluate; check the settings that cut evaluation sets \
-                 (train.max_eval_examples, lm.max_eval_blocks, the split names) and the data",
-                set.name, set.label, run.name
-            )));
-        }
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    // Held until this function returns (or the process dies): no second writer.
-    let lock = crate::rundir::RunLock::acquire(&dir)?;
-    crate::rundir::remove_stale_temps(&dir, &lock)?;
-    let results_path = dir.join(RESULTS_FILE);
-    let total = total_steps(run, data.train.batches_per_epoch());
-    let opt_config = resolved_optimizer(run, spec.seed, total);
-    let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`
-    let mut opt = Optimizer::new(&registry, opt_config.clone())?;
-    let print = fingerprint(spec.app, run, spec.seed, &opt_config);
-    let params = model.params().clone();
-    if control.force {
-        // Only now that the run is known to start (its optimizer builds).
-        crate::rundir::discard(&dir, &lock)?;
-    }
-    // Recorded results are kept: skipped on --resume when they are this configuration's.
-    if let Some(mut recorded) = crate::rundir::recorded_result(&dir)? {
-        if !control.resume {
-            return Err(crate::rundir::already_finished(&dir));
-        }
-        let mut diff = crate::rundir::result_differences(spec.app, run, spec.seed, &recorded);
-        if recorded.steps != total {
-            diff.push(format!("steps (results: {}, now: {total})", recorded.steps));
-        }
-        if !diff.is_empty() {
-            return Err(crate::rundir::other_config(&dir, &diff));
-        }
-        if (recorded.label.as_str(), recorded.row) != (run.label.as_str(), spec.row) {
-            // Only where the row sits in the table changed.
-            (recorded.label, recorded.row) = (run.label.clone(), spec.row);
-            tram::state::write_atomic(&results_path, &serde_json::to_vec_pretty(&recorded).expect("results serialise"))?;
-        }
-        tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "already finished: results kept");
-        return Ok(Outcome::Finished(Box::new(recorded)));
-    }
+    let selected_step = run.select()?;
+    run.evaluate(selected_step).map(|r| Outcome::Finished(Box::new(r)))
+}
 
-    let mut step = 0u64;
-    let mut best: Option<(Best, Option<Snapshot>)> = None;
-    let mut train_seconds = 0f64;
-    let mut metrics_keep = 0u64;
-    match checkpoint::latest(&dir)? {
-        Some(ck_dir) if control.resume => {
-            let ck = checkpoint::read(&ck_dir)?;
-            let diff = checkpoint::differences(&ck.state.fingerprint, &print);
+/// The best validation result so far, with the parameters then when model selection needs
+/// them (`train.select = "best"`).
+type BestSoFar = Option<(Best, Option<Snapshot>)>;
+
+/// What [`Run::open`] found in the run directory.
+enum Opened<'a> {
+    /// A run to train (from the start, or from its checkpoint after [`Run::resume`]).
+    Start(Box<Run<'a>>),
+    /// Recorded results of this configuration, kept (`--resume` on a finished run).
+    Finished(Box<RunResult>),
+}
+
+/// One run of one seed in its run directory, driven step by step: [`Run::open`] checks the
+/// outputs and evaluation sets, takes the directory's lock and builds the optimizer;
+/// [`Run::resume`] restores the checkpoint (`--resume`); [`Run::train`] takes the optimizer
+/// steps with validation, checkpoints and interrupts; [`Run::select`] picks the parameters of
+/// the final evaluation and saves them; [`Run::evaluate`] evaluates every test set and writes
+/// `results.json`. The lock is held as long as the `Run` lives.
+struct Run<'a> {
+    spec: &'a RunSpec<'a>,
+    control: &'a Control,
+    model: Box<dyn Pretrained>,
+    params: tram::Params,
+    data: TaskData,
+    dir: PathBuf,
+    /// Held until the run is dropped: no second writer.
+    _lock: crate::rundir::RunLock,
+    /// Optimizer steps of the run.
+    total: u64,
+    opt: Optimizer,
+    /// What a checkpoint must agree with to be resumed ([`fingerprint`]).
+    print: Value,
+    /// Steps done.
+    step: u64,
+    best: BestSoFar,
+    /// Training time of earlier sessions of this run (resumed).
+    train_seconds: f64,
+    /// Length of the metrics log the checkpoint recorded (0: a new log).
+    metrics_keep: u64,
+    /// The metrics log, opened (cut to `metrics_keep`) when training starts.
+    metrics: Option<Metrics>,
+}
+
+impl<'a> Run<'a> {
+    /// Check the outputs and evaluation sets, create the run directory and take its lock,
+    /// build the optimizer, apply `--force`, and keep recorded results of this configuration
+    /// on `--resume` (other recorded results are an error).
+    fn open(spec: &'a RunSpec<'a>, model: Box<dyn Pretrained>, data: TaskData, control: &'a Control) -> Result<Opened<'a>> {
+        let run = spec.run;
+        let cfg = &run.config;
+        let dir = run.dir(spec.seed);
+        crate::rundir::check_outputs(&dir)?;
+        if control.resume && control.force {
+            return Err(Error::Config("--resume keeps a run's results and --force discards them: pass one of them".into()));
+        }
+        // An empty evaluation set has no metric at all: refuse it before the first step.
+        for (set, what) in data.valid.iter().map(|v| (v, "validation")).chain(data.tests.iter().map(|t| (t, "test"))) {
+            if set.source.is_empty() {
+                return Err(Error::Config(format!(
+                    "the {what} set `{}` ({}) of run `{}` is empty: nothing to evaluate; check the settings that cut evaluation sets \
+                     (train.max_eval_examples, lm.max_eval_blocks, the split names) and the data",
+                    set.name, set.label, run.name
+                )));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let lock = crate::rundir::RunLock::acquire(&dir)?;
+        crate::rundir::remove_stale_temps(&dir, &lock)?;
+        let total = total_steps(run, data.train.batches_per_epoch());
+        let opt_config = resolved_optimizer(run, spec.seed, total);
+        let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`
+        let opt = Optimizer::new(&registry, opt_config.clone())?;
+        let print = fingerprint(spec.app, run, spec.seed, &opt_config);
+        let params = model.params().clone();
+        if control.force {
+            // Only now that the run is known to start (its optimizer builds).
+            crate::rundir::discard(&dir, &lock)?;
+        }
+        // Recorded results are kept: skipped on --resume when they are this configuration's.
+        if let Some(mut recorded) = crate::rundir::recorded_result(&dir)? {
+            if !control.resume {
+                return Err(crate::rundir::already_finished(&dir));
+            }
+            let mut diff = crate::rundir::result_differences(spec.app, run, spec.seed, &recorded);
+            if recorded.steps != total {
+                diff.push(format!("steps (results: {}, now: {total})", recorded.steps));
+            }
             if !diff.is_empty() {
-                return Err(Error::checkpoint(
-                    &ck_dir,
-                    format!("was written by a run with a different configuration: {}; resume with the same configuration, or start a new run in another `out`", diff.join("; ")),
-                ));
+                return Err(crate::rundir::other_config(&dir, &diff));
             }
-            if ck.state.step > total {
-                return Err(Error::checkpoint(&ck_dir, format!("is at step {}, past this run's {total} steps", ck.state.step)));
+            if (recorded.label.as_str(), recorded.row) != (run.label.as_str(), spec.row) {
+                // Only where the row sits in the table changed.
+                (recorded.label, recorded.row) = (run.label.clone(), spec.row);
+                let results_path = dir.join(RESULTS_FILE);
+                tram::state::write_atomic(&results_path, &serde_json::to_vec_pretty(&recorded).expect("results serialise"))?;
             }
-            let values = checkpoint::read_params(&params, &ck.files.model, &ck.dir.join(checkpoint::MODEL_FILE))?;
-            params.assign(&values)?;
-            opt.load_state_bytes(&params, &ck.files.optimizer, &ck.dir.join(checkpoint::OPTIMIZER_FILE).display().to_string())?;
-            if let Some(b) = &ck.state.best {
-                let snap = match &ck.files.best {
-                    Some(bytes) => Some(Snapshot::from_tensors(
-                        &params,
-                        checkpoint::read_params(&params, bytes, &ck.dir.join(checkpoint::BEST_FILE))?,
-                    )?),
-                    None if cfg.train.select == Select::Best => {
-                        return Err(Error::checkpoint(
-                            &ck.dir,
-                            "records a best validation step but has no best.safetensors: the checkpoint is corrupt",
-                        ))
-                    }
-                    None => None,
-                };
-                best = Some((b.clone(), snap));
-            }
-            let pos: u128 =
-                ck.state.dropout_position.parse().map_err(|_| Error::checkpoint(&ck.dir, "dropout_position is not a number"))?;
-            model.set_dropout_position(pos)?;
-            data.train.restore(&ck.state.data_position)?;
-            step = ck.state.step;
-            train_seconds = checkpoint::read_timing(&dir);
-            metrics_keep = ck.state.metrics_bytes;
-            tracing::info!(run = %run.name, seed = spec.seed, step, checkpoint = %ck.dir.display(), "resuming");
+            tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "already finished: results kept");
+            return Ok(Opened::Finished(Box::new(recorded)));
         }
-        Some(ck_dir) => return Err(crate::rundir::checkpoint_without_resume(&dir, &ck_dir)),
-        None => {
-            if control.resume {
-                tracing::info!(run = %run.name, seed = spec.seed, dir = %dir.display(), "no checkpoint to resume: starting");
-            }
-        }
+        Ok(Opened::Start(Box::new(Run {
+            spec,
+            control,
+            model,
+            params,
+            data,
+            dir,
+            _lock: lock,
+            total,
+            opt,
+            print,
+            step: 0,
+            best: None,
+            train_seconds: 0.0,
+            metrics_keep: 0,
+            metrics: None,
+        })))
     }
-    let mut metrics = Metrics::open(&dir.join(METRICS_FILE), metrics_keep)?;
-    if step == 0 {
-        metrics.line(&json!({"type": "start", "run": run.name, "seed": spec.seed, "steps": total, "optimizer": opt.describe(), "parameters": params.elem_count()}))?;
-    }
-    tracing::info!(run = %run.name, seed = spec.seed, optimizer = %opt, steps = total, parameters = params.elem_count(), "training");
 
-    let accumulation = cfg.train.accumulation;
-    let pb = progress_bar(total, cfg.train.progress, format!("{} seed {}", run.name, spec.seed));
-    pb.set_position(step);
-    let mut last_checkpoint = step;
-    // A checkpoint at the last step is only written after the final validation (periodic and
-    // interrupt checkpoints come before it), so resuming from one must not validate again.
-    let mut last_eval = (step > 0 && step == total).then_some(total);
-    let started = Instant::now();
-    let (mut window_units, mut window_start) = (0usize, Instant::now());
-    let save = |step: u64,
-                best: &Option<(Best, Option<Snapshot>)>,
-                metrics_bytes: u64,
-                seconds: f64,
-                opt: &Optimizer,
-                data: &TaskData|
-     -> Result<PathBuf> {
+    /// With `--resume` and a checkpoint: check it belongs to this configuration and restore
+    /// the parameters, optimizer state, best validation result, dropout and data positions,
+    /// step, training time and metrics log length. A checkpoint without `--resume` is an error.
+    fn resume(&mut self) -> Result<()> {
+        let (run, seed, dir) = (self.spec.run, self.spec.seed, &self.dir);
+        match checkpoint::latest(dir)? {
+            Some(ck_dir) if self.control.resume => {
+                let ck = checkpoint::read(&ck_dir)?;
+                let diff = checkpoint::differences(&ck.state.fingerprint, &self.print);
+                if !diff.is_empty() {
+                    return Err(Error::checkpoint(
+                        &ck_dir,
+                        format!("was written by a run with a different configuration: {}; resume with the same configuration, or start a new run in another `out`", diff.join("; ")),
+                    ));
+                }
+                if ck.state.step > self.total {
+                    return Err(Error::checkpoint(&ck_dir, format!("is at step {}, past this run's {} steps", ck.state.step, self.total)));
+                }
+                let params = &self.params;
+                let values = checkpoint::read_params(params, &ck.files.model, &ck.dir.join(checkpoint::MODEL_FILE))?;
+                params.assign(&values)?;
+                self.opt.load_state_bytes(params, &ck.files.optimizer, &ck.dir.join(checkpoint::OPTIMIZER_FILE).display().to_string())?;
+                if let Some(b) = &ck.state.best {
+                    let snap = match &ck.files.best {
+                        Some(bytes) => Some(Snapshot::from_tensors(
+                            params,
+                            checkpoint::read_params(params, bytes, &ck.dir.join(checkpoint::BEST_FILE))?,
+                        )?),
+                        None if run.config.train.select == Select::Best => {
+                            return Err(Error::checkpoint(
+                                &ck.dir,
+                                "records a best validation step but has no best.safetensors: the checkpoint is corrupt",
+                            ))
+                        }
+                        None => None,
+                    };
+                    self.best = Some((b.clone(), snap));
+                }
+                let pos: u128 =
+                    ck.state.dropout_position.parse().map_err(|_| Error::checkpoint(&ck.dir, "dropout_position is not a number"))?;
+                self.model.set_dropout_position(pos)?;
+                self.data.train.restore(&ck.state.data_position)?;
+                self.step = ck.state.step;
+                self.train_seconds = checkpoint::read_timing(dir);
+                self.metrics_keep = ck.state.metrics_bytes;
+                tracing::info!(run = %run.name, seed, step = self.step, checkpoint = %ck.dir.display(), "resuming");
+            }
+            Some(ck_dir) => return Err(crate::rundir::checkpoint_without_resume(dir, &ck_dir)),
+            None => {
+                if self.control.resume {
+                    tracing::info!(run = %run.name, seed, dir = %dir.display(), "no checkpoint to resume: starting");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the remaining optimizer steps: metrics lines, validation every `eval_every`
+    /// steps, checkpoints every `checkpoint_every`, and a stop (Ctrl-C, `stop_after`) with a
+    /// checkpoint, returned as [`Outcome::Interrupted`]. After the last step: the final
+    /// validation and the final checkpoint. Returns `None` when every step is done.
+    fn train(&mut self) -> Result<Option<Outcome>> {
+        let (run, seed, total) = (self.spec.run, self.spec.seed, self.total);
+        let cfg = &run.config;
+        self.metrics = Some(Metrics::open(&self.dir.join(METRICS_FILE), self.metrics_keep)?);
+        if self.step == 0 {
+            self.log(&json!({"type": "start", "run": run.name, "seed": seed, "steps": total, "optimizer": self.opt.describe(), "parameters": self.params.elem_count()}))?;
+        }
+        tracing::info!(run = %run.name, seed, optimizer = %self.opt, steps = total, parameters = self.params.elem_count(), "training");
+
+        let accumulation = cfg.train.accumulation;
+        let pb = progress_bar(total, cfg.train.progress, format!("{} seed {}", run.name, seed));
+        pb.set_position(self.step);
+        let mut last_checkpoint = self.step;
+        // A checkpoint at the last step is only written after the final validation (periodic and
+        // interrupt checkpoints come before it), so resuming from one must not validate again.
+        let mut last_eval = (self.step > 0 && self.step == total).then_some(total);
+        let started = Instant::now();
+        let (mut window_units, mut window_start) = (0usize, Instant::now());
+        while self.step < total {
+            let mut batches = Vec::with_capacity(accumulation);
+            for _ in 0..accumulation {
+                let b = self.data.train.next_batch()?;
+                window_units += self.data.train.units(&b);
+                batches.push(b);
+            }
+            let report = self.opt.step(self.model.as_ref(), &batches)?;
+            self.step += 1;
+            let step = self.step;
+            if every(step, cfg.train.log_every) || step == total {
+                self.log(&json!({
+                    "type": "train", "step": step, "lr": report.lr, "loss": num(report.loss), "penalty": report.penalty.map(num),
+                    "delta": report.delta.map(num), "epsilon_norm": num(report.epsilon_norm), "grad_norm": num(report.grad_norm),
+                    "ascent": report.ascent, "skipped": report.skipped,
+                }))?;
+            }
+            let secs = window_start.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 { window_units as f64 / secs } else { 0.0 };
+            if secs > 5.0 {
+                (window_units, window_start) = (0, Instant::now());
+            }
+            let delta = report.delta.map(|d| format!(" δ {d:.3e}")).unwrap_or_default();
+            pb.set_message(format!("loss {:.4}{delta} {rate:.0} {}/s", report.loss, self.data.unit));
+            pb.set_position(step);
+            if every(step, cfg.train.log_every) {
+                tracing::debug!(step, loss = report.loss, delta = ?report.delta, lr = report.lr, rate, unit = self.data.unit, "step");
+            }
+            if every(step, cfg.train.eval_every) {
+                self.validate(step)?;
+                last_eval = Some(step);
+            }
+            let elapsed = self.train_seconds + started.elapsed().as_secs_f64();
+            if every(step, cfg.train.checkpoint_every) && step < total {
+                self.save(step, elapsed)?;
+                last_checkpoint = step;
+            }
+            if self.control.stop_after == Some(step) {
+                self.control.stop.store(true, Ordering::SeqCst);
+            }
+            if self.control.stop.load(Ordering::SeqCst) && step < total {
+                let d =
+                    if last_checkpoint == step { checkpoint::latest(&self.dir)?.unwrap_or_default() } else { self.save(step, elapsed)? };
+                pb.abandon_with_message(format!("interrupted at step {step}; resume with --resume"));
+                tracing::warn!(step, checkpoint = %d.display(), "interrupted: checkpoint written; run again with --resume to continue");
+                return Ok(Some(Outcome::Interrupted { step, checkpoint: d }));
+            }
+        }
+        pb.finish_and_clear();
+        self.train_seconds += started.elapsed().as_secs_f64();
+        if total > 0 && last_eval != Some(total) {
+            self.validate(total)?;
+        }
+        if total > 0 {
+            self.save(total, self.train_seconds)?;
+        }
+        Ok(None)
+    }
+
+    /// Model selection for the final evaluation: the parameters of the best validation loss
+    /// (`train.select = "best"`), or the final ones; saved in hub layout under `model/` when
+    /// the run trained. Returns the selected step.
+    fn select(&mut self) -> Result<u64> {
+        let selected_step = match (&self.best, self.spec.run.config.train.select) {
+            (Some((b, Some(snap))), Select::Best) => {
+                self.params.assign(snap.tensors())?;
+                b.step
+            }
+            _ => self.total,
+        };
+        if self.total > 0 {
+            tram_hub::save_model(&self.dir.join(MODEL_DIR), self.model.as_ref(), self.spec.tokenizer.as_deref())?;
+        }
+        Ok(selected_step)
+    }
+
+    /// Evaluate the selected parameters on the validation set and every test set, note
+    /// failed (every step skipped), diverged and skipped-step runs, and write `results.json`.
+    fn evaluate(mut self, selected_step: u64) -> Result<RunResult> {
+        let (spec, run, total) = (self.spec, self.spec.run, self.total);
+        let cfg = &run.config;
+        let metrics = self.metrics.as_mut().expect("the metrics log is opened by `train`");
+        let eval_started = Instant::now();
+        let mut columns = Vec::new();
+        let valid = match &self.data.valid {
+            Some(v) => {
+                let m = evaluate(self.model.as_ref(), v.source.as_ref())?;
+                metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
+                Some(m)
+            }
+            None => None,
+        };
+        for set in &self.data.tests {
+            let m = evaluate(self.model.as_ref(), set.source.as_ref())?;
+            metrics.line(&eval_line("test", selected_step, set, &m))?;
+            tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
+            columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
+        }
+        let opt = &self.opt;
+        let skipped_steps = opt.skipped_steps();
+        let failed = (total > 0 && skipped_steps >= total).then(|| {
+            format!(
+                "every one of the {total} steps was skipped (non-finite loss or gradient), so the parameters are the starting ones; \
+                 see the warnings above (e.g. a learning rate or radius far too large) and metrics.jsonl"
+            )
+        });
+        let diverged = valid.as_ref().is_some_and(EvalMetrics::diverged) || columns.iter().any(|c| c.metrics.diverged());
+        if diverged {
+            tracing::warn!(run = %run.name, seed = spec.seed, "diverged: a non-finite loss or metric in the final evaluation (recorded; shown as `diverged` / `∞` in the table)");
+        }
+        if skipped_steps > 0 && failed.is_none() {
+            tracing::warn!(run = %run.name, seed = spec.seed, skipped = skipped_steps, steps = total, "steps skipped (non-finite loss or gradient)");
+        }
+        let result = RunResult {
+            app: spec.app.to_string(),
+            run: run.name.clone(),
+            label: run.label.clone(),
+            row: spec.row,
+            seed: spec.seed,
+            steps: total,
+            selected_step,
+            selection: if cfg.train.select == Select::Best && self.best.is_some() { "best-validation-loss".into() } else { "last".into() },
+            best_valid_loss: self.best.as_ref().map(|(b, _)| b.loss),
+            valid,
+            columns,
+            optimizer: opt.describe(),
+            skipped_steps,
+            skipped_rows: self.data.skipped.clone(),
+            no_ascent_steps: opt.no_ascent_steps(),
+            diverged,
+            failed,
+            train_seconds: self.train_seconds,
+            eval_seconds: eval_started.elapsed().as_secs_f64(),
+            provenance: run.config.provenance.record(&run.config.to_json(), &opt.describe()),
+            config: run.config.to_json(),
+        };
+        let results_path = self.dir.join(RESULTS_FILE);
+        let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
+        tram::state::write_atomic(&results_path, &bytes)?;
+        Ok(result)
+    }
+
+    /// Append a line to the metrics log.
+    fn log(&mut self, line: &Value) -> Result<()> {
+        self.metrics.as_mut().expect("the metrics log is opened by `train`").line(line)
+    }
+
+    /// Write a checkpoint of step `step` (and the training time so far, `seconds`), with the
+    /// metrics log's length.
+    fn save(&self, step: u64, seconds: f64) -> Result<PathBuf> {
+        let metrics_bytes = self.metrics.as_ref().expect("the metrics log is opened by `train`").bytes;
+        let params = &self.params;
         let files = CheckpointFiles {
-            model: checkpoint::params_bytes(&params, None)?,
-            optimizer: opt.state_bytes(&params)?,
-            best: best.as_ref().and_then(|(_, s)| s.as_ref()).map(|s| checkpoint::params_bytes(&params, Some(s))).transpose()?,
+            model: checkpoint::params_bytes(params, None)?,
+            optimizer: self.opt.state_bytes(params)?,
+            best: self.best.as_ref().and_then(|(_, s)| s.as_ref()).map(|s| checkpoint::params_bytes(params, Some(s))).transpose()?,
         };
         let state = TrainerState {
             format: checkpoint::FORMAT.into(),
             version: checkpoint::VERSION,
             step,
-            seed: spec.seed,
-            data_position: data.train.position(),
-            dropout_position: model.dropout_position()?.to_string(),
-            best: best.as_ref().map(|(b, _)| b.clone()),
+            seed: self.spec.seed,
+            data_position: self.data.train.position(),
+            dropout_position: self.model.dropout_position()?.to_string(),
+            best: self.best.as_ref().map(|(b, _)| b.clone()),
             metrics_bytes,
-            fingerprint: print.clone(),
+            fingerprint: self.print.clone(),
             files: Default::default(),
             state_hash: String::new(),
         };
-        let d = checkpoint::write(&dir, state, files)?;
-        checkpoint::write_timing(&dir, seconds)?;
+        let d = checkpoint::write(&self.dir, state, files)?;
+        checkpoint::write_timing(&self.dir, seconds)?;
         tracing::info!(step, checkpoint = %d.display(), "checkpoint written");
         Ok(d)
-    };
+    }
 
-    let validate = |step: u64, best: &mut Option<(Best, Option<Snapshot>)>, metrics: &mut Metrics| -> Result<()> {
-        let Some(valid) = &data.valid else { return Ok(()) };
-        let m = evaluate(model.as_ref(), valid.source.as_ref())?;
-        let improved = m.loss.is_finite() && best.as_ref().map(|(b, _)| m.loss < b.loss).unwrap_or(true);
+    /// Evaluate on the training domain's validation set (when there is one), log it, and
+    /// keep it as the best so far when its loss is lower (with the parameters when model
+    /// selection needs them).
+    fn validate(&mut self, step: u64) -> Result<()> {
+        let Some(valid) = &self.data.valid else { return Ok(()) };
+        let metrics = self.metrics.as_mut().expect("the metrics log is opened by `train`");
+        let m = evaluate(self.model.as_ref(), valid.source.as_ref())?;
+        let improved = m.loss.is_finite() && self.best.as_ref().map(|(b, _)| m.loss < b.loss).unwrap_or(true);
         let mut line = eval_line("eval", step, valid, &m);
         line["best"] = json!(improved);
         metrics.line(&line)?;
         tracing::info!(step, set = %valid.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, best = improved, "validation");
         if improved {
             // Only model selection needs the parameters themselves.
-            let snap = if cfg.train.select == Select::Best { Some(params.snapshot()?) } else { None };
-            *best = Some((Best { step, loss: m.loss }, snap));
+            let snap = if self.spec.run.config.train.select == Select::Best { Some(self.params.snapshot()?) } else { None };
+            self.best = Some((Best { step, loss: m.loss }, snap));
         }
         Ok(())
-    };
-
-    while step < total {
-        let mut batches = Vec::with_capacity(accumulation);
-        for _ in 0..accumulation {
-            let b = data.train.next_batch()?;
-            window_units += data.train.units(&b);
-            batches.push(b);
-        }
-        let report = opt.step(model.as_ref(), &batches)?;
-        step += 1;
-        if every(step, cfg.train.log_every) || step == total {
-            metrics.line(&json!({
-                "type": "train", "step": step, "lr": report.lr, "loss": num(report.loss), "penalty": report.penalty.map(num),
-                "delta": report.delta.map(num), "epsilon_norm": num(report.epsilon_norm), "grad_norm": num(report.grad_norm),
-                "ascent": report.ascent, "skipped": report.skipped,
-            }))?;
-        }
-        let secs = window_start.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { window_units as f64 / secs } else { 0.0 };
-        if secs > 5.0 {
-            (window_units, window_start) = (0, Instant::now());
-        }
-        let delta = report.delta.map(|d| format!(" δ {d:.3e}")).unwrap_or_default();
-        pb.set_message(format!("loss {:.4}{delta} {rate:.0} {}/s", report.loss, data.unit));
-        pb.set_position(step);
-        if every(step, cfg.train.log_every) {
-            tracing::debug!(step, loss = report.loss, delta = ?report.delta, lr = report.lr, rate, unit = data.unit, "step");
-        }
-        if every(step, cfg.train.eval_every) {
-            validate(step, &mut best, &mut metrics)?;
-            last_eval = Some(step);
-        }
-        let elapsed = train_seconds + started.elapsed().as_secs_f64();
-        if every(step, cfg.train.checkpoint_every) && step < total {
-            save(step, &best, metrics.bytes, elapsed, &opt, &data)?;
-            last_checkpoint = step;
-        }
-        if control.stop_after == Some(step) {
-            control.stop.store(true, Ordering::SeqCst);
-        }
-        if control.stop.load(Ordering::SeqCst) && step < total {
-            let d = if last_checkpoint == step {
-                checkpoint::latest(&dir)?.unwrap_or_default()
-            } else {
-                save(step, &best, metrics.bytes, elapsed, &opt, &data)?
-            };
-            pb.abandon_with_message(format!("interrupted at step {step}; resume with --resume"));
-            tracing::warn!(step, checkpoint = %d.display(), "interrupted: checkpoint written; run again with --resume to continue");
-            return Ok(Outcome::Interrupted { step, checkpoint: d });
-        }
     }
-    pb.finish_and_clear();
-    let train_seconds = train_seconds + started.elapsed().as_secs_f64();
-    if total > 0 && last_eval != Some(total) {
-        validate(total, &mut best, &mut metrics)?;
-    }
-    if total > 0 {
-        save(total, &best, metrics.bytes, train_seconds, &opt, &data)?;
-    }
-
-    // Model selection: the best validation loss, or the final parameters.
-    let selected_step = match (&best, cfg.train.select) {
-        (Some((b, Some(snap))), Select::Best) => {
-            params.assign(snap.tensors())?;
-            b.step
-        }
-        _ => total,
-    };
-    if total > 0 {
-        tram_hub::save_model(&dir.join(MODEL_DIR), model.as_ref(), spec.tokenizer.as_deref())?;
-    }
-    let eval_started = Instant::now();
-    let mut columns = Vec::new();
-    let valid = match &data.valid {
-        Some(v) => {
-            let m = evaluate(model.as_ref(), v.source.as_ref())?;
-            metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
-            Some(m)
-        }
-        None => None,
-    };
-    for set in &data.tests {
-        let m = evaluate(model.as_ref(), set.source.as_ref())?;
-        metrics.line(&eval_line("test", selected_step, set, &m))?;
-        tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
-        columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
-    }
-    let skipped_steps = opt.skipped_steps();
-    let failed = (total > 0 && skipped_steps >= total).then(|| {
-        format!(
-            "every one of the {total} steps was skipped (non-finite loss or gradient), so the parameters are the starting ones; \
-             see the warnings above (e.g. a learning rate or radius far too large) and metrics.jsonl"
-        )
-    });
-    let diverged = valid.as_ref().is_some_and(EvalMetrics::diverged) || columns.iter().any(|c| c.metrics.diverged());
-    if diverged {
-        tracing::warn!(run = %run.name, seed = spec.seed, "diverged: a non-finite loss or metric in the final evaluation (recorded; shown as `diverged` / `∞` in the table)");
-    }
-    if skipped_steps > 0 && failed.is_none() {
-        tracing::warn!(run = %run.name, seed = spec.seed, skipped = skipped_steps, steps = total, "steps skipped (non-finite loss or gradient)");
-    }
-    let result = RunResult {
-        app: spec.app.to_string(),
-        run: run.name.clone(),
-        label: run.label.clone(),
-        row: spec.row,
-        seed: spec.seed,
-        steps: total,
-        selected_step,
-        selection: if cfg.train.select == Select::Best && best.is_some() { "best-validation-loss".into() } else { "last".into() },
-        best_valid_loss: best.as_ref().map(|(b, _)| b.loss),
-        valid,
-        columns,
-        optimizer: opt.describe(),
-        skipped_steps,
-        skipped_rows: data.skipped.clone(),
-        no_ascent_steps: opt.no_ascent_steps(),
-        diverged,
-        failed,
-        train_seconds,
-        eval_seconds: eval_started.elapsed().as_secs_f64(),
-        provenance: run.config.provenance.record(&run.config.to_json(), &opt.describe()),
-        config: run.config.to_json(),
-    };
-    let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
-    tram::state::write_atomic(&results_path, &bytes)?;
-    Ok(Outcome::Finished(Box::new(result)))
 }

@@ -7,36 +7,14 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use tram_trainer::apps::App;
 use tram_trainer::cli::run_sources;
 use tram_trainer::trainer::Control;
 
-/// `cargo build -p tram-renyi --lib` in this test's profile; the cdylib it reports, once.
+/// The example plugin `tram-renyi`, built once by the cargo running these tests (tram-tests).
 fn plugin() -> &'static Path {
-    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
-    PLUGIN.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let profile = if cfg!(debug_assertions) { "test" } else { "release" };
-        let out = Command::new(cargo)
-            .current_dir(&workspace)
-            .args(["build", "-p", "tram-renyi", "--lib", "--message-format=json-render-diagnostics", "--profile", profile])
-            .output()
-            .expect("running cargo");
-        assert!(out.status.success(), "cargo build -p tram-renyi failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let ext = std::env::consts::DLL_EXTENSION;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tram_renyi")
-            .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-            .filter_map(|f| f.as_str().map(PathBuf::from))
-            .find(|f| f.extension().is_some_and(|e| e == ext))
-            .expect("a cdylib for tram-renyi")
-    })
+    tram_tests::example_plugin()
 }
 
 /// Put the plugin at `to` (a symbolic link where there are some: the debug build is large).

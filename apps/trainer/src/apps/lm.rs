@@ -10,11 +10,74 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::task::{EvalSet, EvalSource, TaskData};
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tram_data::token_cache::{CacheSpec, TokenCache};
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
+
+/// `tram lm`: cross-domain language modelling on M2D2 (paper Table 4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LmConfig {
+    /// The training domain (a dataset config / subset name, or a sub-directory of a local dataset).
+    pub train_domain: String,
+    /// Column label of the training domain in the table (defaults to `train_domain`).
+    pub train_label: Option<String>,
+    /// More domains whose training and validation splits are mixed with the training
+    /// domain's (pretraining on a mixture); their test splits are in-domain columns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix_domains: Vec<String>,
+    /// The unseen test domains, in table order.
+    pub test_domains: Vec<String>,
+    /// Column labels of the test domains (same length as `test_domains`, or empty).
+    pub test_labels: Vec<String>,
+    /// Token block length (1024 in the paper).
+    pub block_size: usize,
+    /// How documents become blocks: `"run_clm"` (the default; transformers' `run_clm.py`,
+    /// M2D2's recipe: line breaks kept, no end-of-text token, non-overlapping blocks of
+    /// `block_size` tokens) or `"lines"` (lines stripped, blank lines dropped, end-of-text
+    /// after each, blocks of `block_size + 1` overlapping by one). See `tram_data::lm::Protocol`.
+    pub protocol: tram_data::lm::Protocol,
+    /// Where tokenised splits are cached (memory-mapped token files reused by every row,
+    /// seed and later run); unset: `<out>/token-cache`. A relative path is relative to the
+    /// working directory, like `out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Evaluate on at most this many blocks of each validation and test split, evenly spaced
+    /// through it (quick runs; unset: every block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_eval_blocks: Option<usize>,
+    /// The column holding each document's text (`text` in M2D2).
+    pub text_column: String,
+    /// Training split of every training domain.
+    pub train_split: String,
+    /// Validation split of the training domain (model selection).
+    pub valid_split: String,
+    /// Test split of every domain.
+    pub test_split: String,
+}
+
+impl Default for LmConfig {
+    fn default() -> Self {
+        Self {
+            train_domain: String::new(),
+            train_label: None,
+            mix_domains: Vec::new(),
+            test_domains: Vec::new(),
+            test_labels: Vec::new(),
+            block_size: 1024,
+            protocol: tram_data::lm::Protocol::RunClm,
+            cache_dir: None,
+            max_eval_blocks: None,
+            text_column: "text".into(),
+            train_split: "train".into(),
+            valid_split: "validation".into(),
+            test_split: "test".into(),
+        }
+    }
+}
 
 /// The token cache entry of one domain's split: opened, or built (tokenised once, streamed)
 /// when missing or stale. Rows and seeds of a run (and later runs) share it.
@@ -249,5 +312,61 @@ impl crate::task::TrainStream for Empty {
     }
     fn restore(&mut self, _: &serde_json::Value) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The `tram lm` app.
+pub struct Lm;
+
+impl super::AppSpec for Lm {
+    fn name(&self) -> &'static str {
+        "lm"
+    }
+
+    fn about(&self) -> &'static str {
+        "Cross-domain language modelling: GPT-2 on M2D2 (paper Table 4). See apps/trainer/README.md"
+    }
+
+    /// Where tokenised text is cached does not change what is computed.
+    fn untracked_keys(&self) -> &'static [&'static str] {
+        &["cache_dir"]
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let lm = &config.lm;
+        let bad = |k: &str, why: String| Err(Error::Config(format!("key `{k}`: {why}")));
+        crate::config::limit_at_least_one("lm.max_eval_blocks", lm.max_eval_blocks)?;
+        if lm.block_size == 0 {
+            return bad("lm.block_size", "must be at least 1".into());
+        }
+        if lm.block_size < lm.protocol.min_block_size() {
+            return bad(
+                "lm.block_size",
+                format!(
+                    "{} is too small for lm.protocol = \"{}\": a block of L tokens predicts L - 1 of them; use at least {}",
+                    lm.block_size,
+                    lm.protocol,
+                    lm.protocol.min_block_size()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, run: Option<&RunConfig>) -> crate::results::TableSpec {
+        let split = run
+            .map(|r| format!(" — trained on {}", r.config.lm.train_label.clone().unwrap_or_else(|| r.config.lm.train_domain.clone())))
+            .unwrap_or_default();
+        crate::results::TableSpec {
+            title: format!("Cross-domain language modelling (paper Table 4){split}"),
+            metric: crate::results::Metric::Perplexity,
+            zero_shot_average: true,
+            confidence: false,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
     }
 }

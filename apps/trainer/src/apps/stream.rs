@@ -1,37 +1,24 @@
-//! A seeded, resumable training stream over in-memory items: each epoch visits the items in a
-//! fresh permutation drawn from `(seed, epoch)`; the position is `(epoch, next index)`.
+//! A seeded, resumable training stream over in-memory items: the batches of a
+//! [`tram_data::Loader`] (each epoch a fresh permutation drawn from `(seed, epoch)`), built into
+//! [`Batch`]es; its position is the loader's.
 
 use crate::error::{Error, Result};
 use crate::task::TrainStream;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tram::Batch;
+use tram_data::{Loader, LoaderState};
 
 /// Builds a batch from the items picked for it; `step` counts micro-batches from 0 (for
 /// per-batch randomness such as image augmentation).
 pub type BatchFn<T> = Box<dyn Fn(&[&T], u64) -> Result<Batch>>;
 
-/// Shuffled micro-batches over `items`; the last, incomplete batch of an epoch is dropped
-/// (unless it is the only one).
+/// Shuffled micro-batches over `items`, in the order of a [`tram_data::Loader`]: the last,
+/// incomplete batch of an epoch is dropped (unless it is the only one).
 pub struct Shuffled<T> {
     items: Vec<T>,
-    batch_size: usize,
-    seed: u64,
-    epoch: u64,
-    next: usize,
-    served: u64,
-    order: Vec<usize>,
+    loader: Loader,
     build: BatchFn<T>,
     units: fn(&Batch) -> usize,
-}
-
-fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng =
-        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(0x5851_F42D_4C95_7F2D));
-    order.shuffle(&mut rng);
-    order
 }
 
 impl<T> Shuffled<T> {
@@ -40,8 +27,8 @@ impl<T> Shuffled<T> {
         if items.is_empty() {
             return Err(Error::Data("the training split has no usable examples".into()));
         }
-        let order = permutation(items.len(), seed, 0);
-        Ok(Self { items, batch_size: batch_size.max(1), seed, epoch: 0, next: 0, served: 0, order, build, units })
+        let loader = Loader::new(items.len(), batch_size, seed).map_err(|e| Error::Data(e.to_string()))?;
+        Ok(Self { items, loader, build, units })
     }
 
     /// Number of items.
@@ -53,52 +40,35 @@ impl<T> Shuffled<T> {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-
-    fn per_epoch(&self) -> usize {
-        (self.items.len() / self.batch_size).max(1)
-    }
 }
 
 impl<T> TrainStream for Shuffled<T> {
     fn next_batch(&mut self) -> Result<Batch> {
-        if self.next >= self.per_epoch() {
-            self.epoch += 1;
-            self.next = 0;
-            self.order = permutation(self.items.len(), self.seed, self.epoch);
-        }
-        let start = self.next * self.batch_size;
-        let end = (start + self.batch_size).min(self.items.len());
-        let picked: Vec<&T> = self.order[start..end].iter().map(|&i| &self.items[i]).collect();
-        self.next += 1;
-        let b = (self.build)(&picked, self.served)?;
-        self.served += 1;
-        Ok(b)
+        let step = self.loader.served();
+        let picked: Vec<&T> = self.loader.next_indices().into_iter().map(|i| &self.items[i]).collect();
+        (self.build)(&picked, step)
     }
 
     fn batches_per_epoch(&self) -> usize {
-        self.per_epoch()
+        self.loader.batches_per_epoch()
     }
 
     fn position(&self) -> Value {
-        json!({"epoch": self.epoch, "next": self.next, "served": self.served, "items": self.items.len(), "batch_size": self.batch_size, "seed": self.seed})
+        serde_json::to_value(self.loader.position()).expect("a loader position serialises to JSON")
     }
 
     fn restore(&mut self, p: &Value) -> Result<()> {
         let get = |k: &str| p.get(k).and_then(Value::as_u64).ok_or_else(|| Error::Data(format!("data position has no `{k}`: {p}")));
         let (items, bs, seed) = (get("items")? as usize, get("batch_size")? as usize, get("seed")?);
-        if items != self.items.len() || bs != self.batch_size || seed != self.seed {
+        let here = self.loader.position();
+        if items != here.items || bs != here.batch_size || seed != here.seed {
             return Err(Error::Data(format!(
                 "the checkpoint's data position is for {items} examples in batches of {bs} with seed {seed}; this run has {} in batches of {} with seed {}: the training data changed",
-                self.items.len(),
-                self.batch_size,
-                self.seed
+                here.items, here.batch_size, here.seed
             )));
         }
-        self.epoch = get("epoch")?;
-        self.next = get("next")? as usize;
-        self.served = get("served")?;
-        self.order = permutation(self.items.len(), self.seed, self.epoch);
-        Ok(())
+        let state = LoaderState { epoch: get("epoch")?, next: get("next")? as usize, served: get("served")?, items, batch_size: bs, seed };
+        self.loader.restore(&state).map_err(|e| Error::Data(e.to_string()))
     }
 
     fn units(&self, batch: &Batch) -> usize {

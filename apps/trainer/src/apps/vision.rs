@@ -11,9 +11,63 @@ use crate::error::{Error, Result};
 use crate::task::{EvalSet, EvalSource, TaskData};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tram::Batch;
 use tram_data::{Images, Preprocess};
+
+/// `tram vision`: cross-dataset image classification (paper Table 3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Dataset config / subset (`default` when the dataset has one).
+    pub subset: String,
+    /// The dataset holding the test split, when it is another repository than `data`
+    /// (Stanford Cars on the hub); empty: `data`.
+    pub test_data: String,
+    /// Column label of the dataset in the table (defaults to `data`).
+    pub dataset_label: Option<String>,
+    /// Split the head and the model are fine-tuned on.
+    pub train_split: String,
+    /// Validation split (empty: none; model selection then uses the final model).
+    pub valid_split: String,
+    /// Test split (top-1 accuracy is reported on it).
+    pub test_split: String,
+    /// The column holding the encoded images (PNG or JPEG bytes).
+    pub image_column: String,
+    /// The column holding each image's class index.
+    pub label_column: String,
+    /// Number of classes of the new head (0: from the data's largest label + 1).
+    pub num_labels: usize,
+    /// Side of the square model input (defaults to the model's `image_size`).
+    pub image_size: Option<usize>,
+    /// Per-channel normalisation mean (default: the model's `preprocessor_config.json`, else 0.5).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std (default: the model's `preprocessor_config.json`, else 0.5).
+    pub std: Option<Vec<f32>>,
+    /// Random horizontal flips of training images.
+    pub hflip: bool,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            subset: "default".into(),
+            test_data: String::new(),
+            dataset_label: None,
+            train_split: "train".into(),
+            valid_split: String::new(),
+            test_split: "test".into(),
+            image_column: "img".into(),
+            label_column: "label".into(),
+            num_labels: 0,
+            image_size: None,
+            mean: None,
+            std: None,
+            hflip: true,
+        }
+    }
+}
 
 fn images(run: &RunConfig, key: &str, data: &str, split: &str, limit: Option<usize>, skipped: &mut crate::task::Skipped) -> Result<Images> {
     let v = &run.config.vision;
@@ -168,4 +222,42 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
         }
     };
     Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "images", skipped }, tokenizer: None })
+}
+
+/// The `tram vision` app.
+pub struct Vision;
+
+impl super::AppSpec for Vision {
+    fn name(&self) -> &'static str {
+        "vision"
+    }
+
+    fn about(&self) -> &'static str {
+        "Cross-dataset image classification: ViT-B/16 on CIFAR-100 / Cars / Flowers (paper Table 3)"
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let v = &config.vision;
+        crate::config::limit_at_least_one("vision.image_size", v.image_size)?;
+        for (k, v) in [("vision.mean", &v.mean), ("vision.std", &v.std)] {
+            if let Some(x) = v.as_ref().and_then(|v| v.iter().find(|x| !x.is_finite() || (k == "vision.std" && **x <= 0.0))) {
+                return Err(Error::Config(format!("key `{k}`: {x} is not a valid value (finite; a std must be > 0)")));
+            }
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, _run: Option<&RunConfig>) -> crate::results::TableSpec {
+        crate::results::TableSpec {
+            title: "Cross-dataset image classification (paper Table 3)".into(),
+            metric: crate::results::Metric::Accuracy,
+            zero_shot_average: false,
+            confidence: true,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
+    }
 }

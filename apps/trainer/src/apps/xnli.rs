@@ -11,9 +11,91 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::task::{BatchList, EvalSet, TaskData};
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use tram_data::nli::PairExample;
 use tram_data::DataSource;
 use tram_hub::Tokenizer;
+
+/// `tram xnli`: zero-shot cross-lingual NLI (paper Table 5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct XnliConfig {
+    /// English training data's config / subset (`default` for `nyu-mll/multi_nli`; empty: none).
+    pub train_subset: String,
+    /// Split of `data` the model is fine-tuned on (English MultiNLI `train`).
+    pub train_split: String,
+    /// The dataset of the English validation set (model selection), hub id or local
+    /// directory; empty: `data`. The paper selects on XNLI's English validation split
+    /// (`facebook/xnli`, config `en`, split `validation`: 2,490 rows, its Table 8's 2.5K).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub valid_data: String,
+    /// Config / subset of the validation set; unset: `train_subset` when the validation set
+    /// comes from `data`, else none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_subset: Option<String>,
+    /// Validation split (model selection; empty: none, the final model is evaluated).
+    pub valid_split: String,
+    /// The evaluation dataset (XNLI), hub id or local directory.
+    pub test_data: String,
+    /// Test split of the evaluation dataset.
+    pub test_split: String,
+    /// Languages of the evaluation dataset (its configs / subsets), in table order; the first
+    /// one that equals `source_language` is the in-language column.
+    pub languages: Vec<String>,
+    /// The training language (excluded from the zero-shot average).
+    pub source_language: String,
+    /// The column holding the premise of a pair.
+    pub premise_column: String,
+    /// The column holding the hypothesis of a pair.
+    pub hypothesis_column: String,
+    /// Label column (0 entailment, 1 neutral, 2 contradiction; rows with -1 are skipped).
+    pub label_column: String,
+    /// Number of classes of the new head.
+    pub num_labels: usize,
+    /// Maximum tokens of a premise–hypothesis pair (truncated beyond).
+    pub max_length: usize,
+    /// Test sets that come from elsewhere than `test_data` / config `<language>` /
+    /// `test_split`, by language: `{ de = { data = "org/name", subset = "de", split = "test" } }`
+    /// (a field left out keeps its default). Each key must be one of `languages`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub test_sets: std::collections::BTreeMap<String, SetSource>,
+}
+
+/// Where one evaluation set comes from; an empty field keeps the app's default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SetSource {
+    /// The dataset, hub id or local directory.
+    pub data: String,
+    /// Its config / subset.
+    pub subset: Option<String>,
+    /// Its split.
+    pub split: String,
+}
+
+impl Default for XnliConfig {
+    fn default() -> Self {
+        Self {
+            train_subset: "default".into(),
+            train_split: "train".into(),
+            valid_data: String::new(),
+            valid_subset: None,
+            valid_split: "validation_matched".into(),
+            test_data: "facebook/xnli".into(),
+            test_split: "test".into(),
+            languages: ["en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]
+                .map(String::from)
+                .to_vec(),
+            source_language: "en".into(),
+            premise_column: "premise".into(),
+            hypothesis_column: "hypothesis".into(),
+            label_column: "label".into(),
+            num_labels: 3,
+            max_length: 128,
+            test_sets: Default::default(),
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn pairs(
@@ -125,4 +207,49 @@ pub fn prepare(run: &RunConfig, seed: u64) -> Result<Prepared> {
         return Err(Error::Config("key `xnli.languages`: no evaluation language given".into()));
     }
     Ok(Prepared { model, data: TaskData { train, valid, tests, unit: "examples", skipped }, tokenizer: Some(tokenizer_path) })
+}
+
+/// The `tram xnli` app.
+pub struct Xnli;
+
+impl super::AppSpec for Xnli {
+    fn name(&self) -> &'static str {
+        "xnli"
+    }
+
+    fn about(&self) -> &'static str {
+        "Zero-shot cross-lingual NLI: XLM-R on MultiNLI, tested on XNLI (paper Table 5)"
+    }
+
+    fn validate(&self, config: &crate::Config) -> Result<()> {
+        let x = &config.xnli;
+        let bad = |k: &str, why: String| Err(Error::Config(format!("key `{k}`: {why}")));
+        if x.max_length < 2 {
+            return bad("xnli.max_length", format!("must be at least 2 (a premise and a hypothesis token), got {}", x.max_length));
+        }
+        if x.num_labels < 2 {
+            return bad("xnli.num_labels", format!("must be at least 2, got {}", x.num_labels));
+        }
+        if let Some(lang) = x.test_sets.keys().find(|l| !x.languages.contains(l)) {
+            return bad(
+                &format!("xnli.test_sets.{lang}"),
+                format!("`{lang}` is not one of `xnli.languages` ({}); add it there or remove this entry", x.languages.join(", ")),
+            );
+        }
+        Ok(())
+    }
+
+    fn table_spec(&self, _run: Option<&RunConfig>) -> crate::results::TableSpec {
+        crate::results::TableSpec {
+            title: "Zero-shot cross-lingual transfer, XNLI (paper Table 5)".into(),
+            metric: crate::results::Metric::Accuracy,
+            zero_shot_average: true,
+            confidence: false,
+            corner: "method".into(),
+        }
+    }
+
+    fn prepare(&self, run: &RunConfig, seed: u64) -> Result<Prepared> {
+        prepare(run, seed)
+    }
 }

@@ -34,7 +34,7 @@ fn models_snapshot(cache: &Path, repo: &str) -> PathBuf {
 }
 
 fn model_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/models/tests/fixtures").join(name)
 }
 
 fn put_model(cache: &Path, repo: &str, fixture: &str, tokenizer: Option<TokenizerStyle>) {
