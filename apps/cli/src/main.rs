@@ -6,6 +6,8 @@ use tram::engine::{PENALTY_SETTINGS, REGION_SETTINGS};
 use tram::{Kind, Optimizer, OptimizerConfig, Registry};
 use tram_trainer::apps::App;
 
+mod plugins;
+
 #[derive(Parser)]
 #[command(name = "tram", version, about = "Trust Region Aware Minimization for candle")]
 struct Cli {
@@ -28,6 +30,7 @@ fn command() -> clap::Command {
     // Derived subcommands are numbered in declaration order; `analyze` moves after the apps.
     let analyze_at = 3 + App::ALL.len();
     cmd = cmd.mut_subcommand("analyze", |c| c.display_order(analyze_at));
+    cmd = cmd.mut_subcommand("plugin", |c| c.display_order(analyze_at + 1));
     for (i, app) in App::ALL.iter().enumerate() {
         // The about line after `augment_args`, which sets `AppArgs`' own doc comment.
         let sub = tram_trainer::cli::AppArgs::augment_args(clap::Command::new(app.name()));
@@ -51,6 +54,12 @@ enum Command {
     /// Loss-surface and representation analysis of finished runs (paper Table 6): ε-sharpness
     /// in and out of domain with their correlation, and CKA to the pretrained model per domain.
     Analyze(tram_analysis::cli::AnalyzeArgs),
+    /// Run-time plugins: `check PATH` compares a library's build fingerprint with this
+    /// program's; `host` prints this program's (also `tram --version --verbose`).
+    Plugin {
+        #[command(subcommand)]
+        command: plugins::PluginCommand,
+    },
 }
 
 fn run_app(app: App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> Result<()> {
@@ -99,8 +108,13 @@ fn list(registry: &Registry) {
     }
     println!("\naliases (paper rows; `<alias>+sgd` swaps the base optimizer):");
     for a in registry.aliases() {
-        println!("  {:<16} = {:<60} {}", a.name, a.composition, a.summary);
+        let origin = match registry.alias_origin(&a.name) {
+            "built-in" => String::new(),
+            path => format!("  [{path}]"),
+        };
+        println!("  {:<16} = {:<60} {}{origin}", a.name, a.composition, a.summary);
     }
+    print!("{}", plugins::refused_section(registry));
 }
 
 /// The log filter: `TRAM_LOG` when set, else `RUST_LOG`, else `warn` (warnings such as skipped
@@ -126,6 +140,11 @@ fn main() -> Result<()> {
     // Colours only on a terminal: logs redirected to a file or a scheduler's log stay plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).with_ansi(colour).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if plugins::wants_verbose_version(&args) {
+        print!("{}", plugins::host());
+        return Ok(());
+    }
     let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !cli.plugins.is_empty() {
@@ -136,7 +155,8 @@ fn main() -> Result<()> {
         std::env::set_var(tram::PLUGINS_ENV, std::env::join_paths(paths)?);
     }
     let mut registry = tram_plugins::registry()?;
-    registry.load_env_plugins()?;
+    // A plugin that does not load is a warning: commands that do not use it still run.
+    plugins::load_env(&mut registry);
     let Some(command) = cli.command else {
         let (name, sub) = matches.subcommand().expect("a subcommand is required");
         let app = App::named(name).expect("every subcommand that is not a `Command` is an app's");
@@ -157,6 +177,14 @@ fn main() -> Result<()> {
             }
         }
         Command::Analyze(args) => println!("{}", tram_analysis::cli::run(&args)?),
+        Command::Plugin { command: plugins::PluginCommand::Host } => print!("{}", plugins::host()),
+        Command::Plugin { command: plugins::PluginCommand::Check { path } } => {
+            let (table, matches) = plugins::check(&path)?;
+            print!("{table}");
+            if !matches {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
@@ -172,7 +200,7 @@ mod tests {
         let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         let mut expected = vec!["quickstart", "list", "explain"];
         expected.extend(App::ALL.iter().map(|a| a.name()));
-        expected.push("analyze");
+        expected.extend(["analyze", "plugin"]);
         let mut shown = names.clone();
         shown.sort_by_key(|n| cmd.find_subcommand(n).unwrap().get_display_order());
         assert_eq!(shown, expected);

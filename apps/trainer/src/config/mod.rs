@@ -332,7 +332,12 @@ pub(crate) fn limit_at_least_one(key: &str, v: Option<usize>) -> Result<()> {
 pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config> {
     let s = Sources { file: file.map(Path::to_path_buf), sets: sets.to_vec(), env: None };
     let mut registry = tram_plugins::registry()?;
-    registry.load_env_plugins()?; // components from TRAM_PLUGINS, as the `tram` command does (`plugins` are loaded by `validate`)
+    // Components from TRAM_PLUGINS, as the `tram` command loads them (`plugins` are loaded by
+    // `validate`): a plugin that does not load is a warning, and an error only for a config
+    // that names one of its components (the error then lists it).
+    for e in registry.load_env_plugins_lenient() {
+        tracing::warn!("{e} (not loaded)");
+    }
     let mut runs = s.resolve(&[], &registry)?;
     Ok(runs.remove(0).config)
 }
