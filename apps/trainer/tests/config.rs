@@ -257,3 +257,37 @@ fn f16_is_refused_naming_what_to_use_instead() {
         resolve(&f, &[], &[&format!("dtype={ok}")], &["sam"]).unwrap();
     }
 }
+
+/// `tram lm -c <repo>/configs/quickstart/finetune.toml` failed outside the repository: its
+/// `model` / `data` were relative to the working directory. A relative local path written in a
+/// config file is now looked up beside the file first.
+#[test]
+fn model_and_data_written_in_a_file_are_found_beside_it_whatever_the_working_directory() {
+    let dir = scratch("config-file-relative");
+    std::fs::create_dir_all(dir.join("assets/model")).unwrap();
+    std::fs::create_dir_all(dir.join("assets/data")).unwrap();
+    std::fs::create_dir_all(dir.join("configs")).unwrap();
+    let file = dir.join("configs/run.toml");
+    std::fs::write(&file, FILE.replace("model = \"org/model\"", "model = \"../assets/model\"").replace("data = \"org/data\"", "data = \"../assets/data\""))
+        .unwrap();
+    let r = &resolve(&file, &[], &[], &["sam"]).unwrap()[0];
+    let (model, data) = (std::path::PathBuf::from(&r.config.model), std::path::PathBuf::from(&r.config.data));
+    assert_eq!(model.canonicalize().unwrap(), dir.join("assets/model").canonicalize().unwrap());
+    assert_eq!(data.canonicalize().unwrap(), dir.join("assets/data").canonicalize().unwrap());
+    // Hub ids (nothing beside the file by that name) and values given with --set are kept.
+    let r = &resolve(&file, &[], &["model=../assets/model", "data=org/data"], &["sam"]).unwrap()[0];
+    assert_eq!((r.config.model.as_str(), r.config.data.as_str()), ("../assets/model", "org/data"));
+    let hub = write_config(&dir, FILE);
+    let r = &resolve(&hub, &[], &[], &["sam"]).unwrap()[0];
+    assert_eq!((r.config.model.as_str(), r.config.data.as_str()), ("org/model", "org/data"));
+}
+
+/// The shipped quickstart config names the bundled model and corpus relative to itself.
+#[test]
+fn the_quickstart_config_finds_the_bundled_model_and_corpus_from_any_directory() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let s = Sources { file: Some(root.join("configs/quickstart/finetune.toml")), sets: vec![], env: env(&[]) };
+    let r = &s.resolve(&["adam".to_string()], &registry()).unwrap()[0];
+    assert_eq!(std::path::Path::new(&r.config.model).canonicalize().unwrap(), root.join("models/quickstart"));
+    assert_eq!(std::path::Path::new(&r.config.data).canonicalize().unwrap(), root.join("data/quickstart"));
+}

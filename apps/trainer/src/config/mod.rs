@@ -44,7 +44,9 @@ pub const ENV_RESERVED: &[&str] = &["TRAM_PLUGINS", "TRAM_LOG"];
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The pretrained model: a hub id `org/name[@revision]` or a local directory in hub layout.
+    /// The pretrained model: a hub id `org/name[@revision]` or a local directory in hub layout
+    /// (a relative one written in a config file is looked up beside the file first, then in
+    /// the working directory).
     pub model: String,
     /// Where the weights start: `pretrained` (read from `model`) or `random` (a fresh
     /// initialisation of the architecture `model`'s config.json describes, seeded by the run's
@@ -52,7 +54,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "ModelInit::is_pretrained")]
     pub init: ModelInit,
     /// The training data: a hub dataset id `org/name[@revision]` or a local directory of
-    /// parquet / JSON-lines files with the hub dataset's columns.
+    /// parquet / JSON-lines files with the hub dataset's columns (a relative one written in a
+    /// config file is looked up beside the file first, then in the working directory).
     pub data: String,
     /// Output directory; each run writes into `<out>/<run name>/seed-<seed>/`.
     pub out: PathBuf,

@@ -262,15 +262,39 @@ impl Sources {
         Ok(f.merge(Without { inner: env, paths: by_sets }).merge(sets))
     }
 
+    /// Whether the value of `key` in `f` comes from the config file (its top level or a
+    /// `[[runs]]` entry), not from the defaults, `TRAM_*` variables or `--set`.
+    fn set_by_file(f: &Figment, key: &str) -> bool {
+        f.find_metadata(key)
+            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))) || m.name.starts_with(RUN_OVERLAY_PREFIX))
+    }
+
     /// `plugins` as extracted from `f`, relative ones joined to the config file's directory
     /// when the file (its top level or a `[[runs]]` entry) set them.
     fn plugin_paths(&self, f: &Figment, plugins: Vec<PathBuf>) -> Vec<PathBuf> {
-        let from_file = f
-            .find_metadata("plugins")
-            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))) || m.name.starts_with(RUN_OVERLAY_PREFIX));
         match self.file.as_deref().and_then(Path::parent) {
-            Some(dir) if from_file => plugins.into_iter().map(|p| if p.is_relative() { dir.join(p) } else { p }).collect(),
+            Some(dir) if Self::set_by_file(f, "plugins") => {
+                plugins.into_iter().map(|p| if p.is_relative() { dir.join(p) } else { p }).collect()
+            }
             _ => plugins,
+        }
+    }
+
+    /// `model` or `data` (`key`) as extracted from `f`: a relative local path written in the
+    /// config file that exists relative to the file's directory is joined to it, so a config
+    /// can name files beside it whatever the working directory (`tram lm -c
+    /// <repo>/configs/quickstart/finetune.toml` from anywhere); anything else (a hub id, a path
+    /// relative to the working directory, a value given with `--set`) is kept as it is.
+    fn file_relative(&self, f: &Figment, key: &str, value: String) -> String {
+        let Some(dir) = self.file.as_deref().and_then(Path::parent) else { return value };
+        if value.is_empty() || !Path::new(&value).is_relative() || !Self::set_by_file(f, key) {
+            return value;
+        }
+        let beside = dir.join(&value);
+        if beside.exists() {
+            beside.display().to_string()
+        } else {
+            value
         }
     }
 
@@ -314,6 +338,8 @@ impl Sources {
             let f = self.layered(overlay)?;
             let mut config: Config = f.extract().map_err(figment_error)?;
             config.plugins = self.plugin_paths(&f, std::mem::take(&mut config.plugins));
+            config.model = self.file_relative(&f, "model", std::mem::take(&mut config.model));
+            config.data = self.file_relative(&f, "data", std::mem::take(&mut config.data));
             explicit_settings(&f, &mut config)?;
             mark_changed(&f, &mut config.provenance)?;
             config.validate(registry)?;
