@@ -21,10 +21,12 @@ pub struct Args {
 /// The quickstart's options.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Methods to fine-tune with (comma separated or repeated): adam, sam, asam, fsam, r3f,
-    /// tram-prev, tram-pretrained, tram-noise, tram-fisher (default: all; the zero-shot row of
-    /// the untouched checkpoint always runs).
-    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    /// Methods to fine-tune with (comma separated or repeated): rows of the config (adam, sam,
+    /// asam, fsam, r3f, tram-prev, tram-pretrained, tram-noise, tram-fisher; default: all), or
+    /// any other alias or composition, a plugin's included (`tram-noise-renyi`,
+    /// `noise(sigma=1e-4,scale=2)+ball+sgd`: commas inside parentheses do not separate). The
+    /// zero-shot row of the untouched checkpoint always runs.
+    #[arg(long, value_name = "NAME")]
     pub methods: Vec<String>,
     /// Optimizer steps per method (default: the config's).
     #[arg(long)]
@@ -104,6 +106,29 @@ pub enum Command {
     },
 }
 
+/// The methods of `--methods` values: each split at the commas outside parentheses, so a
+/// composition with inline parameters stays whole.
+pub fn split_methods(values: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        let (mut depth, mut start) = (0i32, 0);
+        for (i, c) in v.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth <= 0 => {
+                    out.push(v[start..i].trim().to_string());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(v[start..].trim().to_string());
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
+
 /// The quickstart's tensors are small: candle's CPU thread pool, which spin-waits at a barrier
 /// after every op, costs more than it gains on them (and far more when other programs share
 /// the cores). Unless `CANDLE_NUM_THREADS` or `RAYON_NUM_THREADS` says otherwise, the
@@ -147,7 +172,7 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
             let a = args.run;
             let control = Control { resume: a.resume, force: a.force, ..control.clone() };
             let opts = Options {
-                methods: a.methods,
+                methods: split_methods(&a.methods),
                 steps: a.steps,
                 train_domain: a.train_domain,
                 out: a.out,
@@ -179,4 +204,17 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_split_at_commas_outside_parentheses() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(split_methods(&v(&["adam,sam", "tram-noise"])), v(&["adam", "sam", "tram-noise"]));
+        assert_eq!(split_methods(&v(&["noise(sigma=1e-4,scale=2)+ball+sgd,adam"])), v(&["noise(sigma=1e-4,scale=2)+ball+sgd", "adam"]));
+        assert_eq!(split_methods(&v(&["adam,,"])), v(&["adam"]));
+    }
 }

@@ -165,6 +165,43 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
     Ok((Sources { file: Some(config), sets, env: None }, all))
 }
 
+/// The runs `--methods` selects: the zero-shot row, then each method, a row of the config by
+/// name or else any composition or alias `registry` parses (a plugin's included), which
+/// becomes an extra row labelled with it. Returns the run names and the extra rows
+/// (`(composition, label)`, for [`Sources::resolve_with_runs`]).
+pub fn select_methods(methods: &[String], rows: &[String], registry: &tram::Registry) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    let mut selected = vec![ZERO_SHOT.to_string()];
+    let mut extra = Vec::new();
+    if methods.is_empty() {
+        selected.extend(rows.iter().filter(|n| *n != ZERO_SHOT).cloned());
+        return Ok((selected, extra));
+    }
+    for m in methods {
+        let name = if rows.contains(m) {
+            m.clone()
+        } else {
+            if let Err(e) = tram::Composition::parse(m, registry) {
+                bail!(
+                    "method `{m}` is neither a row of the quickstart ({}) nor a composition or alias: {e}",
+                    rows.iter().filter(|n| *n != ZERO_SHOT).cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            let name = Sources::run_name_of(m);
+            if rows.contains(&name) {
+                bail!("method `{m}` would be run as `{name}`, which is a row of the quickstart already: name that row instead");
+            }
+            if !extra.iter().any(|(c, _)| c == m) {
+                extra.push((m.clone(), m.clone()));
+            }
+            name
+        };
+        if !selected.contains(&name) {
+            selected.push(name);
+        }
+    }
+    Ok((selected, extra))
+}
+
 /// Run the quickstart: the zero-shot row and one fine-tuning run per method, then the table
 /// (printed by the caller from [`Report::text`]), `quickstart.{md,csv,json}` and
 /// `quickstart.{svg,png}` in `opts.out`. Earlier results of the selected rows in `opts.out`
@@ -177,23 +214,8 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     if !names.iter().any(|n| n == ZERO_SHOT) {
         bail!("the config has no `{ZERO_SHOT}` run (the untouched checkpoint's row)");
     }
-    let mut selected = vec![ZERO_SHOT.to_string()];
-    if opts.methods.is_empty() {
-        selected.extend(names.iter().filter(|n| *n != ZERO_SHOT).cloned());
-    } else {
-        for m in &opts.methods {
-            if !names.contains(m) {
-                bail!(
-                    "unknown method `{m}`; the quickstart has: {}",
-                    names.iter().filter(|n| *n != ZERO_SHOT).cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-            if !selected.contains(m) {
-                selected.push(m.clone());
-            }
-        }
-    }
-    let runs = sources.resolve(&selected, registry)?;
+    let (selected, extra) = select_methods(&opts.methods, &names, registry)?;
+    let runs = sources.resolve_with_runs(&extra, &selected, registry)?;
     // Its rows are the compositions: an override that changes what a row is (its optimizer,
     // whether it trains) would label one method's numbers with another's name.
     tram_trainer::rows::check_labels(&sources, &runs).context("the quickstart's rows are its methods")?;

@@ -134,10 +134,40 @@ fn unknown_methods_and_domains_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options { methods: vec!["nope".into()], out: dir.path().into(), progress: false, ..Default::default() };
     let e = tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err().to_string();
-    assert!(e.contains("unknown method `nope`") && e.contains("tram-fisher"), "{e}");
+    assert!(e.contains("method `nope`") && e.contains("tram-fisher") && e.contains("unknown component `nope`"), "{e}");
     let opts = Options { train_domain: Some("poetry".into()), out: dir.path().into(), progress: false, ..Default::default() };
     let e = format!("{:#}", tram_quickstart::run(&opts, &Control::default(), &registry).unwrap_err());
     assert!(e.contains("`poetry` is not a domain") && e.contains("novels"), "{e}");
+}
+
+/// `--methods` took only the config's row names; any composition or alias, a plugin's
+/// included, is now an extra row labelled with it.
+#[test]
+fn methods_may_be_any_composition_or_alias_a_plugins_included() {
+    let mut registry = tram_plugins::registry().unwrap();
+    registry.load_plugin(tram_tests::example_plugin()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { out: dir.path().into(), progress: false, ..Default::default() };
+    let (sources, _) = tram_quickstart::sources(&opts).unwrap();
+    let rows = sources.run_names().unwrap();
+    let methods: Vec<String> =
+        ["adam", "tram-noise-renyi", "noise(sigma=1e-4,scale=2)+ball+sgd", "tram-noise-renyi"].map(String::from).to_vec();
+    let (selected, extra) = tram_quickstart::select_methods(&methods, &rows, &registry).unwrap();
+    assert_eq!(selected, ["zero-shot", "adam", "tram-noise-renyi", "noise_sigma_1e-4_scale_2__ball_sgd"]);
+    assert_eq!(extra.len(), 2, "{extra:?}");
+    let runs = sources.resolve_with_runs(&extra, &selected, &registry).unwrap();
+    let got: Vec<(&str, &str, &str)> = runs.iter().map(|r| (r.name.as_str(), r.label.as_str(), r.config.optimizer.name.as_str())).collect();
+    assert_eq!(
+        got[2..],
+        [
+            ("tram-noise-renyi", "tram-noise-renyi", "tram-noise-renyi"),
+            ("noise_sigma_1e-4_scale_2__ball_sgd", "noise(sigma=1e-4,scale=2)+ball+sgd", "noise(sigma=1e-4,scale=2)+ball+sgd")
+        ]
+    );
+    tram_trainer::rows::check_labels(&sources, &runs).unwrap();
+    // Without the plugin its alias is not a method: the error names both kinds of method.
+    let e = tram_quickstart::select_methods(&methods, &rows, &tram_plugins::registry().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("tram-noise-renyi") && e.contains("nor a composition or alias") && e.contains("tram-fisher"), "{e}");
 }
 
 /// Test perplexity of `model` on (up to) 24 evenly spaced blocks of 128 tokens of a domain.

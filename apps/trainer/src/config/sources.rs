@@ -265,8 +265,7 @@ impl Sources {
     /// Whether the value of `key` in `f` comes from the config file (its top level or a
     /// `[[runs]]` entry), not from the defaults, `TRAM_*` variables or `--set`.
     fn set_by_file(f: &Figment, key: &str) -> bool {
-        f.find_metadata(key)
-            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))) || m.name.starts_with(RUN_OVERLAY_PREFIX))
+        f.find_metadata(key).is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))) || m.name.starts_with(RUN_OVERLAY_PREFIX))
     }
 
     /// `plugins` as extracted from `f`, relative ones joined to the config file's directory
@@ -333,7 +332,35 @@ impl Sources {
     /// Resolve the runs named `names` (all `[[runs]]` when empty; a single run named after the
     /// optimizer when the file has no `[[runs]]`).
     pub fn resolve(&self, names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
-        let overlays = self.overlays()?;
+        self.resolve_overlays(self.overlays()?, names, registry)
+    }
+
+    /// [`Sources::resolve`] with one more `[[runs]]` entry per `(composition, label)` of
+    /// `extra`, after the file's: `name` = the composition made a valid run name (`+`, `(`,
+    /// `=`, … become `_`), `label` as given, `optimizer.name` = the composition (an alias or any
+    /// composition the registry parses, a plugin's included). Name them in `names` to select
+    /// them. Used by `tram quickstart --methods` for methods that are not rows of its config.
+    pub fn resolve_with_runs(&self, extra: &[(String, String)], names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
+        let mut overlays = self.overlays()?;
+        for (composition, label) in extra {
+            let name = Self::run_name_of(composition);
+            if overlays.iter().any(|o| o.name == name) {
+                return Err(Error::Config(format!("a [[runs]] entry is already named `{name}` (for `{composition}`)")));
+            }
+            let mut values = serde_json::Map::new();
+            values.insert("label".into(), Value::String(label.clone()));
+            values.insert("optimizer".into(), serde_json::json!({ "name": composition }));
+            overlays.push(RunOverlay { name, values });
+        }
+        self.resolve_overlays(overlays, names, registry)
+    }
+
+    /// The run name [`Sources::resolve_with_runs`] gives `composition`.
+    pub fn run_name_of(composition: &str) -> String {
+        sanitize(composition)
+    }
+
+    fn resolve_overlays(&self, overlays: Vec<RunOverlay>, names: &[String], registry: &tram::Registry) -> Result<Vec<RunConfig>> {
         let build = |overlay: Option<&RunOverlay>| -> Result<Config> {
             let f = self.layered(overlay)?;
             let mut config: Config = f.extract().map_err(figment_error)?;
