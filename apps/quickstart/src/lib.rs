@@ -165,11 +165,14 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
     Ok((Sources { file: Some(config), sets, env: None }, all))
 }
 
+/// Extra quickstart rows: `(composition, label)`.
+pub type ExtraRows = Vec<(String, String)>;
+
 /// The runs `--methods` selects: the zero-shot row, then each method, a row of the config by
 /// name or else any composition or alias `registry` parses (a plugin's included), which
 /// becomes an extra row labelled with it. Returns the run names and the extra rows
 /// (`(composition, label)`, for [`Sources::resolve_with_runs`]).
-pub fn select_methods(methods: &[String], rows: &[String], registry: &tram::Registry) -> Result<(Vec<String>, Vec<(String, String)>)> {
+pub fn select_methods(methods: &[String], rows: &[String], registry: &tram::Registry) -> Result<(Vec<String>, ExtraRows)> {
     let mut selected = vec![ZERO_SHOT.to_string()];
     let mut extra = Vec::new();
     if methods.is_empty() {

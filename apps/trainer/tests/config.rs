@@ -268,8 +268,11 @@ fn model_and_data_written_in_a_file_are_found_beside_it_whatever_the_working_dir
     std::fs::create_dir_all(dir.join("assets/data")).unwrap();
     std::fs::create_dir_all(dir.join("configs")).unwrap();
     let file = dir.join("configs/run.toml");
-    std::fs::write(&file, FILE.replace("model = \"org/model\"", "model = \"../assets/model\"").replace("data = \"org/data\"", "data = \"../assets/data\""))
-        .unwrap();
+    std::fs::write(
+        &file,
+        FILE.replace("model = \"org/model\"", "model = \"../assets/model\"").replace("data = \"org/data\"", "data = \"../assets/data\""),
+    )
+    .unwrap();
     let r = &resolve(&file, &[], &[], &["sam"]).unwrap()[0];
     let (model, data) = (std::path::PathBuf::from(&r.config.model), std::path::PathBuf::from(&r.config.data));
     assert_eq!(model.canonicalize().unwrap(), dir.join("assets/model").canonicalize().unwrap());
