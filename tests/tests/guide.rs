@@ -1,8 +1,8 @@
 //! `docs/writing-a-plugin.md` works verbatim from outside the repository: the plugin crate's
 //! files are taken out of the guide (every code block marked `<!-- file: PATH -->`), written
 //! into a directory outside the workspace next to a `tram` link to this checkout (the layout
-//! the guide's `git clone` makes), with the guide's copied `Cargo.lock` and
-//! `rust-toolchain.toml`. Then the crate's own tests (the guide's `tests/plugin.rs`) run, its
+//! the guide's `git clone` makes), with the guide's copied `Cargo.lock`, built by the cargo
+//! and rustc running this test (the plugin's compiler must be the host's). Then the crate's own tests (the guide's `tests/plugin.rs`) run, its
 //! `cdylib` is built and loaded into this program, and a 3-step training runs with each of
 //! its aliases.
 //!
@@ -79,8 +79,8 @@ fn guide_crate() -> PathBuf {
         let out = cargo(&base).args(["new", "--lib", "--vcs", "none", "tram-hellinger"]).output().unwrap();
         assert!(out.status.success(), "cargo new failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    // The guide's `cp ../tram/Cargo.lock ../tram/rust-toolchain.toml .`
-    for f in ["Cargo.lock", "rust-toolchain.toml"] {
+    // The guide's `cp ../tram/Cargo.lock .`
+    for f in ["Cargo.lock"] {
         write_if_changed(&dir.join(f), &std::fs::read(root.join(f)).unwrap());
     }
     let guide = std::fs::read_to_string(root.join(GUIDE)).unwrap();
