@@ -1,0 +1,1 @@
+//! Fused in-place optimizer updates (placeholder, filled below).
