@@ -2,8 +2,8 @@
 
 Times one optimizer step of transformers' `GPT2LMHeadModel` (train mode, the same config as the
 Rust side: dropout, eps, `gelu_new`, tied head) on random token ids, for one method, and prints
-one JSON line: `{"method", "times_ms": [...], "peak_rss_kib", "torch", "transformers",
-"threads"}`. Peak RSS is this process's `ru_maxrss` (the model, the optimizer state and the
+one JSON line: `{"method", "times_ms": [...], "median_ms", "cpu_ms": [...] (process CPU time
+of each step), "median_cpu_ms", "peak_rss_kib", "torch", "transformers", "threads"}`. Peak RSS is this process's `ru_maxrss` (the model, the optimizer state and the
 step's transient peak, plus the interpreter and torch itself).
 
 Methods follow /work/shared/SPEC.md as tests/golden/generate.py implements them, with the
@@ -119,15 +119,17 @@ def main(argv):
                     pf.copy_(p)
         opt.step()
 
-    times = []
+    times, cpu = [], []
     for i in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        dt = (time.perf_counter() - t0) * 1e3
+        dt, dc = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
         if i >= a.warmup:
             times.append(dt)
+            cpu.append(dc)
     print(json.dumps({
         "method": m, "times_ms": times, "median_ms": statistics.median(times),
+        "cpu_ms": cpu, "median_cpu_ms": statistics.median(cpu),
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
     }))

@@ -12,8 +12,10 @@
 //! Shapes: `small` = 4 layers, d = 128, 4 heads, vocab 4096, seq 128, batch 8; `wide` =
 //! 6 layers, d = 256, 4 heads, vocab 4096, seq 256, batch 4. Every (shape, method, side) runs
 //! in a process of its own (the Rust side re-executes this binary with `--worker`), so each
-//! peak RSS (`VmHWM` / `ru_maxrss`) is that run's alone. Prints a table of the median ms/step
-//! after the warm-up steps, the tram ÷ PyTorch ratio and both peak RSS, and writes
+//! peak RSS (`VmHWM` / `ru_maxrss`) is that run's alone. Prints a table of the median wall
+//! ms/step after the warm-up steps and the tram ÷ PyTorch ratio, the same for the process CPU
+//! time of a step (the steadier figure on a shared machine at `--threads 1`; with more threads
+//! it includes both libraries' spin-waiting), both peak RSS and the load average, and writes
 //! `side-by-side.json` and `side-by-side.csv` into `--out`.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -170,8 +172,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// One tram run (in the worker process): returns the step times in ms.
-fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<Vec<f64>> {
+/// This process's CPU time (all threads), ms.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// One tram run (in the worker process): returns the wall and CPU times of each step, ms.
+fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<(Vec<f64>, Vec<f64>)> {
     let cfg = json!({
         "model_type": "gpt2", "vocab_size": shape.vocab, "n_positions": shape.seq.max(128), "n_embd": shape.embd,
         "n_layer": shape.layers, "n_head": shape.heads,
@@ -184,19 +194,20 @@ fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<Vec<f64>> {
     let batch = Batch::new(all.narrow(1, 0, shape.seq)?.contiguous()?, all.narrow(1, 1, shape.seq)?.contiguous()?);
     let registry = tram_plugins::registry()?;
     let mut opt = Optimizer::new(&registry, OptimizerConfig::new(method, LR))?;
-    let mut times = Vec::new();
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..o.warmup + o.steps {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_ms());
         let r = opt.step(&model, std::slice::from_ref(&batch))?;
-        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        let (dt, dc) = (t0.elapsed().as_secs_f64() * 1e3, cpu_ms() - c0);
         if r.skipped {
             bail!("{method}: step {} was skipped (loss {})", r.step, r.loss);
         }
         if i >= o.warmup {
             times.push(dt);
+            cpu.push(dc);
         }
     }
-    Ok(times)
+    Ok((times, cpu))
 }
 
 fn child_json(mut cmd: Command, what: &str) -> Result<Value> {
@@ -212,16 +223,26 @@ fn child_json(mut cmd: Command, what: &str) -> Result<Value> {
 fn main() -> Result<()> {
     let o = parse()?;
     if let Some(method) = &o.worker {
-        let times = tram_run(o.shapes[0], method, &o)?;
-        println!("{}", json!({"method": method, "times_ms": times, "median_ms": median(times.clone()), "peak_rss_kib": peak_rss_kib()}));
+        let (times, cpu) = tram_run(o.shapes[0], method, &o)?;
+        println!(
+            "{}",
+            json!({"method": method, "times_ms": times, "median_ms": median(times.clone()), "cpu_ms": cpu,
+                   "median_cpu_ms": median(cpu.clone()), "peak_rss_kib": peak_rss_kib()})
+        );
         return Ok(());
     }
     let exe = std::env::current_exe()?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("torch_step.py");
     let mut rows = Vec::new();
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string();
-    println!("threads {} | steps {} after {} warm-up | median ms/step | peak RSS GB", o.threads, o.steps, o.warmup);
-    println!("{:<26} {:<16} {:>10} {:>10} {:>7} {:>9} {:>9} {:>6}", "shape", "method", "torch ms", "tram ms", "ratio", "torch GB", "tram GB", "load");
+    println!(
+        "threads {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
+        o.threads, o.steps, o.warmup
+    );
+    println!(
+        "{:<26} {:<16} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5}",
+        "shape", "method", "torch ms", "tram ms", "ratio", "torch cpu", "tram cpu", "ratio", "torch GB", "tram GB", "load"
+    );
     for shape in &o.shapes {
         for method in &o.methods {
             let common = |c: &mut Command| {
@@ -242,31 +263,52 @@ fn main() -> Result<()> {
             let tram = child_json(c, &format!("tram {method}"))?;
             let tm = tram["median_ms"].as_f64().unwrap_or(f64::NAN);
             let pm = torch.as_ref().and_then(|t| t["median_ms"].as_f64()).unwrap_or(f64::NAN);
+            let tc = tram["median_cpu_ms"].as_f64().unwrap_or(f64::NAN);
+            let pc = torch.as_ref().and_then(|t| t["median_cpu_ms"].as_f64()).unwrap_or(f64::NAN);
             let gb = |v: &Value| v["peak_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0 / 1024.0;
             let tg = gb(&tram);
             let pg = torch.as_ref().map(gb).unwrap_or(f64::NAN);
             let l = load();
-            println!("{:<26} {:<16} {:>10.1} {:>10.1} {:>7.2} {:>9.2} {:>9.2} {:>6}", shape.label(), method, pm, tm, tm / pm, pg, tg, l);
+            println!(
+                "{:<26} {:<16} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>6.2} {:>8.2} {:>8.2} {:>5}",
+                shape.label(),
+                method,
+                pm,
+                tm,
+                tm / pm,
+                pc,
+                tc,
+                tc / pc,
+                pg,
+                tg,
+                l
+            );
             rows.push(json!({
                 "shape": shape.label(), "layers": shape.layers, "embd": shape.embd, "heads": shape.heads, "vocab": shape.vocab,
                 "seq": shape.seq, "batch": shape.batch, "method": method, "threads": o.threads,
-                "torch_ms": pm, "tram_ms": tm, "ratio": tm / pm, "torch_peak_rss_gb": pg, "tram_peak_rss_gb": tg, "loadavg_after": l,
+                "torch_ms": pm, "tram_ms": tm, "ratio": tm / pm, "torch_cpu_ms": pc, "tram_cpu_ms": tc, "cpu_ratio": tc / pc, "torch_peak_rss_gb": pg, "tram_peak_rss_gb": tg, "loadavg_after": l,
                 "torch": torch, "tram": tram,
             }));
         }
     }
     std::fs::create_dir_all(&o.out)?;
     std::fs::write(o.out.join("side-by-side.json"), serde_json::to_string_pretty(&rows)?)?;
-    let mut csv = String::from("shape,method,threads,torch_ms,tram_ms,ratio,torch_peak_rss_gb,tram_peak_rss_gb,loadavg_after\n");
+    let mut csv = String::from(
+        "shape,method,threads,torch_ms,tram_ms,ratio,torch_cpu_ms,tram_cpu_ms,cpu_ratio,torch_peak_rss_gb,tram_peak_rss_gb,loadavg_after\n",
+    );
     for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         csv += &format!(
-            "{},{},{},{:.2},{:.2},{:.3},{:.3},{:.3},{}\n",
+            "{},{},{},{:.2},{:.2},{:.3},{:.2},{:.2},{:.3},{:.3},{:.3},{}\n",
             r["shape"].as_str().unwrap_or(""),
             r["method"].as_str().unwrap_or(""),
             o.threads,
-            r["torch_ms"].as_f64().unwrap_or(f64::NAN),
-            r["tram_ms"].as_f64().unwrap_or(f64::NAN),
-            r["ratio"].as_f64().unwrap_or(f64::NAN),
+            f("torch_ms"),
+            f("tram_ms"),
+            f("ratio"),
+            f("torch_cpu_ms"),
+            f("tram_cpu_ms"),
+            f("cpu_ratio"),
             r["torch_peak_rss_gb"].as_f64().unwrap_or(f64::NAN),
             r["tram_peak_rss_gb"].as_f64().unwrap_or(f64::NAN),
             r["loadavg_after"].as_str().unwrap_or("")
