@@ -21,25 +21,38 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 }
 
 /// `x Wᵀ + b` with a PyTorch `nn.Linear` weight `[out, in]`.
+///
+/// Leading dimensions are folded into one (`[rows, in]`), so the weight gradient is one matrix
+/// product instead of a batch of them summed over the batch; the bias is the fused
+/// [`tram_kernels::add_bias`].
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let w = weight.t()?;
-    let y = match x.rank() {
-        2 => x.matmul(&w)?,
-        _ => x.broadcast_matmul(&w)?,
-    };
+    let y = matmul_rows(x, &weight.t()?)?;
     Ok(match bias {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => tram_kernels::add_bias(&y, b)?,
         None => y,
     })
 }
 
-/// `x W + b` with a GPT-2 `Conv1D` weight `[in, out]`.
+/// `x W + b` with a GPT-2 `Conv1D` weight `[in, out]` (leading dimensions folded as in
+/// [`linear`]).
 pub fn conv1d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let y = match x.rank() {
-        2 => x.matmul(weight)?,
-        _ => x.broadcast_matmul(weight)?,
-    };
-    Ok(y.broadcast_add(bias)?)
+    Ok(tram_kernels::add_bias(&matmul_rows(x, weight)?, bias)?)
+}
+
+/// `x · w` for `x` `[.., in]` and a matrix `w` `[in, out]`: a contiguous `x` of any rank is
+/// multiplied as one `[rows, in]` matrix and reshaped back.
+fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(match x.rank() {
+        2 => x.matmul(w)?,
+        _ if x.is_contiguous() => {
+            let mut dims = x.dims().to_vec();
+            let inner = dims.pop().unwrap_or(1);
+            let rows = dims.iter().product::<usize>();
+            dims.push(w.dim(1)?);
+            x.reshape((rows, inner))?.matmul(w)?.reshape(dims)?
+        }
+        _ => x.broadcast_matmul(w)?,
+    })
 }
 
 /// Rows of an embedding table for `ids` of any shape; output `[..ids, dim]`.

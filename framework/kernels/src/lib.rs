@@ -7,6 +7,7 @@
 //! - [`layer_norm`]: layer norm over the last dimension with gradients for the input, the
 //!   weight and the bias;
 //! - [`gelu_tanh`] (`gelu_new`) and [`gelu_erf`];
+//! - [`add_bias`]: a bias added over the last dimension, its gradient accumulated row by row;
 //! - [`cross_entropy`]: mean log-softmax cross-entropy over rows, with ignored rows;
 //! - [`log_softmax`] and [`kl_div_rows`]: the log-softmax / KL distances of the trust regions;
 //! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory).
@@ -26,11 +27,13 @@ pub mod math;
 pub mod optim;
 pub mod par;
 
+mod bias;
 mod gelu;
 mod loss;
 mod norm;
 mod softmax;
 
+pub use bias::add_bias;
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use loss::{cross_entropy, kl_div_rows, log_softmax};
 pub use norm::{layer_norm, layer_norm_composed};

@@ -248,6 +248,23 @@ fn layer_norm_gelu_and_losses_match_the_composed_versions() {
     }
 }
 
+#[test]
+fn add_bias_matches_broadcast_add_values_and_gradients() {
+    for (shape, seed) in [(vec![3usize, 5], 40u64), (vec![8, 128, 384], 41)] {
+        let n = *shape.last().unwrap();
+        let x = Var::from_tensor(&rand_t(&shape, seed, 1.0, DType::F32)).unwrap();
+        let b = Var::from_tensor(&rand_t(&[n], seed + 1, 1.0, DType::F32)).unwrap();
+        let r = rand_t(&shape, seed + 2, 1.0, DType::F32);
+        let (y1, g1) = grads(&[&x, &b], |t| k::add_bias(&t[0], &t[1]), Some(&r));
+        let (y2, g2) = grads(&[&x, &b], |t| t[0].broadcast_add(&t[1]), Some(&r));
+        assert_close("add_bias values", &y1, &y2, 0.0);
+        assert_close("add_bias d input", &g1[0], &g2[0], 0.0);
+        assert_close(&format!("add_bias d bias {shape:?}"), &g1[1], &g2[1], 1e-5);
+    }
+    let e = k::add_bias(&rand_t(&[2, 3], 1, 1.0, DType::F32), &rand_t(&[2], 1, 1.0, DType::F32)).unwrap_err().to_string();
+    assert!(e.contains("bias [2] must be [3]"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finite differences (f64)
 
@@ -276,6 +293,8 @@ fn every_kernel_gradient_matches_finite_differences() {
     let r3 = f64t(&[3], 29, 1.0);
     check_fd(&x, |x| k::kl_div_rows(x, &c)?.mul(&r3)?.sum_all());
     check_fd(&c, |c| k::kl_div_rows(&x, c)?.mul(&r3)?.sum_all());
+    check_fd(&b, |b| k::add_bias(&x, b)?.mul(&r2)?.sum_all());
+    check_fd(&x, |x| k::add_bias(x, &b)?.mul(&r2)?.sum_all());
 }
 
 // ---------------------------------------------------------------------------------------------
