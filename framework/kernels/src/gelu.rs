@@ -61,8 +61,9 @@ impl CustomOp1 for Gelu {
             for_rows(n.div_ceil(CHUNK), CHUNK * 4, |_, range| {
                 let (a, b) = (range.start * CHUNK, (range.end * CHUNK).min(n));
                 let out = unsafe { p.slice(a, b - a) };
-                for (o, &v) in out.iter_mut().zip(&x[a..b]) {
-                    *o = value(k, v);
+                match k {
+                    Kind::Tanh => out.iter_mut().zip(&x[a..b]).for_each(|(o, &v)| *o = value(Kind::Tanh, v)),
+                    Kind::Erf => out.iter_mut().zip(&x[a..b]).for_each(|(o, &v)| *o = value(Kind::Erf, v)),
                 }
             });
             Ok((crate::owned(y), l.shape().clone()))
@@ -92,8 +93,10 @@ impl CustomOp2 for GeluBwd {
             for_rows(n.div_ceil(CHUNK), CHUNK * 6, |_, range| {
                 let (a, b) = (range.start * CHUNK, (range.end * CHUNK).min(n));
                 let out = unsafe { p.slice(a, b - a) };
-                for ((o, &v), &gv) in out.iter_mut().zip(&x[a..b]).zip(&g[a..b]) {
-                    *o = gv * derivative(k, v);
+                let it = out.iter_mut().zip(&x[a..b]).zip(&g[a..b]);
+                match k {
+                    Kind::Tanh => it.for_each(|((o, &v), &gv)| *o = gv * derivative(Kind::Tanh, v)),
+                    Kind::Erf => it.for_each(|((o, &v), &gv)| *o = gv * derivative(Kind::Erf, v)),
                 }
             });
             Ok((crate::owned(dx), xl.shape().clone()))

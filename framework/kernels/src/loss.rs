@@ -1,32 +1,10 @@
 //! Log-softmax, cross-entropy with ignored rows, and the row-wise KL of the trust regions.
 
-use crate::math::Float;
+use crate::math::{dot, logsumexp, max_of, sum, Float};
 use crate::par::{for_rows, SyncPtr};
-use crate::softmax::sum;
 use crate::{compute_dtype, float_dispatch, on_cpu, slice, tensor_from, with_data};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Arc;
-
-/// `(max, log Σ exp(x − max))` of one row.
-#[inline]
-fn lse<T: Float>(x: &[T]) -> (T, T) {
-    let mut m = T::NEG_INF;
-    for &v in x {
-        m = m.maxp(v);
-    }
-    let mut acc = [T::ZERO; 8];
-    let c = x.chunks_exact(8);
-    let mut s = T::ZERO;
-    for v in c.remainder() {
-        s += (*v - m).exp();
-    }
-    for v in c {
-        for i in 0..8 {
-            acc[i] += (v[i] - m).exp();
-        }
-    }
-    (m, acc.iter().fold(s, |a, b| a + *b).ln())
-}
 
 fn rows_of(l: &Layout, op: &str) -> Result<(usize, usize)> {
     let d = l.dims();
@@ -56,9 +34,9 @@ impl CustomOp1 for LogSoftmax {
                 let out = unsafe { p.slice(range.start * n, range.len() * n) };
                 for (k, r) in range.enumerate() {
                     let xr = &x[r * n..(r + 1) * n];
-                    let (m, ls) = lse(xr);
-                    let shift = m + ls;
-                    out[k * n..(k + 1) * n].iter_mut().zip(xr).for_each(|(o, &v)| *o = v - shift);
+                    let o = &mut out[k * n..(k + 1) * n];
+                    let shift = logsumexp(xr, o);
+                    o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - shift);
                 }
             });
             Ok((crate::owned(y), l.shape().clone()))
@@ -135,11 +113,11 @@ impl CustomOp1 for CrossEntropy {
             let p = SyncPtr(per_row.as_mut_ptr());
             for_rows(rows, n * 2, |_, range| {
                 let out = unsafe { p.slice(range.start, range.len()) };
+                let mut scratch = vec![T::ZERO; n];
                 for (k, r) in range.enumerate() {
                     if let Some(t) = self.targets[r] {
                         let xr = &x[r * n..(r + 1) * n];
-                        let (m, ls) = lse(xr);
-                        out[k] = m + ls - xr[t as usize];
+                        out[k] = logsumexp(xr, &mut scratch) - xr[t as usize];
                     }
                 }
             });
@@ -161,10 +139,11 @@ impl CustomOp1 for CrossEntropy {
                     for (k, r) in range.enumerate() {
                         let Some(t) = self.targets[r] else { continue };
                         let xr = &x[r * n..(r + 1) * n];
-                        let (m, ls) = lse(xr);
-                        let shift = m + ls;
                         let o = &mut out[k * n..(k + 1) * n];
-                        o.iter_mut().zip(xr).for_each(|(o, &v)| *o = g * (v - shift).exp());
+                        let m = max_of(xr);
+                        crate::math::exp_shifted(xr, m, o);
+                        let f = g / sum(o);
+                        o.iter_mut().for_each(|v| *v = *v * f);
                         o[t as usize] = o[t as usize] - g;
                     }
                 });
@@ -237,8 +216,9 @@ impl CustomOp2 for KlRows {
             let p = SyncPtr(out.as_mut_ptr());
             for_rows(rows, n * 4, |_, range| {
                 let o = unsafe { p.slice(range.start, range.len()) };
+                let (mut s1, mut s2) = (vec![T::ZERO; n], vec![T::ZERO; n]);
                 for (k, r) in range.enumerate() {
-                    o[k] = kl_row(&t[r * n..(r + 1) * n], &c[r * n..(r + 1) * n]);
+                    o[k] = kl_row(&t[r * n..(r + 1) * n], &c[r * n..(r + 1) * n], &mut s1, &mut s2).0;
                 }
             });
             let mut shape = tl.dims().to_vec();
@@ -258,18 +238,18 @@ impl CustomOp2 for KlRows {
                         let (pt, pc) = (SyncPtr(dt.as_mut_ptr()), SyncPtr(dc.as_mut_ptr()));
                         for_rows(rows, n * 6, |_, range| {
                             let (ot, oc) = unsafe { (pt.slice(range.start * n, range.len() * n), pc.slice(range.start * n, range.len() * n)) };
+                            let (mut s1, mut s2) = (vec![T::ZERO; n], vec![T::ZERO; n]);
                             for (k, r) in range.enumerate() {
                                 let (tr, cr) = (&t[r * n..(r + 1) * n], &c[r * n..(r + 1) * n]);
-                                let (mt, lt) = lse(tr);
-                                let (mc, lc) = lse(cr);
-                                let (st, sc) = (mt + lt, mc + lc);
-                                let kl = kl_row(tr, cr);
+                                // s1 = p_t, s2 = log p_t − log p_c
+                                let (kl, _, sc) = kl_row(tr, cr, &mut s1, &mut s2);
                                 let gr = g[r];
-                                for i in 0..n {
-                                    let (a, b) = (tr[i] - st, cr[i] - sc);
-                                    let pa = a.exp();
-                                    ot[k * n + i] = gr * pa * (a - b - kl);
-                                    oc[k * n + i] = gr * (b.exp() - pa);
+                                let (otr, ocr) = (&mut ot[k * n..(k + 1) * n], &mut oc[k * n..(k + 1) * n]);
+                                for ((o, &pa), &d) in otr.iter_mut().zip(&s1).zip(&s2) {
+                                    *o = gr * pa * (d - kl);
+                                }
+                                for ((o, &pa), &cv) in ocr.iter_mut().zip(&s1).zip(cr) {
+                                    *o = gr * ((cv - sc).exp() - pa);
                                 }
                             }
                         });
@@ -282,18 +262,20 @@ impl CustomOp2 for KlRows {
     }
 }
 
-/// KL(softmax t ‖ softmax c) of one row.
-#[inline]
-fn kl_row<T: Float>(t: &[T], c: &[T]) -> T {
-    let (mt, lt) = lse(t);
-    let (mc, lc) = lse(c);
-    let (st, sc) = (mt + lt, mc + lc);
-    let mut s = T::ZERO;
-    for (&a, &b) in t.iter().zip(c) {
-        let la = a - st;
-        s += la.exp() * (la - (b - sc));
+/// KL(softmax t ‖ softmax c) of one row, with `p_t` left in `s1` and `log p_t − log p_c` in
+/// `s2`; also returns both log-normalisers.
+#[inline(always)]
+fn kl_row<T: Float>(t: &[T], c: &[T], s1: &mut [T], s2: &mut [T]) -> (T, T, T) {
+    let st = logsumexp(t, s1);
+    let sc = logsumexp(c, s2);
+    let shift = sc - st;
+    for ((d, &a), &b) in s2.iter_mut().zip(t).zip(c) {
+        *d = a - b + shift;
     }
-    s
+    for (p, &a) in s1.iter_mut().zip(t) {
+        *p = (a - st).exp();
+    }
+    (dot(s1, s2), st, sc)
 }
 
 /// Row-wise `KL(softmax(target) ‖ softmax(current))` over the last dimension of two logits

@@ -109,18 +109,13 @@ impl Float for f64 {
 }
 
 /// `eˣ` in f32, branch-free (Cephes `expf`'s range reduction and polynomial, ~1 ulp): 0 below
-/// −87, +∞ above 88.7, NaN for NaN.
+/// −87, +∞ above 88.7, NaN for NaN. Written as selects so that loops over it vectorise.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LO: f32 = -87.0;
     const HI: f32 = 88.7;
-    let xc = if x < LO {
-        LO
-    } else if x > HI {
-        HI
-    } else {
-        x
-    };
+    // Clamp (NaN becomes LO here and is restored at the end).
+    let xc = x.max(LO).min(HI);
     // n = round(x / ln 2) by the 1.5·2²³ trick (round to nearest even, exact for |n| < 2²²).
     const MAGIC: f32 = 12_582_912.0;
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
@@ -130,10 +125,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let y = 1.0 + r + r * r * p;
     let bits = (t.to_bits() as i32).wrapping_sub(0x4B40_0000).wrapping_add(127) as u32;
     let y = y * f32::from_bits(bits << 23);
-    if x < LO {
-        0.0
-    } else if x > HI {
-        f32::INFINITY
+    let y = if x < LO { 0.0 } else { y };
+    let y = if x > HI { f32::INFINITY } else { y };
+    if x.is_nan() {
+        x
     } else {
         y
     }
@@ -145,13 +140,8 @@ pub fn exp_f32(x: f32) -> f32 {
 pub fn tanh_f32(u: f32) -> f32 {
     let e = exp_f32(-2.0 * u.abs());
     let t = (1.0 - e) / (1.0 + e);
-    if u < 0.0 {
-        -t
-    } else if u >= 0.0 {
-        t
-    } else {
-        u // NaN
-    }
+    // sign of u, NaN kept (t is NaN then too)
+    f32::from_bits(t.to_bits() | (u.to_bits() & 0x8000_0000))
 }
 
 /// `erf` in f32: Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7 in exact arithmetic, 5e-7
@@ -162,13 +152,8 @@ pub fn erf_f32(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let p = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
     let y = 1.0 - p * exp_f32(-a * a);
-    if x < 0.0 {
-        -y
-    } else if x >= 0.0 {
-        y
-    } else {
-        x // NaN
-    }
+    // sign of x, NaN kept (y is NaN then too)
+    f32::from_bits(y.to_bits() | (x.to_bits() & 0x8000_0000))
 }
 
 /// `erf` in f64 to about 1e-15: its Maclaurin series below |x| = 3, the continued fraction of
@@ -205,6 +190,74 @@ pub fn erf_f64(x: f64) -> f64 {
     } else {
         y
     }
+}
+
+/// Largest element (8 lanes; NaN in `x` reaches the caller through the later `exp` sums).
+#[inline(always)]
+pub fn max_of<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INF; 8];
+    let c = x.chunks_exact(8);
+    let mut m = T::NEG_INF;
+    for v in c.remainder() {
+        m = m.maxp(*v);
+    }
+    for v in c {
+        for i in 0..8 {
+            acc[i] = acc[i].maxp(v[i]);
+        }
+    }
+    acc.iter().fold(m, |a, b| a.maxp(*b))
+}
+
+/// `out[i] = exp(x[i] − shift)`.
+#[inline(always)]
+pub fn exp_shifted<T: Float>(x: &[T], shift: T, out: &mut [T]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - shift).exp();
+    }
+}
+
+/// Σ a (8 lanes).
+#[inline(always)]
+pub fn sum<T: Float>(a: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let c = a.chunks_exact(8);
+    let mut s = T::ZERO;
+    for x in c.remainder() {
+        s += *x;
+    }
+    for x in c {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().fold(s, |a, b| a + *b)
+}
+
+/// Σ a·b (8 lanes).
+#[inline(always)]
+pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = T::ZERO;
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    acc.iter().fold(s, |a, b| a + *b)
+}
+
+/// `max + log Σ exp(x − max)` of a row, using `scratch` (the row's length) for the exponentials.
+#[inline(always)]
+pub fn logsumexp<T: Float>(x: &[T], scratch: &mut [T]) -> T {
+    let m = max_of(x);
+    exp_shifted(x, m, scratch);
+    m + sum(scratch).ln()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use crate::math::Float;
 use crate::par::{for_rows, parts, SyncPtr};
-use crate::softmax::sum;
+use crate::math::{dot, sum};
 use crate::{compute_dtype, float_dispatch, on_cpu, slice, tensor_from, with_data};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
@@ -73,23 +73,25 @@ impl CustomOp3 for LayerNorm {
                             let out = unsafe { p.slice(range.start * d, range.len() * d) };
                             let mut guard = partial[part].lock().expect("layer-norm partial sums");
                             let (dw, db) = &mut *guard;
-                            let mut xh = vec![T::ZERO; d];
+                            let (mut xh, mut gw) = (vec![T::ZERO; d], vec![T::ZERO; d]);
                             for (k, r) in range.enumerate() {
                                 let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
                                 let (mean, rstd) = moments(xr, eps);
-                                let (mut a, mut c) = (T::ZERO, T::ZERO);
-                                for i in 0..d {
-                                    let h = (xr[i] - mean) * rstd;
-                                    xh[i] = h;
-                                    let gw = gr[i] * w[i];
-                                    a += gw;
-                                    c += gw * h;
-                                    dw[i] += gr[i] * h;
-                                    db[i] += gr[i];
+                                for (h, &v) in xh.iter_mut().zip(xr) {
+                                    *h = (v - mean) * rstd;
                                 }
-                                let (a, c) = (a * inv_d, c * inv_d);
-                                for (i, o) in out[k * d..(k + 1) * d].iter_mut().enumerate() {
-                                    *o = rstd * (gr[i] * w[i] - a - xh[i] * c);
+                                for ((o, &gi), &wi) in gw.iter_mut().zip(gr).zip(w) {
+                                    *o = gi * wi;
+                                }
+                                let (a, c) = (sum(&gw) * inv_d, dot(&gw, &xh) * inv_d);
+                                for ((dwi, &gi), &h) in dw.iter_mut().zip(gr).zip(&xh) {
+                                    *dwi += gi * h;
+                                }
+                                for (dbi, &gi) in db.iter_mut().zip(gr) {
+                                    *dbi += gi;
+                                }
+                                for ((o, &g), &h) in out[k * d..(k + 1) * d].iter_mut().zip(&gw).zip(&xh) {
+                                    *o = rstd * (g - a - h * c);
                                 }
                             }
                         });

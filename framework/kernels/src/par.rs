@@ -34,19 +34,42 @@ pub(crate) fn parts(rows: usize, row_len: usize) -> usize {
 }
 
 /// Run `f(part, rows)` over `0..rows` split into [`parts`] contiguous ranges, in parallel when
-/// there are several; returns the number of parts.
-pub(crate) fn for_rows(rows: usize, row_len: usize, f: impl Fn(usize, Range<usize>) + Sync) -> usize {
+/// there are several; returns the number of parts. On x86-64 CPUs with AVX2 and FMA, `f` is
+/// called from a function compiled for them, so the kernels' loops (inlined into it) use 8-wide
+/// vectors (the results do not depend on it: the kernels accumulate in a fixed 8-lane order and
+/// never fuse a multiply-add).
+pub(crate) fn for_rows<F: Fn(usize, Range<usize>) + Sync>(rows: usize, row_len: usize, f: F) -> usize {
     let n = parts(rows, row_len);
     if n == 1 {
-        f(0, 0..rows);
+        call(&f, 0, 0..rows);
         return 1;
     }
     let chunk = rows.div_ceil(n);
     candle_core::utils::barrier_pool().execute(|tid| {
         let start = tid * chunk;
         if start < rows {
-            f(tid, start..rows.min(start + chunk));
+            call(&f, tid, start..rows.min(start + chunk));
         }
     });
     n
+}
+
+#[inline(always)]
+fn call<F: Fn(usize, Range<usize>)>(f: &F, part: usize, range: Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { call_avx2(f, part, range) };
+            return;
+        }
+    }
+    f(part, range)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn call_avx2<F: Fn(usize, Range<usize>)>(f: &F, part: usize, range: Range<usize>) {
+    f(part, range)
 }

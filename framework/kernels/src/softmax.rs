@@ -1,6 +1,6 @@
 //! Softmax over the last dimension of attention scores, with the scale and the masks folded in.
 
-use crate::math::Float;
+use crate::math::{dot, max_of, Float};
 use crate::par::{for_rows, SyncPtr};
 use crate::{compute_dtype, float_dispatch, on_cpu, slice};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
@@ -73,21 +73,6 @@ impl Masking {
             let yr = &mut y[(r - range.start) * sk..(r - range.start + 1) * sk];
             let lim = if self.causal { (r % sq + sk - sq + 1).min(sk) } else { sk };
             let keep = self.mask.as_ref().map(|m| &m.keep[(r / rows_per_batch) * sk..(r / rows_per_batch + 1) * sk]);
-            let mut max = T::NEG_INF;
-            match keep {
-                None => {
-                    for &v in &xr[..lim] {
-                        max = max.maxp(v);
-                    }
-                }
-                Some(k) => {
-                    for j in 0..lim {
-                        if k[j] != 0 {
-                            max = max.maxp(xr[j]);
-                        }
-                    }
-                }
-            }
             let any = lim > 0 && keep.is_none_or(|k| k[..lim].iter().any(|v| *v != 0));
             if !any {
                 // No key to attend: uniform, as an additive −1e9 bias on every key gives.
@@ -95,26 +80,36 @@ impl Masking {
                 yr.iter_mut().for_each(|v| *v = u);
                 continue;
             }
-            let ms = max * scale;
-            let mut sum = T::ZERO;
-            match keep {
+            let (xr, yv) = (&xr[..lim], &mut yr[..lim]);
+            let sum = match keep {
                 None => {
-                    for (o, &v) in yr[..lim].iter_mut().zip(&xr[..lim]) {
-                        let e = (v * scale - ms).exp();
-                        *o = e;
-                        sum += e;
+                    for (o, &v) in yv.iter_mut().zip(xr) {
+                        *o = v * scale;
                     }
+                    let ms = max_of(yv);
+                    let shifted: &mut [T] = yv;
+                    for o in shifted.iter_mut() {
+                        *o = (*o - ms).exp();
+                    }
+                    crate::math::sum(shifted)
                 }
                 Some(k) => {
-                    for ((o, &v), &kk) in yr[..lim].iter_mut().zip(&xr[..lim]).zip(&k[..lim]) {
-                        let e = if kk != 0 { (v * scale - ms).exp() } else { T::ZERO };
-                        *o = e;
-                        sum += e;
+                    let k = &k[..lim];
+                    let mut ms = T::NEG_INF;
+                    for (&v, &kk) in xr.iter().zip(k) {
+                        if kk != 0 {
+                            ms = ms.maxp(v * scale);
+                        }
                     }
+                    for ((o, &v), &kk) in yv.iter_mut().zip(xr).zip(k) {
+                        let e = (v * scale - ms).exp();
+                        *o = if kk != 0 { e } else { T::ZERO };
+                    }
+                    crate::math::sum(yv)
                 }
-            }
+            };
             let inv = T::ONE / sum;
-            yr[..lim].iter_mut().for_each(|v| *v = *v * inv);
+            yv.iter_mut().for_each(|v| *v = *v * inv);
             yr[lim..].iter_mut().for_each(|v| *v = T::ZERO);
         }
     }
@@ -173,41 +168,6 @@ impl CustomOp2 for SoftmaxBwd {
             Ok((crate::owned(dx), yl.shape().clone()))
         })
     }
-}
-
-/// Σ a·b with eight independent accumulators (vectorisable).
-#[inline]
-pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::ZERO; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = T::ZERO;
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    acc.iter().fold(s, |a, b| a + *b)
-}
-
-/// Σ a with eight independent accumulators (vectorisable).
-#[inline]
-pub(crate) fn sum<T: Float>(a: &[T]) -> T {
-    let mut acc = [T::ZERO; 8];
-    let c = a.chunks_exact(8);
-    let mut s = T::ZERO;
-    for x in c.remainder() {
-        s += *x;
-    }
-    for x in c {
-        for i in 0..8 {
-            acc[i] += x[i];
-        }
-    }
-    acc.iter().fold(s, |a, b| a + *b)
 }
 
 fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
