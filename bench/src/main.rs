@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release -p tram-bench -- [--python /work/pyenv/bin/python] [--shapes small,wide]
 //!     [--methods adam,sam,...] [--steps 6] [--warmup 2] [--threads 2] [--out target/bench]
+//!     [--dropout 0.1] [--tune-malloc] [--skip-torch]
 //!     [--layers N --embd N --heads N --vocab N --seq N --batch N]  # a custom shape instead
 //! ```
 //!
@@ -16,7 +17,8 @@
 //! ms/step after the warm-up steps and the tram ÷ PyTorch ratio, the same for the process CPU
 //! time of a step (the steadier figure on a shared machine at `--threads 1`; with more threads
 //! it includes both libraries' spin-waiting), both peak RSS and the load average, and writes
-//! `side-by-side.json` and `side-by-side.csv` into `--out`.
+//! `side-by-side.json` and `side-by-side.csv` into `--out`. `--tune-malloc` runs both sides with
+//! the same glibc malloc settings ([`TUNED_MALLOC`]: freed blocks stay in the heap).
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -74,7 +76,13 @@ struct Opts {
     out: PathBuf,
     worker: Option<String>,
     skip_torch: bool,
+    tune_malloc: bool,
 }
+
+/// glibc malloc settings that keep freed blocks up to 32 MiB in the heap instead of returning
+/// them to the kernel (both libraries otherwise page-fault and zero fresh pages for their
+/// large activation buffers on every step).
+const TUNED_MALLOC: &str = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864";
 
 fn parse() -> Result<Opts> {
     let mut o = Opts {
@@ -88,6 +96,7 @@ fn parse() -> Result<Opts> {
         out: PathBuf::from("target/bench"),
         worker: None,
         skip_torch: false,
+        tune_malloc: false,
     };
     let mut custom = Shape::SMALL;
     let mut has_custom = false;
@@ -96,15 +105,17 @@ fn parse() -> Result<Opts> {
     let usage = "see the doc comment of bench/src/main.rs or README.md (Benchmarks)";
     while i < args.len() {
         let key = args[i].as_str();
-        if key == "--skip-torch" {
-            o.skip_torch = true;
+        if key == "--skip-torch" || key == "--tune-malloc" {
+            if key == "--skip-torch" {
+                o.skip_torch = true;
+            } else {
+                o.tune_malloc = true;
+            }
             i += 1;
             continue;
         }
         let val = args.get(i + 1).ok_or_else(|| anyhow!("option `{key}` needs a value ({usage})"))?.clone();
-        let num = || -> Result<usize> {
-            val.parse().map_err(|_| anyhow!("option `{key}`: `{val}` is not a non-negative integer"))
-        };
+        let num = || -> Result<usize> { val.parse().map_err(|_| anyhow!("option `{key}`: `{val}` is not a non-negative integer")) };
         match key {
             "--shapes" => {
                 o.shapes = val
@@ -187,7 +198,8 @@ fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<(Vec<f64>, Vec<f64>)
         "n_layer": shape.layers, "n_head": shape.heads,
         "resid_pdrop": o.dropout, "embd_pdrop": o.dropout, "attn_pdrop": o.dropout,
     });
-    let model = Gpt2::random(Gpt2Config::from_json(&cfg)?, &LoadOptions { dtype: DType::F32, device: Device::Cpu, seed: 0, num_labels: None })?;
+    let model =
+        Gpt2::random(Gpt2Config::from_json(&cfg)?, &LoadOptions { dtype: DType::F32, device: Device::Cpu, seed: 0, num_labels: None })?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let tokens: Vec<u32> = (0..shape.batch * (shape.seq + 1)).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
     let all = Tensor::from_vec(tokens, (shape.batch, shape.seq + 1), &Device::Cpu)?;
@@ -236,8 +248,11 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string();
     println!(
-        "threads {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
-        o.threads, o.steps, o.warmup
+        "glibc malloc: {} | threads {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
+        if o.tune_malloc { "tuned (--tune-malloc, both sides)" } else { "default" },
+        o.threads,
+        o.steps,
+        o.warmup
     );
     println!(
         "{:<26} {:<16} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5}",
@@ -253,11 +268,17 @@ fn main() -> Result<()> {
                 None
             } else {
                 let mut c = Command::new(&o.python);
+                if o.tune_malloc {
+                    c.env("GLIBC_TUNABLES", TUNED_MALLOC);
+                }
                 c.arg(&script).args(["--method", method, "--threads", &o.threads.to_string()]);
                 common(&mut c);
                 Some(child_json(c, &format!("PyTorch {method}"))?)
             };
             let mut c = Command::new(&exe);
+            if o.tune_malloc {
+                c.env("GLIBC_TUNABLES", TUNED_MALLOC);
+            }
             c.args(["--worker", method]).env("RAYON_NUM_THREADS", o.threads.to_string()).env("CANDLE_NUM_THREADS", o.threads.to_string());
             common(&mut c);
             let tram = child_json(c, &format!("tram {method}"))?;

@@ -4,7 +4,9 @@
 //! `pad_token_id + 1` and gives padding the padding position) and in their task heads.
 
 use crate::checkpoint::{ids_u32, ConfigFields, Loader};
-use crate::layers::{activation, attention_masked, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped};
+use crate::layers::{
+    activation, attention_masked, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
+};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use tram::{Error, Result, Weights};

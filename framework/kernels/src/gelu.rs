@@ -134,4 +134,3 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     apply(x, Kind::Erf, "gelu_erf")
 }
-

@@ -163,7 +163,8 @@ impl CustomOp1 for CrossEntropy {
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Result<Tensor> {
     let op = "cross_entropy";
     let cd = compute_dtype(logits, op)?;
-    let (rows, classes) = logits.dims2().map_err(|_| candle_core::Error::Msg(format!("{op}: logits must be [rows, classes], got {:?}", logits.dims())))?;
+    let (rows, classes) =
+        logits.dims2().map_err(|_| candle_core::Error::Msg(format!("{op}: logits must be [rows, classes], got {:?}", logits.dims())))?;
     if targets.dims() != [rows] {
         bail!("{op}: targets must be [{rows}] (one class id per logits row), got {:?}", targets.dims());
     }

@@ -1,8 +1,8 @@
 //! Layer norm over the last dimension with affine parameters.
 
 use crate::math::Float;
-use crate::par::{for_rows, parts, SyncPtr};
 use crate::math::{dot, sum};
+use crate::par::{for_rows, parts, SyncPtr};
 use crate::{compute_dtype, float_dispatch, on_cpu, slice, tensor_from, with_data};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
@@ -35,7 +35,15 @@ impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "tram-layer-norm"
     }
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = *xl.dims().last().unwrap_or(&1);
         float_dispatch!(self.name(), crate::sdt(xs), T => {
             let (x, w, b) = (slice::<T>(xs, xl, self.name())?, slice::<T>(ws, wl, self.name())?, slice::<T>(bs, bl, self.name())?);
@@ -55,7 +63,14 @@ impl CustomOp3 for LayerNorm {
             Ok((crate::owned(y), xl.shape().clone()))
         })
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = x.dim(D::Minus1)?;
         let g = g.to_dtype(x.dtype())?;
         float_dispatch!(self.name(), x.dtype(), T => {

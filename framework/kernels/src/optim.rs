@@ -57,7 +57,9 @@ impl AdamState {
     pub fn moments(&self, shape: &[usize]) -> Result<Option<(Tensor, Tensor)>> {
         Ok(match &self.moments {
             None => None,
-            Some(Moments::Cpu(m, v)) => Some((Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?)),
+            Some(Moments::Cpu(m, v)) => {
+                Some((Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?))
+            }
             Some(Moments::Device(m, v)) => Some((m.to_device(&candle_core::Device::Cpu)?, v.to_device(&candle_core::Device::Cpu)?)),
         })
     }

@@ -18,7 +18,8 @@ pub struct KeyMask {
 impl KeyMask {
     /// From a `[batch, seq_k]` tensor of any dtype (non-zero = attend). One device read.
     pub fn new(mask: &Tensor) -> Result<Self> {
-        let (batch, seq_k) = mask.dims2().map_err(|_| candle_core::Error::Msg(format!("key mask: expected shape [batch, seq], got {:?}", mask.dims())))?;
+        let (batch, seq_k) =
+            mask.dims2().map_err(|_| candle_core::Error::Msg(format!("key mask: expected shape [batch, seq], got {:?}", mask.dims())))?;
         let v = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self { keep: Arc::new(v.iter().map(|x| u8::from(*x != 0.0)).collect()), batch, seq_k })
     }
@@ -227,4 +228,3 @@ fn composed(scores: &Tensor, m: &Masking) -> Result<Tensor> {
 pub fn masked_softmax_composed(scores: &Tensor, scale: f64, causal: bool, mask: Option<&KeyMask>) -> Result<Tensor> {
     composed(scores, &Masking { scale, causal, mask: mask.cloned() })
 }
-

@@ -108,9 +108,10 @@ fn fused_sgd_follows_the_pytorch_formula() {
 #[test]
 fn fused_updates_refuse_mismatched_shapes_and_half_parameters() {
     let var = Var::from_vec(vec![1f32; 4], 4, &Device::Cpu).unwrap();
-    let e = adam_step(&var, &Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap(), &mut AdamState::new(), &AdamConfig::default())
-        .unwrap_err()
-        .to_string();
+    let e =
+        adam_step(&var, &Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap(), &mut AdamState::new(), &AdamConfig::default())
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("gradient [3] does not match the parameter [4]"), "{e}");
     let half = Var::from_tensor(&Tensor::ones(4, candle_core::DType::BF16, &Device::Cpu).unwrap()).unwrap();
     let e = sgd_step(&half, &Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(), &mut AdamState::new(), &SgdConfig::default())
