@@ -157,7 +157,7 @@ fn parse() -> Result<Opts> {
         i += 2;
     }
     if has_custom {
-        if custom.heads == 0 || custom.embd % custom.heads != 0 {
+        if custom.embd.checked_rem(custom.heads) != Some(0) {
             bail!("--embd {} is not a multiple of --heads {}", custom.embd, custom.heads);
         }
         o.shapes = vec![custom];

@@ -143,8 +143,8 @@ impl CustomOp1 for CrossEntropy {
                         let m = max_of(xr);
                         crate::math::exp_shifted(xr, m, o);
                         let f = g / sum(o);
-                        o.iter_mut().for_each(|v| *v = *v * f);
-                        o[t as usize] = o[t as usize] - g;
+                        o.iter_mut().for_each(|v| *v *= f);
+                        o[t as usize] -= g;
                     }
                 });
                 Ok(dx)

@@ -2,7 +2,7 @@
 //! `tanh` and `erf` that the compiler vectorises (libm's are scalar calls).
 
 use candle_core::WithDType;
-use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 /// The element types the CPU kernels compute in: f32 (fast, vectorisable approximations within
 /// a few ulp) and f64 (libm-exact, for finite-difference checks). Half types are cast to f32 by
@@ -19,6 +19,8 @@ pub trait Float:
     + Div<Output = Self>
     + Neg<Output = Self>
     + AddAssign
+    + MulAssign
+    + SubAssign
 {
     const ZERO: Self;
     const ONE: Self;
@@ -114,8 +116,8 @@ impl Float for f64 {
 pub fn exp_f32(x: f32) -> f32 {
     const LO: f32 = -87.0;
     const HI: f32 = 88.7;
-    // Clamp (NaN becomes LO here and is restored at the end).
-    let xc = x.max(LO).min(HI);
+    // Clamp (NaN stays NaN and is returned as such at the end).
+    let xc = x.clamp(LO, HI);
     // n = round(x / ln 2) by the 1.5·2²³ trick (round to nearest even, exact for |n| < 2²²).
     const MAGIC: f32 = 12_582_912.0;
     let t = xc * std::f32::consts::LOG2_E + MAGIC;

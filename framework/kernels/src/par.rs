@@ -20,6 +20,7 @@ impl<T> SyncPtr<T> {
     /// # Safety
     /// Within bounds, and no other thread touches that range during the call.
     #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }

@@ -110,7 +110,7 @@ impl Masking {
                 }
             };
             let inv = T::ONE / sum;
-            yv.iter_mut().for_each(|v| *v = *v * inv);
+            yv.iter_mut().for_each(|v| *v *= inv);
             yr[lim..].iter_mut().for_each(|v| *v = T::ZERO);
         }
     }
