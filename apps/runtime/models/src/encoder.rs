@@ -4,7 +4,9 @@
 //! `pad_token_id + 1` and gives padding the padding position) and in their task heads.
 
 use crate::checkpoint::{ids_u32, ConfigFields, Loader};
-use crate::layers::{activation, attention_with, embedding, layer_norm, linear, merge_heads, padding_bias, split_heads, Dropout, Scoped};
+use crate::layers::{
+    activation, attention_masked, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
+};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use tram::{Error, Result, Weights};
@@ -292,14 +294,14 @@ impl Encoder {
         let x = embeds.add(&pos)?.add(&typ)?;
         let x = layer_norm(&x, &e.get("LayerNorm.weight")?, &e.get("LayerNorm.bias")?, c.layer_norm_eps)?;
         let mut x = dropout.apply_p(&x, c.hidden_dropout_prob, train)?;
-        let bias = match mask {
+        let attn_mask = match mask {
             Some(m) => {
                 if m.dims() != [b, s] {
                     return Err(Error::Model(format!("attention mask {:?} does not match token ids {:?}", m.dims(), ids.dims())));
                 }
-                Some(padding_bias(m)?)
+                AttentionMask::padding(m)?
             }
-            None => None,
+            None => AttentionMask::none(),
         };
         let heads = c.num_attention_heads;
         let scale = 1.0 / ((h / heads) as f64).sqrt();
@@ -310,7 +312,7 @@ impl Encoder {
             let q = split_heads(&lin(&x, "attention.self.query")?, heads)?;
             let k = split_heads(&lin(&x, "attention.self.key")?, heads)?;
             let v = split_heads(&lin(&x, "attention.self.value")?, heads)?;
-            let ctx = attention_with(&q, &k, &v, bias.as_ref(), scale, Some((dropout, c.attention_probs_dropout_prob, train)))?;
+            let ctx = attention_masked(&q, &k, &v, &attn_mask, scale, Some((dropout, c.attention_probs_dropout_prob, train)))?;
             let a = dropout.apply_p(&lin(&merge_heads(&ctx)?, "attention.output.dense")?, c.hidden_dropout_prob, train)?;
             let a = layer_norm(
                 &a.add(&x)?,

@@ -15,7 +15,7 @@
 
 use crate::checkpoint::{config_out, dropout_seed, ids_u32, params_dtype, ConfigFields, Loader};
 use crate::layers::{
-    activation, attention_with, causal_bias, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped,
+    activation, attention_masked, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
 };
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
@@ -266,7 +266,7 @@ impl Gpt2 {
         let d = &self.dropout;
         let wpe = w.weight("transformer.wpe.weight")?.narrow(0, 0, s)?;
         let mut x = d.apply_p(&embeds.broadcast_add(&wpe)?, c.embd_pdrop, train)?;
-        let causal = causal_bias(s, embeds.device())?;
+        let causal = AttentionMask::causal();
         let heads = c.n_head;
         let head_dim = h / heads;
         for i in 0..c.n_layer {
@@ -281,7 +281,7 @@ impl Gpt2 {
             if c.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            let ctx = attention_with(&q, &k, &v, Some(&causal), scale, Some((d, c.attn_pdrop, train)))?;
+            let ctx = attention_masked(&q, &k, &v, &causal, scale, Some((d, c.attn_pdrop, train)))?;
             let o = cv(&merge_heads(&ctx)?, "attn.c_proj")?;
             x = x.add(&d.apply_p(&o, c.resid_pdrop, train)?)?;
             let m = layer_norm(&x, &p.get("ln_2.weight")?, &p.get("ln_2.bias")?, c.layer_norm_epsilon)?;

@@ -1,8 +1,11 @@
 //! Differentiable transformer building blocks shared by every architecture.
 //!
 //! candle 0.11 silently drops gradients through `candle_nn::ops::softmax_last_dim`, the fused
-//! `layer_norm` / `rms_norm` and `rope`: everything here is written from primitive ops whose
-//! backward candle implements, and checked against finite differences in the tests below.
+//! `layer_norm` / `rms_norm` and `rope`. Layer norm, the attention softmax (scale and masks
+//! folded in) and GELU here are the fused custom ops of [`tram_kernels`], which carry their own
+//! backward (one pass over memory each way on the CPU; composed candle ops on other devices);
+//! the rest is candle primitives. Everything is checked against finite differences in the tests
+//! below and against `transformers` in the parity tests.
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
@@ -12,37 +15,44 @@ use tram::{Result, Weights};
 
 /// `LayerNorm(x) = (x − mean) / sqrt(var + eps) · weight + bias` over the last dimension,
 /// computed in f32 and cast back to the input dtype.
+/// One fused op ([`tram_kernels::layer_norm`]) with gradients for `x`, `weight` and `bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
-    let out = normed.broadcast_mul(&weight.to_dtype(DType::F32)?)?.broadcast_add(&bias.to_dtype(DType::F32)?)?;
-    Ok(out.to_dtype(dtype)?)
+    Ok(tram_kernels::layer_norm(x, weight, bias, eps)?)
 }
 
 /// `x Wᵀ + b` with a PyTorch `nn.Linear` weight `[out, in]`.
+///
+/// Leading dimensions are folded into one (`[rows, in]`), so the weight gradient is one matrix
+/// product instead of a batch of them summed over the batch; the bias is the fused
+/// [`tram_kernels::add_bias`].
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let w = weight.t()?;
-    let y = match x.rank() {
-        2 => x.matmul(&w)?,
-        _ => x.broadcast_matmul(&w)?,
-    };
+    let y = matmul_rows(x, &weight.t()?)?;
     Ok(match bias {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => tram_kernels::add_bias(&y, b)?,
         None => y,
     })
 }
 
-/// `x W + b` with a GPT-2 `Conv1D` weight `[in, out]`.
+/// `x W + b` with a GPT-2 `Conv1D` weight `[in, out]` (leading dimensions folded as in
+/// [`linear`]).
 pub fn conv1d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let y = match x.rank() {
-        2 => x.matmul(weight)?,
-        _ => x.broadcast_matmul(weight)?,
-    };
-    Ok(y.broadcast_add(bias)?)
+    Ok(tram_kernels::add_bias(&matmul_rows(x, weight)?, bias)?)
+}
+
+/// `x · w` for `x` `[.., in]` and a matrix `w` `[in, out]`: a contiguous `x` of any rank is
+/// multiplied as one `[rows, in]` matrix and reshaped back.
+fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(match x.rank() {
+        2 => x.matmul(w)?,
+        _ if x.is_contiguous() => {
+            let mut dims = x.dims().to_vec();
+            let inner = dims.pop().unwrap_or(1);
+            let rows = dims.iter().product::<usize>();
+            dims.push(w.dim(1)?);
+            x.reshape((rows, inner))?.matmul(w)?.reshape(dims)?
+        }
+        _ => x.broadcast_matmul(w)?,
+    })
 }
 
 /// Rows of an embedding table for `ids` of any shape; output `[..ids, dim]`.
@@ -52,11 +62,62 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     Ok(table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape(dims)?)
 }
 
+/// Which keys each query may attend, folded into the attention softmax (no bias tensor is
+/// built or broadcast): keys after the query when `causal`, and the padding keys of `keys`.
+/// Build it once per forward and share it between the layers.
+#[derive(Clone, Debug, Default)]
+pub struct AttentionMask {
+    /// Mask keys after the query (GPT-2).
+    pub causal: bool,
+    /// Key padding mask `[batch, seq_k]` (BERT, XLM-R); `None` attends every key.
+    pub keys: Option<tram_kernels::KeyMask>,
+}
+
+impl AttentionMask {
+    /// Attend every key.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    /// Causal attention.
+    pub fn causal() -> Self {
+        Self { causal: true, keys: None }
+    }
+    /// Attend the keys where the `[batch, seq]` padding mask is non-zero (one device read);
+    /// an all-ones mask is dropped.
+    pub fn padding(mask: &Tensor) -> Result<Self> {
+        let keys = tram_kernels::KeyMask::new(mask)?;
+        Ok(Self { causal: false, keys: (!keys.all_kept()).then_some(keys) })
+    }
+}
+
+/// Scaled dot-product attention over heads with the masks folded into a fused softmax
+/// ([`tram_kernels::masked_softmax`]): `q, k, v` `[batch, heads, seq, head_dim]`, scores
+/// scaled by `scale`, softmax and the attention-probability dropout in f32, the result in
+/// `q`'s dtype.
+pub fn attention_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    scale: f64,
+    dropout: Option<(&Dropout, f64, bool)>,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?;
+    let probs = tram_kernels::masked_softmax(&scores, scale, mask.causal, mask.keys.as_ref())?;
+    let probs = match dropout {
+        Some((d, p, train)) => d.apply_p(&probs, p, train)?,
+        None => probs,
+    };
+    Ok(probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
+}
+
 /// Scaled dot-product attention over heads.
 ///
 /// `q, k, v`: `[batch, heads, seq, head_dim]`; `bias`: an additive mask broadcastable to
 /// `[batch, heads, seq_q, seq_k]` (0 where attended, a large negative number where masked).
-/// The softmax is the differentiable [`tram::ops::softmax`], in f32.
+/// The softmax is the fused [`tram_kernels::masked_softmax`], in f32 (prefer
+/// [`attention_masked`], which folds the masks in instead of adding a bias tensor).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, dropout: Option<(&Dropout, bool)>) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     attention_with(q, k, v, bias, 1.0 / (head_dim as f64).sqrt(), dropout.map(|(d, train)| (d, d.p, train)))
@@ -74,12 +135,12 @@ pub fn attention_with(
     dropout: Option<(&Dropout, f64, bool)>,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
-    let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?.affine(scale, 0.0)?;
-    let scores = match bias {
-        Some(b) => scores.broadcast_add(&b.to_dtype(DType::F32)?)?,
-        None => scores,
+    let scores = q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)?;
+    let (scores, scale) = match bias {
+        Some(b) => (scores.affine(scale, 0.0)?.broadcast_add(&b.to_dtype(DType::F32)?)?, 1.0),
+        None => (scores, scale),
     };
-    let probs = tram::ops::softmax(&scores)?;
+    let probs = tram_kernels::masked_softmax(&scores, scale, false, None)?;
     let probs = match dropout {
         Some((d, p, train)) => d.apply_p(&probs, p, train)?,
         None => probs,
@@ -113,14 +174,16 @@ pub fn causal_bias(seq: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (1, 1, seq, seq), device)?)
 }
 
-/// GELU with the exact erf form (BERT, RoBERTa, ViT: `hidden_act = "gelu"`).
+/// GELU with the exact erf form (BERT, RoBERTa, ViT: `hidden_act = "gelu"`), one fused op
+/// ([`tram_kernels::gelu_erf`]).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
+    Ok(tram_kernels::gelu_erf(x)?)
 }
 
-/// GELU with the tanh approximation (GPT-2: `activation_function = "gelu_new"`).
+/// GELU with the tanh approximation (GPT-2: `activation_function = "gelu_new"`), one fused op
+/// ([`tram_kernels::gelu_tanh`]).
 pub fn gelu_new(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu()?)
+    Ok(tram_kernels::gelu_tanh(x)?)
 }
 
 /// Activation by its Hugging Face name.

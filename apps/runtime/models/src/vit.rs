@@ -11,7 +11,7 @@
 
 use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, params_dtype, ConfigFields, Init, Loader};
 use crate::encoder::{class_targets, first_token};
-use crate::layers::{activation, attention_with, layer_norm, linear, merge_heads, split_heads, Dropout, Scoped};
+use crate::layers::{activation, attention_masked, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped};
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -236,7 +236,7 @@ impl Vit {
             let q = split_heads(&lin(&a, "attention.attention.query", c.qkv_bias)?, heads)?;
             let k = split_heads(&lin(&a, "attention.attention.key", c.qkv_bias)?, heads)?;
             let v = split_heads(&lin(&a, "attention.attention.value", c.qkv_bias)?, heads)?;
-            let ctx = attention_with(&q, &k, &v, None, scale, Some((d, c.attention_probs_dropout_prob, train)))?;
+            let ctx = attention_masked(&q, &k, &v, &AttentionMask::none(), scale, Some((d, c.attention_probs_dropout_prob, train)))?;
             let o = d.apply_p(&lin(&merge_heads(&ctx)?, "attention.output.dense", true)?, c.hidden_dropout_prob, train)?;
             x = o.add(&x)?;
             let m = layer_norm(&x, &p.get("layernorm_after.weight")?, &p.get("layernorm_after.bias")?, c.layer_norm_eps)?;

@@ -1,0 +1,110 @@
+//! # tram-kernels
+//!
+//! Fused, differentiable kernels for candle 0.11 as custom ops with a real backward:
+//!
+//! - [`masked_softmax`]: softmax over the last dimension of attention scores with the score
+//!   scale, the causal mask and a key padding mask folded in (no bias tensor is built);
+//! - [`layer_norm`]: layer norm over the last dimension with gradients for the input, the
+//!   weight and the bias;
+//! - [`gelu_tanh`] (`gelu_new`) and [`gelu_erf`];
+//! - [`add_bias`]: a bias added over the last dimension, its gradient accumulated row by row;
+//! - [`cross_entropy`]: mean log-softmax cross-entropy over rows, with ignored rows;
+//! - [`log_softmax`] and [`kl_div_rows`]: the log-softmax / KL distances of the trust regions;
+//! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory).
+//!
+//! candle's own fused `softmax_last_dim`, `layer_norm` and `rms_norm` drop gradients, so models
+//! that need gradients compose them from primitive ops: a pass over memory (and an allocation)
+//! per primitive, forward and backward. Each op here is one pass forward and one or two
+//! backward.
+//!
+//! On the CPU the kernels compute in f32 (f64 inputs in f64; bf16 / f16 inputs are cast to f32
+//! and the result back, as the composed versions do); `exp`, `tanh` and `erf` are branch-free
+//! f32 approximations within a few ulp that the compiler vectorises. Rows are split over
+//! candle's thread pool only above [`par::PAR_MIN_ELEMS`] elements. On other devices every op
+//! falls back to the composed candle ops (same values, candle's autograd).
+
+pub mod math;
+pub mod optim;
+pub mod par;
+
+mod bias;
+mod gelu;
+mod loss;
+mod norm;
+mod softmax;
+
+pub use bias::add_bias;
+pub use gelu::{gelu_erf, gelu_tanh};
+pub use loss::{cross_entropy, kl_div_rows, log_softmax};
+pub use norm::{layer_norm, layer_norm_composed};
+pub use softmax::{masked_softmax, masked_softmax_composed, KeyMask};
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use math::Float;
+
+/// The contiguous slice of `s` that `l` describes, or an error naming `op`.
+pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
+    }
+}
+
+/// Run `f` on the contiguous CPU data of `t` (made contiguous first when it is not).
+pub(crate) fn with_data<T: Float, R>(t: &Tensor, op: &str, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let t = if t.is_contiguous() { t.clone() } else { t.contiguous()? };
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => f(slice::<T>(c, l, op)?),
+        _ => bail!("{op}: CPU kernel called on a {:?} tensor", t.device().location()),
+    }
+}
+
+/// A graph-free CPU tensor owning `v`.
+pub(crate) fn tensor_from<T: Float>(v: Vec<T>, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cpu(crate::owned(v)), shape, BackpropOp::none(), false)
+}
+
+/// Whether the fused CPU kernels handle `t` (on the CPU; half types go through f32).
+pub(crate) fn on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu()
+}
+
+/// The compute dtype of a float tensor: f64 stays f64, everything else computes in f32.
+pub(crate) fn compute_dtype(t: &Tensor, op: &str) -> Result<DType> {
+    match t.dtype() {
+        DType::F64 => Ok(DType::F64),
+        DType::F32 | DType::BF16 | DType::F16 => Ok(DType::F32),
+        other => bail!("{op}: expected a float tensor (f32, f64, bf16 or f16), got {other:?}"),
+    }
+}
+
+/// Dispatch `$body` with `$T` bound to f32 or f64 by the storage's dtype.
+macro_rules! float_dispatch {
+    ($op:expr, $dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            other => candle_core::bail!("{}: unsupported dtype {other:?} (the wrapper casts to f32)", $op),
+        }
+    };
+}
+pub(crate) use float_dispatch;
+
+/// CPU storage owning `v`.
+pub(crate) fn owned<T: Float>(v: Vec<T>) -> CpuStorage {
+    T::to_cpu_storage_owned(v)
+}
+
+/// The dtype of CPU storage.
+pub(crate) fn sdt(s: &CpuStorage) -> DType {
+    s.dtype()
+}
