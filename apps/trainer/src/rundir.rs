@@ -63,9 +63,9 @@ impl RunLock {
 }
 
 /// How long [`RunLock::acquire`] keeps trying before it reports the directory busy.
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// [`try_lock`], retried for [`LOCK_PATIENCE`]. A `flock` is held by every descriptor of the
+/// [`try_lock`], retried for [`LOCK_PATIENCE`] (half a second). A `flock` is held by every descriptor of the
 /// lock file's open file description, and a child process forked by any thread of this program
 /// holds a copy of each until its `exec` closes it: a lock released just before such a fork
 /// (another thread spawning a subprocess) stays held for that short window. A real second

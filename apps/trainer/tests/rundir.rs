@@ -170,7 +170,9 @@ fn a_second_writer_into_a_run_directory_is_refused_naming_the_holder() {
     fixtures();
     let dir = scratch("rundir-lock");
     let cfg = config(&dir);
-    let long = ["train.steps=400", "train.checkpoint_every=0", "train.eval_every=0"];
+    // Long enough to outlast the three refused attempts (each waits RunLock's patience): the
+    // first run is stopped by its flag, not by its step count.
+    let long = ["train.steps=100000", "train.checkpoint_every=0", "train.eval_every=0"];
     let first = Control::default();
     let log = dir.join("out/adam/seed-1/metrics.jsonl");
     let handle = {
