@@ -56,3 +56,30 @@ pub fn example_plugin() -> &'static std::path::Path {
     static PLUGIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PLUGIN.get_or_init(|| build_example_plugin(None, &[]))
 }
+
+/// The example plugin built with its `fingerprint-test` feature, so its fingerprint differs from
+/// every host's (a plugin the loader must refuse), once per process. It is built unoptimised
+/// into `<target>/fingerprint-test`: a cdylib's file name has no hash, so the normal build would
+/// be clobbered.
+pub fn mismatched_example_plugin() -> &'static std::path::Path {
+    static PLUGIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("fingerprint-test");
+        build_example_plugin(
+            Some(&target),
+            &[
+                "--features",
+                "fingerprint-test",
+                "--config",
+                "profile.test.package.\"*\".opt-level=0",
+                "--config",
+                "profile.test.debug=0",
+                "--config",
+                "profile.release.package.\"*\".opt-level=0",
+            ],
+        )
+    })
+}

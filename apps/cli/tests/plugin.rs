@@ -128,23 +128,7 @@ fn plugin_check_prints_both_fingerprints_and_fails_when_they_differ() {
     let out = stdout(&o);
     assert!(out.contains("the fingerprints match") && out.contains("tram code digest") && !out.contains("differs"), "{out}");
     // The example plugin built with another fingerprint (the same build as tram-renyi's test).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| tram_tests::workspace_root().join("target"))
-        .join("fingerprint-test");
-    let other = tram_tests::build_example_plugin(
-        Some(&target),
-        &[
-            "--features",
-            "fingerprint-test",
-            "--config",
-            "profile.test.package.\"*\".opt-level=0",
-            "--config",
-            "profile.test.debug=0",
-            "--config",
-            "profile.release.package.\"*\".opt-level=0",
-        ],
-    );
+    let other = tram_tests::mismatched_example_plugin();
     let o = tram(&["plugin", "check", other.to_str().unwrap()], None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");

@@ -5,17 +5,11 @@
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tram::{Distance, Error, Kind, Model, Optimizer, OptimizerConfig, Reduction, Registry};
 use tram_tests::{eval_loss, synthetic_batches, ClassifierShape, EmbeddingClassifier};
 
 const SHAPE: ClassifierShape = ClassifierShape { vocab: 32, embed: 8, hidden: 16, layers: 1, classes: 4 };
-
-fn workspace() -> PathBuf {
-    tram_tests::workspace_root()
-}
-
-use tram_tests::build_example_plugin as build_plugin;
 
 /// The example plugin, built once per test binary.
 fn plugin() -> &'static Path {
@@ -208,26 +202,7 @@ fn a_truncated_plugin_is_a_clear_error_not_a_crash() {
 
 /// The example plugin built with the `fingerprint-test` feature (another fingerprint), once.
 fn mismatched_plugin() -> &'static Path {
-    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    LIB.get_or_init(|| {
-        // A separate target dir: the cdylib's file name has no hash, the normal build would be clobbered.
-        // Only loaded to be refused, so built unoptimised.
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target")).join("fingerprint-test");
-        build_plugin(
-            Some(&target),
-            &[
-                "--features",
-                "fingerprint-test",
-                "--config",
-                "profile.test.package.\"*\".opt-level=0",
-                "--config",
-                "profile.test.debug=0",
-                "--config",
-                "profile.release.package.\"*\".opt-level=0",
-            ],
-        )
-    })
+    tram_tests::mismatched_example_plugin()
 }
 
 #[test]
