@@ -80,9 +80,7 @@ fn guide_crate() -> PathBuf {
         assert!(out.status.success(), "cargo new failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     // The guide's `cp ../tram/Cargo.lock .`
-    for f in ["Cargo.lock"] {
-        write_if_changed(&dir.join(f), &std::fs::read(root.join(f)).unwrap());
-    }
+    write_if_changed(&dir.join("Cargo.lock"), &std::fs::read(root.join("Cargo.lock")).unwrap());
     let guide = std::fs::read_to_string(root.join(GUIDE)).unwrap();
     let files = files_in(&guide);
     let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
