@@ -49,6 +49,26 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
     Ok(picked.mean_all()?.neg()?)
 }
 
+/// `Σ softmax(p)·(log softmax(p) − log softmax(q))` over every row and class of two logits
+/// tensors of one shape `[.., classes]`: the KL divergence `KL(p ‖ q)` summed over rows,
+/// differentiable in both. f32 on the CPU runs the fused row kernel
+/// ([`tram_kernels::kl_div_rows`]: no `[rows, classes]` intermediate kept for the backward);
+/// every other dtype and device runs [`kl_div_sum_composed`] (so the trust regions' f64 radius δ
+/// is computed exactly as before the kernels).
+pub fn kl_div_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
+    if fused(p_logits) && fused(q_logits) {
+        return Ok(tram_kernels::kl_div_rows(p_logits, q_logits)?.sum_all()?);
+    }
+    kl_div_sum_composed(p_logits, q_logits)
+}
+
+/// [`kl_div_sum`] from primitive ops: `exp(lp) · (lp − lq)` summed over everything.
+pub fn kl_div_sum_composed(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
+    let lp = log_softmax_composed(p_logits)?;
+    let lq = log_softmax_composed(q_logits)?;
+    Ok(lp.exp()?.mul(&lp.sub(&lq)?)?.sum_all()?)
+}
+
 /// Whether `x` takes the fused kernels: f32 on the CPU.
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
@@ -130,6 +150,25 @@ mod tests {
         let gf = fused.backward().unwrap().get(&x).unwrap().clone();
         let gc = composed.backward().unwrap().get(&x).unwrap().clone();
         assert!(max_diff(&gf, &gc) < 1e-7);
+    }
+
+    #[test]
+    fn fused_kl_sum_matches_the_composed_one_in_value_and_both_gradients() {
+        let (p, q) = (Var::from_tensor(&logits()).unwrap(), Var::from_tensor(&logits().affine(-0.7, 0.2).unwrap()).unwrap());
+        let (fused, composed) = (kl_div_sum(&p, &q).unwrap(), kl_div_sum_composed(&p, &q).unwrap());
+        let (a, b) = (fused.to_scalar::<f32>().unwrap(), composed.to_scalar::<f32>().unwrap());
+        assert!(a > 1.0 && (a - b).abs() < 1e-5 * b, "{a} {b}");
+        let (gf, gc) = (fused.backward().unwrap(), composed.backward().unwrap());
+        for v in [&p, &q] {
+            assert!(max_diff(gf.get(v).unwrap(), gc.get(v).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn f64_kl_sum_keeps_the_composed_path_bit_for_bit() {
+        let (p, q) = (logits().to_dtype(DType::F64).unwrap(), logits().affine(-0.7, 0.2).unwrap().to_dtype(DType::F64).unwrap());
+        let (a, b) = (kl_div_sum(&p, &q).unwrap(), kl_div_sum_composed(&p, &q).unwrap());
+        assert_eq!(a.to_scalar::<f64>().unwrap().to_bits(), b.to_scalar::<f64>().unwrap().to_bits());
     }
 
     #[test]
