@@ -4,8 +4,21 @@
 use crate::error::Result;
 use candle_core::{DType, Tensor, D};
 
-/// `log softmax` over the last dimension; the max shift is a detached constant.
+/// `log softmax` over the last dimension, differentiable. f32 on the CPU runs the fused kernel
+/// ([`tram_kernels::log_softmax`]: one pass forward, one backward); every other dtype and device
+/// runs [`log_softmax_composed`] (f64 stays composed: the trust regions' radius δ is computed in
+/// f64 through it, and its cancellation behaviour is what the golden fixtures pin).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(tram_kernels::log_softmax(x)?);
+    }
+    log_softmax_composed(x)
+}
+
+/// `log softmax` over the last dimension from primitive ops; the max shift is a detached
+/// constant. The reference for the fused kernel, and the path for f64, half precision and
+/// non-CPU devices.
+pub fn log_softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.detach().max_keepdim(D::Minus1)?;
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -17,12 +30,48 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     Ok(log_softmax(x)?.exp()?)
 }
 
-/// Mean cross-entropy of `[rows, classes]` logits against `[rows]` class ids, in f32.
+/// Mean cross-entropy of `[rows, classes]` logits against `[rows]` class ids, in f32. On the CPU
+/// one fused kernel ([`tram_kernels::cross_entropy`]: nothing `[rows, classes]`-sized kept for the
+/// backward; a class id outside `0..classes` is an error naming its row); other devices run
+/// [`cross_entropy_composed`].
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(&to_f32(logits)?)?;
+    if logits.device().is_cpu() {
+        return Ok(tram_kernels::cross_entropy(&to_f32(logits)?, targets, None)?);
+    }
+    cross_entropy_composed(logits, targets)
+}
+
+/// [`cross_entropy`] from primitive ops (`log_softmax`, `gather`, `mean`).
+pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_composed(&to_f32(logits)?)?;
     let idx = targets.to_dtype(DType::U32)?.unsqueeze(1)?;
     let picked = logp.gather(&idx, 1)?;
     Ok(picked.mean_all()?.neg()?)
+}
+
+/// `Σ softmax(p)·(log softmax(p) − log softmax(q))` over every row and class of two logits
+/// tensors of one shape `[.., classes]`: the KL divergence `KL(p ‖ q)` summed over rows,
+/// differentiable in both. f32 on the CPU runs the fused row kernel
+/// ([`tram_kernels::kl_div_rows`]: no `[rows, classes]` intermediate kept for the backward);
+/// every other dtype and device runs [`kl_div_sum_composed`] (so the trust regions' f64 radius δ
+/// is computed exactly as before the kernels).
+pub fn kl_div_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
+    if fused(p_logits) && fused(q_logits) {
+        return Ok(tram_kernels::kl_div_rows(p_logits, q_logits)?.sum_all()?);
+    }
+    kl_div_sum_composed(p_logits, q_logits)
+}
+
+/// [`kl_div_sum`] from primitive ops: `exp(lp) · (lp − lq)` summed over everything.
+pub fn kl_div_sum_composed(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
+    let lp = log_softmax_composed(p_logits)?;
+    let lq = log_softmax_composed(q_logits)?;
+    Ok(lp.exp()?.mul(&lp.sub(&lq)?)?.sum_all()?)
+}
+
+/// Whether `x` takes the fused kernels: f32 on the CPU.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// Euclidean norm of every row of `[rows, cols]` `x`, as `[rows]`: exact at every scale, with a
@@ -65,4 +114,67 @@ pub fn scale_all(tensors: &[Tensor], s: f64) -> Result<Vec<Tensor>> {
 /// Cast to f32 when needed (distances and norms are computed in f32).
 pub(crate) fn to_f32(t: &Tensor) -> Result<Tensor> {
     Ok(if t.dtype() == DType::F32 { t.clone() } else { t.to_dtype(DType::F32)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn logits() -> Tensor {
+        let v: Vec<f32> = (0..5 * 7).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.4).collect();
+        Tensor::from_vec(v, (5, 7), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_log_softmax_matches_the_composed_one_in_value_and_gradient() {
+        let x = Var::from_tensor(&logits()).unwrap();
+        let w = logits().affine(0.3, 0.1).unwrap();
+        let (fused, composed) = (log_softmax(&x).unwrap(), log_softmax_composed(&x).unwrap());
+        assert!(max_diff(&fused, &composed) < 1e-6);
+        let gf = fused.mul(&w).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        let gc = composed.mul(&w).unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        assert!(max_diff(&gf, &gc) < 1e-6);
+    }
+
+    #[test]
+    fn fused_cross_entropy_matches_the_composed_one_in_value_and_gradient() {
+        let x = Var::from_tensor(&logits()).unwrap();
+        let targets = Tensor::new(&[3u32, 0, 6, 2, 2], &Device::Cpu).unwrap();
+        let (fused, composed) = (cross_entropy(&x, &targets).unwrap(), cross_entropy_composed(&x, &targets).unwrap());
+        assert!((fused.to_scalar::<f32>().unwrap() - composed.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+        let gf = fused.backward().unwrap().get(&x).unwrap().clone();
+        let gc = composed.backward().unwrap().get(&x).unwrap().clone();
+        assert!(max_diff(&gf, &gc) < 1e-7);
+    }
+
+    #[test]
+    fn fused_kl_sum_matches_the_composed_one_in_value_and_both_gradients() {
+        let (p, q) = (Var::from_tensor(&logits()).unwrap(), Var::from_tensor(&logits().affine(-0.7, 0.2).unwrap()).unwrap());
+        let (fused, composed) = (kl_div_sum(&p, &q).unwrap(), kl_div_sum_composed(&p, &q).unwrap());
+        let (a, b) = (fused.to_scalar::<f32>().unwrap(), composed.to_scalar::<f32>().unwrap());
+        assert!(a > 1.0 && (a - b).abs() < 1e-5 * b, "{a} {b}");
+        let (gf, gc) = (fused.backward().unwrap(), composed.backward().unwrap());
+        for v in [&p, &q] {
+            assert!(max_diff(gf.get(v).unwrap(), gc.get(v).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn f64_kl_sum_keeps_the_composed_path_bit_for_bit() {
+        let (p, q) = (logits().to_dtype(DType::F64).unwrap(), logits().affine(-0.7, 0.2).unwrap().to_dtype(DType::F64).unwrap());
+        let (a, b) = (kl_div_sum(&p, &q).unwrap(), kl_div_sum_composed(&p, &q).unwrap());
+        assert_eq!(a.to_scalar::<f64>().unwrap().to_bits(), b.to_scalar::<f64>().unwrap().to_bits());
+    }
+
+    #[test]
+    fn cross_entropy_names_a_class_id_out_of_range() {
+        let targets = Tensor::new(&[3u32, 0, 7, 2, 2], &Device::Cpu).unwrap();
+        let e = cross_entropy(&logits(), &targets).unwrap_err().to_string();
+        assert!(e.contains("target 7 of row 2") && e.contains("0..7"), "{e}");
+    }
 }

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tram::compose::registry::{parse_params, Component};
-use tram::ops::log_softmax;
+use tram::ops::kl_div_sum;
 use tram::{Distance, Reduction, Result};
 
 /// The KL distances have no parameters (temperature and scale are trust-region settings).
@@ -31,11 +31,10 @@ pub struct KlDivergence {
     pub direction: Direction,
 }
 
-/// `Σ p (log p − log q)` summed over every row and class.
+/// `Σ p (log p − log q)` summed over every row and class: fused on f32 CPU logits, composed
+/// (exactly as before the kernels) for the f64 radius δ and on other devices.
 fn kl_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
-    let lp = log_softmax(p_logits)?;
-    let lq = log_softmax(q_logits)?;
-    Ok(lp.exp()?.mul(&lp.sub(&lq)?)?.sum_all()?)
+    kl_div_sum(p_logits, q_logits)
 }
 
 impl Distance for KlDivergence {
