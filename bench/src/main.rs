@@ -31,6 +31,16 @@ use std::time::Instant;
 use tram::{Batch, Optimizer, OptimizerConfig};
 use tram_models::{Gpt2, Gpt2Config, LoadOptions};
 
+/// `--help`: the options (the crate doc's command block).
+const HELP: &str = "side-by-side: one training step of GPT-2 in PyTorch and in tram, one after the other\n
+usage: cargo run --release -p tram-bench -- [--python PYTHON] [--shapes small,wide]
+           [--methods adam,sam,asam,tram-prev,tram-pretrained,tram-noise] [--steps 6] [--warmup 2]
+           [--threads 2] [--out target/bench] [--dropout 0.1] [--tune-malloc] [--skip-torch]
+           [--layers N --embd N --heads N --vocab N --seq N --batch N]   (a custom shape instead)\n
+shapes: small = 4 layers, d 128, 4 heads, vocab 4096, seq 128, batch 8
+        wide  = 6 layers, d 256, 4 heads, vocab 4096, seq 256, batch 4
+PYTHON needs bench/requirements.txt (torch 2.15.0, transformers 5.24.0); README.md, \"Speed\".";
+
 const METHODS: [&str; 6] = ["adam", "sam", "asam", "tram-prev", "tram-pretrained", "tram-noise"];
 const LR: f64 = 1e-4;
 
@@ -105,6 +115,10 @@ fn parse() -> Result<Opts> {
     let usage = "see the doc comment of bench/src/main.rs or README.md (Benchmarks)";
     while i < args.len() {
         let key = args[i].as_str();
+        if key == "--help" || key == "-h" {
+            println!("{HELP}");
+            std::process::exit(0);
+        }
         if key == "--skip-torch" || key == "--tune-malloc" {
             if key == "--skip-torch" {
                 o.skip_torch = true;
