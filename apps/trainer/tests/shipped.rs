@@ -47,19 +47,10 @@ const XNLI_EN_VALID: usize = 7;
 /// Rows of MultiNLI's validation_matched fixture (the set it used to select on).
 const MNLI_VALID_MATCHED: usize = 9;
 
-fn model_snapshot(cache: &Path, repo: &str) -> PathBuf {
-    let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-    std::fs::create_dir_all(dir.join("refs")).unwrap();
-    std::fs::write(dir.join("refs").join("main"), fixtures::FIXTURE_COMMIT).unwrap();
-    let snap = dir.join("snapshots").join(fixtures::FIXTURE_COMMIT);
-    std::fs::create_dir_all(&snap).unwrap();
-    snap
-}
-
 /// The tiny fixture model `from` (with its tokenizer) under the real id `to`.
 fn alias_model(cache: &Path, from: &str, to: &str) {
     let src = cache.join(format!("models--{}", from.replace('/', "--"))).join("snapshots").join(fixtures::FIXTURE_COMMIT);
-    let snap = model_snapshot(cache, to);
+    let snap = models_snapshot(cache, to);
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         if let Ok(bytes) = std::fs::read(src.join(f)) {
             fixtures::hub_file(&snap, f, &bytes).unwrap();

@@ -24,7 +24,8 @@ pub const WORDS: &[&str] = &[
     "green", "big", "small", "house", "car", ".", ",",
 ];
 
-fn models_snapshot(cache: &Path, repo: &str) -> PathBuf {
+/// The empty `main` snapshot folder of model repository `repo` in the hub cache `cache`.
+pub fn models_snapshot(cache: &Path, repo: &str) -> PathBuf {
     let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
     std::fs::create_dir_all(dir.join("refs")).unwrap();
     std::fs::write(dir.join("refs").join("main"), fixtures::FIXTURE_COMMIT).unwrap();
