@@ -67,9 +67,11 @@ pub fn safetensors_bytes(tensors: Vec<(String, Tensor)>, metadata: &BTreeMap<Str
 }
 
 impl Optimizer {
-    /// Every state tensor, keyed `base/…`, `region<i>/…`, `engine/…`.
-    fn state_tensors(&self, params: &Params) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = BTreeMap::new();
+    /// Every state tensor, keyed `base/…`, `region<i>/…`, `engine/…`, and `masters/…` (the
+    /// f32 master weights of a bf16 model, on which the components' state is kept).
+    fn state_tensors(&self, live: &Params) -> Result<BTreeMap<String, Tensor>> {
+        let mut out: BTreeMap<String, Tensor> = self.masters_state(live).into_iter().collect();
+        let params = self.working(live);
         for (k, t) in self.base().state(params)? {
             out.insert(format!("base/{k}"), t);
         }
@@ -114,7 +116,10 @@ impl Optimizer {
     }
 
     /// Restore state from safetensors bytes (`origin` names them in errors).
-    pub fn load_state_bytes(&mut self, params: &Params, bytes: &[u8], origin: &str) -> Result<()> {
+    ///
+    /// For a model with bf16 parameters this restores their f32 master weights too and sets
+    /// the parameters from them; a checkpoint written for the other dtype is an error.
+    pub fn load_state_bytes(&mut self, live: &Params, bytes: &[u8], origin: &str) -> Result<()> {
         let bad = |reason: String| Error::Checkpoint { path: origin.into(), reason };
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a safetensors file ({e}); it is truncated or corrupt")))?;
@@ -132,6 +137,10 @@ impl Optimizer {
         }
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| bad(format!("cannot decode tensors: {e}")))?;
         let reader = |prefix: &str| StateReader::with_prefix(prefix, &tensors, origin);
+        let initialized = meta.get("initialized").map(String::as_str) == Some("true");
+        self.load_masters(live, &reader(super::masters::KEY), initialized, origin)?;
+        let masters = self.master_params().cloned();
+        let params = masters.as_ref().unwrap_or(live);
         self.base_mut().load_state(params, &reader("base/"))?;
         let n = self.bound().count();
         let mut regions: Vec<_> = self.bound_mut().collect();
@@ -142,7 +151,7 @@ impl Optimizer {
         self.step = scalar_u64(&engine.require("step")?)?;
         self.skipped = scalar_u64(&engine.require("skipped")?)?;
         self.no_ascent = scalar_u64(&engine.require("no_ascent")?)?;
-        self.initialized = meta.get("initialized").map(String::as_str) == Some("true");
+        self.initialized = initialized;
         if let Some(n) = meta.get("noise") {
             self.noise_mut().load(n)?;
         }

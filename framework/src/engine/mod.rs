@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 pub mod checkpoint;
+mod masters;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -64,6 +65,8 @@ pub struct Optimizer {
     neighborhood_params: Value,
     base_params: Value,
     noise: Box<dyn NoiseSource>,
+    /// f32 master weights of a model with bf16 parameters (see `masters`), from `init` on.
+    masters: Option<masters::Masters>,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
     pub(crate) no_ascent: u64,
@@ -122,6 +125,7 @@ impl Optimizer {
             neighborhood_params,
             base_params,
             noise,
+            masters: None,
             step: 0,
             skipped: 0,
             no_ascent: 0,
@@ -179,16 +183,23 @@ impl Optimizer {
 
     /// Snapshot θ₀ for the trust regions. Called by the first [`Optimizer::step`] if not before.
     ///
-    /// f16 parameters are refused: without f32 master weights and loss scaling (which this
-    /// engine does not do) Adam's second moment underflows in f16 and its first update turns
-    /// most weights into NaN; bf16 has the same size and f32's exponent range.
+    /// bf16 parameters get f32 master weights here ([`Optimizer::master_params`]): the
+    /// optimizer state, the trust regions' snapshots, ε and the norms are f32, and the model's
+    /// bf16 weights are set from the masters after every change.
+    ///
+    /// f16 parameters are refused: f16's range needs loss scaling (which this engine does not
+    /// do): small gradients underflow to 0 in the backward pass, and without masters Adam's
+    /// first update writes NaN into most f16 weights. bf16 has the same size and f32's range.
     pub fn init(&mut self, params: &Params) -> Result<()> {
         if let Some(p) = params.iter().find(|p| p.var.dtype() == candle_core::DType::F16) {
             return Err(Error::Model(format!(
-                "parameter `{}` is f16, which the optimizer does not train (no f32 master weights or loss scaling: the first Adam update writes NaN into most f16 weights); load the model in bf16 (same size, f32's range) or f32",
+                "parameter `{}` is f16, which the optimizer does not train (f16 needs loss scaling, which tram does not do: small gradients underflow to 0 and Adam's first update writes NaN into most f16 weights); load the model in bf16 (same size, f32's range, trained on f32 master weights) or f32",
                 p.name
             )));
         }
+        self.masters = masters::Masters::new(params)?;
+        let masters = self.masters.as_ref().map(|m| m.params().clone());
+        let params = masters.as_ref().unwrap_or(params);
         for b in self.bound_mut() {
             b.region.init(params)?;
         }
@@ -220,13 +231,24 @@ impl Optimizer {
         if batches.is_empty() {
             return Err(Error::Model("a step needs at least one batch".into()));
         }
-        let params = model.params();
-        if params.is_empty() {
+        let live = model.params();
+        if live.is_empty() {
             return Err(Error::Model("the model has no trainable parameters".into()));
         }
         if !self.initialized {
-            self.init(params)?;
+            self.init(live)?;
         }
+        // With bf16 parameters the optimizer works on their f32 masters (`params` below) and
+        // the passes see the regions' f32 snapshots in bf16.
+        let masters = self.masters.as_ref().map(|m| m.params().clone());
+        let params = masters.as_ref().unwrap_or(live);
+        let cast;
+        let model: &dyn Model = if masters.is_some() {
+            cast = masters::CastModel(model);
+            &cast
+        } else {
+            model
+        };
         let lr = self.config.lr * self.config.schedule.factor(self.step);
         let mode = if self.config.train_mode { Mode::TRAIN } else { Mode::EVAL };
         let mut scratch = Scratch {
@@ -262,9 +284,18 @@ impl Optimizer {
                         report.epsilon_norm = global_norm(&eps)?;
                         let snap = params.snapshot()?;
                         let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
-                        params.assign(&perturbed)?;
-                        let second = self.pass(model, batches, mode, false, &mut scratch);
-                        params.restore(&snap)?;
+                        let second = if masters.is_none() {
+                            params.assign(&perturbed)?;
+                            let second = self.pass(model, batches, mode, false, &mut scratch);
+                            params.restore(&snap)?;
+                            second
+                        } else {
+                            // bf16(θ + ε), then bf16(θ) from the untouched masters: exact.
+                            masters::assign_rounded(live, &perturbed)?;
+                            let second = self.pass(model, batches, mode, false, &mut scratch);
+                            masters::assign_rounded(live, snap.tensors())?;
+                            second
+                        };
                         grads = second?.grads;
                         backup = Some(snap);
                     }
@@ -305,8 +336,15 @@ impl Optimizer {
             b.region.before_update(params, Some(&theta))?;
         }
         self.base.update(params, &grads, lr)?;
-        if let Some(name) = made_non_finite(params, &theta)? {
+        if let Some(m) = &self.masters {
+            m.sync(live)?;
+        }
+        // On the model's weights: a master that rounds to ±∞ in bf16 is caught too.
+        if let Some(name) = made_non_finite(live, &theta)? {
             params.restore(&theta)?;
+            if let Some(m) = &self.masters {
+                m.sync(live)?;
+            }
             let origin = "<state before the rolled-back step>";
             let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
             self.base.load_state(params, &crate::components::state::StateReader::in_memory(&state, origin))?;
@@ -403,6 +441,9 @@ impl Optimizer {
                     None if self.config.allow_missing_gradients => grads.push(p.var.as_tensor().zeros_like()?),
                     None => return Err(Error::MissingGradient(p.name.clone())),
                 }
+            }
+            if self.masters.is_some() {
+                grads = masters::widen(grads)?;
             }
             acc = Some(match acc {
                 None => grads,

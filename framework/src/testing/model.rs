@@ -68,6 +68,17 @@ impl EmbeddingClassifier {
         Self::from_tensors(&t, shape.layers)
     }
 
+    /// The same model with its parameters in `dtype` (rounded to nearest), as new variables:
+    /// `to_dtype(DType::BF16)` is a bf16 model for the mixed-precision tests.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let pairs = self
+            .params
+            .iter()
+            .map(|p| Ok((p.name.clone(), Var::from_tensor(&p.var.as_detached_tensor().to_dtype(dtype)?.copy()?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { params: Params::new(pairs)?, layers: self.layers, per_token: self.per_token })
+    }
+
     /// The same parameters, but every token goes through the hidden layers before the mean
     /// pool (as in a transformer, where every position runs through every layer): the matmul
     /// work per step grows with batch × sequence, so matmuls dominate a step (benchmarks).
