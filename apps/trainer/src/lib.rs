@@ -63,16 +63,20 @@ pub fn check_device_name(name: &str) -> Result<()> {
 
 /// The dtype a config names: `f32` or `bf16`.
 ///
-/// `f16` is refused: training in it needs f32 master weights and optimizer state and loss
-/// scaling, which the framework does not do; without them Adam's second moment underflows
-/// (g² below 6e-8 is 0 in f16) and its update writes NaN or ∞ into most weights at step 1.
-/// `bf16` has f32's exponent range at the same size.
+/// `bf16` runs the forward and backward passes in bf16 and trains f32 master weights (the
+/// optimizer state, the trust regions' snapshots, ε, δ and the norms are f32; see
+/// `tram::Optimizer::master_params`).
+///
+/// `f16` is refused: training in it needs loss scaling, which the framework does not do;
+/// without it small gradients underflow to 0 (f16's smallest value is 6e-8) and Adam's update
+/// writes NaN or ∞ into most weights at step 1. `bf16` has f32's exponent range at the same
+/// size.
 pub fn dtype(name: &str) -> Result<candle_core::DType> {
     match name {
         "f32" => Ok(candle_core::DType::F32),
         "bf16" => Ok(candle_core::DType::BF16),
         "f16" => Err(Error::Config(
-            "key `dtype`: `f16` is not supported for training (without f32 master weights and loss scaling, Adam's update turns most f16 weights into NaN at the first step); use `bf16` (same size, f32's range) or `f32`".into(),
+            "key `dtype`: `f16` is not supported for training (it needs loss scaling, which tram does not do: small gradients underflow and Adam's update turns most f16 weights into NaN at the first step); use `bf16` (same size, f32's range, trained on f32 master weights) or `f32`".into(),
         )),
         other => Err(Error::Config(format!("key `dtype`: `{other}`: expected f32 or bf16"))),
     }

@@ -191,6 +191,60 @@ fn lm_resume_after_interrupt_matches_an_uninterrupted_run_bitwise() {
     assert_eq!(results(&a), results(&b));
 }
 
+/// The dtype of every tensor of a safetensors file, by name.
+fn safetensors_dtypes(path: &std::path::Path) -> Vec<(String, candle_core::DType)> {
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    let mut v: Vec<_> = map.into_iter().map(|(k, t)| (k, t.dtype())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn lm_bf16_saves_bf16_weights_and_f32_masters_and_resumes_bitwise() {
+    use candle_core::DType;
+    fixtures();
+    let dir = scratch("lm-bf16-resume");
+    let data = fixtures().m2d2_local.display().to_string();
+    let cfg = write_config(&dir, &lm_config(&dir.join("a"), &data));
+    let bf16 = "dtype=bf16";
+    assert!(matches!(run_one(&cfg, &[bf16], &Control::default()), Outcome::Finished(_)));
+
+    let b = dir.join("b");
+    let set_out = format!("out={}", b.display());
+    let stop = Control { stop_after: Some(3), ..Default::default() };
+    let Outcome::Interrupted { checkpoint, .. } = run_one(&cfg, &[bf16, &set_out], &stop) else { panic!("not interrupted") };
+    // The checkpoint: the model's weights in the run's dtype, the optimizer on f32 masters.
+    let model = safetensors_dtypes(&checkpoint.join("model.safetensors"));
+    assert!(!model.is_empty() && model.iter().all(|(_, d)| *d == DType::BF16), "{model:?}");
+    let opt = safetensors_dtypes(&checkpoint.join("optimizer.safetensors"));
+    let masters: Vec<_> = opt.iter().filter(|(k, _)| k.starts_with("masters/")).collect();
+    assert_eq!(masters.len(), model.len(), "{opt:?}");
+    for (k, d) in &opt {
+        assert!(k.starts_with("engine/") || k.ends_with("/step") || *d == DType::F32, "`{k}` is {d:?}");
+    }
+    // A resume in f32 is refused (the configuration differs in `dtype`).
+    let resume = Control { resume: true, ..Default::default() };
+    let reg = registry();
+    let runs = sources(&cfg, &["dtype=f32", &set_out]).resolve(&["tram-noise".to_string()], &reg).unwrap();
+    let p = App::Lm.prepare(&runs[0], 3).unwrap();
+    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg };
+    let err = trainer::run(&spec, p.model, p.data, &resume).unwrap_err().to_string();
+    assert!(err.contains("dtype"), "{err}");
+
+    assert!(matches!(run_one(&cfg, &[bf16, &set_out], &resume), Outcome::Finished(_)));
+    let a = dir.join("a");
+    assert_eq!(
+        std::fs::read_to_string(a.join("tram-noise/seed-3/metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(b.join("tram-noise/seed-3/metrics.jsonl")).unwrap()
+    );
+    assert_eq!(results(&a), results(&b));
+    let saved = a.join("tram-noise/seed-3/model/model.safetensors");
+    assert_eq!(std::fs::read(&saved).unwrap(), std::fs::read(b.join("tram-noise/seed-3/model/model.safetensors")).unwrap());
+    // The saved model stays in the run's dtype and loads again.
+    assert!(safetensors_dtypes(&saved).iter().all(|(_, d)| *d == DType::BF16));
+    tram_hub::load_model(&tram_hub::ModelSource::local(&a.join("tram-noise/seed-3/model")), &Default::default()).unwrap();
+}
+
 #[test]
 fn lm_bad_checkpoints_are_clear_errors() {
     fixtures();

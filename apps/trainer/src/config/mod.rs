@@ -66,7 +66,8 @@ pub struct Config {
     pub seeds: Vec<u64>,
     /// `cpu`, `cuda`, `cuda:<n>` or `metal`.
     pub device: String,
-    /// Parameter dtype: `f32` or `bf16` (`f16` is refused: see [`crate::dtype`]).
+    /// Parameter dtype: `f32` or `bf16` (bf16 weights, f32 master weights and optimizer state;
+    /// `f16` is refused: see [`crate::dtype`]).
     pub dtype: String,
     /// Row name in the results table (defaults to the run name).
     pub label: Option<String>,
