@@ -242,7 +242,7 @@ fn lm_bf16_saves_bf16_weights_and_f32_masters_and_resumes_bitwise() {
     assert_eq!(std::fs::read(&saved).unwrap(), std::fs::read(b.join("tram-noise/seed-3/model/model.safetensors")).unwrap());
     // The saved model stays in the run's dtype and loads again.
     assert!(safetensors_dtypes(&saved).iter().all(|(_, d)| *d == DType::BF16));
-    tram_hub::load_model(&tram_hub::ModelSource::local(&a.join("tram-noise/seed-3/model")), &Default::default()).unwrap();
+    tram_hub::load_model(&tram_hub::ModelSource::local(a.join("tram-noise/seed-3/model")), &Default::default()).unwrap();
 }
 
 #[test]

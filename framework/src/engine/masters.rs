@@ -174,6 +174,10 @@ impl Optimizer {
     /// with the model's parameters (a parameter that is not bf16 is its own master); `None`
     /// for a model without bf16 parameters, and before the first step (or
     /// [`Optimizer::init`] / a resume).
+    ///
+    /// The masters are the weights being trained: once they exist, the model's bf16 weights
+    /// are set from them after every step, so a bf16 weight written from outside (other than
+    /// through [`Optimizer::load_state`], which restores both) is overwritten at the next step.
     pub fn master_params(&self) -> Option<&Params> {
         self.masters.as_ref().map(Masters::params)
     }
