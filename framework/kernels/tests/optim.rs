@@ -119,3 +119,37 @@ fn fused_updates_refuse_mismatched_shapes_and_half_parameters() {
         .to_string();
     assert!(e.contains("needs an f32 parameter") && e.contains("master weights"), "{e}");
 }
+
+#[test]
+fn bitwise_updates_refuse_shared_storage_and_leave_other_dtypes_to_the_caller() {
+    use tram_kernels::update::{adam_update, sgd_update, AdamCoeffs, Decay, SgdCoeffs};
+    let c = AdamCoeffs {
+        beta1: 0.9,
+        one_minus_beta1: 0.1,
+        beta2: 0.999,
+        one_minus_beta2: 0.001,
+        inv_bc2_sqrt: 1.0,
+        eps: 1e-8,
+        step_size: 1e-3,
+        decay: Decay::None,
+    };
+    let p = Var::from_vec(vec![1f32; 4], 4, &Device::Cpu).unwrap();
+    let g = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let m = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    // The same moment twice: an error naming the problem, not a deadlock.
+    let e = adam_update(p.as_tensor(), &g, &m, &m.clone(), &c).unwrap_err().to_string();
+    assert!(e.contains("must not share storage"), "{e}");
+    let e =
+        adam_update(p.as_tensor(), &g, &m, &Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(), &c).unwrap_err().to_string();
+    assert!(e.contains("state [3] does not match the parameter [4]"), "{e}");
+    assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [1.0; 4], "nothing written on an error");
+    // bf16: not fused, nothing written; the caller runs its composed path.
+    let half = Var::from_tensor(&Tensor::ones(4, candle_core::DType::BF16, &Device::Cpu).unwrap()).unwrap();
+    let gh = g.to_dtype(candle_core::DType::BF16).unwrap();
+    let s = SgdCoeffs { lr: 0.1, momentum: 0.0, one_minus_dampening: 1.0, nesterov: false, weight_decay: 0.0 };
+    assert!(!sgd_update(half.as_tensor(), &gh, None, true, &s).unwrap());
+    assert_eq!(half.as_tensor().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap(), [1.0; 4]);
+    // f32: fused, in place.
+    assert!(sgd_update(p.as_tensor(), &g, None, true, &s).unwrap());
+    assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [0.9; 4]);
+}

@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 pub mod checkpoint;
+mod rollback;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -68,6 +69,8 @@ pub struct Optimizer {
     pub(crate) skipped: u64,
     pub(crate) no_ascent: u64,
     pub(crate) initialized: bool,
+    /// The base optimizer's state before the current update (rollback), buffers reused.
+    base_backup: rollback::StateBackup,
 }
 
 impl std::fmt::Display for Optimizer {
@@ -126,6 +129,7 @@ impl Optimizer {
             skipped: 0,
             no_ascent: 0,
             initialized: false,
+            base_backup: rollback::StateBackup::default(),
         })
     }
 
@@ -299,7 +303,7 @@ impl Optimizer {
             Some(b) => b,
             None => params.snapshot()?,
         };
-        let base_state = self.base.state(params)?;
+        self.base_backup.save(self.base.state(params)?)?;
         let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect::<Result<_>>()?;
         for b in self.bound_mut() {
             b.region.before_update(params, Some(&theta))?;
@@ -308,7 +312,7 @@ impl Optimizer {
         if let Some(name) = made_non_finite(params, &theta)? {
             params.restore(&theta)?;
             let origin = "<state before the rolled-back step>";
-            let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
+            let state = self.base_backup.copies()?;
             self.base.load_state(params, &crate::components::state::StateReader::in_memory(&state, origin))?;
             for (b, st) in self.bound_mut().zip(region_states) {
                 let st: std::collections::HashMap<String, Tensor> = st.into_iter().collect();
