@@ -13,7 +13,8 @@
 //! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory);
 //! - [`update`]: the same updates reproducing the composed candle ops of `tram-plugins`' rules
 //!   bit for bit, on state held in candle tensors (what the `adam`, `adamw` and `sgd`
-//!   components run on the CPU).
+//!   components run on the CPU);
+//! - [`reduce::sum_squares`]: candle's `sqr().sum_all()` bit for bit without the squared tensor.
 //!
 //! candle's own fused `softmax_last_dim`, `layer_norm` and `rms_norm` drop gradients, so models
 //! that need gradients compose them from primitive ops: a pass over memory (and an allocation)
@@ -29,6 +30,7 @@
 pub mod math;
 pub mod optim;
 pub mod par;
+pub mod reduce;
 pub mod update;
 
 mod bias;

@@ -259,3 +259,64 @@ pub fn sgd_update(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, first: bo
     }
     Ok(true)
 }
+
+/// `dst ← dst + src` in place, one f32 addition per element (what candle's `dst.add(src)`
+/// computes, written back into `dst`'s storage): the engine's `θ + ε` of an ascent.
+/// `Ok(false)`, nothing written, where the fused path does not apply (not both f32 contiguous
+/// CPU tensors, or `src` sharing `dst`'s storage). Mismatched shapes are an error.
+pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<bool> {
+    if dst.dims() != src.dims() {
+        bail!("add_assign: {:?} added to {:?}", src.dims(), dst.dims());
+    }
+    if !(fusable(dst) && fusable(src)) || (cpu_f32_storage(dst).is_some() && cpu_f32_storage(dst) == cpu_f32_storage(src)) {
+        return Ok(false);
+    }
+    let op = ParamOp(RefCell::new(Some(|d: &mut [f32], s: &[f32]| {
+        let n = d.len();
+        let dp = SyncPtr(d.as_mut_ptr());
+        for_rows(n.div_ceil(CHUNK), CHUNK, |_, rows| {
+            let (a, b) = (rows.start * CHUNK, (rows.end * CHUNK).min(n));
+            // SAFETY: as in `adam_update`: disjoint in-bounds ranges.
+            let d = unsafe { dp.slice(a, b - a) };
+            for (d, s) in d.iter_mut().zip(&s[a..b]) {
+                *d += *s;
+            }
+        });
+    })));
+    dst.inplace_op2(src, &op)?;
+    Ok(true)
+}
+
+/// `t ← t · mul + add` in place (candle's f32 `affine(mul, add)`, written back into `t`'s
+/// storage): for a tensor its caller just made and holds alone (a scaling's intermediate), so
+/// the affine step allocates nothing. `Ok(false)`, nothing written, where the fused path does
+/// not apply (not an f32 contiguous CPU tensor).
+pub fn affine_assign(t: &Tensor, mul: f64, add: f64) -> Result<bool> {
+    if !fusable(t) {
+        return Ok(false);
+    }
+    let (mul, add) = (mul as f32, add as f32);
+    with_f32_mut(t, |x| {
+        let n = x.len();
+        let xp = SyncPtr(x.as_mut_ptr());
+        for_rows(n.div_ceil(CHUNK), CHUNK, |_, rows| {
+            let (a, b) = (rows.start * CHUNK, (rows.end * CHUNK).min(n));
+            // SAFETY: as in `adam_update`: disjoint in-bounds ranges.
+            for v in unsafe { xp.slice(a, b - a) } {
+                *v = aff(*v, mul, add);
+            }
+        });
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// [`affine_assign`] where it applies, candle's `affine` (a new tensor) elsewhere: `t` must be
+/// a tensor no one else holds (it is written in place on the fused path).
+pub fn affine_owned(t: Tensor, mul: f64, add: f64) -> Result<Tensor> {
+    if affine_assign(&t, mul, add)? {
+        Ok(t)
+    } else {
+        t.affine(mul, add)
+    }
+}

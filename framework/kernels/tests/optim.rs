@@ -153,3 +153,33 @@ fn bitwise_updates_refuse_shared_storage_and_leave_other_dtypes_to_the_caller() 
     assert!(sgd_update(p.as_tensor(), &g, None, true, &s).unwrap());
     assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [0.9; 4]);
 }
+
+#[test]
+fn in_place_affine_and_add_write_what_candles_ops_compute_bit_for_bit() {
+    use tram_kernels::update::{add_assign, affine_owned};
+    let bits = |t: &Tensor| t.to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    // 70 000 elements: split over candle's threads where it has more than one.
+    for n in [5usize, 70_000] {
+        let mut x = data(n, 7);
+        x[0] = -0.0;
+        x[1] = 0.0;
+        let t = Tensor::from_vec(x, n, &Device::Cpu).unwrap();
+        for (mul, add) in [(1.0, 0.0), (0.37, 0.0), (1.0, 0.01), (-3.5e-3, 1.0)] {
+            let expected = t.affine(mul, add).unwrap();
+            let got = affine_owned(t.copy().unwrap(), mul, add).unwrap();
+            assert_eq!(bits(&got), bits(&expected), "n={n} mul={mul} add={add}");
+        }
+        let e = Tensor::from_vec(data(n, 8), n, &Device::Cpu).unwrap();
+        let expected = t.add(&e).unwrap();
+        let dst = t.copy().unwrap();
+        assert!(add_assign(&dst, &e).unwrap());
+        assert_eq!(bits(&dst), bits(&expected), "n={n} add");
+        // A source sharing the destination's storage is left to the caller.
+        assert!(!add_assign(&dst, &dst.clone()).unwrap());
+    }
+    // bf16: candle's affine, a new tensor.
+    let h = Tensor::ones(4, candle_core::DType::BF16, &Device::Cpu).unwrap();
+    let got = affine_owned(h.clone(), 0.5, 0.25).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(got.to_vec1::<f32>().unwrap(), [0.75; 4]);
+    assert_eq!(h.to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap(), [1.0; 4]);
+}

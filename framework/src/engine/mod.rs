@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 pub mod checkpoint;
+mod perturb;
 mod rollback;
 
 use crate::components::base::BaseOptimizer;
@@ -265,8 +266,7 @@ impl Optimizer {
                         report.ascent = true;
                         report.epsilon_norm = global_norm(&eps)?;
                         let snap = params.snapshot()?;
-                        let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
-                        params.assign(&perturbed)?;
+                        perturb::perturb(params, &snap, &eps)?;
                         let second = self.pass(model, batches, mode, false, &mut scratch);
                         params.restore(&snap)?;
                         grads = second?.grads;
