@@ -158,7 +158,7 @@ fn bitwise_updates_refuse_shared_storage_and_leave_other_dtypes_to_the_caller() 
 fn in_place_affine_and_add_write_what_candles_ops_compute_bit_for_bit() {
     use tram_kernels::update::{add_assign, affine_owned};
     let bits = |t: &Tensor| t.to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    // 70 000 elements: split over candle's threads where it has more than one.
+    // 70 000 elements: several of the kernels' 4096-element chunks and a partial one.
     for n in [5usize, 70_000] {
         let mut x = data(n, 7);
         x[0] = -0.0;

@@ -42,7 +42,7 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     fn params(dtype: DType) -> Params {
-        // 70 007 elements: split over candle's threads where it has more than one.
+        // 70 007 elements: several of the kernels' 4096-element chunks and a partial one.
         let w: Vec<f32> = (0..70_007).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1e-3).collect();
         let w = Tensor::from_vec(w, (7, 10_001), &Device::Cpu).unwrap();
         let b = Tensor::new(&[0.5f32, -0.0, 3.0], &Device::Cpu).unwrap();

@@ -28,7 +28,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
 }
 
-// 70 000 elements: split over candle's threads where it has more than one.
+// 70 000 elements: several of the kernels' 4096-element chunks and a partial one.
 const SIZES: [usize; 2] = [37, 70_000];
 
 #[test]
