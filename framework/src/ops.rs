@@ -101,10 +101,15 @@ pub fn sum_sq(tensors: &[Tensor]) -> Result<Tensor> {
     Ok(Tensor::stack(&parts, 0)?.sum_all()?)
 }
 
-/// Global L2 norm over every tensor together.
+/// Global L2 norm over every tensor together: `√(sum_sq)`. For f32 CPU tensors in one pass
+/// over each, nothing allocated ([`tram_kernels::reduce::sum_squares`], bit for bit the
+/// composed [`sum_sq`]).
 pub fn global_norm(tensors: &[Tensor]) -> Result<f64> {
     if tensors.is_empty() {
         return Ok(0.0);
+    }
+    if let Some(s) = tram_kernels::reduce::sum_squares(tensors)? {
+        return Ok((s as f64).sqrt());
     }
     Ok((sum_sq(tensors)?.to_scalar::<f32>()? as f64).sqrt())
 }
@@ -131,6 +136,34 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_one_pass_norm_is_the_composed_sum_of_squares_bit_for_bit() {
+        // Sizes around candle's 32-element blocks, empty and large tensors, mixed magnitudes.
+        let sizes = [0usize, 1, 7, 31, 32, 33, 63, 64, 65, 95, 96, 97, 1000, 4096, 70_001];
+        let tensors: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let v: Vec<f32> = (0..n).map(|i| ((i * 7919 + k * 104_729) % 2003) as f32 * 10f32.powi((i % 9) as i32 - 4) - 1.0).collect();
+                Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+            })
+            .collect();
+        for k in 0..tensors.len() {
+            for set in [&tensors[k..k + 1], &tensors[..k + 1], &tensors[k..]] {
+                let fused = tram_kernels::reduce::sum_squares(set).unwrap().unwrap();
+                let composed = sum_sq(set).unwrap().to_scalar::<f32>().unwrap();
+                assert_eq!(fused.to_bits(), composed.to_bits(), "{} tensors from size {}: {fused} vs {composed}", set.len(), sizes[k]);
+            }
+        }
+        let matrix = Tensor::from_vec((0..6 * 37).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), (6, 37), &Device::Cpu).unwrap();
+        let composed = (sum_sq(std::slice::from_ref(&matrix)).unwrap().to_scalar::<f32>().unwrap() as f64).sqrt();
+        assert_eq!(global_norm(&[matrix]).unwrap().to_bits(), composed.to_bits());
+        // Other dtypes and strided tensors: the composed ops.
+        let t = tensors[12].to_dtype(DType::BF16).unwrap();
+        assert!(tram_kernels::reduce::sum_squares(std::slice::from_ref(&t)).unwrap().is_none());
+        assert!(tram_kernels::reduce::sum_squares(&[tensors[13].reshape((64, 64)).unwrap().t().unwrap()]).unwrap().is_none());
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod base {
     //! Base optimizers.
     pub mod adam;
     pub mod adamw;
+    #[cfg(test)]
+    mod fused_tests;
     pub mod sgd;
 }
 pub mod distances {

@@ -209,6 +209,37 @@ fn an_update_that_makes_a_weight_non_finite_is_rolled_back_and_counted_as_skippe
     }
 }
 
+#[test]
+fn a_rolled_back_update_restores_optimizer_state_that_the_update_wrote_in_place() {
+    // After two ordinary steps the moments / momentum buffers exist and the fused base step
+    // updates them in place: a rollback backup that shared their storage (instead of copying
+    // them) would "restore" the values the failed update wrote.
+    for c in ["sgd", "adam", "adamw", "tram-prev+sgd", "asam+mesa"] {
+        let m = model(16);
+        let r = tram_plugins::registry().unwrap();
+        let mut opt = Optimizer::new(&r, OptimizerConfig::new(c, 0.01)).unwrap();
+        for seed in [5, 6] {
+            assert!(!opt.step(&m, &batches(1, seed)).unwrap().skipped, "{c}");
+        }
+        let saved = state_without_counters(&opt, &m);
+        let before = clone_model(&m);
+        // The same state, stepped with a learning rate whose update overflows f32.
+        let mut huge = Optimizer::new(&r, OptimizerConfig::new(c, 1e300)).unwrap();
+        huge.load_state_bytes(m.params(), &opt.state_bytes(m.params()).unwrap(), "<two steps>").unwrap();
+        let rep = huge.step(&m, &batches(1, 7)).unwrap();
+        assert!(rep.skipped && rep.grad_norm.is_finite(), "{c}: {rep:?}");
+        assert_bitwise_equal(&m, &before, c);
+        assert_eq!(state_without_counters(&huge, &m), saved, "{c}: optimizer state after the rollback");
+        // And the restored state is live: an ordinary step from it matches one from the original.
+        let mut again = Optimizer::new(&r, OptimizerConfig::new(c, 0.01)).unwrap();
+        again.load_state_bytes(m.params(), &huge.state_bytes(m.params()).unwrap(), "<rolled back>").unwrap();
+        let twin = clone_model(&m);
+        assert!(!again.step(&m, &batches(1, 8)).unwrap().skipped, "{c}");
+        assert!(!opt.step(&twin, &batches(1, 8)).unwrap().skipped, "{c}");
+        assert_bitwise_equal(&m, &twin, c);
+    }
+}
+
 /// A linear classifier whose weights are bf16.
 struct LinearBf16 {
     params: Params,

@@ -10,7 +10,11 @@
 //! - [`add_bias`]: a bias added over the last dimension, its gradient accumulated row by row;
 //! - [`cross_entropy`]: mean log-softmax cross-entropy over rows, with ignored rows;
 //! - [`log_softmax`] and [`kl_div_rows`]: the log-softmax / KL distances of the trust regions;
-//! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory).
+//! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory);
+//! - [`update`]: the same updates reproducing the composed candle ops of `tram-plugins`' rules
+//!   bit for bit, on state held in candle tensors (what the `adam`, `adamw` and `sgd`
+//!   components run on the CPU);
+//! - [`reduce::sum_squares`]: candle's `sqr().sum_all()` bit for bit without the squared tensor.
 //!
 //! candle's own fused `softmax_last_dim`, `layer_norm` and `rms_norm` drop gradients, so models
 //! that need gradients compose them from primitive ops: a pass over memory (and an allocation)
@@ -26,6 +30,8 @@
 pub mod math;
 pub mod optim;
 pub mod par;
+pub mod reduce;
+pub mod update;
 
 mod bias;
 mod gelu;

@@ -55,6 +55,13 @@ pub(crate) fn for_rows<F: Fn(usize, Range<usize>) + Sync>(rows: usize, row_len: 
     n
 }
 
+/// Run `f(0, 0..rows)` on the calling thread, compiled for AVX2/FMA where the CPU has them
+/// (as [`for_rows`] does for each part): for memory-bound passes too short to pay for waking
+/// the pool (the optimizer updates).
+pub(crate) fn on_this_thread<F: Fn(usize, Range<usize>)>(rows: usize, f: F) {
+    call(&f, 0, 0..rows);
+}
+
 #[inline(always)]
 fn call<F: Fn(usize, Range<usize>)>(f: &F, part: usize, range: Range<usize>) {
     #[cfg(target_arch = "x86_64")]

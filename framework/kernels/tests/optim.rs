@@ -119,3 +119,67 @@ fn fused_updates_refuse_mismatched_shapes_and_half_parameters() {
         .to_string();
     assert!(e.contains("needs an f32 parameter") && e.contains("master weights"), "{e}");
 }
+
+#[test]
+fn bitwise_updates_refuse_shared_storage_and_leave_other_dtypes_to_the_caller() {
+    use tram_kernels::update::{adam_update, sgd_update, AdamCoeffs, Decay, SgdCoeffs};
+    let c = AdamCoeffs {
+        beta1: 0.9,
+        one_minus_beta1: 0.1,
+        beta2: 0.999,
+        one_minus_beta2: 0.001,
+        inv_bc2_sqrt: 1.0,
+        eps: 1e-8,
+        step_size: 1e-3,
+        decay: Decay::None,
+    };
+    let p = Var::from_vec(vec![1f32; 4], 4, &Device::Cpu).unwrap();
+    let g = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let m = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    // The same moment twice: an error naming the problem, not a deadlock.
+    let e = adam_update(p.as_tensor(), &g, &m, &m.clone(), &c).unwrap_err().to_string();
+    assert!(e.contains("must not share storage"), "{e}");
+    let e =
+        adam_update(p.as_tensor(), &g, &m, &Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(), &c).unwrap_err().to_string();
+    assert!(e.contains("state [3] does not match the parameter [4]"), "{e}");
+    assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [1.0; 4], "nothing written on an error");
+    // bf16: not fused, nothing written; the caller runs its composed path.
+    let half = Var::from_tensor(&Tensor::ones(4, candle_core::DType::BF16, &Device::Cpu).unwrap()).unwrap();
+    let gh = g.to_dtype(candle_core::DType::BF16).unwrap();
+    let s = SgdCoeffs { lr: 0.1, momentum: 0.0, one_minus_dampening: 1.0, nesterov: false, weight_decay: 0.0 };
+    assert!(!sgd_update(half.as_tensor(), &gh, None, true, &s).unwrap());
+    assert_eq!(half.as_tensor().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap(), [1.0; 4]);
+    // f32: fused, in place.
+    assert!(sgd_update(p.as_tensor(), &g, None, true, &s).unwrap());
+    assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [0.9; 4]);
+}
+
+#[test]
+fn in_place_affine_and_add_write_what_candles_ops_compute_bit_for_bit() {
+    use tram_kernels::update::{add_assign, affine_owned};
+    let bits = |t: &Tensor| t.to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    // 70 000 elements: several of the kernels' 4096-element chunks and a partial one.
+    for n in [5usize, 70_000] {
+        let mut x = data(n, 7);
+        x[0] = -0.0;
+        x[1] = 0.0;
+        let t = Tensor::from_vec(x, n, &Device::Cpu).unwrap();
+        for (mul, add) in [(1.0, 0.0), (0.37, 0.0), (1.0, 0.01), (-3.5e-3, 1.0)] {
+            let expected = t.affine(mul, add).unwrap();
+            let got = affine_owned(t.copy().unwrap(), mul, add).unwrap();
+            assert_eq!(bits(&got), bits(&expected), "n={n} mul={mul} add={add}");
+        }
+        let e = Tensor::from_vec(data(n, 8), n, &Device::Cpu).unwrap();
+        let expected = t.add(&e).unwrap();
+        let dst = t.copy().unwrap();
+        assert!(add_assign(&dst, &e).unwrap());
+        assert_eq!(bits(&dst), bits(&expected), "n={n} add");
+        // A source sharing the destination's storage is left to the caller.
+        assert!(!add_assign(&dst, &dst.clone()).unwrap());
+    }
+    // bf16: candle's affine, a new tensor.
+    let h = Tensor::ones(4, candle_core::DType::BF16, &Device::Cpu).unwrap();
+    let got = affine_owned(h.clone(), 0.5, 0.25).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(got.to_vec1::<f32>().unwrap(), [0.75; 4]);
+    assert_eq!(h.to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap(), [1.0; 4]);
+}

@@ -59,7 +59,11 @@ pub trait BaseOptimizer: Send {
 /// and its own state change given its gradient. [`Adaptor`] makes it a [`BaseOptimizer`].
 ///
 /// [`SimpleOptimizer::step`] writes the parameter and the state itself, so an implementation
-/// may update both in place (a fused kernel) instead of allocating new tensors.
+/// may update both in place (a fused kernel, as the built-in `adam`, `adamw` and `sgd` do on the
+/// CPU with `tram_kernels::update`) instead of allocating new tensors. The tensors of
+/// [`SimpleOptimizer::to_tensors`] may then be the live buffers: the engine copies them for its
+/// rollback of a non-finite update, and an in-place rule's [`SimpleOptimizer::from_tensors`]
+/// takes its own copies (what it is given may still be held by the caller).
 pub trait SimpleOptimizer: Send {
     /// One parameter's state (moments, a momentum buffer); `()` for none.
     type State: Send;

@@ -4,6 +4,8 @@
 
 pub mod checkpoint;
 mod masters;
+mod perturb;
+mod rollback;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -71,6 +73,8 @@ pub struct Optimizer {
     pub(crate) skipped: u64,
     pub(crate) no_ascent: u64,
     pub(crate) initialized: bool,
+    /// The base optimizer's state before the current update (rollback), buffers reused.
+    base_backup: rollback::StateBackup,
 }
 
 impl std::fmt::Display for Optimizer {
@@ -130,6 +134,7 @@ impl Optimizer {
             skipped: 0,
             no_ascent: 0,
             initialized: false,
+            base_backup: rollback::StateBackup::default(),
         })
     }
 
@@ -283,14 +288,14 @@ impl Optimizer {
                         report.ascent = true;
                         report.epsilon_norm = global_norm(&eps)?;
                         let snap = params.snapshot()?;
-                        let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
                         let second = if masters.is_none() {
-                            params.assign(&perturbed)?;
+                            perturb::perturb(params, &snap, &eps)?;
                             let second = self.pass(model, batches, mode, false, &mut scratch);
                             params.restore(&snap)?;
                             second
                         } else {
                             // bf16(θ + ε), then bf16(θ) from the untouched masters: exact.
+                            let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
                             masters::assign_rounded(live, &perturbed)?;
                             let second = self.pass(model, batches, mode, false, &mut scratch);
                             masters::assign_rounded(live, snap.tensors())?;
@@ -330,7 +335,7 @@ impl Optimizer {
             Some(b) => b,
             None => params.snapshot()?,
         };
-        let base_state = self.base.state(params)?;
+        self.base_backup.save(self.base.state(params)?)?;
         let region_states: Vec<Vec<(String, Tensor)>> = self.bound().map(|b| b.region.state(params)).collect::<Result<_>>()?;
         for b in self.bound_mut() {
             b.region.before_update(params, Some(&theta))?;
@@ -346,7 +351,7 @@ impl Optimizer {
                 m.sync(live)?;
             }
             let origin = "<state before the rolled-back step>";
-            let state: std::collections::HashMap<String, Tensor> = base_state.into_iter().collect();
+            let state = self.base_backup.copies()?;
             self.base.load_state(params, &crate::components::state::StateReader::in_memory(&state, origin))?;
             for (b, st) in self.bound_mut().zip(region_states) {
                 let st: std::collections::HashMap<String, Tensor> = st.into_iter().collect();

@@ -8,6 +8,7 @@ use tram::check::Range;
 use tram::components::base::{Adaptor, SimpleOptimizer};
 use tram::compose::registry::{param_docs, parse_params, Component};
 use tram::{Error, Result};
+use tram_kernels::update::{adam_update, AdamCoeffs, Decay};
 
 /// Parameters of Adam / AdamW.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,20 +92,50 @@ impl AdamCore {
     pub fn new(config: AdamConfig, decoupled: bool) -> Self {
         Self { config, decoupled }
     }
-}
 
-impl SimpleOptimizer for AdamCore {
-    type State = Moments;
-    const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
-    const COUNTS_STEPS: bool = true;
-    fn name(&self) -> &str {
-        if self.decoupled {
-            super::adamw::NAME
-        } else {
-            NAME
+    /// The fused in-place step; `false` (nothing written) where it does not apply.
+    fn step_fused(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<bool> {
+        let theta = param.as_tensor();
+        if !theta.device().is_cpu() || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
+            return Ok(false);
         }
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(t as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
+        let decay = match (c.weight_decay != 0.0, self.decoupled) {
+            (false, _) => Decay::None,
+            (true, true) => Decay::Decoupled(1.0 - lr * c.weight_decay),
+            (true, false) => Decay::L2(c.weight_decay),
+        };
+        let coeffs = AdamCoeffs {
+            beta1: c.beta1,
+            one_minus_beta1: 1.0 - c.beta1,
+            beta2: c.beta2,
+            one_minus_beta2: 1.0 - c.beta2,
+            inv_bc2_sqrt: 1.0 / bc2_sqrt,
+            eps: c.eps,
+            step_size: lr / bc1,
+            decay,
+        };
+        // Zero moments give the composed first step bit for bit (`0 + x` is `x` for every
+        // `x = y·(1 − β) + 0`, never −0).
+        let fresh = state.is_none();
+        let (m, v) = match state {
+            Some(s) => (s.m.clone(), s.v.clone()),
+            None => (theta.zeros_like()?, theta.zeros_like()?),
+        };
+        if !adam_update(theta, g, &m, &v, &coeffs)? {
+            return Ok(false);
+        }
+        if fresh {
+            *state = Some(Moments { m, v });
+        }
+        Ok(true)
     }
-    fn step(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
+
+    /// The composed step (candle ops, new tensors for the parameter value and the moments):
+    /// the reference the fused step reproduces, and the path for other devices and dtypes.
+    pub fn step_composed(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(t as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
@@ -131,12 +162,37 @@ impl SimpleOptimizer for AdamCore {
         *state = Some(Moments { m, v });
         Ok(())
     }
+}
+
+impl SimpleOptimizer for AdamCore {
+    type State = Moments;
+    const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+    const COUNTS_STEPS: bool = true;
+    fn name(&self) -> &str {
+        if self.decoupled {
+            super::adamw::NAME
+        } else {
+            NAME
+        }
+    }
+    /// On the CPU with f32 parameters: one fused in-place pass ([`tram_kernels::update::adam_update`],
+    /// bit for bit the composed ops of [`AdamCore::step_composed`]); the moments are then
+    /// written in place, so a tensor taken from [`SimpleOptimizer::to_tensors`] sees the next
+    /// step. Other devices and dtypes: the composed ops.
+    fn step(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
+        if self.step_fused(t, lr, param, g, state)? {
+            return Ok(());
+        }
+        self.step_composed(t, lr, param, g, state)
+    }
     fn to_tensors(s: &Moments) -> Vec<Tensor> {
         vec![s.m.clone(), s.v.clone()]
     }
     fn from_tensors(t: Vec<Tensor>) -> Result<Moments> {
         let [m, v]: [Tensor; 2] = t.try_into().map_err(|t: Vec<Tensor>| Error::Model(format!("{} Adam state tensors, not 2", t.len())))?;
-        Ok(Moments { m, v })
+        // Own copies: the fused step writes the moments in place, and the tensors handed in
+        // (a checkpoint's, a rollback backup's) may still be held by the caller.
+        Ok(Moments { m: m.copy()?, v: v.copy()? })
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()

@@ -8,6 +8,7 @@ use tram::check::Range;
 use tram::components::base::{Adaptor, SimpleOptimizer};
 use tram::compose::registry::{parse_params, Component};
 use tram::{Error, Result};
+use tram_kernels::update::{sgd_update, SgdCoeffs};
 
 /// Parameters of SGD.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,17 +35,44 @@ pub struct SgdRule {
     config: SgdConfig,
 }
 
-/// SGD with momentum buffers keyed by parameter name.
-pub type Sgd = Adaptor<SgdRule>;
-
-impl SimpleOptimizer for SgdRule {
-    /// The momentum buffer (none while `momentum` is 0).
-    type State = Tensor;
-    const SLOTS: &'static [&'static str] = &["momentum"];
-    fn name(&self) -> &str {
-        NAME
+impl SgdRule {
+    /// SGD with `config` (checked by the registry's builder, not here).
+    pub fn new(config: SgdConfig) -> Self {
+        Self { config }
     }
-    fn step(&self, _t: u64, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
+
+    /// The fused in-place step; `false` (nothing written) where it does not apply.
+    fn step_fused(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<bool> {
+        let theta = param.as_tensor();
+        if !theta.device().is_cpu() || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
+            return Ok(false);
+        }
+        let c = &self.config;
+        let coeffs = SgdCoeffs {
+            lr,
+            momentum: c.momentum,
+            one_minus_dampening: 1.0 - c.dampening,
+            nesterov: c.nesterov,
+            weight_decay: c.weight_decay,
+        };
+        let first = buffer.is_none();
+        let buf = match (c.momentum != 0.0, buffer.as_ref()) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b.clone()),
+            (true, None) => Some(theta.zeros_like()?),
+        };
+        if !sgd_update(theta, g, buf.as_ref(), first, &coeffs)? {
+            return Ok(false);
+        }
+        if first && buf.is_some() {
+            *buffer = buf;
+        }
+        Ok(true)
+    }
+
+    /// The composed step (candle ops, new tensors): the reference the fused step reproduces,
+    /// and the path for other devices and dtypes.
+    pub fn step_composed(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
         let c = &self.config;
         let theta = param.as_tensor().detach();
         let mut d = if c.weight_decay != 0.0 { g.add(&theta.affine(c.weight_decay, 0.0)?)? } else { g.clone() };
@@ -59,11 +87,34 @@ impl SimpleOptimizer for SgdRule {
         param.set(&theta.sub(&d.affine(lr, 0.0)?)?)?;
         Ok(())
     }
+}
+
+/// SGD with momentum buffers keyed by parameter name.
+pub type Sgd = Adaptor<SgdRule>;
+
+impl SimpleOptimizer for SgdRule {
+    /// The momentum buffer (none while `momentum` is 0).
+    type State = Tensor;
+    const SLOTS: &'static [&'static str] = &["momentum"];
+    fn name(&self) -> &str {
+        NAME
+    }
+    /// On the CPU with f32 parameters: one fused in-place pass ([`tram_kernels::update::sgd_update`],
+    /// bit for bit the composed ops of [`SgdRule::step_composed`]); the momentum buffer is then
+    /// written in place. Other devices and dtypes: the composed ops.
+    fn step(&self, _t: u64, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
+        if self.step_fused(lr, param, g, buffer)? {
+            return Ok(());
+        }
+        self.step_composed(lr, param, g, buffer)
+    }
     fn to_tensors(buffer: &Tensor) -> Vec<Tensor> {
         vec![buffer.clone()]
     }
     fn from_tensors(t: Vec<Tensor>) -> Result<Tensor> {
-        t.into_iter().next().ok_or_else(|| Error::Model("no SGD momentum tensor".into()))
+        // An own copy: the fused step writes the buffer in place, and the tensor handed in (a
+        // checkpoint's, a rollback backup's) may still be held by the caller.
+        Ok(t.into_iter().next().ok_or_else(|| Error::Model("no SGD momentum tensor".into()))?.copy()?)
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()
@@ -85,7 +136,7 @@ fn build(v: &Value) -> Result<Component> {
     if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
         return Err(Error::Config { component: WHAT.into(), reason: "nesterov needs momentum > 0 and dampening = 0".into() });
     }
-    Ok(Component::Base(Box::new(Sgd::new(SgdRule { config }))))
+    Ok(Component::Base(Box::new(Sgd::new(SgdRule::new(config)))))
 }
 
 tram::component! {

@@ -10,6 +10,7 @@ use tram::check::Range;
 use tram::compose::registry::{parse_params, Component};
 use tram::ops::global_norm;
 use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
+use tram_kernels::update::affine_owned;
 
 /// How the ascent direction is formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -56,7 +57,8 @@ impl Ball {
                 if !self.adaptive() || (self.config.weights_only && p.var.rank() < 2) {
                     Ok(None)
                 } else {
-                    Ok(Some(p.var.as_tensor().detach().abs()?.affine(1.0, self.config.eta)?))
+                    // `abs` makes a fresh tensor: shift it in place.
+                    Ok(Some(affine_owned(p.var.as_tensor().detach().abs()?, 1.0, self.config.eta)?))
                 }
             })
             .collect()
@@ -102,14 +104,14 @@ impl Neighborhood for Ball {
             .zip(&t)
             .zip(&tg)
             .map(|((g, t), tg)| {
-                let e = match (self.config.ascent, t) {
+                // A fresh product is scaled in place; the gradient itself is not ours to write.
+                Ok(match (self.config.ascent, t) {
                     // T² ⊙ g = T ⊙ (T ⊙ g): reuse the product the norm needed.
-                    (AscentRule::Paper, Some(t)) => tg.mul(t)?,
-                    (AscentRule::Paper, None) => g.clone(),
-                    (AscentRule::Reference, Some(t)) => t.sqr()?,
-                    (AscentRule::Reference, None) => g.ones_like()?,
-                };
-                Ok(e.affine(scale, 0.0)?)
+                    (AscentRule::Paper, Some(t)) => affine_owned(tg.mul(t)?, scale, 0.0)?,
+                    (AscentRule::Paper, None) => g.affine(scale, 0.0)?,
+                    (AscentRule::Reference, Some(t)) => affine_owned(t.sqr()?, scale, 0.0)?,
+                    (AscentRule::Reference, None) => affine_owned(g.ones_like()?, scale, 0.0)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Ascent::Step(eps))

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tram::check::Range;
 use tram::compose::registry::{parse_params, Component};
 use tram::{Ascent, Neighborhood, Params, RadiusSource, Result};
+use tram_kernels::update::affine_owned;
 
 /// Parameters of the Fisher ellipse.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,14 +42,15 @@ impl Neighborhood for FisherEllipse {
         RadiusSource::Fixed
     }
     fn perturbation(&self, _params: &Params, grads: &[Tensor], radius: f64) -> Result<Ascent> {
-        let q = grads.iter().map(|g| Ok(g.div(&g.sqr()?.affine(self.config.eta, 1.0)?)?)).collect::<Result<Vec<_>>>()?;
+        // `sqr` and `div` make fresh tensors: the affine steps run on them in place.
+        let q = grads.iter().map(|g| Ok(g.div(&affine_owned(g.sqr()?, self.config.eta, 1.0)?)?)).collect::<Result<Vec<_>>>()?;
         let parts = grads.iter().zip(&q).map(|(g, q)| Ok(g.mul(q)?.sum_all()?)).collect::<Result<Vec<_>>>()?;
         let quad = Tensor::stack(&parts, 0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let denom = quad.sqrt();
         if !(denom.is_finite() && denom > 0.0) {
             return Ok(Ascent::None);
         }
-        Ok(Ascent::Step(q.iter().map(|q| q.affine(radius / denom, 0.0)).collect::<candle_core::Result<_>>()?))
+        Ok(Ascent::Step(q.into_iter().map(|q| affine_owned(q, radius / denom, 0.0)).collect::<candle_core::Result<_>>()?))
     }
     fn describe(&self) -> Value {
         serde_json::to_value(&self.config).unwrap_or_default()
