@@ -20,6 +20,7 @@ pub mod apps;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod results;

@@ -3,6 +3,7 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 pub mod checkpoint;
+mod distributed;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -64,6 +65,8 @@ pub struct Optimizer {
     neighborhood_params: Value,
     base_params: Value,
     noise: Box<dyn NoiseSource>,
+    /// The data-parallel collective and setting (engine/distributed.rs).
+    dist: distributed::Dist,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
     pub(crate) no_ascent: u64,
@@ -122,6 +125,7 @@ impl Optimizer {
             neighborhood_params,
             base_params,
             noise,
+            dist: Default::default(),
             step: 0,
             skipped: 0,
             no_ascent: 0,
@@ -271,6 +275,7 @@ impl Optimizer {
                 }
             }
         }
+        grads = self.dist.settle(grads)?;
         report.forward_passes = scratch.forward;
         report.backward_passes = scratch.backward;
         report.grad_norm = global_norm(&grads)?;
@@ -339,6 +344,7 @@ impl Optimizer {
         let k = batches.len();
         let (mut acc, mut loss_sum, mut pen_sum, mut delta_sum, mut rows_total) = (None::<Vec<Tensor>>, 0.0, 0.0, 0.0, 0usize);
         for (i, batch) in batches.iter().enumerate() {
+            self.dist.begin_batch(i, model, self.noise.as_mut())?;
             let examples = batch.examples()?;
             let mut embeds = model.embed(params, batch, mode)?;
             if let (true, Plan::Fixed { input: Some(r), .. }) = (first, &mut self.plan) {
@@ -408,6 +414,12 @@ impl Optimizer {
                 None => grads,
                 Some(a) => a.iter().zip(&grads).map(|(a, g)| a.add(g)).collect::<candle_core::Result<_>>()?,
             });
+        }
+        if self.dist.world() > 1 {
+            let local = first && self.dist.local_first_pass(!matches!(self.plan, Plan::Descent));
+            let sums = [loss_sum, pen_sum, delta_sum];
+            let acc = acc.expect("at least one batch");
+            return self.dist.finish_pass(local, k, acc, sums, rows_total, !self.penalties.is_empty(), sizing);
         }
         let n = rows_total.max(1) as f64;
         let mut grads = acc.expect("at least one batch");
