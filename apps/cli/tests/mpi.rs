@@ -58,7 +58,7 @@ mod mpi {
         } else {
             let mut c = Command::new("mpirun");
             // CI runs as root on two cores: `--allow-run-as-root`, `--oversubscribe`.
-            c.args(["--allow-run-as-root", "--oversubscribe", "-np", &world.to_string(), "-x", "TRAM_MPI_TEST", tram]);
+            c.args(["--allow-run-as-root", "--oversubscribe", "-np", &world.to_string(), "-x", "DP_TEST_TAG", tram]);
             c
         };
         cmd.args(args)
@@ -154,22 +154,26 @@ mod mpi {
         ok(1, &args(&reference, methods, 4, &["--set", "train.checkpoint_every=1"]));
         for (first, then) in [(2, 1), (1, 2)] {
             let out = tmp.path().join(format!("w{first}-w{then}"));
-            let o = run(first, &args(&out, methods, 4, &["--stop-after", "2"]));
-            assert_eq!(o.status.code(), Some(130), "the stopped run: {}", String::from_utf8_lossy(&o.stderr));
-            assert!(out.join("tram-noise/seed-0/checkpoints/step-00000002").is_dir());
-            ok(then, &args(&out, methods, 4, &["--resume"]));
+            // One method per command: a stop ends the command's remaining rows.
+            for m in methods.split(',') {
+                let o = run(first, &args(&out, m, 4, &["--stop-after", "2"]));
+                assert_eq!(o.status.code(), Some(130), "the stopped run: {}", String::from_utf8_lossy(&o.stderr));
+                let seed = out.join(m).join("seed-0");
+                assert!(seed.join("checkpoints/step-00000002").is_dir() && !seed.join("results.json").exists());
+                ok(then, &args(&out, m, 4, &["--resume"]));
+            }
             assert_close(&reference, &out, methods, &format!("stopped at W={first}, resumed at W={then}"));
         }
     }
 
-    /// The pid of rank `rank` of the job whose processes carry `TRAM_MPI_TEST=tag`.
+    /// The pid of rank `rank` of the job whose processes carry `DP_TEST_TAG=tag`.
     fn rank_pid(tag: &str, rank: usize) -> Option<i32> {
         for e in std::fs::read_dir("/proc").ok()?.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
             let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
             let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
             let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
-            if has(&format!("TRAM_MPI_TEST={tag}")) && has(&format!("OMPI_COMM_WORLD_RANK={rank}")) {
+            if has(&format!("DP_TEST_TAG={tag}")) && has(&format!("OMPI_COMM_WORLD_RANK={rank}")) {
                 return Some(pid);
             }
         }
@@ -182,12 +186,15 @@ mod mpi {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let a = args(&out, "tram-noise", 100_000, &["--set", "distributed.timeout_s=10"]);
-        let mut child = command(2, &a).env("TRAM_MPI_TEST", tag).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = command(2, &a).env("DP_TEST_TAG", tag).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let metrics = out.join("tram-noise/seed-0/metrics.jsonl");
         let started = Instant::now();
         while !std::fs::read_to_string(&metrics).unwrap_or_default().contains("\"type\":\"train\"") {
             assert!(started.elapsed() < Duration::from_secs(120), "the job took no step in 120 s");
-            assert!(child.try_wait().unwrap().is_none(), "the job ended before its first step");
+            if child.try_wait().unwrap().is_some() {
+                let o = child.wait_with_output().unwrap();
+                panic!("the job ended before its first step:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         let pid = rank_pid(tag, 1).expect("rank 1's process");
@@ -199,21 +206,21 @@ mod mpi {
             }
             if killed.elapsed() > Duration::from_secs(90) {
                 let _ = child.kill();
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
                 panic!("the job still ran 90 s after rank 1 got SIG{signal}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let took = killed.elapsed();
         let o = child.wait_with_output().unwrap();
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
         (o.status, format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)), took)
     }
 
     #[test]
     fn a_rank_killed_mid_run_fails_the_job_with_a_message_within_60_s() {
         let (status, text, took) = signal_rank_1("KILL", &format!("kill-{}", std::process::id()));
-        eprintln!("killed rank: job ended in {:.1} s with {status:?}", took.as_secs_f64());
+        eprintln!("killed rank: job ended in {:.1} s with {status:?}:\n{text}", took.as_secs_f64());
         assert!(!status.success() && took < Duration::from_secs(60), "{status:?} after {took:?}\n{text}");
         assert!(text.contains("signal 9") || text.contains("Killed") || text.contains("has waited"), "{text}");
     }
@@ -221,7 +228,7 @@ mod mpi {
     #[test]
     fn a_rank_that_hangs_fails_the_job_through_the_watchdog_within_60_s() {
         let (status, text, took) = signal_rank_1("STOP", &format!("stop-{}", std::process::id()));
-        eprintln!("hung rank: job ended in {:.1} s with {status:?}", took.as_secs_f64());
+        eprintln!("hung rank: job ended in {:.1} s with {status:?}:\n{text}", took.as_secs_f64());
         assert!(!status.success() && took < Duration::from_secs(60), "{status:?} after {took:?}\n{text}");
         assert!(text.contains("rank 0 of 2") && text.contains("has waited") && text.contains("timeout 10 s"), "{text}");
     }

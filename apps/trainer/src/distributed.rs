@@ -17,6 +17,15 @@ pub fn launcher_world() -> Option<usize> {
     WORLD_SIZE_VARS.iter().find_map(|v| std::env::var(v).ok()).and_then(|s| s.trim().parse().ok())
 }
 
+/// This process's rank among the ranks of its host, as an MPI launcher says (Open MPI, MPICH,
+/// Slurm): `device = "cuda"` is GPU `<local rank>` (one process per GPU).
+pub fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// The process's collective: built by the first [`session`], kept until [`finalize`].
 static SESSION: Mutex<Option<Arc<dyn Collective>>> = Mutex::new(None);
 
