@@ -169,4 +169,3 @@ fn local_ascent_perturbs_each_rank_by_its_own_gradient() {
         assert!(d > 3e-6, "{c}: the local ascent took the global step (difference {d:e})");
     }
 }
-

@@ -79,7 +79,13 @@ mod mpi {
 
     fn ok(world: usize, args: &[String]) {
         let o = run(world, args);
-        assert!(o.status.success(), "W = {world}: {:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "W = {world}: {:?}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     fn weights(dir: &Path, method: &str) -> HashMap<String, Tensor> {
@@ -193,7 +199,11 @@ mod mpi {
             assert!(started.elapsed() < Duration::from_secs(120), "the job took no step in 120 s");
             if child.try_wait().unwrap().is_some() {
                 let o = child.wait_with_output().unwrap();
-                panic!("the job ended before its first step:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                panic!(
+                    "the job ended before its first step:\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -498,6 +498,17 @@ impl<'a> Run<'a> {
             }
         }
         pb.finish_and_clear();
+        if world > 1 {
+            let (secs, waited) = (started.elapsed().as_secs_f64(), self.dist.wait_seconds());
+            tracing::info!(
+                rank,
+                world,
+                train_seconds = secs,
+                collective_seconds = waited,
+                share = waited / secs.max(1e-9),
+                "time in collectives (all-reduces, waiting for the other ranks included)"
+            );
+        }
         self.train_seconds += started.elapsed().as_secs_f64();
         if total > 0 && last_eval != Some(total) {
             self.validate(total)?;

@@ -40,6 +40,11 @@ pub trait Collective: Send + Sync {
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()>;
     /// Wait until every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Seconds spent in this engine's calls so far (waiting for the other ranks included), for
+    /// the share of a step that data parallelism costs; 0 where not measured.
+    fn wait_seconds(&self) -> f64 {
+        0.0
+    }
 
     /// The element-wise means over the ranks of each tensor.
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -125,7 +130,10 @@ pub fn flatten_f64(tensors: &[Tensor]) -> Result<Vec<f64>> {
 pub fn unflatten_f64(values: &[f64], like: &[Tensor]) -> Result<Vec<Tensor>> {
     let total: usize = like.iter().map(Tensor::elem_count).sum();
     if values.len() != total {
-        return Err(Error::Model(format!("a collective returned {} values for tensors of {total}: the ranks disagree on the shapes", values.len())));
+        return Err(Error::Model(format!(
+            "a collective returned {} values for tensors of {total}: the ranks disagree on the shapes",
+            values.len()
+        )));
     }
     let mut at = 0;
     like.iter()

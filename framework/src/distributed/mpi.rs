@@ -32,6 +32,8 @@ pub struct Mpi {
     rank: usize,
     world: usize,
     watchdog: Watchdog,
+    /// Nanoseconds spent in calls.
+    waited: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: MPI is initialised with `Threading::Serialized` and every MPI call goes through the
@@ -56,13 +58,16 @@ impl Mpi {
             // (No `exit`: its handlers could block in the MPI library the other ranks left.)
             unsafe { libc::_exit(TIMEOUT_EXIT) }
         });
-        Ok(Mpi { inner: Mutex::new(Inner { world, _universe: universe }), rank, world: size, watchdog })
+        Ok(Mpi { inner: Mutex::new(Inner { world, _universe: universe }), rank, world: size, watchdog, waited: Default::default() })
     }
 
     fn with<T>(&self, op: &'static str, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T> {
         let inner = self.inner.lock().map_err(|_| Error::Model("the MPI communicator's lock is poisoned".into()))?;
         let _guard = self.watchdog.guard(op);
-        Ok(f(&inner.world))
+        let started = std::time::Instant::now();
+        let out = f(&inner.world);
+        self.waited.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(out)
     }
 
     /// Sum `values` over the ranks: reduce at rank 0, then broadcast.
@@ -114,5 +119,8 @@ impl Collective for Mpi {
     }
     fn barrier(&self) -> Result<()> {
         self.with("a barrier", |w| w.barrier())
+    }
+    fn wait_seconds(&self) -> f64 {
+        self.waited.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
     }
 }

@@ -146,4 +146,7 @@ impl Collective for Nccl {
     fn barrier(&self) -> Result<()> {
         self.mpi.barrier()
     }
+    fn wait_seconds(&self) -> f64 {
+        self.mpi.wait_seconds()
+    }
 }
