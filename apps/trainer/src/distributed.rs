@@ -108,6 +108,24 @@ pub fn finalize() {
     }
 }
 
+/// Drop from a configuration's JSON (`m`, the top level) the `[distributed]` keys that change
+/// nothing computed (engine, watchdog timeout, all-reduce engine: a run resumes or keeps its
+/// results under other values), and the section when only defaults remain (`ascent = "local"`
+/// changes the steps and stays).
+pub fn drop_untracked(m: &mut serde_json::Map<String, serde_json::Value>) {
+    if let Some(serde_json::Value::Object(d)) = m.get_mut("distributed") {
+        for k in ["engine", "timeout_s", "allreduce"] {
+            d.remove(k);
+        }
+        if d.get("ascent").and_then(|a| a.as_str()) == Some("global") {
+            d.remove("ascent");
+        }
+        if d.is_empty() {
+            m.remove("distributed");
+        }
+    }
+}
+
 /// Rank `rank`'s share of a global micro-batch of `n` examples on `world` ranks: rows
 /// `[rank·n/W, (rank+1)·n/W)`, with the index of its first example (which keys its noise and
 /// dropout). Every rank reads the same global micro-batches in the same order, so the data
@@ -155,18 +173,28 @@ mod tests {
     }
 
     #[test]
+    fn only_the_ascent_of_the_distributed_section_is_part_of_a_runs_identity() {
+        let mut m = serde_json::json!({"seed": 1, "distributed": {"engine": "mpi", "timeout_s": 5.0, "allreduce": "nccl", "ascent": "global"}});
+        drop_untracked(m.as_object_mut().unwrap());
+        assert_eq!(m, serde_json::json!({"seed": 1}));
+        let mut m = serde_json::json!({"distributed": {"timeout_s": 5.0, "ascent": "local"}});
+        drop_untracked(m.as_object_mut().unwrap());
+        assert_eq!(m, serde_json::json!({"distributed": {"ascent": "local"}}));
+    }
+
+    #[test]
     fn one_process_unless_launched_with_several_ranks_and_a_bad_timeout_is_refused() {
         let single = DistributedConfig { engine: DistributedEngine::Single, ..Default::default() };
         assert_eq!(session(&single, &Device::Cpu).unwrap().world(), 1);
         let bad = DistributedConfig { timeout_s: 0.0, ..Default::default() };
-        assert!(session(&bad, &Device::Cpu).unwrap_err().to_string().contains("distributed.timeout_s"));
+        assert!(session(&bad, &Device::Cpu).err().unwrap().to_string().contains("distributed.timeout_s"));
     }
 
     #[cfg(not(feature = "mpi"))]
     #[test]
     fn asking_for_mpi_without_the_feature_names_the_feature() {
         let mpi = DistributedConfig { engine: DistributedEngine::Mpi, ..Default::default() };
-        let err = session(&mpi, &Device::Cpu).unwrap_err().to_string();
+        let err = session(&mpi, &Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("`mpi` feature") && err.contains("--features mpi"), "{err}");
     }
 }

@@ -293,6 +293,7 @@ pub fn result_fingerprint(app: &str, config: &Value, seed: u64) -> Value {
         }
         // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
         crate::apps::keep_own_section(m, app);
+        crate::distributed::drop_untracked(m);
     }
     v
 }

@@ -133,6 +133,7 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
         }
         // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
         crate::apps::keep_own_section(m, app);
+        crate::distributed::drop_untracked(m);
     }
     v
 }
