@@ -17,6 +17,15 @@ pub fn launcher_world() -> Option<usize> {
     WORLD_SIZE_VARS.iter().find_map(|v| std::env::var(v).ok()).and_then(|s| s.trim().parse().ok())
 }
 
+/// This process's rank in the job an MPI launcher started (Open MPI, MPICH / PMI, MVAPICH),
+/// known before MPI is initialised.
+pub fn launcher_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// This process's rank among the ranks of its host, as an MPI launcher says (Open MPI, MPICH,
 /// Slurm): `device = "cuda"` is GPU `<local rank>` (one process per GPU).
 pub fn local_rank() -> Option<usize> {
@@ -174,7 +183,8 @@ mod tests {
 
     #[test]
     fn only_the_ascent_of_the_distributed_section_is_part_of_a_runs_identity() {
-        let mut m = serde_json::json!({"seed": 1, "distributed": {"engine": "mpi", "timeout_s": 5.0, "allreduce": "nccl", "ascent": "global"}});
+        let mut m =
+            serde_json::json!({"seed": 1, "distributed": {"engine": "mpi", "timeout_s": 5.0, "allreduce": "nccl", "ascent": "global"}});
         drop_untracked(m.as_object_mut().unwrap());
         assert_eq!(m, serde_json::json!({"seed": 1}));
         let mut m = serde_json::json!({"distributed": {"timeout_s": 5.0, "ascent": "local"}});
