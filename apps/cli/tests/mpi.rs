@@ -73,8 +73,7 @@ mod mpi {
     }
 
     fn run(world: usize, args: &[String]) -> Output {
-        let out = command(world, args).output().expect("running tram (is `mpirun` installed? .ci/run installs Open MPI)");
-        out
+        command(world, args).output().expect("running tram (is `mpirun` installed? .ci/run installs Open MPI)")
     }
 
     fn ok(world: usize, args: &[String]) {
@@ -178,7 +177,7 @@ mod mpi {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
             let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
             let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-            let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
+            let has = |v: &str| vars.contains(&v.as_bytes());
             if has(&format!("DP_TEST_TAG={tag}")) && has(&format!("OMPI_COMM_WORLD_RANK={rank}")) {
                 return Some(pid);
             }

@@ -54,6 +54,8 @@ impl Nccl {
         Ok(Nccl { mpi, id, comm: Mutex::new(None) })
     }
 
+    // The communicator is only used under `self.comm`'s lock and in the reduction that took it.
+    #[allow(clippy::arc_with_non_send_sync)]
     fn comm(&self, t: &Tensor) -> Result<Arc<Comm>> {
         let mut c = self.comm.lock().map_err(|_| Error::Model("the NCCL communicator's lock is poisoned".into()))?;
         if let Some(comm) = c.as_ref() {

@@ -93,7 +93,7 @@ impl Dist {
         let Some(rows) = self.unreduced.take() else { return Ok(grads) };
         let weighted = crate::ops::scale_all(&grads, rows as f64)?;
         let (grads, s) = self.reduce(weighted, [0.0, 0.0, 0.0, rows as f64])?;
-        Ok(crate::ops::scale_all(&grads, 1.0 / s[3].max(1.0))?)
+        crate::ops::scale_all(&grads, 1.0 / s[3].max(1.0))
     }
 
     /// Whether the first pass of a step keeps this rank's own gradient.
