@@ -19,6 +19,7 @@
 //!   [`OptimizerConfig`] into bound components (and documents the region and penalty settings);
 //! - [`engine`]: the step algorithm ([`Optimizer`]) and the optimizer checkpoint;
 //! - [`plugin`]: run-time plugins (ABI and fingerprint, loader, wrappers);
+//! - [`distributed`]: the collective of data-parallel jobs (single process, MPI, NCCL);
 //! - [`check`], [`error`], [`noise`], [`ops`], [`schedule`]: what all of them share;
 //! - `testing` (feature `testing`): test support for component and plugin authors.
 
@@ -29,6 +30,7 @@ mod build_digest;
 pub mod check;
 pub mod components;
 pub mod compose;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod noise;

@@ -1,5 +1,5 @@
-//! Noise for the `noise` trust region (TRAM-x, R3F): seeded and checkpointable, or fed from
-//! outside (golden tests feed PyTorch's samples).
+//! Noise for the `noise` trust region (TRAM-x, R3F): seeded per example and checkpointable,
+//! or fed from outside (golden tests feed PyTorch's samples).
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -27,43 +27,86 @@ pub trait NoiseSource: Send {
     fn save(&self) -> Option<String>;
     /// Restore a position written by [`NoiseSource::save`].
     fn load(&mut self, state: &str) -> Result<()>;
+    /// The index, in the global micro-batch of a data-parallel step, of the first example of
+    /// the samples drawn next (0 in a single process). A source keyed by example (as
+    /// [`SeededNoise`]) draws row `j` from the key of example `offset + j`, so that the
+    /// samples do not depend on how the global batch is split over ranks. Others ignore it.
+    fn set_example_offset(&mut self, _offset: usize) {}
 }
 
-/// ChaCha8 noise from a seed; its stream position is saved in optimizer checkpoints so a
-/// resumed run draws the same samples.
+/// Seeded noise keyed by example: the `c`-th sample (one per micro-batch, distribution and
+/// shape that a step asks for, in the engine's fixed order) draws each example's row from its
+/// own ChaCha8 stream, keyed by (seed, c, global example index). The samples are thus the
+/// same whether the global micro-batch is drawn in one process or split over W ranks (README
+/// "Data-parallel training"). The position saved in optimizer checkpoints is `c`, so a resumed
+/// run draws the same samples. Values are drawn on the CPU and moved to the device.
 pub struct SeededNoise {
     seed: u64,
-    rng: ChaCha8Rng,
+    /// Samples drawn so far.
+    draws: u64,
+    /// Global index of the first example of the next sample.
+    offset: usize,
 }
+
+/// Checkpoint tag of the keyed stream (older checkpoints hold `seed:word position` of one
+/// sequential stream).
+const KEYED: &str = "keyed";
 
 impl SeededNoise {
     /// A stream from `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { seed, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self { seed, draws: 0, offset: 0 }
     }
 }
+
+/// The ChaCha8 stream of example `example` in draw `draw` of `seed`, for the stream domain
+/// `domain` (noise, dropout): the key holds every part, so no two keys share a stream.
+pub fn keyed_rng(seed: u64, domain: u64, draw: u64, example: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    for (i, v) in [seed, domain, draw, example].into_iter().enumerate() {
+        key[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(key)
+}
+
+/// Stream domain of [`SeededNoise`] in [`keyed_rng`].
+pub const NOISE_DOMAIN: u64 = 0x6e6f697365; // "noise"
 
 impl NoiseSource for SeededNoise {
     fn sample(&mut self, shape: &Shape, kind: NoiseKind, sigma: f64, device: &Device, dtype: DType) -> Result<Tensor> {
         let n = shape.elem_count();
-        let values: Vec<f32> = match kind {
-            NoiseKind::Normal => (0..n).map(|_| self.rng.sample::<f32, _>(rand_distr::StandardNormal) * sigma as f32).collect(),
-            NoiseKind::Uniform => (0..n).map(|_| self.rng.random_range(-1.0f32..1.0) * sigma as f32).collect(),
-        };
+        let rows = shape.dims().first().copied().unwrap_or(1).max(1);
+        let per_row = n / rows;
+        let draw = self.draws;
+        self.draws += 1;
+        let mut values: Vec<f32> = Vec::with_capacity(n);
+        for r in 0..rows {
+            let mut rng = keyed_rng(self.seed, NOISE_DOMAIN, draw, (self.offset + r) as u64);
+            match kind {
+                NoiseKind::Normal => values.extend((0..per_row).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal) * sigma as f32)),
+                NoiseKind::Uniform => values.extend((0..per_row).map(|_| rng.random_range(-1.0f32..1.0) * sigma as f32)),
+            }
+        }
         Ok(Tensor::from_vec(values, shape.clone(), device)?.to_dtype(dtype)?)
     }
     fn save(&self) -> Option<String> {
-        Some(format!("{}:{}", self.seed, self.rng.get_word_pos()))
+        Some(format!("{KEYED}:{}:{}", self.seed, self.draws))
     }
     fn load(&mut self, state: &str) -> Result<()> {
-        let bad = || Error::Model(format!("noise state `{state}` is not `seed:position`"));
-        let (seed, pos) = state.split_once(':').ok_or_else(bad)?;
-        let seed: u64 = seed.parse().map_err(|_| bad())?;
-        let pos: u128 = pos.parse().map_err(|_| bad())?;
-        self.seed = seed;
-        self.rng = ChaCha8Rng::seed_from_u64(seed);
-        self.rng.set_word_pos(pos);
+        let bad = || {
+            Error::Model(format!(
+                "noise state `{state}` is not `{KEYED}:seed:draws` (a checkpoint of a tram older than the keyed noise stream holds \
+                 `seed:position`: it cannot be resumed with the same samples; start the run again)"
+            ))
+        };
+        let rest = state.strip_prefix(KEYED).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+        let (seed, draws) = rest.split_once(':').ok_or_else(bad)?;
+        self.seed = seed.parse().map_err(|_| bad())?;
+        self.draws = draws.parse().map_err(|_| bad())?;
         Ok(())
+    }
+    fn set_example_offset(&mut self, offset: usize) {
+        self.offset = offset;
     }
 }
 
@@ -93,5 +136,58 @@ impl NoiseSource for QueuedNoise {
     }
     fn load(&mut self, _state: &str) -> Result<()> {
         Err(Error::Model("queued noise cannot be restored from a checkpoint".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(noise: &mut SeededNoise, offset: usize, n: usize) -> Vec<Vec<f32>> {
+        noise.set_example_offset(offset);
+        let t = noise.sample(&Shape::from((n, 2, 3)), NoiseKind::Normal, 0.5, &Device::Cpu, DType::F32).unwrap();
+        t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap()
+    }
+
+    #[test]
+    fn keyed_samples_of_a_split_batch_equal_the_whole_batchs_draw_by_draw() {
+        let (mut whole, mut first, mut second) = (SeededNoise::new(9), SeededNoise::new(9), SeededNoise::new(9));
+        for _ in 0..3 {
+            let all = rows(&mut whole, 0, 4);
+            let (a, b) = (rows(&mut first, 0, 2), rows(&mut second, 2, 2));
+            assert_eq!([a, b].concat(), all);
+        }
+        // Another draw and another example differ; the scale is applied.
+        let mut n = SeededNoise::new(9);
+        let d0 = rows(&mut n, 0, 2);
+        let d1 = rows(&mut n, 0, 2);
+        assert_ne!(d0, d1);
+        assert_ne!(d0[0], d0[1]);
+    }
+
+    #[test]
+    fn a_restored_position_draws_the_same_samples_and_an_old_format_is_refused() {
+        let mut a = SeededNoise::new(4);
+        rows(&mut a, 0, 3);
+        let saved = a.save().unwrap();
+        let next = rows(&mut a, 1, 3);
+        let mut b = SeededNoise::new(0);
+        b.load(&saved).unwrap();
+        assert_eq!(rows(&mut b, 1, 3), next);
+        let err = b.load("4:128").unwrap_err().to_string();
+        assert!(err.contains("keyed:seed:draws") && err.contains("older"), "{err}");
+    }
+
+    #[test]
+    fn keyed_normal_samples_have_the_asked_scale() {
+        let mut n = SeededNoise::new(1);
+        let t = n.sample(&Shape::from((64, 256)), NoiseKind::Normal, 0.5, &Device::Cpu, DType::F32).unwrap();
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.01 && (var.sqrt() - 0.5).abs() < 0.01, "mean {mean} sd {}", var.sqrt());
+        let u = n.sample(&Shape::from((64, 256)), NoiseKind::Uniform, 2.0, &Device::Cpu, DType::F32).unwrap();
+        let u = u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(u.iter().all(|x| x.abs() <= 2.0) && u.iter().any(|x| x.abs() > 1.9));
     }
 }

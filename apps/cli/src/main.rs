@@ -66,6 +66,8 @@ fn run_app(app: App, args: &tram_trainer::cli::AppArgs, registry: &Registry) -> 
     let control = tram_trainer::Control { resume: args.resume, ..Default::default() };
     tram_trainer::cli::install_ctrlc(&control)?;
     let summary = tram_trainer::cli::run_app(app, args, &control, registry)?;
+    // The data-parallel job's MPI session ends here (an MPI rank must not exit without it).
+    tram_trainer::distributed::finalize();
     for table in &summary.tables {
         println!("{table}");
     }

@@ -37,6 +37,10 @@ pub struct AppArgs {
     /// Print each selected run's resolved configuration and exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop each run as if interrupted once this many steps are done, with a checkpoint
+    /// (time-boxed jobs; `--resume` continues it).
+    #[arg(long, value_name = "STEPS")]
+    pub stop_after: Option<u64>,
 }
 
 /// What the driver did.
@@ -59,7 +63,12 @@ pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Reg
     }
     let sources = Sources { file: args.config.clone(), sets: args.sets.clone(), env: None };
     // The flags join the control's (which shares its stop flag with the Ctrl-C handler).
-    let control = Control { resume: control.resume || args.resume, force: control.force || args.force, ..control.clone() };
+    let control = Control {
+        resume: control.resume || args.resume,
+        force: control.force || args.force,
+        stop_after: args.stop_after.or(control.stop_after),
+        ..control.clone()
+    };
     run_sources(app, &sources, &args.runs, args.dry_run, &control, registry)
 }
 
@@ -130,6 +139,8 @@ pub fn run_sources(
         }
     }
     let mut tables = Vec::new();
+    // Only rank 0 of a data-parallel job writes the tables.
+    let outs = if crate::distributed::rank() == 0 { outs } else { Vec::new() };
     for (out, i) in outs {
         // What an earlier command's crash left of the table files.
         rundir::remove_dead_temps(&out)?;

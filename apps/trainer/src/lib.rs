@@ -20,6 +20,7 @@ pub mod apps;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod results;
@@ -43,7 +44,8 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
         s if s == "cuda" || s.starts_with("cuda:") => {
             let n = match s.strip_prefix("cuda:") {
                 Some(n) => n.parse::<usize>().map_err(|_| bad(format!("`{s}`: expected cuda:<gpu index>")))?,
-                None => 0,
+                // One process per GPU: `cuda` is GPU <local rank> of a data-parallel job.
+                None => crate::distributed::local_rank().unwrap_or(0),
             };
             candle_core::Device::new_cuda(n)
                 .map_err(|e| bad(format!("CUDA device {n} is unavailable ({e}); build with `--features cuda` on a machine with CUDA")))

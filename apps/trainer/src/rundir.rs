@@ -293,6 +293,7 @@ pub fn result_fingerprint(app: &str, config: &Value, seed: u64) -> Value {
         }
         // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
         crate::apps::keep_own_section(m, app);
+        crate::distributed::drop_untracked(m);
     }
     v
 }
@@ -325,8 +326,11 @@ pub fn preflight(app: &str, run: &RunConfig, seed: u64, control: &Control) -> Re
     if !dir.is_dir() {
         return Ok(());
     }
-    // A live writer is refused now, not when this run's turn comes.
-    drop(RunLock::acquire(&dir)?);
+    // A live writer is refused now, not when this run's turn comes. (In a data-parallel job
+    // only rank 0 takes the lock: the others' check would race with it.)
+    if crate::distributed::launcher_rank().unwrap_or(0) == 0 {
+        drop(RunLock::acquire(&dir)?);
+    }
     if control.force {
         return Ok(());
     }

@@ -133,6 +133,7 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
         }
         // Only the app's own section matters, less its keys that change nothing computed (`lm.cache_dir`).
         crate::apps::keep_own_section(m, app);
+        crate::distributed::drop_untracked(m);
     }
     v
 }
@@ -240,8 +241,11 @@ struct Run<'a> {
     params: tram::Params,
     data: TaskData,
     dir: PathBuf,
-    /// Held until the run is dropped: no second writer.
-    _lock: crate::rundir::RunLock,
+    /// Held until the run is dropped: no second writer (rank 0 of a data-parallel job only).
+    _lock: Option<crate::rundir::RunLock>,
+    /// The data-parallel job's ranks (one process: [`tram::distributed::Single`]); only rank
+    /// 0 writes the run directory.
+    dist: std::sync::Arc<dyn tram::distributed::Collective>,
     /// Optimizer steps of the run.
     total: u64,
     opt: Optimizer,
@@ -280,19 +284,30 @@ impl<'a> Run<'a> {
                 )));
             }
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let lock = crate::rundir::RunLock::acquire(&dir)?;
-        crate::rundir::remove_stale_temps(&dir, &lock)?;
+        let dist = crate::distributed::session(&cfg.distributed, &crate::device(&cfg.device)?)?;
+        // Only rank 0 of a data-parallel job writes the run directory (the others read it).
+        let lock = if dist.rank() == 0 {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let lock = crate::rundir::RunLock::acquire(&dir)?;
+            crate::rundir::remove_stale_temps(&dir, &lock)?;
+            Some(lock)
+        } else {
+            None
+        };
         let total = total_steps(run, data.train.batches_per_epoch());
         let opt_config = resolved_optimizer(run, spec.seed, total);
         let registry = cfg.plugin_registry(spec.registry)?; // with the config's `plugins`
-        let opt = Optimizer::new(&registry, opt_config.clone())?;
+        let mut opt = Optimizer::new(&registry, opt_config.clone())?;
+        opt.set_collective(dist.clone());
+        opt.set_ascent_scope(cfg.distributed.ascent);
         let print = fingerprint(spec.app, run, spec.seed, &opt_config);
         let params = model.params().clone();
-        if control.force {
+        if let (true, Some(lock)) = (control.force, &lock) {
             // Only now that the run is known to start (its optimizer builds).
-            crate::rundir::discard(&dir, &lock)?;
+            crate::rundir::discard(&dir, lock)?;
         }
+        // The other ranks read the run directory once rank 0 has cleaned it.
+        dist.barrier()?;
         // Recorded results are kept: skipped on --resume when they are this configuration's.
         if let Some(mut recorded) = crate::rundir::recorded_result(&dir)? {
             if !control.resume {
@@ -322,6 +337,7 @@ impl<'a> Run<'a> {
             data,
             dir,
             _lock: lock,
+            dist,
             total,
             opt,
             print,
@@ -397,14 +413,21 @@ impl<'a> Run<'a> {
     fn train(&mut self) -> Result<Option<Outcome>> {
         let (run, seed, total) = (self.spec.run, self.spec.seed, self.total);
         let cfg = &run.config;
-        self.metrics = Some(Metrics::open(&self.dir.join(METRICS_FILE), self.metrics_keep)?);
+        let (rank, world) = (self.dist.rank(), self.dist.world());
+        if world > 1 {
+            // Every rank starts from rank 0's parameters (they are equal unless a rank read
+            // other files): the job cannot drift from its first step.
+            let theta = self.dist.broadcast(self.params.snapshot()?.tensors(), 0)?;
+            self.params.assign(&theta)?;
+        }
+        self.metrics = if rank == 0 { Some(Metrics::open(&self.dir.join(METRICS_FILE), self.metrics_keep)?) } else { None };
         if self.step == 0 {
             self.log(&json!({"type": "start", "run": run.name, "seed": seed, "steps": total, "optimizer": self.opt.describe(), "parameters": self.params.elem_count()}))?;
         }
         tracing::info!(run = %run.name, seed, optimizer = %self.opt, steps = total, parameters = self.params.elem_count(), "training");
 
         let accumulation = cfg.train.accumulation;
-        let pb = progress_bar(total, cfg.train.progress, format!("{} seed {}", run.name, seed));
+        let pb = progress_bar(total, cfg.train.progress && rank == 0, format!("{} seed {}", run.name, seed));
         pb.set_position(self.step);
         let mut last_checkpoint = self.step;
         // A checkpoint at the last step is only written after the final validation (periodic and
@@ -414,10 +437,16 @@ impl<'a> Run<'a> {
         let (mut window_units, mut window_start) = (0usize, Instant::now());
         while self.step < total {
             let mut batches = Vec::with_capacity(accumulation);
+            let mut offsets = Vec::with_capacity(accumulation);
             for _ in 0..accumulation {
-                let b = self.data.train.next_batch()?;
+                // Each rank's share of the global micro-batch (all of it in one process).
+                let (b, offset) = crate::distributed::shard(&self.data.train.next_batch()?, rank, world)?;
                 window_units += self.data.train.units(&b);
                 batches.push(b);
+                offsets.push(offset);
+            }
+            if world > 1 {
+                self.opt.set_example_offsets(offsets);
             }
             let report = self.opt.step(self.model.as_ref(), &batches)?;
             self.step += 1;
@@ -452,6 +481,15 @@ impl<'a> Run<'a> {
             if self.control.stop_after == Some(step) {
                 self.control.stop.store(true, Ordering::SeqCst);
             }
+            if world > 1 {
+                // A stop (Ctrl-C reaches the ranks at different steps) is the job's: every rank
+                // stops after the same step.
+                let mut stop = [f64::from(u8::from(self.control.stop.load(Ordering::SeqCst)))];
+                self.dist.all_reduce_sum_f64(&mut stop)?;
+                if stop[0] > 0.0 {
+                    self.control.stop.store(true, Ordering::SeqCst);
+                }
+            }
             if self.control.stop.load(Ordering::SeqCst) && step < total {
                 let d =
                     if last_checkpoint == step { checkpoint::latest(&self.dir)?.unwrap_or_default() } else { self.save(step, elapsed)? };
@@ -461,6 +499,17 @@ impl<'a> Run<'a> {
             }
         }
         pb.finish_and_clear();
+        if world > 1 {
+            let (secs, waited) = (started.elapsed().as_secs_f64(), self.dist.wait_seconds());
+            tracing::info!(
+                rank,
+                world,
+                train_seconds = secs,
+                collective_seconds = waited,
+                share = waited / secs.max(1e-9),
+                "time in collectives (all-reduces, waiting for the other ranks included)"
+            );
+        }
         self.train_seconds += started.elapsed().as_secs_f64();
         if total > 0 && last_eval != Some(total) {
             self.validate(total)?;
@@ -482,7 +531,7 @@ impl<'a> Run<'a> {
             }
             _ => self.total,
         };
-        if self.total > 0 {
+        if self.total > 0 && self.dist.rank() == 0 {
             tram_hub::save_model(&self.dir.join(MODEL_DIR), self.model.as_ref(), self.spec.tokenizer.as_deref())?;
         }
         Ok(selected_step)
@@ -493,20 +542,24 @@ impl<'a> Run<'a> {
     fn evaluate(mut self, selected_step: u64) -> Result<RunResult> {
         let (spec, run, total) = (self.spec, self.spec.run, self.total);
         let cfg = &run.config;
-        let metrics = self.metrics.as_mut().expect("the metrics log is opened by `train`");
+        let mut metrics = self.metrics.as_mut();
         let eval_started = Instant::now();
         let mut columns = Vec::new();
         let valid = match &self.data.valid {
             Some(v) => {
                 let m = evaluate(self.model.as_ref(), v.source.as_ref())?;
-                metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
+                }
                 Some(m)
             }
             None => None,
         };
         for set in &self.data.tests {
             let m = evaluate(self.model.as_ref(), set.source.as_ref())?;
-            metrics.line(&eval_line("test", selected_step, set, &m))?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.line(&eval_line("test", selected_step, set, &m))?;
+            }
             tracing::info!(set = %set.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, "test");
             columns.push(ColumnResult { name: set.name.clone(), label: set.label.clone(), in_domain: set.in_domain, metrics: m });
         }
@@ -548,21 +601,29 @@ impl<'a> Run<'a> {
             provenance: run.config.provenance.record(&run.config.to_json(), &opt.describe()),
             config: run.config.to_json(),
         };
+        if self.dist.rank() != 0 {
+            return Ok(result);
+        }
         let results_path = self.dir.join(RESULTS_FILE);
         let bytes = serde_json::to_vec_pretty(&result).map_err(|e| Error::Data(format!("serialising {}: {e}", results_path.display())))?;
         tram::state::write_atomic(&results_path, &bytes)?;
         Ok(result)
     }
 
-    /// Append a line to the metrics log.
+    /// Append a line to the metrics log (rank 0 of a data-parallel job; the others have none).
     fn log(&mut self, line: &Value) -> Result<()> {
-        self.metrics.as_mut().expect("the metrics log is opened by `train`").line(line)
+        match self.metrics.as_mut() {
+            Some(m) => m.line(line),
+            None => Ok(()),
+        }
     }
 
     /// Write a checkpoint of step `step` (and the training time so far, `seconds`), with the
     /// metrics log's length.
     fn save(&self, step: u64, seconds: f64) -> Result<PathBuf> {
-        let metrics_bytes = self.metrics.as_ref().expect("the metrics log is opened by `train`").bytes;
+        // Only rank 0 writes (the ranks hold the same state).
+        let Some(metrics) = self.metrics.as_ref() else { return Ok(self.dir.clone()) };
+        let metrics_bytes = metrics.bytes;
         let params = &self.params;
         let files = CheckpointFiles {
             model: checkpoint::params_bytes(params, None)?,
@@ -593,12 +654,13 @@ impl<'a> Run<'a> {
     /// selection needs them).
     fn validate(&mut self, step: u64) -> Result<()> {
         let Some(valid) = &self.data.valid else { return Ok(()) };
-        let metrics = self.metrics.as_mut().expect("the metrics log is opened by `train`");
         let m = evaluate(self.model.as_ref(), valid.source.as_ref())?;
         let improved = m.loss.is_finite() && self.best.as_ref().map(|(b, _)| m.loss < b.loss).unwrap_or(true);
         let mut line = eval_line("eval", step, valid, &m);
         line["best"] = json!(improved);
-        metrics.line(&line)?;
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.line(&line)?;
+        }
         tracing::info!(step, set = %valid.name, loss = m.loss, perplexity = m.perplexity, accuracy = m.accuracy, best = improved, "validation");
         if improved {
             // Only model selection needs the parameters themselves.

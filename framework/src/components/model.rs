@@ -231,6 +231,14 @@ pub trait Model {
     fn params(&self) -> &Params;
     /// The input embeddings of `batch` (where TRAM-x / R3F add their noise).
     fn embed(&self, w: &dyn Weights, batch: &Batch, mode: Mode) -> Result<Tensor>;
+    /// The index, in the global micro-batch of a data-parallel step, of the first example of
+    /// the batches the next passes see (the engine sets it before each micro-batch; 0 in a
+    /// single process). A model whose dropout masks are keyed by example (as tram-models')
+    /// draws row `j`'s mask from example `offset + j`'s key, so that the masks do not depend on
+    /// how the global batch is split over ranks. The default ignores it.
+    fn set_example_offset(&self, _offset: usize) -> Result<()> {
+        Ok(())
+    }
     /// The logits from (possibly perturbed) input embeddings.
     fn forward_embeds(&self, w: &dyn Weights, embeds: &Tensor, batch: &Batch, mode: Mode) -> Result<Logits>;
     /// The logits of a batch.

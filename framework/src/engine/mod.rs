@@ -6,6 +6,7 @@ pub mod checkpoint;
 mod masters;
 mod perturb;
 mod rollback;
+mod distributed;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -69,6 +70,8 @@ pub struct Optimizer {
     noise: Box<dyn NoiseSource>,
     /// f32 master weights of a model with bf16 parameters (see `masters`), from `init` on.
     masters: Option<masters::Masters>,
+    /// The data-parallel collective and setting (engine/distributed.rs).
+    dist: distributed::Dist,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
     pub(crate) no_ascent: u64,
@@ -130,6 +133,7 @@ impl Optimizer {
             base_params,
             noise,
             masters: None,
+            dist: Default::default(),
             step: 0,
             skipped: 0,
             no_ascent: 0,
@@ -307,6 +311,7 @@ impl Optimizer {
                 }
             }
         }
+        grads = self.dist.settle(grads)?;
         report.forward_passes = scratch.forward;
         report.backward_passes = scratch.backward;
         report.grad_norm = global_norm(&grads)?;
@@ -382,6 +387,7 @@ impl Optimizer {
         let k = batches.len();
         let (mut acc, mut loss_sum, mut pen_sum, mut delta_sum, mut rows_total) = (None::<Vec<Tensor>>, 0.0, 0.0, 0.0, 0usize);
         for (i, batch) in batches.iter().enumerate() {
+            self.dist.begin_batch(i, model, self.noise.as_mut())?;
             let examples = batch.examples()?;
             let mut embeds = model.embed(params, batch, mode)?;
             if let (true, Plan::Fixed { input: Some(r), .. }) = (first, &mut self.plan) {
@@ -454,6 +460,12 @@ impl Optimizer {
                 None => grads,
                 Some(a) => a.iter().zip(&grads).map(|(a, g)| a.add(g)).collect::<candle_core::Result<_>>()?,
             });
+        }
+        if self.dist.world() > 1 {
+            let local = first && self.dist.local_first_pass(!matches!(self.plan, Plan::Descent));
+            let sums = [loss_sum, pen_sum, delta_sum];
+            let acc = acc.expect("at least one batch");
+            return self.dist.finish_pass(local, k, acc, sums, rows_total, !self.penalties.is_empty(), sizing);
         }
         let n = rows_total.max(1) as f64;
         let mut grads = acc.expect("at least one batch");

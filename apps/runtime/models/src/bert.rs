@@ -82,6 +82,9 @@ impl Bert {
 }
 
 impl Model for Bert {
+    fn set_example_offset(&self, offset: usize) -> Result<()> {
+        self.dropout.set_example_offset(offset)
+    }
     fn params(&self) -> &Params {
         &self.params
     }

@@ -322,6 +322,9 @@ fn mask_rows(mask: &Tensor, b: usize, s: usize) -> Result<Tensor> {
 }
 
 impl Model for Gpt2 {
+    fn set_example_offset(&self, offset: usize) -> Result<()> {
+        self.dropout.set_example_offset(offset)
+    }
     fn params(&self) -> &Params {
         &self.params
     }

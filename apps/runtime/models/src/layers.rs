@@ -199,25 +199,34 @@ pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Inverted dropout with its own seeded, checkpointable random stream (candle's CPU RNG
-/// cannot be seeded). Masks are drawn on the CPU and moved to the tensor's device.
+/// Inverted dropout with its own seeded, checkpointable random masks (candle's CPU RNG cannot
+/// be seeded), keyed by example: the `c`-th mask drawn (one per dropout call, in the forward's
+/// fixed order) draws row `j` (the leading dimension is the batch) from its own ChaCha8 stream
+/// keyed by (seed, c, global example index `offset + j`), so the masks do not depend on how a
+/// data-parallel job splits the global batch over ranks ([`Dropout::set_example_offset`]).
+/// Masks are drawn on the CPU and moved to the tensor's device.
 pub struct Dropout {
     /// Drop probability.
     pub p: f64,
-    rng: Mutex<ChaCha8Rng>,
+    seed: u64,
+    /// Masks drawn so far, and the global index of the current batch's first example.
+    state: Mutex<(u64, usize)>,
 }
 
+/// Stream domain of dropout masks in [`tram::noise::keyed_rng`].
+const DROPOUT_DOMAIN: u64 = 0x64726f706f7574; // "dropout"
+
 impl Dropout {
-    /// Dropout with probability `p`, stream from `seed`.
+    /// Dropout with probability `p`, masks keyed by `seed`.
     pub fn new(p: f64, seed: u64) -> Self {
-        Self { p, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+        Self { p, seed, state: Mutex::new((0, 0)) }
     }
     /// Apply in train mode; identity in eval mode or when `p = 0`.
     pub fn apply(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.apply_p(x, self.p, train)
     }
-    /// Apply with probability `p` instead of `self.p`, drawing from the same stream (a model
-    /// keeps one stream for its hidden, attention and classifier dropout, so one position
+    /// Apply with probability `p` instead of `self.p`, as the next mask of the same stream (a
+    /// model keeps one stream for its hidden, attention and classifier dropout, so one position
     /// checkpoints it).
     pub fn apply_p(&self, x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
         if !train || p == 0.0 {
@@ -227,21 +236,37 @@ impl Dropout {
             return Err(tram::Error::Model(format!("dropout probability {p} is outside [0, 1)")));
         }
         let n = x.elem_count();
+        let rows = x.dims().first().copied().unwrap_or(1).max(1);
         let keep = 1.0 - p;
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.lock().map_err(|_| tram::Error::Model("dropout RNG poisoned".into()))?;
-            (0..n).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
+        let (draw, offset) = {
+            let mut s = self.lock()?;
+            s.0 += 1;
+            (s.0 - 1, s.1)
         };
+        let mut mask: Vec<f32> = Vec::with_capacity(n);
+        for r in 0..rows {
+            let mut rng = tram::noise::keyed_rng(self.seed, DROPOUT_DOMAIN, draw, (offset + r) as u64);
+            mask.extend((0..n / rows).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }));
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
     }
-    /// The stream position, for checkpoints.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, (u64, usize)>> {
+        self.state.lock().map_err(|_| tram::Error::Model("dropout RNG poisoned".into()))
+    }
+    /// The global index (in a data-parallel step's global micro-batch) of the first example
+    /// of the batches that follow (0 in a single process).
+    pub fn set_example_offset(&self, offset: usize) -> Result<()> {
+        self.lock()?.1 = offset;
+        Ok(())
+    }
+    /// The stream position (masks drawn so far), for checkpoints.
     pub fn position(&self) -> Result<u128> {
-        Ok(self.rng.lock().map_err(|_| tram::Error::Model("dropout RNG poisoned".into()))?.get_word_pos())
+        Ok(self.lock()?.0 as u128)
     }
     /// Restore a position returned by [`Dropout::position`].
     pub fn set_position(&self, pos: u128) -> Result<()> {
-        self.rng.lock().map_err(|_| tram::Error::Model("dropout RNG poisoned".into()))?.set_word_pos(pos);
+        self.lock()?.0 = u64::try_from(pos).map_err(|_| tram::Error::Model(format!("dropout position {pos} is out of range")))?;
         Ok(())
     }
 }
@@ -421,5 +446,25 @@ mod tests {
         assert!((50..150).contains(&zeros), "{zeros}");
         let b = Dropout::new(0.1, 7).apply(&x, true).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn dropout_masks_of_a_split_batch_equal_the_whole_batchs_and_resume_at_a_position() {
+        let x = Tensor::ones((4, 3, 50), DType::F32, &Device::Cpu).unwrap();
+        let whole = Dropout::new(0.3, 11);
+        let (r0, r1) = (Dropout::new(0.3, 11), Dropout::new(0.3, 11));
+        r1.set_example_offset(2).unwrap();
+        for _ in 0..2 {
+            let all = whole.apply(&x, true).unwrap();
+            let a = r0.apply(&x.narrow(0, 0, 2).unwrap(), true).unwrap();
+            let b = r1.apply(&x.narrow(0, 2, 2).unwrap(), true).unwrap();
+            let split = Tensor::cat(&[a, b], 0).unwrap();
+            assert_eq!(split.flatten_all().unwrap().to_vec1::<f32>().unwrap(), all.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        let resumed = Dropout::new(0.3, 11);
+        resumed.set_position(whole.position().unwrap()).unwrap();
+        assert_eq!(whole.position().unwrap(), 2);
+        let (a, b) = (whole.apply(&x, true).unwrap(), resumed.apply(&x, true).unwrap());
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 }

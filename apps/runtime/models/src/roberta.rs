@@ -87,6 +87,9 @@ fn architecture(model_type: &str) -> &'static str {
 }
 
 impl Model for Roberta {
+    fn set_example_offset(&self, offset: usize) -> Result<()> {
+        self.dropout.set_example_offset(offset)
+    }
     fn params(&self) -> &Params {
         &self.params
     }

@@ -263,6 +263,9 @@ fn no_token_types(batch: &Batch) -> Result<()> {
 }
 
 impl Model for Vit {
+    fn set_example_offset(&self, offset: usize) -> Result<()> {
+        self.dropout.set_example_offset(offset)
+    }
     fn params(&self) -> &Params {
         &self.params
     }

@@ -89,6 +89,9 @@ pub struct Config {
     pub xnli: XnliConfig,
     /// Settings of `tram vision`.
     pub vision: VisionConfig,
+    /// Data-parallel training (`mpirun -np W tram …`; see [`DistributedConfig`]).
+    #[serde(skip_serializing_if = "DistributedConfig::is_default")]
+    pub distributed: DistributedConfig,
     /// Which settings the paper states and which are this project's choices (recorded in
     /// each run's `results.json`, see [`Provenance`]).
     #[serde(skip_serializing_if = "Provenance::is_empty")]
@@ -115,9 +118,65 @@ impl Default for Config {
             lm: LmConfig::default(),
             xnli: XnliConfig::default(),
             vision: VisionConfig::default(),
+            distributed: DistributedConfig::default(),
             provenance: Provenance::default(),
             runs: Vec::new(),
         }
+    }
+}
+
+/// Which data-parallel engine a run uses.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DistributedEngine {
+    /// MPI when the process was started by an MPI launcher with more than one rank (the
+    /// `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE` or `PMIX_SIZE` environment variable), else one process.
+    #[default]
+    Auto,
+    /// One process, even under `mpirun` (every rank then trains alone).
+    Single,
+    /// MPI, whatever the environment says (needs the `mpi` feature).
+    Mpi,
+}
+
+/// Which collective sums the gradients of a data-parallel step.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AllReduce {
+    /// MPI, in f64 on the CPU (every device).
+    #[default]
+    Mpi,
+    /// NCCL between GPUs (one process per GPU; needs the `nccl` feature and `device = "cuda"`).
+    Nccl,
+}
+
+/// `[distributed]`: data-parallel training over the ranks of an MPI job (README
+/// "Data-parallel training"). `train.batch_size` is the global micro-batch: each of the W
+/// ranks trains on its share of it, and a step equals the single-process step on it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// `auto` (MPI when launched by `mpirun` with W > 1), `single` or `mpi`.
+    pub engine: DistributedEngine,
+    /// `global` (every rank perturbs by the ε of the whole global batch: the single-process
+    /// step) or `local` (each rank by its own gradient's ε; m-sharpness).
+    pub ascent: tram::distributed::AscentScope,
+    /// A rank that waits longer than this in one collective (another rank died or hangs) ends
+    /// the job with an error naming the call.
+    pub timeout_s: f64,
+    /// The gradient all-reduce: `mpi` or `nccl`.
+    pub allreduce: AllReduce,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { engine: DistributedEngine::Auto, ascent: Default::default(), timeout_s: 600.0, allreduce: AllReduce::Mpi }
+    }
+}
+
+impl DistributedConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
