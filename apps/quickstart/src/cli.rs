@@ -207,11 +207,8 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
         Some(Command::Sweep { grid, config, out, record, dry_run, steps, sets, resume, force, quiet }) => {
             let control = Control { resume, force, ..control.clone() };
             let grid_path = grid.clone().unwrap_or_else(|| repo_path(crate::sweep::SWEEP_CONFIG));
-            let record = if dry_run {
-                None
-            } else {
-                Some(record.unwrap_or_else(|| grid_path.parent().map(PathBuf::from).unwrap_or_default()))
-            };
+            let record =
+                if dry_run { None } else { Some(record.unwrap_or_else(|| grid_path.parent().map(PathBuf::from).unwrap_or_default())) };
             if force {
                 tram_trainer::rundir::discard_tree(&out)?;
             }

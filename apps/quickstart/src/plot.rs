@@ -113,12 +113,10 @@ where
     if shown.is_empty() {
         return Ok(());
     }
-    let (xmin, xmax) = shown
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].0 - cis[*i].0), b.max(pts[*i].0 + cis[*i].0)));
-    let (ymin, ymax) = shown
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].1 - cis[*i].1), b.max(pts[*i].1 + cis[*i].1)));
+    let (xmin, xmax) =
+        shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].0 - cis[*i].0), b.max(pts[*i].0 + cis[*i].0)));
+    let (ymin, ymax) =
+        shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].1 - cis[*i].1), b.max(pts[*i].1 + cis[*i].1)));
     let ((x0, x1), (y0, y1)) = (padded(xmin, xmax), padded(ymin, ymax));
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FAMILY, 16))
@@ -242,7 +240,10 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
     let titled = root
-        .titled(&format!("Fine-tuned on `{}`: in-domain vs zero-shot perplexity of each method (mean ± 95% CI)", t.train_domain), (FAMILY, 21))
+        .titled(
+            &format!("Fine-tuned on `{}`: in-domain vs zero-shot perplexity of each method (mean ± 95% CI)", t.train_domain),
+            (FAMILY, 21),
+        )
         .map_err(err)?;
     let h = titled.dim_in_pixel().1 as i32;
     let (body, foot) = titled.split_vertically(h - 30);

@@ -303,7 +303,8 @@ pub fn read_chosen_csv(text: &str) -> Result<Vec<(String, f64, Option<String>, O
         }
         if f[6] == "true" {
             let key = (!f[2].is_empty()).then(|| f[2].to_string());
-            let value = if f[3].is_empty() { None } else { Some(f[3].parse::<f64>().with_context(|| format!("sweep.csv: value `{}`", f[3]))?) };
+            let value =
+                if f[3].is_empty() { None } else { Some(f[3].parse::<f64>().with_context(|| format!("sweep.csv: value `{}`", f[3]))?) };
             out.push((f[0].to_string(), f[1].parse::<f64>().with_context(|| format!("sweep.csv: lr `{}`", f[1]))?, key, value));
         }
     }
@@ -335,7 +336,11 @@ fn markdown(grid: &Grid, scores: &[Score], chosen: &[Score], steps: u64, grid_pa
                 }
             }
             Some(k) => {
-                s.push_str(&format!("| lr \\ `{k}` | {} |\n|---|{}\n", m.values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | "), "---|".repeat(m.values.len())));
+                s.push_str(&format!(
+                    "| lr \\ `{k}` | {} |\n|---|{}\n",
+                    m.values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | "),
+                    "---|".repeat(m.values.len())
+                ));
                 for &lr in &grid.lr {
                     let cells: Vec<String> = m
                         .values
@@ -343,7 +348,13 @@ fn markdown(grid: &Grid, scores: &[Score], chosen: &[Score], steps: u64, grid_pa
                         .map(|v| {
                             own.iter()
                                 .find(|x| x.point.lr == lr && x.point.value == Some(*v))
-                                .map(|x| if is_chosen(x, chosen) { format!("**{}**", fmt(x.valid_perplexity)) } else { fmt(x.valid_perplexity) })
+                                .map(|x| {
+                                    if is_chosen(x, chosen) {
+                                        format!("**{}**", fmt(x.valid_perplexity))
+                                    } else {
+                                        fmt(x.valid_perplexity)
+                                    }
+                                })
                                 .unwrap_or_else(|| "-".into())
                         })
                         .collect();
@@ -390,9 +401,9 @@ pub fn write_chosen(config: &Path, chosen: &[Score]) -> Result<()> {
             let mut node: &mut toml_edit::InlineTable = opt;
             for part in &parts[..parts.len() - 1] {
                 let entry = node.entry(*part).or_insert(toml_edit::Value::InlineTable(toml_edit::InlineTable::new()));
-                node = entry
-                    .as_inline_table_mut()
-                    .with_context(|| format!("{}: row `{}`: `optimizer.{k}` crosses a value that is not a table", config.display(), p.method))?;
+                node = entry.as_inline_table_mut().with_context(|| {
+                    format!("{}: row `{}`: `optimizer.{k}` crosses a value that is not a table", config.display(), p.method)
+                })?;
             }
             node.insert(parts[parts.len() - 1], v.into());
         }

@@ -35,6 +35,9 @@ pub struct QuickRow {
     pub zero_shot_ci95: f64,
     /// Per seed (in [`QuickRow::seeds`] order): the perplexity of every column.
     pub seed_perplexity: Vec<SeedValues>,
+    /// The learning rate (`NaN`/absent for the zero-shot row; the first seed's).
+    #[serde(default = "nan", with = "tram_trainer::results::float")]
+    pub lr: f64,
     /// Optimizer steps of each seed.
     pub steps: u64,
     /// Per seed: the step of the evaluated parameters (model selection on the training
@@ -103,7 +106,8 @@ impl QuickRow {
             ));
         }
         if self.skipped_steps > 0 {
-            let failed = if self.failed { ": every step of a seed, so that run FAILED and its numbers are the starting model's" } else { "" };
+            let failed =
+                if self.failed { ": every step of a seed, so that run FAILED and its numbers are the starting model's" } else { "" };
             out.push(format!(
                 "‡ {}: {} of {} steps skipped{over} (non-finite loss or gradient, parameters unchanged){failed}",
                 self.label,
@@ -249,6 +253,10 @@ pub fn read_result(dir: &Path) -> Result<RunResult> {
     serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         f64::NAN
@@ -284,7 +292,14 @@ impl QuickTable {
                     bail!("run `{}` (seed {}) was evaluated on {labels:?}, the others on {columns:?}", r.run, r.seed);
                 }
                 if r.steps != group[0].steps {
-                    bail!("run `{}`: seed {} trained {} steps, seed {} {}: rerun the row with --force", r.run, r.seed, r.steps, group[0].seed, group[0].steps);
+                    bail!(
+                        "run `{}`: seed {} trained {} steps, seed {} {}: rerun the row with --force",
+                        r.run,
+                        r.seed,
+                        r.steps,
+                        group[0].seed,
+                        group[0].steps
+                    );
                 }
                 let unseen: Vec<f64> = r.columns.iter().filter(|c| !c.in_domain).map(|c| c.metrics.perplexity).collect();
                 seeds.push(SeedValues {
@@ -312,6 +327,7 @@ impl QuickTable {
                 zero_shot_average: zs,
                 zero_shot_ci95: zs_ci,
                 seed_perplexity: seeds,
+                lr: if r0.steps == 0 { 0.0 } else { r0.optimizer.get("lr").and_then(|v| v.as_f64()).unwrap_or(0.0) },
                 steps: r0.steps,
                 selected_steps: group.iter().map(|r| r.selected_step).collect(),
                 train_seconds: mean(&group.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
@@ -522,8 +538,13 @@ impl QuickTable {
             }
             f.extend([r.steps.to_string(), join(r.selected_steps.iter().map(u64::to_string).collect()), format!("{:.3}", r.train_seconds)]);
             let best = self.best.iter().enumerate().filter(|(_, b)| b.row() == Some(i)).map(|(c, _)| names[c].clone()).collect();
-            let tied =
-                self.best.iter().enumerate().filter(|(_, b)| matches!(b, Best::Tied { rows } if rows.contains(&i))).map(|(c, _)| names[c].clone()).collect();
+            let tied = self
+                .best
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b, Best::Tied { rows } if rows.contains(&i)))
+                .map(|(c, _)| names[c].clone())
+                .collect();
             f.extend([join(best), join(tied)]);
             f.extend([r.skipped_steps.to_string(), r.no_ascent_steps.to_string(), r.status()]);
             out.push_str(&(f.iter().map(|x| field(x)).collect::<Vec<_>>().join(",") + "\n"));
@@ -566,7 +587,8 @@ impl QuickTable {
         let tram: Vec<&QuickRow> = self.rows.iter().filter(|r| r.method.starts_with("tram") && r.ranked()).collect();
         let baselines: Vec<&QuickRow> = ["adam", "sam"].iter().filter_map(|m| self.row(m)).filter(|r| r.ranked()).collect();
         if tram.is_empty() || baselines.is_empty() {
-            return "Finding: the table needs a TRAM row and Adam's or SAM's (finished, not diverged) to compare zero-shot averages.".into();
+            return "Finding: the table needs a TRAM row and Adam's or SAM's (finished, not diverged) to compare zero-shot averages."
+                .into();
         }
         let n = self.rows.iter().filter(|r| r.ranked()).map(|r| r.seeds.len()).min().unwrap_or(0);
         let best = tram.iter().min_by(|a, b| a.zero_shot_average.total_cmp(&b.zero_shot_average)).expect("non-empty");
@@ -586,8 +608,27 @@ impl QuickTable {
         let vs = baselines.iter().map(|b| shown(b)).collect::<Vec<_>>().join(", ");
         let scale = format!("at this scale ({n} seeds, 95% intervals)");
         if !winners.is_empty() {
+            // A learning rate other than the baselines' is a confound the table cannot separate.
+            let lrs: Vec<String> = tram
+                .iter()
+                .filter(|t| winners.contains(&t.label.as_str()))
+                .chain(baselines.iter())
+                .map(|r| format!("{} {}", r.label, r.lr))
+                .collect();
+            let differ = tram
+                .iter()
+                .filter(|t| winners.contains(&t.label.as_str()))
+                .any(|t| baselines.iter().any(|b| t.lr > 0.0 && b.lr > 0.0 && (t.lr - b.lr).abs() > 1e-12 * b.lr));
+            let confound = if differ {
+                format!(
+                    " But the learning rates differ (lr: {}): the gap may come from the learning rate the sweep chose rather than from the method.",
+                    lrs.join(", ")
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "Finding: {scale}, TRAM's zero-shot average beats {base_names} beyond the intervals: {} of {} TRAM variants do ({}); best {} vs {vs}.",
+                "Finding: {scale}, TRAM's zero-shot average beats {base_names} beyond the intervals: {} of {} TRAM variants do ({}); best {} vs {vs}.{confound}",
                 winners.len(),
                 tram.len(),
                 winners.join(", "),
@@ -600,7 +641,10 @@ impl QuickTable {
             } else {
                 "the intervals overlap".to_string()
             };
-            format!("Finding: {scale}, TRAM's zero-shot average does not beat {base_names} beyond the intervals — {how} (best TRAM: {}; {vs}).", shown(best))
+            format!(
+                "Finding: {scale}, TRAM's zero-shot average does not beat {base_names} beyond the intervals — {how} (best TRAM: {}; {vs}).",
+                shown(best)
+            )
         }
     }
 

@@ -45,9 +45,13 @@ fn reduced_quickstart_writes_parseable_tables_and_plots() {
     assert_eq!((&json.columns, &json.best), (&report.table.columns, &report.table.best));
     for (a, b) in json.rows.iter().zip(&report.table.rows) {
         assert_eq!((&a.method, &a.label, &a.composition, a.steps, &a.seeds), (&b.method, &b.label, &b.composition, b.steps, &b.seeds));
-        for (x, y) in a.perplexity.iter().chain(&a.ci95).chain([&a.zero_shot_average, &a.zero_shot_ci95]).zip(
-            b.perplexity.iter().chain(&b.ci95).chain([&b.zero_shot_average, &b.zero_shot_ci95]),
-        ) {
+        for (x, y) in a
+            .perplexity
+            .iter()
+            .chain(&a.ci95)
+            .chain([&a.zero_shot_average, &a.zero_shot_ci95])
+            .zip(b.perplexity.iter().chain(&b.ci95).chain([&b.zero_shot_average, &b.zero_shot_ci95]))
+        {
             assert!((x - y).abs() <= 1e-12 * y.abs(), "{x} vs {y}");
         }
     }
@@ -474,7 +478,14 @@ fn the_finding_is_computed_from_the_intervals() {
     let t = QuickTable::from_results("novels", &rs).unwrap();
     let f = t.finding();
     assert!(f.contains("beats ADAM's and SAM's beyond the intervals"), "{f}");
-    assert!(f.contains("1 of 1 TRAM variants"), "{f}");
+    assert!(f.contains("1 of 1 TRAM variants") && !f.contains("learning rates differ"), "{f}");
+    // A winner trained at another learning rate than the baselines: the confound is named.
+    let mut lr = rs.clone();
+    for r in lr.iter_mut().filter(|r| r.run == "tram-prev") {
+        r.optimizer["lr"] = 1e-4.into();
+    }
+    let f = QuickTable::from_results("novels", &lr).unwrap().finding();
+    assert!(f.contains("learning rates differ (lr: TRAM-PREV 0.0001, ADAM 0.001, SAM 0.001)"), "{f}");
     // The effect line: the in-domain gain and the forgetting against the untouched checkpoint.
     let s = t.summary();
     assert!(s[0].contains("80.00 → 50.00 ± 0.00 (-30.00)") && s[0].contains("100.00 → 121.00 ± 2.48 (+21.00"), "{}", s[0]);

@@ -30,7 +30,10 @@ fn the_bundled_config_runs_the_values_the_recorded_sweep_chose() {
     let registry = tram_plugins::registry().unwrap();
     let runs = sources.resolve(&[], &registry).unwrap();
     for (method, lr, key, value) in &chosen {
-        assert!(points.iter().any(|p| &p.method == method && p.lr == *lr && &p.key == key && p.value == *value), "{method}: not a grid point");
+        assert!(
+            points.iter().any(|p| &p.method == method && p.lr == *lr && &p.key == key && p.value == *value),
+            "{method}: not a grid point"
+        );
         let run = runs.iter().find(|r| &r.name == method).unwrap_or_else(|| panic!("no row `{method}` in {FINETUNE_CONFIG}"));
         let o = &run.config.optimizer;
         assert_eq!(o.lr, *lr, "{method}: the config's lr is not the sweep's choice");
@@ -52,7 +55,10 @@ fn a_reduced_sweep_scores_every_point_and_writes_the_best_into_the_config() {
     let config = dir.path().join("finetune.toml");
     let text = std::fs::read_to_string(repo_path(FINETUNE_CONFIG)).unwrap();
     let text = text
-        .replace("\"../../models/quickstart\"", &format!("{:?}", repo_path("models/quickstart").canonicalize().unwrap().display().to_string()))
+        .replace(
+            "\"../../models/quickstart\"",
+            &format!("{:?}", repo_path("models/quickstart").canonicalize().unwrap().display().to_string()),
+        )
         .replace("\"../../data/quickstart\"", &format!("{:?}", repo_path("data/quickstart").canonicalize().unwrap().display().to_string()));
     std::fs::write(&config, &text).unwrap();
     let grid = dir.path().join("sweep.toml");
@@ -79,7 +85,8 @@ fn a_reduced_sweep_scores_every_point_and_writes_the_best_into_the_config() {
     }
     // The choice is the lowest score of each method.
     for c in &report.chosen {
-        let min = report.scores.iter().filter(|s| s.point.method == c.point.method).map(|s| s.valid_perplexity).fold(f64::INFINITY, f64::min);
+        let min =
+            report.scores.iter().filter(|s| s.point.method == c.point.method).map(|s| s.valid_perplexity).fold(f64::INFINITY, f64::min);
         assert_eq!(c.valid_perplexity, min);
     }
     // Recorded, and written into the config: the rows resolve to the chosen values.
