@@ -353,10 +353,13 @@ impl QuickTable {
         Ok(Self { train_domain: train_domain.to_string(), columns, rows, best })
     }
 
-    /// The seeds per row: `3`, or `1–3` when rows differ.
+    /// The seeds per fine-tuned row (the untouched checkpoint is evaluated once): `3`, or
+    /// `1–3` when rows differ.
     pub fn seed_count(&self) -> String {
-        let (lo, hi) = self.rows.iter().fold((usize::MAX, 0), |(lo, hi), r| (lo.min(r.seeds.len()), hi.max(r.seeds.len())));
-        if lo == hi || self.rows.is_empty() {
+        let trained: Vec<&QuickRow> = self.rows.iter().filter(|r| r.method != crate::ZERO_SHOT).collect();
+        let rows = if trained.is_empty() { self.rows.iter().collect() } else { trained };
+        let (lo, hi) = rows.iter().fold((usize::MAX, 0), |(lo, hi), r| (lo.min(r.seeds.len()), hi.max(r.seeds.len())));
+        if lo == hi || rows.is_empty() {
             hi.to_string()
         } else {
             format!("{lo}–{hi}")
@@ -422,7 +425,7 @@ impl QuickTable {
     fn title(&self) -> String {
         let n = self.seed_count();
         format!(
-            "Test perplexity (lower is better) after fine-tuning on `{}`: mean ± 95% CI (Student t) over {n} seed{}; ZS Avg. = mean over the {} unseen domains",
+            "Test perplexity (lower is better) after fine-tuning on `{}`: mean ± 95% CI (Student t) over {n} seed{} (the untouched checkpoint once); ZS Avg. = mean over the {} unseen domains",
             self.train_domain,
             if n == "1" { "" } else { "s" },
             self.columns.len().saturating_sub(1)

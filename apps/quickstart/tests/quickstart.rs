@@ -134,7 +134,7 @@ fn reduced_quickstart_writes_parseable_tables_and_plots() {
         &format!("| Adam | {:.2} ± {:.2} |", adam.perplexity[0], adam.ci95[0]),
         "| TRAM-x |",
         "| *best* |",
-        "mean ± 95% CI (Student t) over 1–2 seeds",
+        "mean ± 95% CI (Student t) over 2 seeds (the untouched checkpoint once)",
         "Finding:",
     ] {
         assert!(md.contains(needle), "quickstart.md lacks `{needle}`:\n{md}");
