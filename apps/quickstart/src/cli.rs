@@ -35,7 +35,7 @@ pub struct RunArgs {
     /// interval over them; `--seeds 1` is a quick look without intervals.
     #[arg(long, value_name = "N")]
     pub seeds: Option<usize>,
-    /// The domain to fine-tune on (default: the config's, `novels`); the others are the unseen domains.
+    /// The domain to fine-tune on (default: the config's, `bible`); the others are the unseen domains.
     #[arg(long, value_name = "DOMAIN")]
     pub train_domain: Option<String>,
     /// Output directory. Earlier results of the selected rows there are never replaced without
