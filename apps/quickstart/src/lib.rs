@@ -176,7 +176,7 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
     // A config that lists `seeds` (the bundled one) ignores `seed`: `--set seed=N` would do nothing.
     let seed_set = opts.sets.iter().find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == "seed"));
     if let (Some(s), Some(r)) = (seed_set, first.first()) {
-        if r.config.seeds.len() > 0 {
+        if !r.config.seeds.is_empty() {
             bail!("--set {s}: the config lists `seeds`, which replaces `seed`; use --seeds N (seeds 0..N) or --set 'seeds=[1]'");
         }
     }

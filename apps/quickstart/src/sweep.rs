@@ -289,8 +289,11 @@ pub fn csv(scores: &[Score], chosen: &[Score]) -> String {
     out
 }
 
-/// The chosen values read back from a `sweep.csv`: per method, `(lr, key, value)`.
-pub fn read_chosen_csv(text: &str) -> Result<Vec<(String, f64, Option<String>, Option<f64>)>> {
+/// A chosen point as recorded: `(method, lr, key, value)`.
+pub type Chosen = (String, f64, Option<String>, Option<f64>);
+
+/// The chosen values read back from a `sweep.csv`: per method, `(method, lr, key, value)`.
+pub fn read_chosen_csv(text: &str) -> Result<Vec<Chosen>> {
     let mut out = Vec::new();
     let mut lines = text.lines();
     if lines.next() != Some("method,lr,key,value,valid_perplexity,selected_step,chosen") {
