@@ -31,7 +31,11 @@ pub struct RunArgs {
     /// Optimizer steps per method (default: the config's).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// The domain to fine-tune on (default: the config's, `novels`); the others are the unseen domains.
+    /// Seeds per method: 0..N (default: the config's, 3). The table shows the mean and the 95%
+    /// interval over them; `--seeds 1` is a quick look without intervals.
+    #[arg(long, value_name = "N")]
+    pub seeds: Option<usize>,
+    /// The domain to fine-tune on (default: the config's, `bible`); the others are the unseen domains.
     #[arg(long, value_name = "DOMAIN")]
     pub train_domain: Option<String>,
     /// Output directory. Earlier results of the selected rows there are never replaced without
@@ -65,9 +69,46 @@ pub struct RunArgs {
     pub table: bool,
 }
 
-/// Rebuild the bundled artefacts.
+/// Rebuild the bundled artefacts, or select the hyperparameters.
 #[derive(clap::Subcommand, Clone, Debug)]
 pub enum Command {
+    /// Select each method's learning rate and own parameter (ρ, λ, σ) on the training domain's
+    /// validation split over the grid of configs/quickstart/sweep.toml (one seed per point),
+    /// record the grid and the scores (configs/quickstart/sweep.{csv,md}) and write the chosen
+    /// values into the config's rows.
+    Sweep {
+        /// The grid (default: configs/quickstart/sweep.toml).
+        #[arg(long, value_name = "FILE")]
+        grid: Option<PathBuf>,
+        /// The config whose rows are swept and get the chosen values (default:
+        /// configs/quickstart/finetune.toml).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the grid points' runs go.
+        #[arg(long, default_value = crate::sweep::DEFAULT_OUT)]
+        out: PathBuf,
+        /// Where to record sweep.csv and sweep.md (default: beside the grid file).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+        /// Only score the grid: leave the config and the records as they are.
+        #[arg(long)]
+        dry_run: bool,
+        /// Optimizer steps per point (default: the config's).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Override a config key for every point (as `tram lm --set`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Keep the points already finished in --out with the same settings.
+        #[arg(long, conflicts_with = "force")]
+        resume: bool,
+        /// Delete earlier results of the points in --out and run them again.
+        #[arg(long)]
+        force: bool,
+        /// No per-point progress.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Train the byte-level BPE tokenizer on every domain's train.txt and write tokenizer.json
     /// (and the vocabulary size into the model's config.json).
     BuildTokenizer {
@@ -163,6 +204,30 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
                 None => println!("pretrained model: {}", model.display()),
             }
         }
+        Some(Command::Sweep { grid, config, out, record, dry_run, steps, sets, resume, force, quiet }) => {
+            let control = Control { resume, force, ..control.clone() };
+            let grid_path = grid.clone().unwrap_or_else(|| repo_path(crate::sweep::SWEEP_CONFIG));
+            let record =
+                if dry_run { None } else { Some(record.unwrap_or_else(|| grid_path.parent().map(PathBuf::from).unwrap_or_default())) };
+            if force {
+                tram_trainer::rundir::discard_tree(&out)?;
+            }
+            let quick = Options { out, config, steps, sets, progress: !quiet, ..Options::default() };
+            let opts = crate::sweep::SweepOptions { grid: Some(grid_path), quick, record, write_config: !dry_run };
+            let report = crate::sweep::run(&opts, &control, registry)?;
+            println!("chosen (lowest in-domain validation perplexity, one seed per point):");
+            for c in &report.chosen {
+                let param = match (&c.point.key, c.point.value) {
+                    (Some(k), Some(v)) => format!(", {k} = {v}"),
+                    _ => String::new(),
+                };
+                println!("  {}: lr = {}{param} (validation perplexity {:.2})", c.point.method, c.point.lr, c.valid_perplexity);
+            }
+            if !report.files.is_empty() {
+                println!("wrote {}", report.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            }
+            println!("sweep took {:.1} s ({} points)", report.seconds, report.scores.len());
+        }
         None if args.run.table => {
             let (quick, files) = crate::rebuild(&args.run.out)?;
             println!("{}", quick.text());
@@ -174,6 +239,7 @@ pub fn main(args: Args, registry: &tram::Registry) -> Result<i32> {
             let opts = Options {
                 methods: split_methods(&a.methods),
                 steps: a.steps,
+                seeds: a.seeds,
                 train_domain: a.train_domain,
                 out: a.out,
                 data: a.data,

@@ -2,18 +2,22 @@
 //!
 //! A miniature of the TRAM paper's cross-domain language-modelling experiment (Sherborne et
 //! al., ICLR 2024, Table 4 and Figure 2) that runs offline in minutes on two CPU cores: a small
-//! GPT-2 pretrained on a mixture of five genres of English (`models/quickstart`, built from
-//! `data/quickstart` by [`pretrain`]) is fine-tuned on one genre with each method, and every
-//! genre's test perplexity shows how much of the other genres each method keeps.
+//! GPT-2 pretrained on four genres of English (`models/quickstart`, built from
+//! `data/quickstart` by [`pretrain`]) is fine-tuned on a fifth it has never seen (`bible`) with
+//! each method and several seeds, and every genre's test perplexity shows what each method
+//! gains in-domain and how much of the other genres it keeps.
 //!
 //! It is the `tram lm` app ([`tram_trainer::apps::App::Lm`]) run with the bundled config
-//! `configs/quickstart/finetune.toml` (one `[[runs]]` row per method), the bundled model and
-//! the bundled corpus; this crate adds the table with the best cell of each column marked
-//! ([`table`]), the plot of in-domain against zero-shot perplexity ([`plot`]), the tokenizer
-//! ([`tokenizer`]) and the pretraining command ([`pretrain`]).
+//! `configs/quickstart/finetune.toml` (one `[[runs]]` row per method, its hyperparameters
+//! chosen by [`sweep`]), the bundled model and the bundled corpus; this crate adds the table
+//! with the mean and 95% interval over the seeds, the best of each column marked only when it
+//! is separated from the runner-up, and the computed finding ([`table`]), the plot of in-domain
+//! against zero-shot perplexity with error bars ([`plot`]), the tokenizer ([`tokenizer`]), the
+//! hyperparameter sweep ([`sweep`]) and the pretraining command ([`pretrain`]).
 
 pub mod cli;
 pub mod plot;
+pub mod sweep;
 pub mod table;
 pub mod tokenizer;
 
@@ -36,6 +40,9 @@ pub const PRETRAIN_CONFIG: &str = "configs/quickstart/pretrain.toml";
 pub const ZERO_SHOT: &str = "zero-shot";
 /// Default output directory.
 pub const DEFAULT_OUT: &str = "runs/quickstart";
+/// Seeds per method of the bundled config (`seeds = [0, 1, 2]`): the table shows the mean and
+/// the 95% interval over them.
+pub const DEFAULT_SEEDS: usize = 3;
 
 /// A path of the repository: `rel` itself when it exists relative to the current directory,
 /// else `rel` under the repository this binary was built from (so `cargo run` works from any
@@ -72,6 +79,9 @@ pub struct Options {
     pub methods: Vec<String>,
     /// Optimizer steps per method (`None`: the config's).
     pub steps: Option<u64>,
+    /// Seeds per method: seeds `0..n` (`None`: the config's `seeds`). The zero-shot row is
+    /// evaluated once (it does not train; every seed would give the same numbers).
+    pub seeds: Option<usize>,
     /// The domain to fine-tune on (`None`: the config's).
     pub train_domain: Option<String>,
     /// Output directory: `<out>/<method>/seed-<seed>/` per method, the tables and the plot.
@@ -93,6 +103,7 @@ impl Default for Options {
         Self {
             methods: Vec::new(),
             steps: None,
+            seeds: None,
             train_domain: None,
             out: PathBuf::from(DEFAULT_OUT),
             data: None,
@@ -148,6 +159,12 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
     if let Some(s) = opts.steps {
         sets.push(format!("train.steps={s}"));
     }
+    if let Some(n) = opts.seeds {
+        if n == 0 {
+            bail!("--seeds 0 runs nothing: give at least 1 (the table's intervals need 2 or more)");
+        }
+        sets.push(format!("seeds=[{}]", (0..n).map(|s| s.to_string()).collect::<Vec<_>>().join(", ")));
+    }
     if let Some(d) = &opts.train_domain {
         sets.push(format!("lm.train_domain={}", toml_string(d)));
     }
@@ -156,6 +173,13 @@ pub fn sources(opts: &Options) -> Result<(Sources, Vec<String>)> {
     let probe = Sources { file: Some(config.clone()), sets: sets.clone(), env: None };
     let registry = tram_plugins::registry()?;
     let first = probe.resolve(&[], &registry).context("resolving the quickstart config")?;
+    // A config that lists `seeds` (the bundled one) ignores `seed`: `--set seed=N` would do nothing.
+    let seed_set = opts.sets.iter().find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == "seed"));
+    if let (Some(s), Some(r)) = (seed_set, first.first()) {
+        if !r.config.seeds.is_empty() {
+            bail!("--set {s}: the config lists `seeds`, which replaces `seed`; use --seeds N (seeds 0..N) or --set 'seeds=[1]'");
+        }
+    }
     let train = first.first().map(|r| r.config.lm.train_domain.clone()).unwrap_or_default();
     if !all.contains(&train) {
         bail!("the training domain `{train}` is not a domain of {} ({})", data.display(), all.join(", "));
@@ -218,7 +242,12 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
         bail!("the config has no `{ZERO_SHOT}` run (the untouched checkpoint's row)");
     }
     let (selected, extra) = select_methods(&opts.methods, &names, registry)?;
-    let runs = sources.resolve_with_runs(&extra, &selected, registry)?;
+    let mut runs = sources.resolve_with_runs(&extra, &selected, registry)?;
+    // The untouched checkpoint does not train: one evaluation (its first seed) stands for all.
+    let zero_shot_sources = zero_shot_sources(&sources, &runs);
+    for r in runs.iter_mut().filter(|r| r.name == ZERO_SHOT) {
+        r.config.seeds = vec![r.seeds()[0]];
+    }
     // Its rows are the compositions: an override that changes what a row is (its optimizer,
     // whether it trains) would label one method's numbers with another's name.
     tram_trainer::rows::check_labels(&sources, &runs).context("the quickstart's rows are its methods")?;
@@ -257,21 +286,33 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     for (i, r) in runs.iter().enumerate() {
         let t = Instant::now();
         if opts.progress {
-            let what = if r.name == ZERO_SHOT { "no training".to_string() } else { format!("`{}`", r.config.optimizer.name) };
+            let what = if r.name == ZERO_SHOT {
+                "no training".to_string()
+            } else {
+                let seeds = r.seeds();
+                format!("`{}`, {} seed{}", r.config.optimizer.name, seeds.len(), if seeds.len() == 1 { "" } else { "s" })
+            };
             eprintln!("[{}/{n}] {} ({what})", i + 1, r.label);
         }
-        let summary = tram_trainer::cli::run_sources(App::Lm, &sources, std::slice::from_ref(&r.name), false, control, registry)
+        let row_sources = if r.name == ZERO_SHOT { &zero_shot_sources } else { &sources };
+        let summary = tram_trainer::cli::run_sources(App::Lm, row_sources, std::slice::from_ref(&r.name), false, control, registry)
             .with_context(|| format!("quickstart row `{}`", r.name))?;
         if summary.interrupted {
             bail!("interrupted: run the same command with --resume to continue");
         }
         if opts.progress {
-            let res = table::read_result(&r.dir(r.seeds()[0]))?;
-            let cols: Vec<String> =
-                res.columns.iter().map(|c| format!("{} {}", c.label, table::fmt_perplexity(c.metrics.perplexity))).collect();
-            let status = if res.failed.is_some() {
+            let res: Vec<_> = r.seeds().iter().map(|s| table::read_result(&r.dir(*s))).collect::<Result<_>>()?;
+            let row = table::QuickTable::from_results(&train_domain, &res)?;
+            let q = &row.rows[0];
+            let cols: Vec<String> = row
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(c, l)| format!("{l} {}", table::fmt_interval(q.perplexity[c], q.ci95[c], q.seeds.len())))
+                .collect();
+            let status = if q.failed {
                 " — FAILED: every step skipped"
-            } else if res.diverged {
+            } else if q.diverged {
                 " — diverged"
             } else {
                 ""
@@ -295,6 +336,15 @@ pub fn run(opts: &Options, control: &Control, registry: &tram::Registry) -> Resu
     files.push(out.join("analysis").join("analysis.md"));
     let analysis = tram_analysis::summary(&analysis);
     Ok(Report { text: quick.text(), table: quick, files, seconds: started.elapsed().as_secs_f64(), analysis, failures })
+}
+
+/// The sources of the zero-shot row: `sources` with its first seed only.
+fn zero_shot_sources(sources: &Sources, runs: &[tram_trainer::config::RunConfig]) -> Sources {
+    let mut s = sources.clone();
+    if let Some(z) = runs.iter().find(|r| r.name == ZERO_SHOT) {
+        s.sets.push(format!("seeds=[{}]", z.seeds()[0]));
+    }
+    s
 }
 
 /// Rebuild `quickstart.{md,csv,json,svg,png}` from the results already under `out` (every

@@ -1,6 +1,7 @@
 //! The quickstart's plot, the paper's Figure 2 in miniature: each method's in-domain test
 //! perplexity against its zero-shot average over the unseen domains (lower-left is better),
-//! the untouched checkpoint as the reference. Drawn with `plotters` as SVG and PNG; text uses
+//! the mean over the seeds with its 95% confidence interval as error bars on both axes, the
+//! untouched checkpoint as the reference. Drawn with `plotters` as SVG and PNG; text uses
 //! the bundled font (`assets/DejaVuSans-subset.ttf`), never the system's.
 
 use crate::table::QuickTable;
@@ -16,7 +17,9 @@ pub const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 /// The family name the font is registered under.
 pub const FAMILY: &str = "sans-serif";
 /// Plot size in pixels.
-pub const SIZE: (u32, u32) = (1200, 600);
+pub const SIZE: (u32, u32) = (1300, 600);
+/// Width of the legend column.
+const LEGEND: i32 = 400;
 
 fn register() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -103,12 +106,17 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     let pts: Vec<(f64, f64)> = t.rows.iter().map(|r| (r.perplexity[0], r.zero_shot_average)).collect();
+    // Half-widths of the 95% intervals (0 without one: a single seed, the untouched checkpoint).
+    let bar = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let cis: Vec<(f64, f64)> = t.rows.iter().map(|r| (bar(r.ci95[0]), bar(r.zero_shot_ci95))).collect();
     let shown: Vec<usize> = show.iter().copied().filter(|i| finite(&pts[*i])).collect();
     if shown.is_empty() {
         return Ok(());
     }
-    let (xmin, xmax) = shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].0), b.max(pts[*i].0)));
-    let (ymin, ymax) = shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].1), b.max(pts[*i].1)));
+    let (xmin, xmax) =
+        shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].0 - cis[*i].0), b.max(pts[*i].0 + cis[*i].0)));
+    let (ymin, ymax) =
+        shown.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), i| (a.min(pts[*i].1 - cis[*i].1), b.max(pts[*i].1 + cis[*i].1)));
     let ((x0, x1), (y0, y1)) = (padded(xmin, xmax), padded(ymin, ymax));
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FAMILY, 16))
@@ -142,6 +150,27 @@ where
             chart.draw_series(LineSeries::new([(x0, zy), (x1, zy)], line.stroke_width(1))).map_err(err)?;
         }
     }
+    // Error bars first (the 95% interval on each axis, with caps), then the markers over them.
+    for &i in &shown {
+        let (c, _) = style(t, i);
+        let ((x, y), (dx, dy)) = (pts[i], cis[i]);
+        let line = c.stroke_width(2);
+        let (cx, cy) = chart.backend_coord(&(x, y));
+        if dx > 0.0 {
+            let (l, r) = (chart.backend_coord(&(x - dx, y)).0, chart.backend_coord(&(x + dx, y)).0);
+            root.draw(&PathElement::new(vec![(l, cy), (r, cy)], line)).map_err(err)?;
+            for e in [l, r] {
+                root.draw(&PathElement::new(vec![(e, cy - 4), (e, cy + 4)], line)).map_err(err)?;
+            }
+        }
+        if dy > 0.0 {
+            let (top, bottom) = (chart.backend_coord(&(x, y + dy)).1, chart.backend_coord(&(x, y - dy)).1);
+            root.draw(&PathElement::new(vec![(cx, top), (cx, bottom)], line)).map_err(err)?;
+            for e in [top, bottom] {
+                root.draw(&PathElement::new(vec![(cx - 4, e), (cx + 4, e)], line)).map_err(err)?;
+            }
+        }
+    }
     for &i in &shown {
         let (c, m) = style(t, i);
         marker(root, chart.backend_coord(&pts[i]), c, m)?;
@@ -170,8 +199,8 @@ where
     let text = TextStyle::from((FAMILY, 14).into_font()).color(&BLACK);
     let y0 = by + 40;
     root.draw(&Text::new("method", (bx + 30, y0), head.clone())).map_err(err)?;
-    root.draw(&Text::new("in-dom.", (bx + 172, y0), head.clone())).map_err(err)?;
-    root.draw(&Text::new("ZS avg.", (bx + 232, y0), head)).map_err(err)?;
+    root.draw(&Text::new("in-domain", (bx + 172, y0), head.clone())).map_err(err)?;
+    root.draw(&Text::new("ZS avg.", (bx + 292, y0), head)).map_err(err)?;
     for (k, r) in t.rows.iter().enumerate() {
         let y = y0 + 26 + 24 * k as i32;
         let (c, m) = style(t, k);
@@ -185,9 +214,12 @@ where
         } else {
             r.label.clone()
         };
-        let value = |p: f64| {
-            if p.is_finite() {
-                format!("{p:.2}")
+        let n = r.seeds.len();
+        let value = |p: f64, ci: f64| {
+            if p.is_finite() && n > 1 && ci.is_finite() {
+                format!("{p:.1} ± {ci:.1}")
+            } else if p.is_finite() {
+                format!("{p:.1}")
             } else if p == f64::INFINITY {
                 "inf".into()
             } else {
@@ -195,8 +227,8 @@ where
             }
         };
         root.draw(&Text::new(label, (bx + 30, y), text.clone())).map_err(err)?;
-        root.draw(&Text::new(value(r.perplexity[0]), (bx + 172, y), text.clone())).map_err(err)?;
-        root.draw(&Text::new(value(r.zero_shot_average), (bx + 232, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(value(r.perplexity[0], r.ci95[0]), (bx + 172, y), text.clone())).map_err(err)?;
+        root.draw(&Text::new(value(r.zero_shot_average, r.zero_shot_ci95), (bx + 292, y), text.clone())).map_err(err)?;
     }
     Ok(())
 }
@@ -208,13 +240,16 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
     let titled = root
-        .titled(&format!("Fine-tuned on `{}`: in-domain vs zero-shot perplexity of each method", t.train_domain), (FAMILY, 21))
+        .titled(
+            &format!("Fine-tuned on `{}`: in-domain vs zero-shot perplexity of each method (mean ± 95% CI)", t.train_domain),
+            (FAMILY, 21),
+        )
         .map_err(err)?;
     let h = titled.dim_in_pixel().1 as i32;
     let (body, foot) = titled.split_vertically(h - 30);
     let w = SIZE.0 as i32;
-    let (plots, side) = body.split_horizontally(w - 300);
-    let (left, right) = plots.split_horizontally((w - 300) * 9 / 20);
+    let (plots, side) = body.split_horizontally(w - LEGEND);
+    let (left, right) = plots.split_horizontally((w - LEGEND) * 9 / 20);
     let all: Vec<usize> = (0..t.rows.len()).collect();
     let tuned: Vec<usize> = all.iter().copied().filter(|i| t.rows[*i].method != crate::ZERO_SHOT).collect();
     panel(root, &left, t, "every row", &all, true)?;
@@ -222,7 +257,10 @@ where
     legend(root, &side, t)?;
     let note = TextStyle::from((FAMILY, 13).into_font()).color(&RGBColor(80, 80, 80));
     foot.draw(&Text::new(
-        "lower-left is better: low in-domain perplexity while keeping the other domains · triangles: TRAM · circles: baselines · grey: the untouched checkpoint",
+        format!(
+            "lower-left is better · bars: 95% CI over {} seeds · triangles: TRAM · circles: baselines · grey: the untouched checkpoint",
+            t.seed_count()
+        ),
         (16, 6),
         note,
     ))

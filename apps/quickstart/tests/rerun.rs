@@ -17,6 +17,7 @@ fn rerunning_into_the_same_out_needs_resume_or_force() {
     let opts = Options {
         methods: vec!["adam".into()],
         steps: Some(1),
+        seeds: Some(2),
         out: out.clone(),
         sets: vec!["lm.max_eval_blocks=1".into(), "train.max_train_examples=10".into()],
         progress: false,
