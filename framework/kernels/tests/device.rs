@@ -35,7 +35,16 @@ type Op<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
 
 /// Runs `cpu` on CPU copies of `inputs` (in `dtype`) and `dev` on `device` copies, backward of
 /// `sum(y · r)` through both, and compares values and each input's gradient.
-fn parity(name: &str, inputs: &[Tensor], r: Option<&Tensor>, dtype: DType, device: &Device, cpu: Op, dev: Op, tol: (f64, f64)) -> Vec<String> {
+fn parity(
+    name: &str,
+    inputs: &[Tensor],
+    r: Option<&Tensor>,
+    dtype: DType,
+    device: &Device,
+    cpu: Op,
+    dev: Op,
+    tol: (f64, f64),
+) -> Vec<String> {
     let run = |on: &Device, f: Op| -> (Tensor, Vec<Tensor>) {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(&t.to_dtype(dtype).unwrap().to_device(on).unwrap()).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -82,14 +91,34 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
         let r_scores = rand_t(&[b, h, sq, sk], 2, 1.0);
         for (causal, with_mask) in [(true, false), (false, true), (true, true)] {
             let (mc, md) = (with_mask.then_some(&mask_cpu), with_mask.then_some(&mask_dev));
-            let dev_op = |t: &[Tensor]| if direct { c::masked_softmax(&t[0], 0.4, causal, md) } else { k::masked_softmax(&t[0], 0.4, causal, md) };
+            let dev_op =
+                |t: &[Tensor]| if direct { c::masked_softmax(&t[0], 0.4, causal, md) } else { k::masked_softmax(&t[0], 0.4, causal, md) };
             let name = format!("masked_softmax causal={causal} mask={with_mask}");
-            bad.extend(parity(&name, &[scores.clone()], Some(&r_scores), dtype, device, &|t| k::masked_softmax(&t[0], 0.4, causal, mc), &dev_op, tol));
+            bad.extend(parity(
+                &name,
+                &[scores.clone()],
+                Some(&r_scores),
+                dtype,
+                device,
+                &|t| k::masked_softmax(&t[0], 0.4, causal, mc),
+                &dev_op,
+                tol,
+            ));
         }
         let (x, w, bias) = (rand_t(&[b * sq, d], 3, 3.0), rand_t(&[d], 4, 1.0), rand_t(&[d], 5, 1.0));
         let r_x = rand_t(&[b * sq, d], 6, 1.0);
-        let ln_dev = |t: &[Tensor]| if direct { c::layer_norm(&t[0], &t[1], &t[2], 1e-5) } else { k::layer_norm(&t[0], &t[1], &t[2], 1e-5) };
-        bad.extend(parity("layer_norm", &[x.clone(), w.clone(), bias.clone()], Some(&r_x), dtype, device, &|t| k::layer_norm(&t[0], &t[1], &t[2], 1e-5), &ln_dev, tol));
+        let ln_dev =
+            |t: &[Tensor]| if direct { c::layer_norm(&t[0], &t[1], &t[2], 1e-5) } else { k::layer_norm(&t[0], &t[1], &t[2], 1e-5) };
+        bad.extend(parity(
+            "layer_norm",
+            &[x.clone(), w.clone(), bias.clone()],
+            Some(&r_x),
+            dtype,
+            device,
+            &|t| k::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            &ln_dev,
+            tol,
+        ));
         let gt = |t: &[Tensor]| if direct { c::gelu_tanh(&t[0]) } else { k::gelu_tanh(&t[0]) };
         bad.extend(parity("gelu_tanh", &[x.clone()], Some(&r_x), dtype, device, &|t| k::gelu_tanh(&t[0]), &gt, tol));
         let ge = |t: &[Tensor]| if direct { c::gelu_erf(&t[0]) } else { k::gelu_erf(&t[0]) };
@@ -103,13 +132,32 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
         // Every third row ignored.
         let tg: Vec<i64> = (0..b * sq).map(|i| if i % 3 == 2 { -100 } else { (i * 37 % vocab) as i64 }).collect();
         let (t_cpu, t_dev) = (Tensor::new(tg.as_slice(), &Device::Cpu).unwrap(), Tensor::new(tg.as_slice(), device).unwrap());
-        let ce = |t: &[Tensor]| if direct { c::cross_entropy(&t[0], &t_dev, Some(-100)) } else { k::cross_entropy(&t[0], &t_dev, Some(-100)) };
-        bad.extend(parity("cross_entropy", &[logits.clone()], None, dtype, device, &|t| k::cross_entropy(&t[0], &t_cpu, Some(-100)), &ce, tol));
+        let ce =
+            |t: &[Tensor]| if direct { c::cross_entropy(&t[0], &t_dev, Some(-100)) } else { k::cross_entropy(&t[0], &t_dev, Some(-100)) };
+        bad.extend(parity(
+            "cross_entropy",
+            &[logits.clone()],
+            None,
+            dtype,
+            device,
+            &|t| k::cross_entropy(&t[0], &t_cpu, Some(-100)),
+            &ce,
+            tol,
+        ));
         let other = logits.add(&rand_t(&[b * sq, vocab], 9, 0.5)).unwrap();
         let r_rows = rand_t(&[b * sq], 10, 1.0);
         let kl = |t: &[Tensor]| if direct { c::kl_div_rows(&t[0], &t[1]) } else { k::kl_div_rows(&t[0], &t[1]) };
         let kl_tol = if dtype == DType::F32 { (1e-4, 1e-4) } else { tol };
-        bad.extend(parity("kl_div_rows", &[logits.clone(), other], Some(&r_rows), dtype, device, &|t| k::kl_div_rows(&t[0], &t[1]), &kl, kl_tol));
+        bad.extend(parity(
+            "kl_div_rows",
+            &[logits.clone(), other],
+            Some(&r_rows),
+            dtype,
+            device,
+            &|t| k::kl_div_rows(&t[0], &t[1]),
+            &kl,
+            kl_tol,
+        ));
     }
     // The optimizer updates: three steps of each from one start, in f32.
     let n = 1000;
