@@ -171,7 +171,10 @@ name = "{method}"
     cfg = os.path.join(work, f"{method}.toml")
     with open(cfg, "w") as f:
         f.write(toml)
-    env = dict(os.environ, TRAM_LOG="tram_trainer=debug,warn", NO_COLOR="1")
+    # tram reads every TRAM_* variable as a config override (TRAM_TRAIN__STEPS=…): pass none of
+    # the check's own (TRAM_CHECK_ARGS, TRAM_TEST_DEVICE, …), only the log filter.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAM_")}
+    env.update(TRAM_LOG="tram_trainer=debug,warn", NO_COLOR="1")
     if a.device == "cpu":
         env.setdefault("CANDLE_NUM_THREADS", str(a.threads))
     t0 = time.perf_counter()
