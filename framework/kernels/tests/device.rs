@@ -35,6 +35,7 @@ type Op<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
 
 /// Runs `cpu` on CPU copies of `inputs` (in `dtype`) and `dev` on `device` copies, backward of
 /// `sum(y · r)` through both, and compares values and each input's gradient.
+#[allow(clippy::too_many_arguments)]
 fn parity(
     name: &str,
     inputs: &[Tensor],
@@ -96,7 +97,7 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
             let name = format!("masked_softmax causal={causal} mask={with_mask}");
             bad.extend(parity(
                 &name,
-                &[scores.clone()],
+                std::slice::from_ref(&scores),
                 Some(&r_scores),
                 dtype,
                 device,
@@ -120,15 +121,15 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
             tol,
         ));
         let gt = |t: &[Tensor]| if direct { c::gelu_tanh(&t[0]) } else { k::gelu_tanh(&t[0]) };
-        bad.extend(parity("gelu_tanh", &[x.clone()], Some(&r_x), dtype, device, &|t| k::gelu_tanh(&t[0]), &gt, tol));
+        bad.extend(parity("gelu_tanh", std::slice::from_ref(&x), Some(&r_x), dtype, device, &|t| k::gelu_tanh(&t[0]), &gt, tol));
         let ge = |t: &[Tensor]| if direct { c::gelu_erf(&t[0]) } else { k::gelu_erf(&t[0]) };
-        bad.extend(parity("gelu_erf", &[x.clone()], Some(&r_x), dtype, device, &|t| k::gelu_erf(&t[0]), &ge, tol));
+        bad.extend(parity("gelu_erf", std::slice::from_ref(&x), Some(&r_x), dtype, device, &|t| k::gelu_erf(&t[0]), &ge, tol));
         let ab = |t: &[Tensor]| if direct { c::add_bias(&t[0], &t[1]) } else { k::add_bias(&t[0], &t[1]) };
         bad.extend(parity("add_bias", &[x.clone(), bias.clone()], Some(&r_x), dtype, device, &|t| k::add_bias(&t[0], &t[1]), &ab, tol));
         let logits = rand_t(&[b * sq, vocab], 7, 5.0);
         let r_l = rand_t(&[b * sq, vocab], 8, 1.0);
         let ls = |t: &[Tensor]| if direct { c::log_softmax(&t[0]) } else { k::log_softmax(&t[0]) };
-        bad.extend(parity("log_softmax", &[logits.clone()], Some(&r_l), dtype, device, &|t| k::log_softmax(&t[0]), &ls, tol));
+        bad.extend(parity("log_softmax", std::slice::from_ref(&logits), Some(&r_l), dtype, device, &|t| k::log_softmax(&t[0]), &ls, tol));
         // Every third row ignored.
         let tg: Vec<i64> = (0..b * sq).map(|i| if i % 3 == 2 { -100 } else { (i * 37 % vocab) as i64 }).collect();
         let (t_cpu, t_dev) = (Tensor::new(tg.as_slice(), &Device::Cpu).unwrap(), Tensor::new(tg.as_slice(), device).unwrap());
@@ -136,7 +137,7 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
             |t: &[Tensor]| if direct { c::cross_entropy(&t[0], &t_dev, Some(-100)) } else { k::cross_entropy(&t[0], &t_dev, Some(-100)) };
         bad.extend(parity(
             "cross_entropy",
-            &[logits.clone()],
+            std::slice::from_ref(&logits),
             None,
             dtype,
             device,
