@@ -57,12 +57,58 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
 /// LM head's logits, the largest tensor a TRAM step reduces (its value moves by ~1e-11 relative
 /// against the composed sum; every golden and reference-mode fixture holds). Other dtypes and
 /// devices run [`kl_div_sum_composed`].
+///
+/// f32 on a device without f64 (Metal: [`device_has_f64`]) runs [`kl_div_sum_compensated`], so
+/// that the radius δ, computed in f32 there, keeps its accuracy.
 pub fn kl_div_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
     let kernel = |x: &Tensor| x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if kernel(p_logits) && kernel(q_logits) && p_logits.dtype() == q_logits.dtype() {
         return Ok(tram_kernels::kl_div_rows(p_logits, q_logits)?.sum_all()?);
     }
+    if p_logits.dtype() == DType::F32 && !device_has_f64(p_logits.device()) {
+        return kl_div_sum_compensated(p_logits, q_logits);
+    }
     kl_div_sum_composed(p_logits, q_logits)
+}
+
+/// Whether candle computes in f64 on `device`: the CPU and CUDA do, Metal does not (the trust
+/// regions' radius δ is computed in f64 where this holds, in f32 through
+/// [`kl_div_sum_compensated`] where it does not).
+pub fn device_has_f64(device: &candle_core::Device) -> bool {
+    !matches!(device, candle_core::Device::Metal(_))
+}
+
+/// [`kl_div_sum`] in f32 without cancellation, for devices without f64: accurate to a few f32
+/// ulps of the KL itself when the two logits are close (TRAM's δ, where they differ by ~σ·‖W‖
+/// and the naive f32 sum `Σ p·(log p − log q)` is rounding noise of either sign). Per row, with
+/// `d = q − p` (exact in f32 for close logits), `w = softmax(p)`, `e = d − Σ w·d` and
+/// `φ(e) = eᵉ − 1 − e ≥ 0`:
+///
+/// `KL(p ‖ q) = log Σ w·eᵉ − Σ w·e = log1p(A + B) − B`, with `A = Σ w·φ(e)` and `B = Σ w·e ≈ 0`,
+///
+/// where `φ` and `log1p(s) − B` take their Taylor series for small arguments, so no term
+/// cancels. Differentiable in both (composed candle ops, any device).
+pub fn kl_div_sum_compensated(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
+    let (p, q) = (to_f32(p_logits)?, to_f32(q_logits)?);
+    let d = q.sub(&p)?;
+    let w = softmax(&p)?;
+    let mean = w.mul(&d)?.sum_keepdim(D::Minus1)?;
+    let e = d.broadcast_sub(&mean)?;
+    // φ(e) = eᵉ − 1 − e: the series e²/2 + e³/6 + e⁴/24 + e⁵/120 below |e| = 1e-2 (relative
+    // error < 1e-10), the direct form above (where it no longer cancels much).
+    let e2 = e.sqr()?;
+    let series = e2.mul(&e.affine(1.0 / 120.0, 1.0 / 24.0)?.mul(&e)?.affine(1.0, 1.0 / 6.0)?.mul(&e)?.affine(1.0, 0.5)?)?;
+    let direct = e.exp()?.sub(&e)?.affine(1.0, -1.0)?;
+    let phi = e.abs()?.lt(1e-2)?.where_cond(&series, &direct)?;
+    let a = w.mul(&phi)?.sum(D::Minus1)?;
+    let b = w.mul(&e)?.sum(D::Minus1)?;
+    let s = a.add(&b)?;
+    // log1p(s) − B = A − s²/2 + s³/3 − s⁴/4 for |s| < 1e-3, log(1 + s) − B above.
+    let s2 = s.sqr()?;
+    let small = a.add(&s2.mul(&s.affine(-0.25, 1.0 / 3.0)?.mul(&s)?.affine(1.0, -0.5)?)?)?;
+    let large = s.affine(1.0, 1.0)?.log()?.sub(&b)?;
+    let kl = s.abs()?.lt(1e-3)?.where_cond(&small, &large)?;
+    Ok(kl.sum_all()?)
 }
 
 /// [`kl_div_sum`] from primitive ops: `exp(lp) · (lp − lq)` summed over everything.
@@ -222,5 +268,74 @@ mod tests {
         let targets = Tensor::new(&[3u32, 0, 7, 2, 2], &Device::Cpu).unwrap();
         let e = cross_entropy(&logits(), &targets).unwrap_err().to_string();
         assert!(e.contains("target 7 of row 2") && e.contains("0..7"), "{e}");
+    }
+
+    /// The δ regime: current logits a small perturbation of the target's, where the f32 KL
+    /// cancels. `scale` is the size of the logits, `eps` that of the perturbation.
+    fn close_pair(rows: usize, classes: usize, scale: f32, eps: f32) -> (Tensor, Tensor) {
+        let p: Vec<f32> = (0..rows * classes).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 2.0 * scale).collect();
+        let q: Vec<f32> = p.iter().enumerate().map(|(i, v)| v + ((i * 104729 % 997) as f32 / 997.0 - 0.5) * 2.0 * eps).collect();
+        (Tensor::from_vec(p, (rows, classes), &Device::Cpu).unwrap(), Tensor::from_vec(q, (rows, classes), &Device::Cpu).unwrap())
+    }
+
+    /// `½ Var_w(q − p)` with `w = softmax(p)`, in f64: KL(p ‖ q) to second order in `q − p`, the
+    /// closed form δ's regime falls in (the third-order term is ~|q − p| / 3 relative). At
+    /// perturbations this small even the f64 sum `Σ p·(log p − log q)` cancels (2e-3 relative
+    /// at 1e-6 on logits of size 8), so this is the reference there.
+    fn half_variance_f64(p: &Tensor, q: &Tensor) -> f64 {
+        let (p, q) = (p.to_dtype(DType::F64).unwrap(), q.to_dtype(DType::F64).unwrap());
+        let w = log_softmax_composed(&p).unwrap().exp().unwrap();
+        let d = q.sub(&p).unwrap();
+        let e = d.broadcast_sub(&w.mul(&d).unwrap().sum_keepdim(D::Minus1).unwrap()).unwrap();
+        w.mul(&e.sqr().unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() / 2.0
+    }
+
+    /// The f32 form for devices without f64 against f64 references of the same f32 logits:
+    /// within 1e-4 relative from perturbations of 1e-6 (TRAM's σ = 1e-5 regime: δ ~ 1e-13 per
+    /// row; reference: the second-order closed form) to 1 (ordinary distances, where the series
+    /// give way to the direct forms; reference: the f64 sum), where the naive f32 sum is off by
+    /// orders of magnitude at the small end.
+    #[test]
+    fn compensated_f32_kl_matches_the_f64_kl_where_the_naive_f32_one_is_noise() {
+        for (scale, eps) in [(8.0f32, 1e-6f32), (8.0, 1e-5), (3.0, 1e-3), (3.0, 0.05), (2.0, 1.0)] {
+            let (p, q) = close_pair(64, 1000, scale, eps);
+            let reference = if eps <= 1e-5 {
+                half_variance_f64(&p, &q)
+            } else {
+                kl_div_sum_composed(&p.to_dtype(DType::F64).unwrap(), &q.to_dtype(DType::F64).unwrap()).unwrap().to_scalar::<f64>().unwrap()
+            };
+            let comp = kl_div_sum_compensated(&p, &q).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let naive = kl_div_sum_composed(&p, &q).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let (ec, en) = ((comp - reference).abs() / reference, (naive - reference).abs() / reference);
+            println!("scale {scale}, perturbation {eps:e}: f64 {reference:.6e}, compensated f32 {comp:.6e} ({ec:.1e}), naive f32 {naive:.6e} ({en:.1e})");
+            assert!(ec < 1e-4, "perturbation {eps:e}: compensated f32 KL {comp:e} vs f64 {reference:e} ({ec:.1e})");
+            if eps <= 1e-5 {
+                assert!(en > 1e-2, "the naive f32 KL should be noise at perturbation {eps:e}: {naive:e} vs {reference:e}");
+            }
+        }
+    }
+
+    /// Its gradients with respect to both logits are those of the f64 KL.
+    #[test]
+    fn compensated_f32_kl_gradients_match_the_f64_ones() {
+        for eps in [1e-3f32, 0.5] {
+            let (p, q) = close_pair(6, 50, 3.0, eps);
+            let (pv, qv) = (Var::from_tensor(&p).unwrap(), Var::from_tensor(&q).unwrap());
+            let g = kl_div_sum_compensated(&pv, &qv).unwrap().backward().unwrap();
+            let (p64, q64) =
+                (Var::from_tensor(&p.to_dtype(DType::F64).unwrap()).unwrap(), Var::from_tensor(&q.to_dtype(DType::F64).unwrap()).unwrap());
+            let g64 = kl_div_sum_composed(&p64, &q64).unwrap().backward().unwrap();
+            for (a, b) in [(g.get(&pv).unwrap(), g64.get(&p64).unwrap()), (g.get(&qv).unwrap(), g64.get(&q64).unwrap())] {
+                let b = b.to_dtype(DType::F32).unwrap();
+                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let err = max_diff(a, &b) / scale;
+                assert!(err < 1e-3, "perturbation {eps}: gradient relative error {err:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_and_cuda_compute_in_f64() {
+        assert!(device_has_f64(&Device::Cpu));
     }
 }

@@ -18,6 +18,31 @@ pub fn row_max(t: &Tensor) -> Result<Tensor> {
     Ok(t.max(D::Minus1)?)
 }
 
+/// The device the device-aware integration tests run on: `TRAM_TEST_DEVICE` (`cpu`, `cuda`,
+/// `cuda:<n>`), the CPU when unset. Panics with the reason when the named device is unusable
+/// (this is test support: `scripts/gpu/check.sh` sets it on the GPU machine).
+pub fn test_device() -> candle_core::Device {
+    match std::env::var("TRAM_TEST_DEVICE").as_deref().map(str::trim) {
+        Err(_) | Ok("") | Ok("cpu") => candle_core::Device::Cpu,
+        Ok(name) => {
+            let n = match name.strip_prefix("cuda:") {
+                Some(n) => n.parse().unwrap_or_else(|_| panic!("TRAM_TEST_DEVICE=`{name}`: expected cpu, cuda or cuda:<n>")),
+                None if name == "cuda" => 0,
+                None => panic!("TRAM_TEST_DEVICE=`{name}`: expected cpu, cuda or cuda:<n>"),
+            };
+            cuda_device(n).unwrap_or_else(|why| panic!("TRAM_TEST_DEVICE=`{name}`: {why}"))
+        }
+    }
+}
+
+/// CUDA device `n`, or why there is none: a build without CUDA, or no usable GPU / driver.
+pub fn cuda_device(n: usize) -> std::result::Result<candle_core::Device, String> {
+    if !candle_core::utils::cuda_is_available() {
+        return Err("this build has no CUDA (rebuild with `--features cuda`, README \"GPU (CUDA)\")".into());
+    }
+    candle_core::Device::new_cuda(n).map_err(|e| format!("no usable CUDA device {n} ({e})"))
+}
+
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("the workspace root exists")

@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use tram::{Batch, Mode, Model, Weights};
 
 /// Linear CKA of two `[n, d]` representation matrices of the same `n` examples (the feature
-/// dimensions may differ). Computed in f64 on the CPU; when `n` is smaller than the feature
+/// dimensions may differ). Computed on `x`'s device (`y` is moved there), in f64 where the device
+/// has it (CPU, CUDA; f32 on Metal: [`tram::ops::device_has_f64`]); when `n` is smaller than the feature
 /// dimensions the `n × n` Gram form is used (`‖YᵀX‖²_F = ⟨XXᵀ, YYᵀ⟩_F`), which is the same
 /// number. `NaN` when either representation is constant over the examples (zero variance).
 pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
@@ -22,13 +23,16 @@ pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
     if n < 2 {
         return Err(Error::Input(format!("CKA needs at least 2 examples, got {n}")));
     }
-    let x = centred(x)?;
-    let y = centred(y)?;
-    let fro2 = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f64>()?) };
+    let device = x.device();
+    let dtype = if tram::ops::device_has_f64(device) { DType::F64 } else { DType::F32 };
+    let x = centred(x, device, dtype)?;
+    let y = centred(y, device, dtype)?;
+    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    let fro2 = |t: &Tensor| -> Result<f64> { scalar(t.sqr()?.sum_all()?) };
     let (cross, xx, yy) = if n < dx.max(dy) {
         let k = x.matmul(&x.t()?)?;
         let l = y.matmul(&y.t()?)?;
-        ((&k * &l)?.sum_all()?.to_scalar::<f64>()?, fro2(&k)?, fro2(&l)?)
+        (scalar((&k * &l)?.sum_all()?)?, fro2(&k)?, fro2(&l)?)
     } else {
         let yx = y.t()?.matmul(&x)?;
         (fro2(&yx)?, fro2(&x.t()?.matmul(&x)?)?, fro2(&y.t()?.matmul(&y)?)?)
@@ -40,9 +44,9 @@ pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64> {
     Ok(cross / den)
 }
 
-/// Column-centred f64 copy on the CPU.
-fn centred(t: &Tensor) -> Result<Tensor> {
-    let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.contiguous()?;
+/// Column-centred copy in `dtype` on `device`.
+fn centred(t: &Tensor, device: &Device, dtype: DType) -> Result<Tensor> {
+    let t = t.to_device(device)?.to_dtype(dtype)?.contiguous()?;
     Ok(t.broadcast_sub(&t.mean_keepdim(0)?)?)
 }
 

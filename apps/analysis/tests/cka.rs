@@ -169,3 +169,28 @@ fn representation_cka_of_two_models() {
     assert_eq!(xa.dims(), &[24, 5]);
     assert!(close(linear_cka(&xa, &xc).unwrap(), v, 1e-12));
 }
+
+/// On a GPU the CKA is computed there (f64 on CUDA), equal to the CPU's to f64 rounding; the
+/// representations may come from either device. Runs wherever a GPU is present (a
+/// `--features cuda` build); elsewhere it prints why it did not run.
+#[test]
+fn cka_on_cuda_matches_the_cpu() {
+    if !candle_core::utils::cuda_is_available() {
+        println!("SKIPPED cka_on_cuda_matches_the_cpu: this build has no CUDA (rebuild with `--features cuda`, README \"GPU (CUDA)\")");
+        return;
+    }
+    let gpu = match Device::new_cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED cka_on_cuda_matches_the_cpu: no usable CUDA device 0 ({e})");
+            return;
+        }
+    };
+    for (n, dx, dy) in [(40, 7, 5), (6, 30, 20)] {
+        let (x, y) = (matrix(n, dx, 11), matrix(n, dy, 12));
+        let cpu = linear_cka(&x, &y).unwrap();
+        let on_gpu = linear_cka(&x.to_device(&gpu).unwrap(), &y.to_device(&gpu).unwrap()).unwrap();
+        let mixed = linear_cka(&x.to_device(&gpu).unwrap(), &y).unwrap();
+        assert!(close(on_gpu, cpu, 1e-12) && close(mixed, cpu, 1e-12), "{n}x{dx}/{dy}: CUDA {on_gpu}, mixed {mixed}, CPU {cpu}");
+    }
+}

@@ -33,7 +33,10 @@ pub use config::{Config, RunConfig, Sources};
 pub use error::{Error, Result};
 pub use trainer::{Control, Outcome};
 
-/// The candle device a config names: `cpu`, `cuda`, `cuda:<n>` or `metal`.
+/// The candle device a config names: `cpu`, `cuda`, `cuda:<n>` or `metal`. A CUDA name on a
+/// build without CUDA is an error saying how to rebuild; the device is not part of what a
+/// checkpoint must match on resume (checkpoints hold no device data: a run checkpointed on one
+/// device resumes on another).
 pub fn device(name: &str) -> Result<candle_core::Device> {
     let bad = |why: String| Error::Config(format!("key `device`: {why}"));
     match name.trim() {
@@ -47,8 +50,12 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
                 // One process per GPU: `cuda` is GPU <local rank> of a data-parallel job.
                 None => crate::distributed::local_rank().unwrap_or(0),
             };
-            candle_core::Device::new_cuda(n)
-                .map_err(|e| bad(format!("CUDA device {n} is unavailable ({e}); build with `--features cuda` on a machine with CUDA")))
+            if !candle_core::utils::cuda_is_available() {
+                return Err(bad(format!("`{s}`: this tram was built without CUDA; rebuild it with `--features cuda` (`cargo build --release -p tram-cli --features cuda`, README section \"GPU (CUDA)\"), or set device = \"cpu\"")));
+            }
+            candle_core::Device::new_cuda(n).map_err(|e| {
+                bad(format!("`{s}`: CUDA device {n} is unavailable ({e}); check that `nvidia-smi` lists GPU {n} and that the driver is at least as new as the CUDA the build used, or set device = \"cpu\""))
+            })
         }
         other => Err(bad(format!("`{other}`: expected cpu, cuda, cuda:<n> or metal"))),
     }

@@ -109,8 +109,9 @@ pub fn fingerprint(app: &str, run: &RunConfig, seed: u64, optimizer: &tram::Opti
     let mut v = run.config.to_json();
     if let Some(m) = v.as_object_mut() {
         // Where plugins are loaded from is not part of the run (the optimizer, with every
-        // component's name and parameters, is).
-        for k in ["out", "seeds", "label", "plugins"] {
+        // component's name and parameters, is), nor is the device it computes on (a checkpoint
+        // holds no device data: one written on a GPU resumes on the CPU and vice versa).
+        for k in ["out", "seeds", "label", "plugins", "device"] {
             m.remove(k);
         }
         m.insert("seed".into(), json!(seed));

@@ -55,13 +55,17 @@ impl CustomOp2 for AddBias {
 /// `x + bias` with `bias` `[n]` broadcast over the rows of `x` `[.., n]`, one pass; the bias
 /// gradient is accumulated row by row (candle's broadcast backward reduces over the leading
 /// dimensions with a strided loop), the input gradient is the output gradient itself. Both
-/// must have one float dtype. Non-CPU devices, non-f32/f64 dtypes: `broadcast_add`.
+/// must have one float dtype. Non-CPU devices: [`crate::composed::add_bias`]; non-f32/f64
+/// dtypes: `broadcast_add`.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let n = x.dim(D::Minus1)?;
     if bias.dims() != [n] {
         bail!("add_bias: bias {:?} must be [{n}] for input {:?}", bias.dims(), x.dims());
     }
-    if !on_cpu(x) || x.dtype() != bias.dtype() || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+    if !on_cpu(x) {
+        return crate::composed::add_bias(x, bias);
+    }
+    if x.dtype() != bias.dtype() || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
         return x.broadcast_add(bias);
     }
     let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };

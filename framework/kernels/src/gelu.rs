@@ -108,8 +108,8 @@ fn apply(x: &Tensor, k: Kind, op: &str) -> Result<Tensor> {
     let cd = compute_dtype(x, op)?;
     if !on_cpu(x) {
         return match k {
-            Kind::Tanh => x.gelu(),
-            Kind::Erf => x.gelu_erf(),
+            Kind::Tanh => crate::composed::gelu_tanh(x),
+            Kind::Erf => crate::composed::gelu_erf(x),
         };
     }
     let xc = x.to_dtype(cd)?;
@@ -124,13 +124,13 @@ fn apply(x: &Tensor, k: Kind, op: &str) -> Result<Tensor> {
 
 /// GELU with the tanh approximation, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`
 /// (`transformers`' `gelu_new` / `gelu_pytorch_tanh`), differentiable; computed in f32 (f64 for
-/// f64 input). Non-CPU devices: candle's `gelu`.
+/// f64 input). Non-CPU devices: [`crate::composed::gelu_tanh`] (candle's `gelu`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     apply(x, Kind::Tanh, "gelu_tanh")
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / √2))`, differentiable; computed in f32 (f64 for f64 input).
-/// Non-CPU devices: candle's `gelu_erf`.
+/// Non-CPU devices: [`crate::composed::gelu_erf`] (candle's `gelu_erf`).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     apply(x, Kind::Erf, "gelu_erf")
 }

@@ -24,9 +24,13 @@
 //! On the CPU the kernels compute in f32 (f64 inputs in f64; bf16 / f16 inputs are cast to f32
 //! and the result back, as the composed versions do); `exp`, `tanh` and `erf` are branch-free
 //! f32 approximations within a few ulp that the compiler vectorises. Rows are split over
-//! candle's thread pool only above [`par::PAR_MIN_ELEMS`] elements. On other devices every op
-//! falls back to the composed candle ops (same values, candle's autograd).
+//! candle's thread pool only above [`par::PAR_MIN_ELEMS`] elements. On any other device (CUDA,
+//! Metal) every op runs its [`composed`] path: the same function from candle primitives, which
+//! candle's CUDA / Metal kernels and autograd run without leaving the device (the fused Adam /
+//! SGD updates likewise: [`optim::adam_step_composed`]). `tests/device.rs` checks each device
+//! path against the CPU kernel wherever a GPU is present.
 
+pub mod composed;
 pub mod math;
 pub mod optim;
 pub mod par;

@@ -76,16 +76,12 @@ impl CustomOp2 for LogSoftmaxBwd {
 }
 
 /// `log softmax` over the last dimension, differentiable (`dx = g − softmax · Σ g`), computed in
-/// f32 (f64 for f64 input) and returned in the input's dtype. Non-CPU devices: composed ops
-/// (max shift, `exp`, `sum`, `log`).
+/// f32 (f64 for f64 input) and returned in the input's dtype. Non-CPU devices:
+/// [`crate::composed::log_softmax`] (max shift, `exp`, `sum`, `log`).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let cd = compute_dtype(x, "log_softmax")?;
     if !on_cpu(x) {
-        let xf = x.to_dtype(cd)?;
-        let max = xf.detach().max_keepdim(D::Minus1)?;
-        let shifted = xf.broadcast_sub(&max)?;
-        let l = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        return shifted.broadcast_sub(&l)?.to_dtype(x.dtype());
+        return crate::composed::log_softmax(x);
     }
     let xc = x.to_dtype(cd)?;
     let xc = if xc.is_contiguous() { xc } else { xc.contiguous()? };
@@ -154,13 +150,9 @@ impl CustomOp1 for CrossEntropy {
     }
 }
 
-/// Mean cross-entropy `−log softmax(logits)[row, target]` over the rows of `logits`
-/// `[rows, classes]` whose `targets` `[rows]` (an integer tensor) is not `ignore_index`
-/// (PyTorch's `F.cross_entropy(..., ignore_index=...)`). Differentiable in `logits` (one fused
-/// pass each way, nothing `[rows, classes]`-sized kept between them); computed in f32 (f64 for
-/// f64 logits), returned as an f32 (f64) scalar. Errors name a target outside `0..classes` and
-/// a batch where every row is ignored. Non-CPU devices: composed ops.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Result<Tensor> {
+/// Validates `logits` / `targets` for [`cross_entropy`]: the compute dtype, the class id of each
+/// row (`None`: ignored) and the number of counted rows.
+pub(crate) fn prepare_targets(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Result<(DType, Vec<Option<u32>>, usize)> {
     let op = "cross_entropy";
     let cd = compute_dtype(logits, op)?;
     let (rows, classes) =
@@ -186,14 +178,19 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64
     if counted == 0 {
         bail!("{op}: every one of the {rows} rows has the ignore index {ignore_index:?}: no target to average over");
     }
+    Ok((cd, keep, counted))
+}
+
+/// Mean cross-entropy `−log softmax(logits)[row, target]` over the rows of `logits`
+/// `[rows, classes]` whose `targets` `[rows]` (an integer tensor) is not `ignore_index`
+/// (PyTorch's `F.cross_entropy(..., ignore_index=...)`). Differentiable in `logits` (one fused
+/// pass each way, nothing `[rows, classes]`-sized kept between them); computed in f32 (f64 for
+/// f64 logits), returned as an f32 (f64) scalar. Errors name a target outside `0..classes` and
+/// a batch where every row is ignored. Non-CPU devices: [`crate::composed::cross_entropy`].
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Result<Tensor> {
+    let (cd, keep, counted) = prepare_targets(logits, targets, ignore_index)?;
     if !on_cpu(logits) {
-        let lp = log_softmax(&logits.to_dtype(cd)?)?;
-        let idx: Vec<u32> = keep.iter().enumerate().filter(|(_, k)| k.is_some()).map(|(r, _)| r as u32).collect();
-        let tg: Vec<u32> = keep.iter().flatten().copied().collect();
-        let dev = logits.device();
-        let lp = lp.index_select(&Tensor::from_vec(idx, counted, dev)?, 0)?;
-        let picked = lp.gather(&Tensor::from_vec(tg, (counted, 1), dev)?, 1)?;
-        return picked.mean_all()?.neg();
+        return crate::composed::cross_entropy_kept(logits, cd, &keep, counted);
     }
     let x = logits.to_dtype(cd)?;
     let x = if x.is_contiguous() { x } else { x.contiguous()? };
@@ -284,7 +281,7 @@ fn kl_row<T: Float>(t: &[T], c: &[T], s1: &mut [T], s2: &mut [T]) -> (T, T, T) {
 /// reduction (`F.kl_div(log_softmax(current), log_softmax(target), log_target=True,
 /// reduction="none").sum(-1)`). Differentiable in both (`∂/∂current = p_c − p_t`,
 /// `∂/∂target = p_t ⊙ (log p_t − log p_c − KL)`); computed in f32 (f64 for f64 input) and
-/// returned in that dtype. Non-CPU devices: composed ops.
+/// returned in that dtype. Non-CPU devices: [`crate::composed::kl_div_rows`].
 pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
     let op = "kl_div_rows";
     let cd = compute_dtype(current, op)?;
@@ -295,9 +292,7 @@ pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
         bail!("{op}: expected logits [.., classes], got a scalar");
     }
     if !on_cpu(current) {
-        let lt = log_softmax(&target.to_dtype(cd)?)?;
-        let lc = log_softmax(&current.to_dtype(cd)?)?;
-        return lt.exp()?.mul(&lt.sub(&lc)?)?.sum(D::Minus1);
+        return crate::composed::kl_div_rows(target, current);
     }
     let c = |t: &Tensor| -> Result<Tensor> {
         let t = t.to_dtype(cd)?;

@@ -4,7 +4,7 @@ use crate::math::Float;
 use crate::math::{dot, sum};
 use crate::par::{for_rows, parts, SyncPtr};
 use crate::{compute_dtype, float_dispatch, on_cpu, slice, tensor_from, with_data};
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
 
 struct LayerNorm {
@@ -128,7 +128,7 @@ impl CustomOp3 for LayerNorm {
 /// `LayerNorm(x) = (x − mean) / √(var + eps) · weight + bias` over the last dimension of `x`
 /// (biased variance, as PyTorch), computed in f32 (f64 for f64 input) and returned in the
 /// input's dtype. `weight` and `bias`: `[hidden]`. Differentiable in all three. Non-CPU
-/// devices: composed candle ops.
+/// devices: [`crate::composed::layer_norm`].
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = "layer_norm";
     let cd = compute_dtype(x, op)?;
@@ -137,7 +137,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         bail!("{op}: weight {:?} and bias {:?} must both be [{d}] for input {:?}", weight.dims(), bias.dims(), x.dims());
     }
     if !on_cpu(x) {
-        return layer_norm_composed(x, weight, bias, eps);
+        return crate::composed::layer_norm(x, weight, bias, eps);
     }
     let c = |t: &Tensor| -> Result<Tensor> {
         let t = t.to_dtype(cd)?;
@@ -150,15 +150,8 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     c(x)?.apply_op3(&c(weight)?, &c(bias)?, LayerNorm { eps })?.to_dtype(x.dtype())
 }
 
-/// The composed version (candle primitives, f32).
+/// The device path ([`crate::composed::layer_norm`]), on any device.
 #[doc(hidden)]
 pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let cd = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
-    let x = x.to_dtype(cd)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&var.affine(1.0, eps)?.sqrt()?)?;
-    normed.broadcast_mul(&weight.to_dtype(cd)?)?.broadcast_add(&bias.to_dtype(cd)?)?.to_dtype(dtype)
+    crate::composed::layer_norm(x, weight, bias, eps)
 }

@@ -33,7 +33,7 @@ impl KeyMask {
     }
     /// The mask as an additive bias `[batch, 1, 1, seq_k]` (0 kept, −1e9 masked), for the
     /// composed path on non-CPU devices.
-    fn bias(&self, device: &candle_core::Device) -> Result<Tensor> {
+    pub(crate) fn bias(&self, device: &candle_core::Device) -> Result<Tensor> {
         let v: Vec<f32> = self.keep.iter().map(|k| if *k != 0 { 0.0 } else { -1e9 }).collect();
         Tensor::from_vec(v, (self.batch, 1, 1, self.seq_k), device)
     }
@@ -42,14 +42,14 @@ impl KeyMask {
 /// Which keys row `r` (query `i`) of `[.., seq_q, seq_k]` scores may attend: the first `lim`
 /// (causal: `i + seq_k − seq_q + 1`), and of those the ones `keep` marks.
 #[derive(Clone)]
-struct Masking {
-    scale: f64,
-    causal: bool,
-    mask: Option<KeyMask>,
+pub(crate) struct Masking {
+    pub(crate) scale: f64,
+    pub(crate) causal: bool,
+    pub(crate) mask: Option<KeyMask>,
 }
 
 impl Masking {
-    fn check(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
+    pub(crate) fn check(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
         if dims.len() < 2 {
             bail!("masked_softmax: scores must be [.., seq_q, seq_k], got {dims:?}");
         }
@@ -187,44 +187,22 @@ fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
 /// `mask` marks as padding masked (both get probability 0). A row with no key to attend gets
 /// the uniform distribution, as an additive −1e9 bias on every key gives. Differentiable
 /// (`dx = scale · p ⊙ (g − Σ g p)`); masked entries get gradient 0. The result has the dtype of
-/// `scores` (bf16 / f16 compute in f32). Non-CPU devices: composed candle ops.
+/// `scores` (bf16 / f16 compute in f32). Non-CPU devices: [`crate::composed::masked_softmax`].
 pub fn masked_softmax(scores: &Tensor, scale: f64, causal: bool, mask: Option<&KeyMask>) -> Result<Tensor> {
     let op = "masked_softmax";
     let cd = compute_dtype(scores, op)?;
     let m = Masking { scale, causal, mask: mask.cloned() };
     m.check(scores.dims())?;
     if !on_cpu(scores) {
-        return composed(scores, &m);
+        return crate::composed::masked_softmax_checked(scores, &m);
     }
     let x = scores.to_dtype(cd)?;
     let x = if x.is_contiguous() { x } else { x.contiguous()? };
     x.apply_op1(SoftmaxFwd(m))?.to_dtype(scores.dtype())
 }
 
-/// The composed version: `scale · x` plus additive −1e9 biases, then `exp(log_softmax)`.
-fn composed(scores: &Tensor, m: &Masking) -> Result<Tensor> {
-    let dtype = scores.dtype();
-    let mut x = scores.to_dtype(DType::F32)?.affine(m.scale, 0.0)?;
-    let dims = x.dims().to_vec();
-    let (sq, sk) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    if m.causal {
-        let v: Vec<f32> = (0..sq * sk).map(|i| if i % sk <= i / sk + sk - sq { 0.0 } else { -1e9 }).collect();
-        x = x.broadcast_add(&Tensor::from_vec(v, (sq, sk), x.device())?)?;
-    }
-    if let Some(k) = &m.mask {
-        let mut shape = vec![k.batch];
-        shape.extend(std::iter::repeat_n(1, dims.len() - 2));
-        shape.push(k.seq_k);
-        x = x.broadcast_add(&k.bias(x.device())?.reshape(shape)?)?;
-    }
-    let max = x.detach().max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)?.exp()?.to_dtype(dtype)
-}
-
-/// Public for the tests: the composed path on any device.
+/// The device path ([`crate::composed::masked_softmax`]), on any device.
 #[doc(hidden)]
 pub fn masked_softmax_composed(scores: &Tensor, scale: f64, causal: bool, mask: Option<&KeyMask>) -> Result<Tensor> {
-    composed(scores, &Masking { scale, causal, mask: mask.cloned() })
+    crate::composed::masked_softmax(scores, scale, causal, mask)
 }

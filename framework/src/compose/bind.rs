@@ -232,10 +232,12 @@ impl BoundRegion {
     /// The radius δ: [`BoundRegion::measure`] of detached logits, computed in f64 where the
     /// device has it. Target and current logits of a small noise perturbation differ by
     /// ~σ·‖W‖, and the first-order terms of KL cancel: in f32 δ ~ 1e-10 drowns in rounding
-    /// (it can even come out negative), in f64 it is accurate.
+    /// (it can even come out negative), in f64 it is accurate. On a device without f64 (Metal)
+    /// it is computed in f32, and the KL distance takes its compensated f32 form there
+    /// ([`crate::ops::kl_div_sum_compensated`]).
     /// With `radius_precision = "f32"` it is computed in f32 instead, as the reference code does.
     pub fn radius(&self, target: &Tensor, current: &Tensor, examples: usize) -> Result<f64> {
-        let precise = self.settings.radius_precision == RadiusPrecision::Exact && !matches!(target.device(), candle_core::Device::Metal(_));
+        let precise = self.settings.radius_precision == RadiusPrecision::Exact && crate::ops::device_has_f64(target.device());
         let dtype = if precise { candle_core::DType::F64 } else { candle_core::DType::F32 };
         let (t, c) = (target.detach().to_dtype(dtype)?, current.detach().to_dtype(dtype)?);
         let tau = self.settings.temperature;
