@@ -328,9 +328,11 @@ impl Encoder {
     }
 }
 
-/// The first token's state `[batch, hidden]` of `[batch, seq, hidden]`.
+/// The first token's state `[batch, hidden]` of `[batch, seq, hidden]`, contiguous: the heads
+/// multiply it by their weights, and candle's CUDA matmul refuses a strided left operand (the
+/// narrowed view has row stride `seq·hidden`), which the H200 device check caught for ViT.
 pub(crate) fn first_token(x: &Tensor) -> Result<Tensor> {
-    Ok(x.narrow(1, 0, 1)?.squeeze(1)?)
+    Ok(x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)
 }
 
 /// Class ids as u32 `[batch]`, checked against the batch size.
@@ -340,4 +342,19 @@ pub(crate) fn class_targets(targets: &Tensor, batch: usize) -> Result<Tensor> {
         return Err(Error::Model(format!("classification targets must have shape [{batch}] (one label per example), got {:?}", t.dims())));
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_first_token_is_a_contiguous_batch_by_hidden_copy_of_position_zero() {
+        let x = Tensor::arange(0f32, 2.0 * 5.0 * 4.0, &Device::Cpu).unwrap().reshape((2, 5, 4)).unwrap();
+        let cls = first_token(&x).unwrap();
+        // CUDA's matmul needs this: a strided [2, 4] view of row stride 20 is refused there.
+        assert!(cls.is_contiguous());
+        assert_eq!(cls.to_vec2::<f32>().unwrap(), [[0.0, 1.0, 2.0, 3.0], [20.0, 21.0, 22.0, 23.0]]);
+    }
 }
