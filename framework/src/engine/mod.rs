@@ -3,10 +3,10 @@
 //! mode; gradient accumulation; guards against zero / non-finite norms and NaN.
 
 pub mod checkpoint;
+mod distributed;
 mod masters;
 mod perturb;
 mod rollback;
-mod distributed;
 
 use crate::components::base::BaseOptimizer;
 use crate::components::distance::Reduction;
@@ -299,7 +299,8 @@ impl Optimizer {
                             second
                         } else {
                             // bf16(θ + ε), then bf16(θ) from the untouched masters: exact.
-                            let perturbed = snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
+                            let perturbed =
+                                snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
                             masters::assign_rounded(live, &perturbed)?;
                             let second = self.pass(model, batches, mode, false, &mut scratch);
                             masters::assign_rounded(live, snap.tensors())?;
