@@ -109,13 +109,6 @@ impl Masters {
     }
 }
 
-/// Set the model's variables to `values` (f32 values of the masters' order), each rounded to
-/// its variable's dtype: the second pass's `bf16(master + ε)` and the restore's `bf16(master)`.
-pub(crate) fn assign_rounded(live: &Params, values: &[Tensor]) -> Result<()> {
-    let rounded = live.iter().zip(values).map(|(p, v)| v.to_dtype(p.var.dtype())).collect::<candle_core::Result<Vec<_>>>()?;
-    live.assign(&rounded)
-}
-
 /// Gradients of bf16 parameters widened to f32 (the masters' dtype); others as they are.
 pub(crate) fn widen(grads: Vec<Tensor>) -> Result<Vec<Tensor>> {
     Ok(grads.into_iter().map(|g| if g.dtype() == LOW { g.to_dtype(DType::F32) } else { Ok(g) }).collect::<candle_core::Result<_>>()?)

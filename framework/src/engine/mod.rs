@@ -216,6 +216,14 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Set a bf16 model's weights from the f32 masters (rounded to nearest); nothing for f32.
+    fn sync_masters(&self, live: &Params) -> Result<()> {
+        match &self.masters {
+            Some(m) => m.sync(live),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn bound_mut(&mut self) -> impl Iterator<Item = &mut BoundRegion> {
         self.penalties.iter_mut().map(|p| &mut p.bound).chain(self.plan.region_mut())
     }
@@ -292,20 +300,13 @@ impl Optimizer {
                         report.ascent = true;
                         report.epsilon_norm = global_norm(&eps)?;
                         let snap = params.snapshot()?;
-                        let second = if masters.is_none() {
-                            perturb::perturb(params, &snap, &eps)?;
-                            let second = self.pass(model, batches, mode, false, &mut scratch);
-                            params.restore(&snap)?;
-                            second
-                        } else {
-                            // bf16(θ + ε), then bf16(θ) from the untouched masters: exact.
-                            let perturbed =
-                                snap.tensors().iter().zip(&eps).map(|(t, e)| t.add(e)).collect::<candle_core::Result<Vec<_>>>()?;
-                            masters::assign_rounded(live, &perturbed)?;
-                            let second = self.pass(model, batches, mode, false, &mut scratch);
-                            masters::assign_rounded(live, snap.tensors())?;
-                            second
-                        };
+                        // θ + ε in place (on the f32 masters when there are any, the model's
+                        // bf16 weights then rounded from them), and back bitwise after the pass.
+                        perturb::perturb(params, &snap, &eps)?;
+                        self.sync_masters(live)?;
+                        let second = self.pass(model, batches, mode, false, &mut scratch);
+                        params.restore(&snap)?;
+                        self.sync_masters(live)?;
                         grads = second?.grads;
                         backup = Some(snap);
                     }
@@ -347,15 +348,11 @@ impl Optimizer {
             b.region.before_update(params, Some(&theta))?;
         }
         self.base.update(params, &grads, lr)?;
-        if let Some(m) = &self.masters {
-            m.sync(live)?;
-        }
+        self.sync_masters(live)?;
         // On the model's weights: a master that rounds to ±∞ in bf16 is caught too.
         if let Some(name) = made_non_finite(live, &theta)? {
             params.restore(&theta)?;
-            if let Some(m) = &self.masters {
-                m.sync(live)?;
-            }
+            self.sync_masters(live)?;
             let origin = "<state before the rolled-back step>";
             let state = self.base_backup.copies()?;
             self.base.load_state(params, &crate::components::state::StateReader::in_memory(&state, origin))?;
