@@ -105,15 +105,28 @@ fn try_lock(_: &File) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Whether a process with this pid is running (other than this one).
+/// Whether a process with this pid is running (other than this one). A zombie (a killed
+/// process its parent has not reaped yet, e.g. a rank of an MPI job SIGKILLed with its
+/// `mpirun`) exists for `kill(pid, 0)` but runs no more: on Linux its state in
+/// `/proc/<pid>/stat` says so, and it is not alive.
 #[cfg(unix)]
 fn alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return false;
     }
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(raw) = libc::pid_t::try_from(pid) else { return false };
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+    let exists = unsafe { libc::kill(raw, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) };
+    exists && !zombie(pid)
+}
+
+/// Whether `/proc/<pid>/stat` gives the process's state as zombie (`Z`) or dead (`X`); false
+/// where there is no `/proc`.
+#[cfg(unix)]
+fn zombie(pid: u32) -> bool {
+    // The state follows the command name's closing parenthesis (the name may hold any byte).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
 }
 
 #[cfg(not(unix))]
@@ -410,6 +423,33 @@ mod tests {
         }
         drop(held);
         RunLock::acquire(&d).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A killed child not yet reaped is a zombie: its temporaries are stale (before, they were
+    /// left for "a running process" until the next run).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_temporaries_of_a_killed_unreaped_process_are_removed() {
+        let d = std::env::temp_dir().join(format!("tram-rundir-zombie-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("checkpoints")).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        assert!(alive(pid) && !zombie(pid));
+        child.kill().unwrap();
+        // Not waited for: a zombie until `wait` below.
+        let start = std::time::Instant::now();
+        while !zombie(pid) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "the killed child never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid), "a zombie counts as running");
+        let temp = d.join("checkpoints").join(format!(".latest.tmp{pid}"));
+        std::fs::write(&temp, "step-00000003").unwrap();
+        let lock = RunLock::acquire(&d).unwrap();
+        assert_eq!(remove_stale_temps(&d, &lock).unwrap(), vec![temp.clone()]);
+        assert!(!temp.exists());
+        child.wait().unwrap();
         let _ = std::fs::remove_dir_all(&d);
     }
 
