@@ -1,17 +1,20 @@
 //! The MPI [`Collective`] (feature `mpi`), through rsmpi and the system's MPI library:
 //! `mpirun -np W …` starts W processes, each builds one [`Mpi`] with [`Mpi::init`].
 //!
-//! Reductions sum in f64 on the CPU, at rank 0 (`MPI_Reduce`), and broadcast the result
-//! (`MPI_Bcast`), so every rank gets bitwise the same sums whatever the MPI library's
-//! reduction order. Every call runs under a [`Watchdog`]: a rank that waits longer than the
-//! timeout in one call prints which call and for how long, and exits with status 75, which
+//! Reductions run on the CPU, gradients in f32 (4 bytes a value on the wire) and f64 values
+//! (step statistics) in f64, and every rank gets bitwise the same sums whatever the MPI
+//! library's reduction order: two ranks exchange and add with `MPI_Allreduce` (one addition
+//! per value, the same in either order), more ranks sum at rank 0 (`MPI_Reduce`) and broadcast
+//! its sums (`MPI_Bcast`). Every call runs under a [`Watchdog`]: a rank that waits longer than
+//! the timeout in one call prints which call and for how long, and exits with status 75, which
 //! makes `mpirun` end the job (a silent hang is never possible).
 
 use super::watchdog::Watchdog;
-use super::{flatten_f64, unflatten_f64, Collective};
+use super::Collective;
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use std::sync::Mutex;
@@ -70,21 +73,55 @@ impl Mpi {
         Ok(out)
     }
 
-    /// Sum `values` over the ranks: reduce at rank 0, then broadcast.
-    fn sum(&self, op: &'static str, values: &mut [f64]) -> Result<()> {
-        let rank = self.rank;
+    /// The element-wise sums of `values` over the ranks, bitwise the same on every rank. Two
+    /// ranks: `MPI_Allreduce`, where each sum is one addition of the two ranks' values, which
+    /// IEEE arithmetic makes the same in either order (so whatever the library's algorithm);
+    /// both ranks exchange and add at once. More ranks: `MPI_Reduce` at rank 0 (whose order
+    /// the library picks), then `MPI_Bcast` of rank 0's sums.
+    fn sum<T: Equivalence + Copy + Default>(&self, op: &'static str, values: &[T]) -> Result<Vec<T>> {
+        let (rank, world) = (self.rank, self.world);
         self.with(op, |w| {
+            let mut out = vec![T::default(); values.len()];
+            if world == 2 {
+                w.all_reduce_into(values, &mut out[..], SystemOperation::sum());
+                return out;
+            }
             let root = w.process_at_rank(0);
             if rank == 0 {
-                let mut out = vec![0.0f64; values.len()];
-                root.reduce_into_root(&values[..], &mut out[..], SystemOperation::sum());
-                values.copy_from_slice(&out);
+                root.reduce_into_root(values, &mut out[..], SystemOperation::sum());
             } else {
-                root.reduce_into(&values[..], SystemOperation::sum());
+                root.reduce_into(values, SystemOperation::sum());
             }
-            root.broadcast_into(values);
+            root.broadcast_into(&mut out[..]);
+            out
         })
     }
+}
+
+/// `t`'s values appended to `out` (converted to `T`'s dtype; one copy for a contiguous CPU
+/// tensor of that dtype).
+fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
+    let t = t.to_dtype(T::DTYPE)?.to_device(&Device::Cpu)?;
+    let t = if t.is_contiguous() { t } else { t.contiguous()? };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(c), Some((a, b))) => out.extend_from_slice(&c.as_slice::<T>()?[a..b]),
+        _ => {
+            drop(storage);
+            out.extend(t.flatten_all()?.to_vec1::<T>()?)
+        }
+    }
+    Ok(())
+}
+
+/// The tensors of `like`'s shapes, dtypes and devices cut in order from `values`.
+fn take<T: WithDType>(values: &[T], at: &mut usize, like: &Tensor) -> Result<Tensor> {
+    let n = like.elem_count();
+    let v = values
+        .get(*at..*at + n)
+        .ok_or_else(|| Error::Model("a collective returned fewer values than sent: the ranks disagree on the shapes".into()))?;
+    *at += n;
+    Ok(Tensor::from_slice(v, like.shape(), &Device::Cpu)?.to_dtype(like.dtype())?.to_device(like.device())?)
 }
 
 impl Collective for Mpi {
@@ -97,13 +134,30 @@ impl Collective for Mpi {
     fn world(&self) -> usize {
         self.world
     }
+    /// f64 tensors are summed in f64, the others (gradients) in f32 — their dtype, or wider for
+    /// half types — so the gradient travels in 4 bytes per value.
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        let mut flat = flatten_f64(tensors)?;
-        self.sum("the all-reduce of the gradient and step statistics", &mut flat)?;
-        unflatten_f64(&flat, tensors)
+        let (mut narrow, mut wide) = (Vec::<f32>::new(), Vec::<f64>::new());
+        for t in tensors {
+            if t.dtype() == DType::F64 {
+                append(&mut wide, t)?;
+            } else {
+                append(&mut narrow, t)?;
+            }
+        }
+        let op = "the all-reduce of the gradient and step statistics";
+        let narrow = if narrow.is_empty() { narrow } else { self.sum(op, &narrow)? };
+        let wide = if wide.is_empty() { wide } else { self.sum(op, &wide)? };
+        let (mut at_narrow, mut at_wide) = (0, 0);
+        tensors
+            .iter()
+            .map(|t| if t.dtype() == DType::F64 { take(&wide, &mut at_wide, t) } else { take(&narrow, &mut at_narrow, t) })
+            .collect()
     }
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
-        self.sum("an all-reduce of step statistics", values)
+        let sums = self.sum("an all-reduce of step statistics", values)?;
+        values.copy_from_slice(&sums);
+        Ok(())
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
         if root >= self.world {
