@@ -2,7 +2,8 @@
 //! feature and `mpirun`, which `.ci/run` installs): `mpirun -np 2` runs on the bundled
 //! quickstart model and data, each rank with 2 of the global micro-batch's 4 blocks, end with
 //! the weights of the single-process run of the same global batch for every composition the
-//! issue names (noise and dropout included), with and without accumulation; a job SIGKILLed
+//! issue names (noise and dropout included), with and without accumulation, and so do 3 ranks
+//! of unequal shares (the reduce-and-broadcast path); a job SIGKILLed
 //! (every process) after a checkpoint resumes with the other world size to the uninterrupted
 //! run's weights, from its last complete checkpoint, and so does one stopped on 2 ranks; a
 //! rank killed or hung mid-run fails the job with a message within 60 s, and no process of a
@@ -181,6 +182,19 @@ mod mpi {
         let log = std::fs::read_to_string(two.join("adam/seed-0/metrics.jsonl")).unwrap();
         assert_eq!(log.lines().filter(|l| l.contains("\"type\":\"start\"")).count(), 1, "{log}");
         assert_eq!(log.lines().filter(|l| l.contains("\"type\":\"train\"")).count(), 3, "{log}");
+    }
+
+    /// Three ranks take the other reduction path (a reduce at rank 0 and a broadcast, where two
+    /// ranks exchange with one all-reduce) and unequal shares of the 4 blocks (1, 1, 2 rows),
+    /// which the row weighting must undo.
+    #[test]
+    fn three_ranks_with_unequal_shares_equal_one_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, three) = (tmp.path().join("w1"), tmp.path().join("w3"));
+        let methods = "sam,tram-noise";
+        ok(1, &args(&one, methods, 2, &[]));
+        ok(3, &args(&three, methods, 2, &[]));
+        assert_close(&one, &three, methods, "W=3 vs W=1");
     }
 
     #[test]
