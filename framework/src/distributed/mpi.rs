@@ -178,3 +178,27 @@ impl Collective for Mpi {
         self.waited.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_of_any_layout_and_dtype_go_out_in_order_and_come_back_in_their_own() {
+        let t = Tensor::new(&[[1.5f32, -2.0, 3.0], [0.25, 4.0, -8.0]], &Device::Cpu).unwrap();
+        let strided = t.t().unwrap(); // not contiguous: [[1.5, 0.25], [-2, 4], [3, -8]]
+        let narrowed = t.narrow(1, 1, 2).unwrap(); // [[-2, 3], [4, -8]]
+        let half = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let mut out = Vec::<f32>::new();
+        for x in [&strided, &narrowed, &half] {
+            append(&mut out, x).unwrap();
+        }
+        assert_eq!(out, vec![1.5, 0.25, -2.0, 4.0, 3.0, -8.0, -2.0, 3.0, 4.0, -8.0, 0.5, -1.0]);
+        let mut at = 0;
+        let back: Vec<Tensor> = [&strided, &narrowed, &half].iter().map(|x| take(&out, &mut at, x).unwrap()).collect();
+        assert_eq!(back[0].to_vec2::<f32>().unwrap(), strided.to_vec2::<f32>().unwrap());
+        assert_eq!(back[1].to_vec2::<f32>().unwrap(), narrowed.to_vec2::<f32>().unwrap());
+        assert_eq!(back[2].dtype(), DType::BF16);
+        assert!(take(&out, &mut at, &half).unwrap_err().to_string().contains("disagree"));
+    }
+}
