@@ -76,12 +76,26 @@ fn parity(
     bad
 }
 
+/// The shapes of [`all_ops`]: `(batch, heads, seq_q, seq_k, hidden, vocab)`. The large one has
+/// rows longer than a warp (softmax, layer norm) and than a CUDA block (vocabulary rows), a
+/// row count that is not a multiple of the kernels' rows per block, and `seq_q < seq_k`.
+const SMALL: (usize, usize, usize, usize, usize, usize) = (2, 3, 5, 7, 48, 300);
+const LARGE: (usize, usize, usize, usize, usize, usize) = (2, 3, 37, 70, 200, 1500);
+
 /// Every op, CPU kernel against the device path on `device`; `direct` calls the composed
 /// functions (for the CPU), otherwise the public ops (which dispatch on the device).
 fn all_ops(device: &Device, direct: bool) -> Vec<String> {
+    let mut bad = all_ops_at(device, direct, SMALL);
+    bad.extend(all_ops_at(device, direct, LARGE));
+    bad
+}
+
+fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize, usize, usize)) -> Vec<String> {
     let mut bad = Vec::new();
-    let (b, h, sq, sk, d, vocab) = (2usize, 3usize, 5usize, 7usize, 48usize, 300usize);
-    let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let (b, h, sq, sk, d, vocab) = shape;
+    // Batch 0 attends every key; batch 1 only the first four.
+    let keep: Vec<u32> = (0..b * sk).map(|i| u32::from(i < sk || i % sk < 4)).collect();
+    let keep = Tensor::from_vec(keep, (b, sk), &Device::Cpu).unwrap();
     let mask_cpu = k::KeyMask::new(&keep).unwrap();
     let mask_dev = k::KeyMask::new(&keep.to_device(device).unwrap()).unwrap();
     for dtype in [DType::F32, DType::BF16] {
@@ -203,6 +217,9 @@ fn cuda() -> std::result::Result<Device, String> {
     Device::new_cuda(0).map_err(|e| format!("no usable CUDA device 0 ({e})"))
 }
 
+/// On CUDA the public ops run tram-kernels' own CUDA kernels (`cuda/fused.cu`) for the masked
+/// softmax, layer norm, log-softmax, cross-entropy and KL rows, and the composed path for the
+/// rest; with the kernels switched off, every op runs the composed path. Both against the CPU.
 #[test]
 fn every_op_on_cuda_matches_the_cpu_kernel() {
     let device = match cuda() {
@@ -212,6 +229,11 @@ fn every_op_on_cuda_matches_the_cpu_kernel() {
             return;
         }
     };
-    let bad = all_ops(&device, false);
+    assert!(k::cuda_kernels_enabled(), "the CUDA kernels are on by default");
+    let mut bad = all_ops(&device, false);
+    k::set_cuda_kernels(false);
+    let composed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| all_ops(&device, false)));
+    k::set_cuda_kernels(true);
+    bad.extend(composed.expect("the composed path panicked").into_iter().map(|b| format!("composed path: {b}")));
     assert!(bad.is_empty(), "CUDA ops differ from the CPU kernels:\n{}", bad.join("\n"));
 }

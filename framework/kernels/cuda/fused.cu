@@ -1,0 +1,318 @@
+// CUDA kernels of tram-kernels' fused ops (f32): the masked attention softmax, layer norm,
+// log-softmax and cross-entropy rows, forward and backward. Each is one pass over memory where
+// the composed candle path (src/composed.rs) takes eight to twelve. The arithmetic follows the
+// CPU kernels in src/ (same order of the reductions per row up to the split over lanes, f32
+// accumulation, `expf` / `logf` / `sqrtf`), so the two agree within a few ulp; the parity tests
+// are tests/device.rs (run wherever a GPU is present).
+//
+// Compiled to PTX by build.rs with the pinned nvcc when the `cuda` feature is on, embedded in
+// the library and loaded through candle's CUDA device (src/cuda.rs). Every input is contiguous
+// and row-major; a row is the last dimension.
+#include <stdint.h>
+
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `sh` holds 32 floats; the trailing barrier lets the caller reuse it.
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < warps ? sh[lane] : 0.0f;
+        w = warp_sum(w);
+        if (lane == 0) sh[0] = w;
+    }
+    __syncthreads();
+    const float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ float block_max(float v, float* sh) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < warps ? sh[lane] : -INFINITY;
+        w = warp_max(w);
+        if (lane == 0) sh[0] = w;
+    }
+    __syncthreads();
+    const float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention softmax: one warp per row of `[rows, sk]` scores (query i = row % sq). Keys after
+// `lim` are masked when `causal`; with `has_keep`, keys whose `keep[batch][j]` is 0 are masked
+// (batch = row / rows_per_batch). A row with no key to attend is uniform, as on the CPU.
+
+extern "C" __global__ void tram_masked_softmax_f32(const float* __restrict__ x, float* __restrict__ y, unsigned rows, unsigned sq,
+                                                   unsigned sk, float scale, int causal, const uint8_t* __restrict__ keep,
+                                                   int has_keep, unsigned rows_per_batch) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const unsigned lane = threadIdx.x & 31;
+    if (row >= rows) return;  // the whole warp leaves together
+    const float* xr = x + (size_t)row * sk;
+    float* yr = y + (size_t)row * sk;
+    const unsigned lim = causal ? min(row % sq + sk - sq + 1, sk) : sk;
+    const uint8_t* k = has_keep ? keep + (size_t)(row / rows_per_batch) * sk : nullptr;
+    int found = 0;
+    float m = -INFINITY;
+    for (unsigned j = lane; j < lim; j += 32) {
+        if (!k || k[j]) {
+            found = 1;
+            m = fmaxf(m, xr[j] * scale);
+        }
+    }
+    if (!__any_sync(FULL_MASK, found)) {
+        const float u = 1.0f / (float)sk;
+        for (unsigned j = lane; j < sk; j += 32) yr[j] = u;
+        return;
+    }
+    m = warp_max(m);
+    float s = 0.0f;
+    for (unsigned j = lane; j < lim; j += 32) {
+        const float e = (!k || k[j]) ? expf(xr[j] * scale - m) : 0.0f;
+        yr[j] = e;
+        s += e;
+    }
+    const float inv = 1.0f / warp_sum(s);
+    for (unsigned j = lane; j < lim; j += 32) yr[j] *= inv;
+    for (unsigned j = lim + lane; j < sk; j += 32) yr[j] = 0.0f;
+}
+
+// dx = scale · y ⊙ (g − Σ g y), one warp per row.
+extern "C" __global__ void tram_softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ g, float* __restrict__ dx,
+                                                unsigned rows, unsigned n, float scale) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const unsigned lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* yr = y + (size_t)row * n;
+    const float* gr = g + (size_t)row * n;
+    float* o = dx + (size_t)row * n;
+    float d = 0.0f;
+    for (unsigned j = lane; j < n; j += 32) d += yr[j] * gr[j];
+    d = warp_sum(d);
+    for (unsigned j = lane; j < n; j += 32) o[j] = scale * yr[j] * (gr[j] - d);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm over rows of width d: one warp per row, two-pass moments (biased variance).
+
+__device__ __forceinline__ void row_moments(const float* xr, unsigned d, float eps, unsigned lane, float* mean, float* rstd) {
+    float s = 0.0f;
+    for (unsigned j = lane; j < d; j += 32) s += xr[j];
+    const float m = warp_sum(s) / (float)d;
+    float v = 0.0f;
+    for (unsigned j = lane; j < d; j += 32) {
+        const float c = xr[j] - m;
+        v += c * c;
+    }
+    const float var = warp_sum(v) / (float)d;
+    *mean = m;
+    *rstd = 1.0f / sqrtf(var + eps);
+}
+
+extern "C" __global__ void tram_layer_norm_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                               float* __restrict__ y, unsigned rows, unsigned d, float eps) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const unsigned lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + (size_t)row * d;
+    float* yr = y + (size_t)row * d;
+    float mean, rstd;
+    row_moments(xr, d, eps, lane, &mean, &rstd);
+    for (unsigned j = lane; j < d; j += 32) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+}
+
+// `[rows, 2]`: mean and 1/√(var + eps) of each row, for the weight / bias gradients.
+extern "C" __global__ void tram_layer_norm_moments_f32(const float* __restrict__ x, float* __restrict__ out, unsigned rows, unsigned d,
+                                                       float eps) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const unsigned lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float mean, rstd;
+    row_moments(x + (size_t)row * d, d, eps, lane, &mean, &rstd);
+    if (lane == 0) {
+        out[2 * row] = mean;
+        out[2 * row + 1] = rstd;
+    }
+}
+
+// dx = rstd · (g w − mean(g w) − x̂ · mean(g w x̂)), one warp per row.
+extern "C" __global__ void tram_layer_norm_bwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ g,
+                                                   float* __restrict__ dx, unsigned rows, unsigned d, float eps) {
+    const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const unsigned lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + (size_t)row * d;
+    const float* gr = g + (size_t)row * d;
+    float* o = dx + (size_t)row * d;
+    float mean, rstd;
+    row_moments(xr, d, eps, lane, &mean, &rstd);
+    float a = 0.0f, c = 0.0f;
+    for (unsigned j = lane; j < d; j += 32) {
+        const float gw = gr[j] * w[j];
+        a += gw;
+        c += gw * (xr[j] - mean) * rstd;
+    }
+    a = warp_sum(a) / (float)d;
+    c = warp_sum(c) / (float)d;
+    for (unsigned j = lane; j < d; j += 32) {
+        const float h = (xr[j] - mean) * rstd;
+        o[j] = rstd * (gr[j] * w[j] - a - h * c);
+    }
+}
+
+// Partial weight / bias gradients: block (cx, cy) sums columns [256 cx, 256 cx + 256) over rows
+// [chunk cy, chunk (cy + 1)) into out[0][cy][col] (Σ g x̂) and out[1][cy][col] (Σ g); the caller
+// sums over the chunks. Adjacent threads read adjacent columns (coalesced).
+extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, const float* __restrict__ g,
+                                                  const float* __restrict__ moments, float* __restrict__ out, unsigned rows,
+                                                  unsigned d, unsigned chunk) {
+    const unsigned col = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned chunks = gridDim.y;
+    if (col >= d) return;
+    const unsigned r0 = blockIdx.y * chunk;
+    const unsigned r1 = min(r0 + chunk, rows);
+    float dw = 0.0f, db = 0.0f;
+    for (unsigned r = r0; r < r1; ++r) {
+        const float gv = g[(size_t)r * d + col];
+        dw += gv * (x[(size_t)r * d + col] - moments[2 * r]) * moments[2 * r + 1];
+        db += gv;
+    }
+    out[(size_t)blockIdx.y * d + col] = dw;
+    out[(size_t)(chunks + blockIdx.y) * d + col] = db;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-softmax and cross-entropy rows: one block per row (rows are vocabulary-wide).
+
+// log-sum-exp of a row, every thread gets it.
+__device__ __forceinline__ float row_lse(const float* xr, unsigned n, float* sh, float* max_out) {
+    float m = -INFINITY;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, xr[j]);
+    m = block_max(m, sh);
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(xr[j] - m);
+    s = block_sum(s, sh);
+    *max_out = m;
+    return m + logf(s);
+}
+
+extern "C" __global__ void tram_log_softmax_f32(const float* __restrict__ x, float* __restrict__ y, unsigned n) {
+    __shared__ float sh[32];
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float* yr = y + (size_t)blockIdx.x * n;
+    float m;
+    const float shift = row_lse(xr, n, sh, &m);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - shift;
+}
+
+// dx = g − exp(y) Σ g.
+extern "C" __global__ void tram_log_softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ g, float* __restrict__ dx,
+                                                    unsigned n) {
+    __shared__ float sh[32];
+    const float* yr = y + (size_t)blockIdx.x * n;
+    const float* gr = g + (size_t)blockIdx.x * n;
+    float* o = dx + (size_t)blockIdx.x * n;
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += gr[j];
+    s = block_sum(s, sh);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = gr[j] - expf(yr[j]) * s;
+}
+
+// loss[row] = logsumexp(x_row) − x_row[t] for target t, 0 for an ignored row (t = 0xffffffff).
+extern "C" __global__ void tram_cross_entropy_rows_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                       float* __restrict__ loss, unsigned n) {
+    __shared__ float sh[32];
+    const uint32_t t = targets[blockIdx.x];
+    if (t == 0xffffffffu) {
+        if (threadIdx.x == 0) loss[blockIdx.x] = 0.0f;
+        return;  // the whole block leaves: no barrier is reached
+    }
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float m;
+    const float lse = row_lse(xr, n, sh, &m);
+    if (threadIdx.x == 0) loss[blockIdx.x] = lse - xr[t];
+}
+
+// dx_row = g[row] · (softmax(x_row) − onehot(t)), 0 for an ignored row.
+extern "C" __global__ void tram_cross_entropy_rows_bwd_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                           const float* __restrict__ g, float* __restrict__ dx, unsigned n) {
+    __shared__ float sh[32];
+    const uint32_t t = targets[blockIdx.x];
+    float* o = dx + (size_t)blockIdx.x * n;
+    if (t == 0xffffffffu) {
+        for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = 0.0f;
+        return;
+    }
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float m;
+    float s = 0.0f;
+    m = -INFINITY;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, xr[j]);
+    m = block_max(m, sh);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(xr[j] - m);
+    s = block_sum(s, sh);
+    const float gr = g[blockIdx.x];
+    const float f = gr / s;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = expf(xr[j] - m) * f - (j == t ? gr : 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row-wise KL(softmax t ‖ softmax c): one block per row.
+
+// kl[row] = Σ p_t (t − c + lse(c) − lse(t)), p_t = exp(t − lse(t)).
+extern "C" __global__ void tram_kl_rows_f32(const float* __restrict__ t, const float* __restrict__ c, float* __restrict__ kl, unsigned n) {
+    __shared__ float sh[32];
+    const float* tr = t + (size_t)blockIdx.x * n;
+    const float* cr = c + (size_t)blockIdx.x * n;
+    float m;
+    const float st = row_lse(tr, n, sh, &m);
+    const float sc = row_lse(cr, n, sh, &m);
+    const float shift = sc - st;
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(tr[j] - st) * (tr[j] - cr[j] + shift);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) kl[blockIdx.x] = s;
+}
+
+// out[0][row] = g p_t ⊙ (log p_t − log p_c − KL), out[1][row] = g (p_c − p_t); out is
+// [2, rows, n].
+extern "C" __global__ void tram_kl_rows_bwd_f32(const float* __restrict__ t, const float* __restrict__ c, const float* __restrict__ g,
+                                                float* __restrict__ out, unsigned rows, unsigned n) {
+    __shared__ float sh[32];
+    const float* tr = t + (size_t)blockIdx.x * n;
+    const float* cr = c + (size_t)blockIdx.x * n;
+    float* dt = out + (size_t)blockIdx.x * n;
+    float* dc = out + ((size_t)rows + blockIdx.x) * n;
+    float m;
+    const float st = row_lse(tr, n, sh, &m);
+    const float sc = row_lse(cr, n, sh, &m);
+    const float shift = sc - st;
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(tr[j] - st) * (tr[j] - cr[j] + shift);
+    const float kl = block_sum(s, sh);
+    const float gr = g[blockIdx.x];
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
+        const float pt = expf(tr[j] - st);
+        dt[j] = gr * pt * (tr[j] - cr[j] + shift - kl);
+        dc[j] = gr * (expf(cr[j] - sc) - pt);
+    }
+}

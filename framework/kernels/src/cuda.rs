@@ -1,0 +1,309 @@
+//! The CUDA path of the fused ops: the f32 kernels of `cuda/fused.cu` (compiled to PTX by
+//! build.rs with the `cuda` feature), launched on candle's CUDA device and stream. Each op's
+//! `cuda_fwd` (softmax.rs, norm.rs, loss.rs) calls one function here. The wrappers send f32
+//! compute on a CUDA device here while [`kernels_enabled`] (the default), everything else to
+//! [`crate::composed`]; `tests/device.rs` checks both paths against the CPU kernels wherever a
+//! GPU is present.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::{bail, CudaDevice, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+const MODULE: &str = "tram-kernels-fused";
+
+/// Threads per block of the warp-per-row kernels (8 rows per block).
+const ROW_WARPS_BLOCK: u32 = 256;
+/// Threads per block of the block-per-row kernels (vocabulary-wide rows).
+const ROW_BLOCK: u32 = 512;
+
+/// The f32 data of contiguous `s` / `l`, or an error naming `op`.
+pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
+    }
+}
+
+fn view_u32<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, u32>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<u32>()?.slice(a..b)),
+        None => bail!("{op}: the targets must be contiguous"),
+    }
+}
+
+fn u32_of(v: usize, what: &str, op: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{op}: {what} {v} exceeds the CUDA kernels' 32-bit index range")))
+}
+
+/// Launch config of a warp-per-row kernel over `rows` rows.
+fn warp_rows(rows: u32) -> LaunchConfig {
+    let per_block = ROW_WARPS_BLOCK / 32;
+    LaunchConfig { grid_dim: (rows.div_ceil(per_block).max(1), 1, 1), block_dim: (ROW_WARPS_BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Launch config of a block-per-row kernel over `rows` rows.
+fn block_rows(rows: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1), 1, 1), block_dim: (ROW_BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn alloc(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: every element is written by the kernel that follows.
+    unsafe { dev.alloc::<f32>(n.max(1)) }
+}
+
+fn out(slice: CudaSlice<f32>, dev: &CudaDevice, shape: impl Into<Shape>) -> (CudaStorage, Shape) {
+    (CudaStorage::wrap_cuda_slice(slice, dev.clone()), shape.into())
+}
+
+/// `(rows, width)` of a row-major layout (rows = all but the last dimension).
+fn rows_width(l: &Layout, op: &str) -> Result<(u32, u32)> {
+    let dims = l.dims();
+    let Some(&w) = dims.last() else { bail!("{op}: expected at least one dimension, got a scalar") };
+    let n = l.shape().elem_count();
+    Ok((u32_of(n / w.max(1), "row count", op)?, u32_of(w, "row width", op)?))
+}
+
+/// The masked attention softmax (`tram_masked_softmax_f32`); `keep` is the key mask as
+/// `[batch · seq_k]` bytes, uploaded for the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn masked_softmax(
+    s: &CudaStorage,
+    l: &Layout,
+    sq: usize,
+    sk: usize,
+    scale: f64,
+    causal: bool,
+    keep: Option<(&[u8], usize)>,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "masked_softmax";
+    let dev = s.device();
+    let x = view(s, l, op)?;
+    let (rows, _) = rows_width(l, op)?;
+    let y = alloc(dev, l.shape().elem_count())?;
+    let keep_buf: CudaSlice<u8> = match keep {
+        Some((k, _)) => {
+            // SAFETY: filled by the copy that follows.
+            let mut b = unsafe { dev.alloc::<u8>(k.len().max(1))? };
+            dev.memcpy_htod(k, &mut b)?;
+            b
+        }
+        None => dev.alloc_zeros::<u8>(1)?,
+    };
+    let (sq, sk) = (u32_of(sq, "seq_q", op)?, u32_of(sk, "seq_k", op)?);
+    let (scale, causal, has_keep) = (scale as f32, i32::from(causal), i32::from(keep.is_some()));
+    let rows_per_batch = u32_of(keep.map_or(rows as usize, |(_, r)| r), "rows per batch", op)?;
+    let func = dev.get_or_load_custom_func("tram_masked_softmax_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&y).arg(&rows).arg(&sq).arg(&sk).arg(&scale).arg(&causal).arg(&keep_buf).arg(&has_keep).arg(&rows_per_batch);
+    // SAFETY: arguments match the kernel's signature; buffers hold rows · seq_k elements.
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(out(y, dev, l.shape().clone()))
+}
+
+/// `dx = scale · y ⊙ (g − Σ g y)` (`tram_softmax_bwd_f32`).
+pub(crate) fn softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &Layout, scale: f64) -> Result<(CudaStorage, Shape)> {
+    let op = "softmax backward";
+    let dev = ys.device();
+    let (y, g) = (view(ys, yl, op)?, view(gs, gl, op)?);
+    let (rows, n) = rows_width(yl, op)?;
+    let dx = alloc(dev, yl.shape().elem_count())?;
+    let scale = scale as f32;
+    let func = dev.get_or_load_custom_func("tram_softmax_bwd_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&y).arg(&g).arg(&dx).arg(&rows).arg(&n).arg(&scale);
+    // SAFETY: as above.
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(out(dx, dev, yl.shape().clone()))
+}
+
+/// Layer norm forward (`tram_layer_norm_f32`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm(
+    xs: &CudaStorage,
+    xl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+    bs: &CudaStorage,
+    bl: &Layout,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "layer_norm";
+    let dev = xs.device();
+    let (x, w, bias) = (view(xs, xl, op)?, view(ws, wl, op)?, view(bs, bl, op)?);
+    let (rows, d) = rows_width(xl, op)?;
+    let y = alloc(dev, xl.shape().elem_count())?;
+    let eps = eps as f32;
+    let func = dev.get_or_load_custom_func("tram_layer_norm_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&w).arg(&bias).arg(&y).arg(&rows).arg(&d).arg(&eps);
+    // SAFETY: as above.
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(out(y, dev, xl.shape().clone()))
+}
+
+/// Layer norm input gradient (`tram_layer_norm_bwd_f32`): inputs x, weight, upstream g.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_dx(
+    xs: &CudaStorage,
+    xl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "layer_norm backward";
+    let dev = xs.device();
+    let (x, w, g) = (view(xs, xl, op)?, view(ws, wl, op)?, view(gs, gl, op)?);
+    let (rows, d) = rows_width(xl, op)?;
+    let dx = alloc(dev, xl.shape().elem_count())?;
+    let eps = eps as f32;
+    let func = dev.get_or_load_custom_func("tram_layer_norm_bwd_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&w).arg(&g).arg(&dx).arg(&rows).arg(&d).arg(&eps);
+    // SAFETY: as above.
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(out(dx, dev, xl.shape().clone()))
+}
+
+/// Rows per block of the weight / bias gradient partial sums (at least; more when the rows
+/// would need over 65535 blocks, CUDA's limit on the grid's second dimension).
+const LN_WB_CHUNK: u32 = 64;
+
+/// Layer norm weight and bias gradient partial sums `[2, chunks, d]` (`tram_layer_norm_wb_f32`,
+/// after `tram_layer_norm_moments_f32`): inputs x and upstream g; the caller sums dim 1.
+pub(crate) fn layer_norm_wb(xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout, eps: f64) -> Result<(CudaStorage, Shape)> {
+    let op = "layer_norm backward";
+    let dev = xs.device();
+    let (x, g) = (view(xs, xl, op)?, view(gs, gl, op)?);
+    let (rows, d) = rows_width(xl, op)?;
+    let moments = alloc(dev, 2 * rows as usize)?;
+    let eps = eps as f32;
+    let func = dev.get_or_load_custom_func("tram_layer_norm_moments_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&moments).arg(&rows).arg(&d).arg(&eps);
+    // SAFETY: as above.
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    let chunk = LN_WB_CHUNK.max(rows.div_ceil(65535));
+    let chunks = rows.div_ceil(chunk).max(1);
+    let part = alloc(dev, 2 * chunks as usize * d as usize)?;
+    let func = dev.get_or_load_custom_func("tram_layer_norm_wb_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&g).arg(&moments).arg(&part).arg(&rows).arg(&d).arg(&chunk);
+    let cfg = LaunchConfig { grid_dim: (d.div_ceil(256).max(1), chunks, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: as above; `part` holds 2 · chunks · d elements.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(out(part, dev, (2, chunks as usize, d as usize)))
+}
+
+/// Log-softmax over rows (`tram_log_softmax_f32`).
+pub(crate) fn log_softmax(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "log_softmax";
+    let dev = s.device();
+    let x = view(s, l, op)?;
+    let (rows, n) = rows_width(l, op)?;
+    let y = alloc(dev, l.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func("tram_log_softmax_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&y).arg(&n);
+    // SAFETY: as above.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    Ok(out(y, dev, l.shape().clone()))
+}
+
+/// `dx = g − exp(y) Σ g` (`tram_log_softmax_bwd_f32`).
+pub(crate) fn log_softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "log_softmax backward";
+    let dev = ys.device();
+    let (y, g) = (view(ys, yl, op)?, view(gs, gl, op)?);
+    let (rows, n) = rows_width(yl, op)?;
+    let dx = alloc(dev, yl.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func("tram_log_softmax_bwd_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&y).arg(&g).arg(&dx).arg(&n);
+    // SAFETY: as above.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    Ok(out(dx, dev, yl.shape().clone()))
+}
+
+/// Per-row cross-entropy `[rows]` (`tram_cross_entropy_rows_f32`); `targets` are u32 class ids,
+/// `u32::MAX` for an ignored row (loss 0).
+pub(crate) fn cross_entropy_rows(xs: &CudaStorage, xl: &Layout, ts: &CudaStorage, tl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "cross_entropy";
+    let dev = xs.device();
+    let (x, t) = (view(xs, xl, op)?, view_u32(ts, tl, op)?);
+    let (rows, n) = rows_width(xl, op)?;
+    let loss = alloc(dev, rows as usize)?;
+    let func = dev.get_or_load_custom_func("tram_cross_entropy_rows_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&t).arg(&loss).arg(&n);
+    // SAFETY: as above.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    Ok(out(loss, dev, rows as usize))
+}
+
+/// `dx = g_row · (softmax(x_row) − onehot(t))` (`tram_cross_entropy_rows_bwd_f32`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cross_entropy_rows_bwd(
+    xs: &CudaStorage,
+    xl: &Layout,
+    ts: &CudaStorage,
+    tl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "cross_entropy backward";
+    let dev = xs.device();
+    let (x, t, g) = (view(xs, xl, op)?, view_u32(ts, tl, op)?, view(gs, gl, op)?);
+    let (rows, n) = rows_width(xl, op)?;
+    let dx = alloc(dev, xl.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func("tram_cross_entropy_rows_bwd_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&x).arg(&t).arg(&g).arg(&dx).arg(&n);
+    // SAFETY: as above.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    Ok(out(dx, dev, xl.shape().clone()))
+}
+
+/// Row-wise KL of two logits tensors `[.., n]` → `[..]` (`tram_kl_rows_f32`).
+pub(crate) fn kl_rows(ts: &CudaStorage, tl: &Layout, cs: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "kl_div_rows";
+    let dev = ts.device();
+    let (t, c) = (view(ts, tl, op)?, view(cs, cl, op)?);
+    let (rows, n) = rows_width(tl, op)?;
+    let kl = alloc(dev, rows as usize)?;
+    let func = dev.get_or_load_custom_func("tram_kl_rows_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&t).arg(&c).arg(&kl).arg(&n);
+    // SAFETY: as above.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    let mut shape = tl.dims().to_vec();
+    shape.pop();
+    Ok(out(kl, dev, shape))
+}
+
+/// Both KL gradients as `[2, rows, n]` (`tram_kl_rows_bwd_f32`): inputs target, current and
+/// the upstream `[rows]` gradient.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kl_rows_bwd(
+    ts: &CudaStorage,
+    tl: &Layout,
+    cs: &CudaStorage,
+    cl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "kl_div_rows backward";
+    let dev = ts.device();
+    let (t, c, g) = (view(ts, tl, op)?, view(cs, cl, op)?, view(gs, gl, op)?);
+    let (rows, n) = rows_width(tl, op)?;
+    let o = alloc(dev, 2 * tl.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func("tram_kl_rows_bwd_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&t).arg(&c).arg(&g).arg(&o).arg(&rows).arg(&n);
+    // SAFETY: as above; `o` holds 2 · rows · n elements.
+    unsafe { b.launch(block_rows(rows)) }.w()?;
+    Ok(out(o, dev, (2, rows as usize, n as usize)))
+}
