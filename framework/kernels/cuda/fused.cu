@@ -316,3 +316,70 @@ extern "C" __global__ void tram_kl_rows_bwd_f32(const float* __restrict__ t, con
         dc[j] = gr * (expf(cr[j] - sc) - pt);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GELU, forward and backward, elementwise in f32 and bf16 (stored as its bits: bf16 ↔ f32 by
+// hand, round to nearest even as the `half` crate, so these kernels need no CUDA header and run
+// under the host emulation too); f32 compute. kind 0: the tanh approximation, 1: erf.
+
+__device__ __forceinline__ float bf16_to_f32(unsigned short b) {
+    union {
+        unsigned int u;
+        float f;
+    } v;
+    v.u = (unsigned int)b << 16;
+    return v.f;
+}
+
+__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
+    union {
+        unsigned int u;
+        float f;
+    } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((v.u >> 16) | 0x0040u);  // NaN stays NaN (quiet)
+    const unsigned int round = 0x7fffu + ((v.u >> 16) & 1u);
+    return (unsigned short)((v.u + round) >> 16);
+}
+
+#define GELU_SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_COEF 0.044715f
+
+__device__ __forceinline__ float gelu_value(int kind, float x) {
+    if (kind == 0) return 0.5f * x * (1.0f + tanhf(GELU_SQRT_2_OVER_PI * (x + GELU_COEF * x * x * x)));
+    return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+}
+
+__device__ __forceinline__ float gelu_derivative(int kind, float x) {
+    if (kind == 0) {
+        const float x2 = x * x;
+        const float t = tanhf(GELU_SQRT_2_OVER_PI * (x + GELU_COEF * x2 * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * x2);
+    }
+    const float phi = expf(-0.5f * x * x) * 0.3989422804014327f;
+    return 0.5f * (1.0f + erff(x * 0.7071067811865476f)) + x * phi;
+}
+
+// Grid-stride loops over n elements.
+extern "C" __global__ void tram_gelu_f32(const float* __restrict__ x, float* __restrict__ y, unsigned long long n, int kind) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+        y[i] = gelu_value(kind, x[i]);
+}
+
+extern "C" __global__ void tram_gelu_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y, unsigned long long n,
+                                          int kind) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+        y[i] = f32_to_bf16(gelu_value(kind, bf16_to_f32(x[i])));
+}
+
+extern "C" __global__ void tram_gelu_bwd_f32(const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ dx,
+                                             unsigned long long n, int kind) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+        dx[i] = g[i] * gelu_derivative(kind, x[i]);
+}
+
+extern "C" __global__ void tram_gelu_bwd_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ g,
+                                              unsigned short* __restrict__ dx, unsigned long long n, int kind) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+        dx[i] = f32_to_bf16(bf16_to_f32(g[i]) * gelu_derivative(kind, bf16_to_f32(x[i])));
+}

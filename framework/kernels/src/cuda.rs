@@ -307,3 +307,87 @@ pub(crate) fn kl_rows_bwd(
     unsafe { b.launch(block_rows(rows)) }.w()?;
     Ok(out(o, dev, (2, rows as usize, n as usize)))
 }
+
+/// Launch config of the grid-stride elementwise kernels over `n` elements.
+fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The contiguous range of `l` in elements, or an error naming `op`.
+fn range(l: &Layout, op: &str) -> Result<std::ops::Range<usize>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(a..b),
+        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
+    }
+}
+
+/// GELU of `kind` (0 tanh approximation, 1 erf) on f32 or bf16, in the input's dtype
+/// (`tram_gelu_f32` / `tram_gelu_bf16`, f32 compute).
+pub(crate) fn gelu(s: &CudaStorage, l: &Layout, kind: i32) -> Result<(CudaStorage, Shape)> {
+    let op = "gelu";
+    let dev = s.device().clone();
+    let r = range(l, op)?;
+    let n = r.len() as u64;
+    let cfg = elementwise(r.len());
+    match s.dtype() {
+        candle_core::DType::F32 => {
+            let x = s.as_cuda_slice::<f32>()?.slice(r.clone());
+            let y = alloc(&dev, r.len())?;
+            let func = dev.get_or_load_custom_func("tram_gelu_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x).arg(&y).arg(&n).arg(&kind);
+            // SAFETY: as above.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(out(y, &dev, l.shape().clone()))
+        }
+        candle_core::DType::BF16 => {
+            let x = s.as_cuda_slice::<half::bf16>()?.slice(r.clone());
+            // SAFETY: every element is written by the kernel.
+            let y = unsafe { dev.alloc::<half::bf16>(r.len().max(1))? };
+            let func = dev.get_or_load_custom_func("tram_gelu_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x).arg(&y).arg(&n).arg(&kind);
+            // SAFETY: as above.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(y, dev), l.shape().clone()))
+        }
+        other => bail!("{op}: the CUDA kernel takes f32 or bf16, got {other:?}"),
+    }
+}
+
+/// `dx = g · gelu'(x)` in the dtype of `x` (f32 or bf16; `g` has the same dtype).
+pub(crate) fn gelu_bwd(xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout, kind: i32) -> Result<(CudaStorage, Shape)> {
+    let op = "gelu backward";
+    let dev = xs.device().clone();
+    let (rx, rg) = (range(xl, op)?, range(gl, op)?);
+    if rx.len() != rg.len() {
+        bail!("{op}: input and gradient sizes differ ({} vs {})", rx.len(), rg.len());
+    }
+    let n = rx.len() as u64;
+    let cfg = elementwise(rx.len());
+    match (xs.dtype(), gs.dtype()) {
+        (candle_core::DType::F32, candle_core::DType::F32) => {
+            let (x, g) = (xs.as_cuda_slice::<f32>()?.slice(rx.clone()), gs.as_cuda_slice::<f32>()?.slice(rg));
+            let dx = alloc(&dev, rx.len())?;
+            let func = dev.get_or_load_custom_func("tram_gelu_bwd_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x).arg(&g).arg(&dx).arg(&n).arg(&kind);
+            // SAFETY: as above.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(out(dx, &dev, xl.shape().clone()))
+        }
+        (candle_core::DType::BF16, candle_core::DType::BF16) => {
+            let (x, g) = (xs.as_cuda_slice::<half::bf16>()?.slice(rx.clone()), gs.as_cuda_slice::<half::bf16>()?.slice(rg));
+            // SAFETY: every element is written by the kernel.
+            let dx = unsafe { dev.alloc::<half::bf16>(rx.len().max(1))? };
+            let func = dev.get_or_load_custom_func("tram_gelu_bwd_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x).arg(&g).arg(&dx).arg(&n).arg(&kind);
+            // SAFETY: as above.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()))
+        }
+        (a, b) => bail!("{op}: the CUDA kernel takes f32 or bf16 input and gradient of one dtype, got {a:?} and {b:?}"),
+    }
+}

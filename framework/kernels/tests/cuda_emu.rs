@@ -3,11 +3,11 @@
 //! block barriers are real rendezvous) with the launch shapes of `src/cuda.rs`, against the
 //! fused CPU kernels: values and gradients of the masked softmax (causal, key mask, rows with no
 //! key to attend), layer norm (input, weight and bias gradients over several row chunks),
-//! log-softmax, cross-entropy with ignored rows, and KL rows. This checks on every machine what
+//! log-softmax, cross-entropy with ignored rows, KL rows, and GELU (both kinds, f32 and bf16). This checks on every machine what
 //! `tests/device.rs` checks on a GPU (the same kernels through the driver), so a kernel bug
 //! shows without one. Needs a C++20 compiler (`c++`, or `CXX`).
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
@@ -212,4 +212,26 @@ fn kl_rows_kernels_match_the_cpu_kernel_in_value_and_both_gradients() {
     assert_close("KL rows", &out[0], &flat(&kl), 1e-5);
     assert_close("KL rows target gradient", &out[1], &flat(grads.get(tv.as_tensor()).unwrap()), 1e-4);
     assert_close("KL rows current gradient", &out[2], &flat(grads.get(cv.as_tensor()).unwrap()), 1e-5);
+}
+
+#[test]
+fn gelu_kernels_match_the_cpu_kernel_in_f32_and_bf16() {
+    let n = 3000;
+    let (x, r) = (rand_v(n, 13, 4.0), rand_v(n, 14, 1.0));
+    for (kind, name) in [(0, "tanh"), (1, "erf")] {
+        for dtype in [DType::F32, DType::BF16] {
+            // bf16: inputs rounded to bf16 alike on both sides; the outputs may differ by one bf16
+            // rounding of nearly equal f32 values.
+            let tol = if dtype == DType::F32 { 1e-5 } else { 8e-3 };
+            let xv = Var::from_tensor(&t(&x, &[n]).to_dtype(dtype).unwrap()).unwrap();
+            let y = if kind == 0 { k::gelu_tanh(xv.as_tensor()) } else { k::gelu_erf(xv.as_tensor()) }.unwrap();
+            let rr = t(&r, &[n]).to_dtype(dtype).unwrap();
+            let dx = y.mul(&rr).unwrap().sum_all().unwrap().backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+            let f32s = |t: &Tensor| flat(&t.to_dtype(DType::F32).unwrap());
+            let out =
+                emulate("gelu", Args::default().f32s(&f32s(xv.as_tensor())).f32s(&f32s(&rr)).i32(kind).i32((dtype == DType::BF16) as i32));
+            assert_close(&format!("gelu {name} {dtype:?}"), &out[0], &f32s(&y), tol);
+            assert_close(&format!("gelu {name} backward {dtype:?}"), &out[1], &f32s(&dx), tol);
+        }
+    }
 }

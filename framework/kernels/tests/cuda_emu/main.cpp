@@ -122,6 +122,33 @@ int main(int argc, char** argv) {
         emit(kl);
         emit(std::vector<float>(both.begin(), both.begin() + (size_t)rows * n));
         emit(std::vector<float>(both.begin() + (size_t)rows * n, both.end()));
+    } else if (k == "gelu") {
+        // Values arrive and leave as f32; with bf16 they are bf16 values, run through the bf16
+        // kernels as their bits.
+        auto x = array<float>(), g = array<float>();
+        const auto kind = scalar<int32_t>(), bf16 = scalar<int32_t>();
+        const unsigned long long n = x.size();
+        const unsigned blocks = (unsigned)std::min<unsigned long long>(std::max(1ull, (n + 255) / 256), 1ull << 20);
+        std::vector<float> y(uninit(n)), dx(uninit(n));
+        if (!bf16) {
+            emu_launch(tram_gelu_f32, dim3{blocks}, dim3{256}, (const float*)x.data(), y.data(), n, kind);
+            emu_launch(tram_gelu_bwd_f32, dim3{blocks}, dim3{256}, (const float*)x.data(), (const float*)g.data(), dx.data(), n, kind);
+        } else {
+            std::vector<unsigned short> xb(n), gb(n), yb(n, 0x7fc0), db(n, 0x7fc0);
+            for (size_t i = 0; i < n; ++i) {
+                xb[i] = f32_to_bf16(x[i]);
+                gb[i] = f32_to_bf16(g[i]);
+            }
+            emu_launch(tram_gelu_bf16, dim3{blocks}, dim3{256}, (const unsigned short*)xb.data(), yb.data(), n, kind);
+            emu_launch(tram_gelu_bwd_bf16, dim3{blocks}, dim3{256}, (const unsigned short*)xb.data(), (const unsigned short*)gb.data(),
+                       db.data(), n, kind);
+            for (size_t i = 0; i < n; ++i) {
+                y[i] = bf16_to_f32(yb[i]);
+                dx[i] = bf16_to_f32(db[i]);
+            }
+        }
+        emit(y);
+        emit(dx);
     } else {
         std::fprintf(stderr, "emu: unknown kernel %s\n", k.c_str());
         return 2;
