@@ -383,3 +383,42 @@ extern "C" __global__ void tram_gelu_bwd_bf16(const unsigned short* __restrict__
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
         dx[i] = f32_to_bf16(bf16_to_f32(g[i]) * gelu_derivative(kind, bf16_to_f32(x[i])));
 }
+
+// ---------------------------------------------------------------------------------------------
+// In-place optimizer updates of src/update.rs on f32 device buffers: the composed candle ops'
+// order of f32 operations (each `affine(x, mul, add)` is `x * mul + add`, the `+ 0` included,
+// one rounding per operation: built with --fmad=false), so the result is the CPU's bit for bit.
+// Grid-stride over n elements.
+
+// decay_kind 0: none, 1: L2 (g + θ·λ), 2: decoupled (θ·(1 − lr·λ) before the step).
+extern "C" __global__ void tram_adam_update_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
+                                                unsigned long long n, int decay_kind, float decay, float b1, float omb1, float b2,
+                                                float omb2, float ibc2, float eps, float step) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+        float th = p[i], gi = g[i];
+        if (decay_kind == 1) gi = gi + (th * decay + 0.0f);
+        if (decay_kind == 2) th = th * decay + 0.0f;
+        const float mi = (m[i] * b1 + 0.0f) + (gi * omb1 + 0.0f);
+        const float vi = (v[i] * b2 + 0.0f) + ((gi * gi) * omb2 + 0.0f);
+        const float denom = sqrtf(vi) * ibc2 + eps;
+        p[i] = th - ((mi / denom) * step + 0.0f);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// SGD with optional L2 decay and momentum buffer (has_buf), its first step (the buffer becomes
+// the gradient) and Nesterov momentum.
+extern "C" __global__ void tram_sgd_update_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf, unsigned long long n,
+                                               int has_buf, int l2, int first, int nesterov, float wd, float mu, float omd, float lr) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+        const float th = p[i];
+        float d = l2 ? g[i] + (th * wd + 0.0f) : g[i];
+        if (has_buf) {
+            const float bi = first ? d : (buf[i] * mu + 0.0f) + (d * omd + 0.0f);
+            buf[i] = bi;
+            d = nesterov ? d + (bi * mu + 0.0f) : bi;
+        }
+        p[i] = th - (d * lr + 0.0f);
+    }
+}

@@ -391,3 +391,134 @@ pub(crate) fn gelu_bwd(xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Lay
         (a, b) => bail!("{op}: the CUDA kernel takes f32 or bf16 input and gradient of one dtype, got {a:?} and {b:?}"),
     }
 }
+
+/// The device address of the f32 elements `l` describes in `s`, for `f`; the storage is held
+/// (and its stream use recorded) while `f` runs.
+fn with_address<R>(s: &mut CudaStorage, l: &Layout, op: &str, f: impl FnOnce(u64) -> Result<R>) -> Result<R> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
+    let r = range(l, op)?;
+    let stream = s.device().cuda_stream();
+    let mut view = s.as_cuda_slice_mut::<f32>()?.slice_mut(r);
+    let (ptr, _record) = view.device_ptr_mut(&stream);
+    f(ptr)
+}
+
+/// Runs `f` with the device address of CUDA tensor `t`'s f32 elements, `t` locked for writing
+/// (candle's in-place op) meanwhile.
+pub(crate) fn with_f32_mut<R>(t: &candle_core::Tensor, f: impl FnOnce(u64) -> Result<R>) -> Result<R> {
+    use std::cell::RefCell;
+    struct Op<F, R>(RefCell<Option<F>>, RefCell<Option<Result<R>>>);
+    impl<R, F: FnOnce(u64) -> Result<R>> candle_core::InplaceOp1 for Op<F, R> {
+        fn name(&self) -> &'static str {
+            "tram-update-state-cuda"
+        }
+        fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
+            bail!("{}: CUDA only", self.name())
+        }
+        fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
+            let f = self.0.borrow_mut().take().expect("called once");
+            *self.1.borrow_mut() = Some(with_address(s, l, self.name(), f));
+            Ok(())
+        }
+    }
+    let op = Op(RefCell::new(Some(f)), RefCell::new(None));
+    t.inplace_op1(&op)?;
+    op.1.into_inner().expect("the op ran")
+}
+
+/// A scalar kernel argument of [`update_param`].
+enum Arg {
+    U64(u64),
+    I32(i32),
+    F32(f32),
+}
+
+/// Launches update `kernel(param, grad, extra…)` over `n` elements, `param` written in place.
+fn update_param(param: &candle_core::Tensor, grad: &candle_core::Tensor, kernel: &'static str, n: usize, extra: Vec<Arg>) -> Result<()> {
+    struct Op {
+        kernel: &'static str,
+        n: usize,
+        extra: Vec<Arg>,
+    }
+    impl candle_core::InplaceOp2 for Op {
+        fn name(&self) -> &'static str {
+            "tram-update-param-cuda"
+        }
+        fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<()> {
+            bail!("{}: CUDA only", self.name())
+        }
+        fn cuda_fwd(&self, ps: &mut CudaStorage, pl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<()> {
+            use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+            let dev = ps.device().clone();
+            let stream = dev.cuda_stream();
+            let g = gs.as_cuda_slice::<f32>()?.slice(range(gl, self.name())?);
+            let (gp, _record) = g.device_ptr(&stream);
+            with_address(ps, pl, self.name(), |pp| {
+                let func = dev.get_or_load_custom_func(self.kernel, MODULE, PTX)?;
+                let mut b = func.builder();
+                b.arg(&pp).arg(&gp);
+                for a in &self.extra {
+                    match a {
+                        Arg::U64(v) => b.arg(v),
+                        Arg::I32(v) => b.arg(v),
+                        Arg::F32(v) => b.arg(v),
+                    };
+                }
+                // SAFETY: the arguments follow the kernel's signature; every buffer holds `n`
+                // elements (shapes checked by the caller).
+                unsafe { b.launch(elementwise(self.n)) }.w()?;
+                Ok(())
+            })
+        }
+    }
+    param.inplace_op2(grad, &Op { kernel, n, extra })
+}
+
+/// [`crate::update::adam_update`] on CUDA f32 tensors (shapes checked by the caller).
+pub(crate) fn adam_update(
+    param: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    m: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    c: &crate::update::AdamCoeffs,
+) -> Result<()> {
+    use crate::update::Decay;
+    let n = param.elem_count();
+    let (kind, decay) = match c.decay {
+        Decay::None => (0i32, 0f32),
+        Decay::L2(wd) => (1, wd as f32),
+        Decay::Decoupled(f) => (2, f as f32),
+    };
+    with_f32_mut(m, |mp| {
+        with_f32_mut(v, |vp| {
+            let mut extra = vec![Arg::U64(mp), Arg::U64(vp), Arg::U64(n as u64), Arg::I32(kind), Arg::F32(decay)];
+            extra.extend(
+                [c.beta1, c.one_minus_beta1, c.beta2, c.one_minus_beta2, c.inv_bc2_sqrt, c.eps, c.step_size].map(|x| Arg::F32(x as f32)),
+            );
+            update_param(param, grad, "tram_adam_update_f32", n, extra)
+        })
+    })
+}
+
+/// [`crate::update::sgd_update`] on CUDA f32 tensors (shapes checked by the caller).
+pub(crate) fn sgd_update(
+    param: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    buf: Option<&candle_core::Tensor>,
+    first: bool,
+    c: &crate::update::SgdCoeffs,
+) -> Result<()> {
+    let n = param.elem_count();
+    let has_buf = buf.is_some() && c.momentum != 0.0;
+    let run = |bp: u64| {
+        let mut extra = vec![Arg::U64(bp), Arg::U64(n as u64)];
+        extra.extend([has_buf, c.weight_decay != 0.0, first, c.nesterov].map(|f| Arg::I32(i32::from(f))));
+        extra.extend([c.weight_decay, c.momentum, c.one_minus_dampening, c.lr].map(|x| Arg::F32(x as f32)));
+        update_param(param, grad, "tram_sgd_update_f32", n, extra)
+    };
+    match buf {
+        Some(t) if has_buf => with_f32_mut(t, run),
+        // No buffer: the kernel never reads it.
+        _ => run(0),
+    }
+}

@@ -3,7 +3,8 @@
 //! block barriers are real rendezvous) with the launch shapes of `src/cuda.rs`, against the
 //! fused CPU kernels: values and gradients of the masked softmax (causal, key mask, rows with no
 //! key to attend), layer norm (input, weight and bias gradients over several row chunks),
-//! log-softmax, cross-entropy with ignored rows, KL rows, and GELU (both kinds, f32 and bf16). This checks on every machine what
+//! log-softmax, cross-entropy with ignored rows, KL rows, GELU (both kinds, f32 and bf16), and
+//! the in-place Adam / AdamW / SGD updates (bit for bit). This checks on every machine what
 //! `tests/device.rs` checks on a GPU (the same kernels through the driver), so a kernel bug
 //! shows without one. Needs a C++20 compiler (`c++`, or `CXX`).
 
@@ -24,7 +25,7 @@ fn emulator() -> &'static PathBuf {
         let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tram-cuda-emu");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
         let out = Command::new(&cxx)
-            .args(["-std=c++20", "-O2", "-pthread", "-o"])
+            .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-o"])
             .arg(&bin)
             .arg(dir.join("tests/cuda_emu/main.cpp"))
             .output()
@@ -232,6 +233,65 @@ fn gelu_kernels_match_the_cpu_kernel_in_f32_and_bf16() {
                 emulate("gelu", Args::default().f32s(&f32s(xv.as_tensor())).f32s(&f32s(&rr)).i32(kind).i32((dtype == DType::BF16) as i32));
             assert_close(&format!("gelu {name} {dtype:?}"), &out[0], &f32s(&y), tol);
             assert_close(&format!("gelu {name} backward {dtype:?}"), &out[1], &f32s(&dx), tol);
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn update_kernels_equal_the_cpu_updates_bit_for_bit() {
+    use k::update::{adam_update, sgd_update, AdamCoeffs, Decay, SgdCoeffs};
+    let n = 2000;
+    let (p0, g, m0, v0) =
+        (rand_v(n, 15, 1.0), rand_v(n, 16, 1.0), rand_v(n, 17, 0.1), rand_v(n, 18, 0.01).iter().map(|x| x.abs()).collect::<Vec<_>>());
+    for (kind, decay) in [(0, Decay::None), (1, Decay::L2(0.01)), (2, Decay::Decoupled(1.0 - 1e-3 * 0.1))] {
+        let c = AdamCoeffs {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 1.0 - 0.999,
+            inv_bc2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(3)).sqrt(),
+            eps: 1e-8,
+            step_size: 1e-3 / (1.0 - 0.9f64.powi(3)),
+            decay,
+        };
+        let (p, m, v) = (t(&p0, &[n]).copy().unwrap(), t(&m0, &[n]).copy().unwrap(), t(&v0, &[n]).copy().unwrap());
+        assert!(adam_update(&p, &t(&g, &[n]), &m, &v, &c).unwrap(), "the CPU update runs fused");
+        let factor = match decay {
+            Decay::None => 0.0,
+            Decay::L2(x) | Decay::Decoupled(x) => x,
+        };
+        let mut args = Args::default().f32s(&p0).f32s(&g).f32s(&m0).f32s(&v0).i32(kind);
+        for x in [factor, c.beta1, c.one_minus_beta1, c.beta2, c.one_minus_beta2, c.inv_bc2_sqrt, c.eps, c.step_size] {
+            args = args.f32(x as f32);
+        }
+        let out = emulate("adam", args);
+        for (what, got, want) in [("parameter", &out[0], &p), ("m", &out[1], &m), ("v", &out[2], &v)] {
+            assert_eq!(bits(got), bits(&flat(want)), "adam {decay:?}: {what} differs from the CPU update");
+        }
+    }
+    for (momentum, wd, first, nesterov) in
+        [(0.0, 0.0, false, false), (0.0, 0.01, false, false), (0.9, 0.0, true, false), (0.9, 0.01, false, true), (0.9, 0.0, false, false)]
+    {
+        let c = SgdCoeffs { lr: 1e-2, momentum, one_minus_dampening: 0.9, nesterov, weight_decay: wd };
+        let p = t(&p0, &[n]).copy().unwrap();
+        let buf = (momentum != 0.0).then(|| t(&m0, &[n]).copy().unwrap());
+        assert!(sgd_update(&p, &t(&g, &[n]), buf.as_ref(), first, &c).unwrap(), "the CPU update runs fused");
+        let flags = [momentum != 0.0, wd != 0.0, first, nesterov].map(i32::from);
+        let mut args = Args::default().f32s(&p0).f32s(&g).f32s(if momentum != 0.0 { &m0 } else { &[] });
+        for f in flags {
+            args = args.i32(f);
+        }
+        for x in [wd, momentum, c.one_minus_dampening, c.lr] {
+            args = args.f32(x as f32);
+        }
+        let out = emulate("sgd", args);
+        assert_eq!(bits(&out[0]), bits(&flat(&p)), "sgd {c:?}: the parameter differs from the CPU update");
+        if let Some(b) = &buf {
+            assert_eq!(bits(&out[1]), bits(&flat(b)), "sgd {c:?}: the buffer differs from the CPU update");
         }
     }
 }

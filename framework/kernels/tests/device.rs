@@ -200,6 +200,48 @@ fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize,
             bad.push(format!("{which}: parameters after 3 steps differ by {e:.2e} > 1e-6"));
         }
     }
+    // The in-place updates of the plugins' rules (`update`): on CUDA the kernels of
+    // cuda/fused.cu, bit for bit the CPU's, three steps of AdamW and of Nesterov SGD.
+    let (m0, v0) = (rand_t(&[n], 24, 0.1), rand_t(&[n], 25, 0.01).abs().unwrap());
+    let adam_c = k::update::AdamCoeffs {
+        beta1: 0.9,
+        one_minus_beta1: 0.1,
+        beta2: 0.999,
+        one_minus_beta2: 1.0 - 0.999,
+        inv_bc2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(2)).sqrt(),
+        eps: 1e-8,
+        step_size: 1e-2 / (1.0 - 0.9f64.powi(2)),
+        decay: k::update::Decay::Decoupled(1.0 - 1e-2 * 0.1),
+    };
+    let sgd_c = k::update::SgdCoeffs { lr: 1e-2, momentum: 0.9, one_minus_dampening: 1.0, nesterov: true, weight_decay: 0.01 };
+    let run = |on: &Device| -> Option<Vec<Vec<u32>>> {
+        let c = |t: &Tensor| t.to_device(on).unwrap().copy().unwrap();
+        let (pa, m, v, ps, b) = (c(&p0), c(&m0), c(&v0), c(&p0), c(&m0));
+        for (i, g) in grads.iter().enumerate() {
+            let g = g.to_device(on).unwrap();
+            let fused = k::update::adam_update(&pa, &g, &m, &v, &adam_c).unwrap();
+            let fused = fused && k::update::sgd_update(&ps, &g, Some(&b), i == 0, &sgd_c).unwrap();
+            if !fused {
+                return None;
+            }
+        }
+        let bits = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        Some([&pa, &m, &v, &ps, &b].map(bits).to_vec())
+    };
+    match run(device) {
+        Some(got) => {
+            let want = run(&Device::Cpu).expect("the CPU updates run fused");
+            for (what, (a, b)) in ["adamw parameter", "adamw m", "adamw v", "sgd parameter", "sgd buffer"].iter().zip(got.iter().zip(&want))
+            {
+                let same = a == b;
+                println!("{:<32} F32 in-place update, 3 steps: {}", what, if same { "bitwise equal" } else { "DIFFERS" });
+                if !same {
+                    bad.push(format!("in-place {what}: not bitwise the CPU's after 3 steps"));
+                }
+            }
+        }
+        None => println!("in-place updates: not fused on {device:?} (kernels off): the composed path is checked above"),
+    }
     bad
 }
 

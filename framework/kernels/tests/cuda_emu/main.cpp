@@ -149,6 +149,30 @@ int main(int argc, char** argv) {
         }
         emit(y);
         emit(dx);
+    } else if (k == "adam") {
+        auto p = array<float>(), g = array<float>(), m = array<float>(), v = array<float>();
+        const auto kind = scalar<int32_t>();
+        float c[8];
+        for (float& x : c) x = scalar<float>();  // decay, b1, 1-b1, b2, 1-b2, 1/sqrt(bc2), eps, step
+        const unsigned long long n = p.size();
+        const unsigned blocks = (unsigned)std::min<unsigned long long>(std::max(1ull, (n + 255) / 256), 1ull << 20);
+        emu_launch(tram_adam_update_f32, dim3{blocks}, dim3{256}, p.data(), (const float*)g.data(), m.data(), v.data(), n, kind, c[0], c[1],
+                   c[2], c[3], c[4], c[5], c[6], c[7]);
+        emit(p);
+        emit(m);
+        emit(v);
+    } else if (k == "sgd") {
+        auto p = array<float>(), g = array<float>(), buf = array<float>();
+        int32_t f[4];
+        for (int32_t& x : f) x = scalar<int32_t>();  // has_buf, l2, first, nesterov
+        float c[4];
+        for (float& x : c) x = scalar<float>();  // wd, mu, 1-dampening, lr
+        const unsigned long long n = p.size();
+        const unsigned blocks = (unsigned)std::min<unsigned long long>(std::max(1ull, (n + 255) / 256), 1ull << 20);
+        emu_launch(tram_sgd_update_f32, dim3{blocks}, dim3{256}, p.data(), (const float*)g.data(), f[0] ? buf.data() : (float*)nullptr, n,
+                   f[0], f[1], f[2], f[3], c[0], c[1], c[2], c[3]);
+        emit(p);
+        emit(buf);
     } else {
         std::fprintf(stderr, "emu: unknown kernel %s\n", k.c_str());
         return 2;
