@@ -12,6 +12,35 @@
 
 #define FULL_MASK 0xffffffffu
 
+// bf16 stored as its bits (unsigned short), converted by hand (round to nearest even, as the
+// `half` crate), so the kernels need no CUDA header and also run under the host emulation.
+__device__ __forceinline__ float bf16_to_f32(unsigned short b) {
+    union {
+        unsigned int u;
+        float f;
+    } v;
+    v.u = (unsigned int)b << 16;
+    return v.f;
+}
+
+__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
+    union {
+        unsigned int u;
+        float f;
+    } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((v.u >> 16) | 0x0040u);  // NaN stays NaN (quiet)
+    const unsigned int round = 0x7fffu + ((v.u >> 16) & 1u);
+    return (unsigned short)((v.u + round) >> 16);
+}
+
+// Loads and stores of f32 or bf16 elements, computing in f32.
+__device__ __forceinline__ float ld(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const unsigned short* p, size_t i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(unsigned short* p, size_t i, float v) { p[i] = f32_to_bf16(v); }
+
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
@@ -61,14 +90,15 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
 // `lim` are masked when `causal`; with `has_keep`, keys whose `keep[batch][j]` is 0 are masked
 // (batch = row / rows_per_batch). A row with no key to attend is uniform, as on the CPU.
 
-extern "C" __global__ void tram_masked_softmax_f32(const float* __restrict__ x, float* __restrict__ y, unsigned rows, unsigned sq,
-                                                   unsigned sk, float scale, int causal, const uint8_t* __restrict__ keep,
-                                                   int has_keep, unsigned rows_per_batch) {
+// Scores and probabilities in f32 or bf16 (T), f32 compute; the probabilities are computed
+// from the scores in each pass (no rounded intermediate is read back).
+template <typename T>
+__device__ __forceinline__ void masked_softmax(const T* __restrict__ x, T* __restrict__ y, unsigned rows, unsigned sq, unsigned sk, float scale,
+                                               int causal, const uint8_t* __restrict__ keep, int has_keep, unsigned rows_per_batch) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (row >= rows) return;  // the whole warp leaves together
-    const float* xr = x + (size_t)row * sk;
-    float* yr = y + (size_t)row * sk;
+    const size_t base = (size_t)row * sk;
     const unsigned lim = causal ? min(row % sq + sk - sq + 1, sk) : sk;
     const uint8_t* k = has_keep ? keep + (size_t)(row / rows_per_batch) * sk : nullptr;
     int found = 0;
@@ -76,39 +106,56 @@ extern "C" __global__ void tram_masked_softmax_f32(const float* __restrict__ x, 
     for (unsigned j = lane; j < lim; j += 32) {
         if (!k || k[j]) {
             found = 1;
-            m = fmaxf(m, xr[j] * scale);
+            m = fmaxf(m, ld(x, base + j) * scale);
         }
     }
     if (!__any_sync(FULL_MASK, found)) {
         const float u = 1.0f / (float)sk;
-        for (unsigned j = lane; j < sk; j += 32) yr[j] = u;
+        for (unsigned j = lane; j < sk; j += 32) st(y, base + j, u);
         return;
     }
     m = warp_max(m);
     float s = 0.0f;
-    for (unsigned j = lane; j < lim; j += 32) {
-        const float e = (!k || k[j]) ? expf(xr[j] * scale - m) : 0.0f;
-        yr[j] = e;
-        s += e;
-    }
+    for (unsigned j = lane; j < lim; j += 32) s += (!k || k[j]) ? expf(ld(x, base + j) * scale - m) : 0.0f;
     const float inv = 1.0f / warp_sum(s);
-    for (unsigned j = lane; j < lim; j += 32) yr[j] *= inv;
-    for (unsigned j = lim + lane; j < sk; j += 32) yr[j] = 0.0f;
+    for (unsigned j = lane; j < lim; j += 32) st(y, base + j, (!k || k[j]) ? expf(ld(x, base + j) * scale - m) * inv : 0.0f);
+    for (unsigned j = lim + lane; j < sk; j += 32) st(y, base + j, 0.0f);
+}
+
+extern "C" __global__ void tram_masked_softmax_f32(const float* __restrict__ x, float* __restrict__ y, unsigned rows, unsigned sq,
+                                                   unsigned sk, float scale, int causal, const uint8_t* __restrict__ keep,
+                                                   int has_keep, unsigned rows_per_batch) {
+    masked_softmax(x, y, rows, sq, sk, scale, causal, keep, has_keep, rows_per_batch);
+}
+
+extern "C" __global__ void tram_masked_softmax_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y, unsigned rows,
+                                                    unsigned sq, unsigned sk, float scale, int causal, const uint8_t* __restrict__ keep,
+                                                    int has_keep, unsigned rows_per_batch) {
+    masked_softmax(x, y, rows, sq, sk, scale, causal, keep, has_keep, rows_per_batch);
 }
 
 // dx = scale · y ⊙ (g − Σ g y), one warp per row.
-extern "C" __global__ void tram_softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ g, float* __restrict__ dx,
-                                                unsigned rows, unsigned n, float scale) {
+template <typename T>
+__device__ __forceinline__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ g, T* __restrict__ dx, unsigned rows, unsigned n,
+                                            float scale) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const float* yr = y + (size_t)row * n;
-    const float* gr = g + (size_t)row * n;
-    float* o = dx + (size_t)row * n;
+    const size_t base = (size_t)row * n;
     float d = 0.0f;
-    for (unsigned j = lane; j < n; j += 32) d += yr[j] * gr[j];
+    for (unsigned j = lane; j < n; j += 32) d += ld(y, base + j) * ld(g, base + j);
     d = warp_sum(d);
-    for (unsigned j = lane; j < n; j += 32) o[j] = scale * yr[j] * (gr[j] - d);
+    for (unsigned j = lane; j < n; j += 32) st(dx, base + j, scale * ld(y, base + j) * (ld(g, base + j) - d));
+}
+
+extern "C" __global__ void tram_softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ g, float* __restrict__ dx,
+                                                unsigned rows, unsigned n, float scale) {
+    softmax_bwd(y, g, dx, rows, n, scale);
+}
+
+extern "C" __global__ void tram_softmax_bwd_bf16(const unsigned short* __restrict__ y, const unsigned short* __restrict__ g,
+                                                 unsigned short* __restrict__ dx, unsigned rows, unsigned n, float scale) {
+    softmax_bwd(y, g, dx, rows, n, scale);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,12 +251,13 @@ extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, c
 // Log-softmax and cross-entropy rows: one block per row (rows are vocabulary-wide).
 
 // log-sum-exp of a row, every thread gets it.
-__device__ __forceinline__ float row_lse(const float* xr, unsigned n, float* sh, float* max_out) {
+template <typename T>
+__device__ __forceinline__ float row_lse(const T* xr, unsigned n, float* sh, float* max_out) {
     float m = -INFINITY;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, xr[j]);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, ld(xr, j));
     m = block_max(m, sh);
     float s = 0.0f;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(xr[j] - m);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(ld(xr, j) - m);
     s = block_sum(s, sh);
     *max_out = m;
     return m + logf(s);
@@ -237,42 +285,64 @@ extern "C" __global__ void tram_log_softmax_bwd_f32(const float* __restrict__ y,
     for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = gr[j] - expf(yr[j]) * s;
 }
 
-// loss[row] = logsumexp(x_row) − x_row[t] for target t, 0 for an ignored row (t = 0xffffffff).
-extern "C" __global__ void tram_cross_entropy_rows_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
-                                                       float* __restrict__ loss, unsigned n) {
+// loss[row] = logsumexp(x_row) − x_row[t] for target t, 0 for an ignored row (t = 0xffffffff);
+// logits in f32 or bf16 (T).
+template <typename T>
+__device__ __forceinline__ void cross_entropy_rows(const T* __restrict__ x, const uint32_t* __restrict__ targets, float* __restrict__ loss,
+                                                   unsigned n) {
     __shared__ float sh[32];
     const uint32_t t = targets[blockIdx.x];
     if (t == 0xffffffffu) {
         if (threadIdx.x == 0) loss[blockIdx.x] = 0.0f;
         return;  // the whole block leaves: no barrier is reached
     }
-    const float* xr = x + (size_t)blockIdx.x * n;
+    const T* xr = x + (size_t)blockIdx.x * n;
     float m;
     const float lse = row_lse(xr, n, sh, &m);
-    if (threadIdx.x == 0) loss[blockIdx.x] = lse - xr[t];
+    if (threadIdx.x == 0) loss[blockIdx.x] = lse - ld(xr, t);
 }
 
-// dx_row = g[row] · (softmax(x_row) − onehot(t)), 0 for an ignored row.
-extern "C" __global__ void tram_cross_entropy_rows_bwd_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
-                                                           const float* __restrict__ g, float* __restrict__ dx, unsigned n) {
+extern "C" __global__ void tram_cross_entropy_rows_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                       float* __restrict__ loss, unsigned n) {
+    cross_entropy_rows(x, targets, loss, n);
+}
+
+extern "C" __global__ void tram_cross_entropy_rows_bf16(const unsigned short* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                        float* __restrict__ loss, unsigned n) {
+    cross_entropy_rows(x, targets, loss, n);
+}
+
+// dx_row = g[row] · (softmax(x_row) − onehot(t)) in the logits' type, 0 for an ignored row.
+template <typename T>
+__device__ __forceinline__ void cross_entropy_rows_bwd(const T* __restrict__ x, const uint32_t* __restrict__ targets, const float* __restrict__ g,
+                                                       T* __restrict__ dx, unsigned n) {
     __shared__ float sh[32];
     const uint32_t t = targets[blockIdx.x];
-    float* o = dx + (size_t)blockIdx.x * n;
+    T* o = dx + (size_t)blockIdx.x * n;
     if (t == 0xffffffffu) {
-        for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = 0.0f;
+        for (unsigned j = threadIdx.x; j < n; j += blockDim.x) st(o, j, 0.0f);
         return;
     }
-    const float* xr = x + (size_t)blockIdx.x * n;
-    float m;
-    float s = 0.0f;
-    m = -INFINITY;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, xr[j]);
+    const T* xr = x + (size_t)blockIdx.x * n;
+    float m = -INFINITY;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, ld(xr, j));
     m = block_max(m, sh);
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(xr[j] - m);
+    float s = 0.0f;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(ld(xr, j) - m);
     s = block_sum(s, sh);
     const float gr = g[blockIdx.x];
     const float f = gr / s;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) o[j] = expf(xr[j] - m) * f - (j == t ? gr : 0.0f);
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) st(o, j, expf(ld(xr, j) - m) * f - (j == t ? gr : 0.0f));
+}
+
+extern "C" __global__ void tram_cross_entropy_rows_bwd_f32(const float* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                           const float* __restrict__ g, float* __restrict__ dx, unsigned n) {
+    cross_entropy_rows_bwd(x, targets, g, dx, n);
+}
+
+extern "C" __global__ void tram_cross_entropy_rows_bwd_bf16(const unsigned short* __restrict__ x, const uint32_t* __restrict__ targets,
+                                                            const float* __restrict__ g, unsigned short* __restrict__ dx, unsigned n) {
+    cross_entropy_rows_bwd(x, targets, g, dx, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,29 +388,8 @@ extern "C" __global__ void tram_kl_rows_bwd_f32(const float* __restrict__ t, con
 }
 
 // ---------------------------------------------------------------------------------------------
-// GELU, forward and backward, elementwise in f32 and bf16 (stored as its bits: bf16 ↔ f32 by
-// hand, round to nearest even as the `half` crate, so these kernels need no CUDA header and run
-// under the host emulation too); f32 compute. kind 0: the tanh approximation, 1: erf.
-
-__device__ __forceinline__ float bf16_to_f32(unsigned short b) {
-    union {
-        unsigned int u;
-        float f;
-    } v;
-    v.u = (unsigned int)b << 16;
-    return v.f;
-}
-
-__device__ __forceinline__ unsigned short f32_to_bf16(float f) {
-    union {
-        unsigned int u;
-        float f;
-    } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((v.u >> 16) | 0x0040u);  // NaN stays NaN (quiet)
-    const unsigned int round = 0x7fffu + ((v.u >> 16) & 1u);
-    return (unsigned short)((v.u + round) >> 16);
-}
+// GELU, forward and backward, elementwise in f32 and bf16; f32 compute. kind 0: the tanh
+// approximation, 1: erf.
 
 #define GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define GELU_COEF 0.044715f

@@ -26,6 +26,66 @@ pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaV
     }
 }
 
+/// Device data of f32 or bf16 elements (the kernels with a `_bf16` twin).
+enum Data<'a> {
+    F32(CudaView<'a, f32>),
+    Bf16(CudaView<'a, half::bf16>),
+}
+
+impl<'a> Data<'a> {
+    fn of(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
+        let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: the input must be contiguous (call .contiguous() first)") };
+        match s.dtype() {
+            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(a..b))),
+            candle_core::DType::BF16 => Ok(Self::Bf16(s.as_cuda_slice::<half::bf16>()?.slice(a..b))),
+            other => bail!("{op}: the CUDA kernel takes f32 or bf16, got {other:?}"),
+        }
+    }
+    /// The kernel of this dtype: `<base>_f32` or `<base>_bf16`.
+    fn kernel(&self, base: &str) -> String {
+        match self {
+            Self::F32(_) => format!("{base}_f32"),
+            Self::Bf16(_) => format!("{base}_bf16"),
+        }
+    }
+    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
+        match self {
+            Self::F32(v) => b.arg(v),
+            Self::Bf16(v) => b.arg(v),
+        };
+    }
+    /// A new uninitialised buffer of `n` elements of this dtype.
+    fn alloc_like(&self, dev: &CudaDevice, n: usize) -> Result<Buf> {
+        // SAFETY: every element is written by the kernel that follows.
+        Ok(match self {
+            Self::F32(_) => Buf::F32(unsafe { dev.alloc::<f32>(n.max(1))? }),
+            Self::Bf16(_) => Buf::Bf16(unsafe { dev.alloc::<half::bf16>(n.max(1))? }),
+        })
+    }
+}
+
+/// An output buffer of f32 or bf16 elements.
+enum Buf {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<half::bf16>),
+}
+
+impl Buf {
+    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
+        match self {
+            Self::F32(v) => b.arg(v),
+            Self::Bf16(v) => b.arg(v),
+        };
+    }
+    fn storage(self, dev: &CudaDevice, shape: impl Into<Shape>) -> (CudaStorage, Shape) {
+        let s = match self {
+            Self::F32(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
+            Self::Bf16(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
+        };
+        (s, shape.into())
+    }
+}
+
 fn view_u32<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, u32>> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(s.as_cuda_slice::<u32>()?.slice(a..b)),
@@ -65,8 +125,9 @@ fn rows_width(l: &Layout, op: &str) -> Result<(u32, u32)> {
     Ok((u32_of(n / w.max(1), "row count", op)?, u32_of(w, "row width", op)?))
 }
 
-/// The masked attention softmax (`tram_masked_softmax_f32`); `keep` is the key mask as
-/// `[batch · seq_k]` bytes, uploaded for the call.
+/// The masked attention softmax (`tram_masked_softmax_f32` / `_bf16`, in the scores' dtype);
+/// `keep` is the key mask as `[batch · seq_k]` bytes, uploaded for the call, with the rows per
+/// batch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn masked_softmax(
     s: &CudaStorage,
@@ -79,9 +140,9 @@ pub(crate) fn masked_softmax(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "masked_softmax";
     let dev = s.device();
-    let x = view(s, l, op)?;
+    let x = Data::of(s, l, op)?;
     let (rows, _) = rows_width(l, op)?;
-    let y = alloc(dev, l.shape().elem_count())?;
+    let y = x.alloc_like(dev, l.shape().elem_count())?;
     let keep_buf: CudaSlice<u8> = match keep {
         Some((k, _)) => {
             // SAFETY: filled by the copy that follows.
@@ -94,28 +155,38 @@ pub(crate) fn masked_softmax(
     let (sq, sk) = (u32_of(sq, "seq_q", op)?, u32_of(sk, "seq_k", op)?);
     let (scale, causal, has_keep) = (scale as f32, i32::from(causal), i32::from(keep.is_some()));
     let rows_per_batch = u32_of(keep.map_or(rows as usize, |(_, r)| r), "rows per batch", op)?;
-    let func = dev.get_or_load_custom_func("tram_masked_softmax_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_masked_softmax"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&y).arg(&rows).arg(&sq).arg(&sk).arg(&scale).arg(&causal).arg(&keep_buf).arg(&has_keep).arg(&rows_per_batch);
+    x.push(&mut b);
+    y.push(&mut b);
+    b.arg(&rows).arg(&sq).arg(&sk).arg(&scale).arg(&causal).arg(&keep_buf).arg(&has_keep).arg(&rows_per_batch);
     // SAFETY: arguments match the kernel's signature; buffers hold rows · seq_k elements.
     unsafe { b.launch(warp_rows(rows)) }.w()?;
-    Ok(out(y, dev, l.shape().clone()))
+    drop(b);
+    Ok(y.storage(dev, l.shape().clone()))
 }
 
-/// `dx = scale · y ⊙ (g − Σ g y)` (`tram_softmax_bwd_f32`).
+/// `dx = scale · y ⊙ (g − Σ g y)` (`tram_softmax_bwd_f32` / `_bf16`; y and g of one dtype).
 pub(crate) fn softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &Layout, scale: f64) -> Result<(CudaStorage, Shape)> {
     let op = "softmax backward";
     let dev = ys.device();
-    let (y, g) = (view(ys, yl, op)?, view(gs, gl, op)?);
+    if ys.dtype() != gs.dtype() {
+        bail!("{op}: probabilities {:?} and gradient {:?} must have one dtype", ys.dtype(), gs.dtype());
+    }
+    let (y, g) = (Data::of(ys, yl, op)?, Data::of(gs, gl, op)?);
     let (rows, n) = rows_width(yl, op)?;
-    let dx = alloc(dev, yl.shape().elem_count())?;
+    let dx = y.alloc_like(dev, yl.shape().elem_count())?;
     let scale = scale as f32;
-    let func = dev.get_or_load_custom_func("tram_softmax_bwd_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&y.kernel("tram_softmax_bwd"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&y).arg(&g).arg(&dx).arg(&rows).arg(&n).arg(&scale);
+    y.push(&mut b);
+    g.push(&mut b);
+    dx.push(&mut b);
+    b.arg(&rows).arg(&n).arg(&scale);
     // SAFETY: as above.
     unsafe { b.launch(warp_rows(rows)) }.w()?;
-    Ok(out(dx, dev, yl.shape().clone()))
+    drop(b);
+    Ok(dx.storage(dev, yl.shape().clone()))
 }
 
 /// Layer norm forward (`tram_layer_norm_f32`).
@@ -228,23 +299,26 @@ pub(crate) fn log_softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, g
     Ok(out(dx, dev, yl.shape().clone()))
 }
 
-/// Per-row cross-entropy `[rows]` (`tram_cross_entropy_rows_f32`); `targets` are u32 class ids,
-/// `u32::MAX` for an ignored row (loss 0).
+/// Per-row cross-entropy `[rows]` in f32 (`tram_cross_entropy_rows_f32` / `_bf16` for the
+/// logits' dtype); `targets` are u32 class ids, `u32::MAX` for an ignored row (loss 0).
 pub(crate) fn cross_entropy_rows(xs: &CudaStorage, xl: &Layout, ts: &CudaStorage, tl: &Layout) -> Result<(CudaStorage, Shape)> {
     let op = "cross_entropy";
     let dev = xs.device();
-    let (x, t) = (view(xs, xl, op)?, view_u32(ts, tl, op)?);
+    let (x, t) = (Data::of(xs, xl, op)?, view_u32(ts, tl, op)?);
     let (rows, n) = rows_width(xl, op)?;
     let loss = alloc(dev, rows as usize)?;
-    let func = dev.get_or_load_custom_func("tram_cross_entropy_rows_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_cross_entropy_rows"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&t).arg(&loss).arg(&n);
+    x.push(&mut b);
+    b.arg(&t).arg(&loss).arg(&n);
     // SAFETY: as above.
     unsafe { b.launch(block_rows(rows)) }.w()?;
+    drop(b);
     Ok(out(loss, dev, rows as usize))
 }
 
-/// `dx = g_row · (softmax(x_row) − onehot(t))` (`tram_cross_entropy_rows_bwd_f32`).
+/// `dx = g_row · (softmax(x_row) − onehot(t))` in the logits' dtype
+/// (`tram_cross_entropy_rows_bwd_f32` / `_bf16`); `g` is f32 `[rows]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cross_entropy_rows_bwd(
     xs: &CudaStorage,
@@ -256,15 +330,19 @@ pub(crate) fn cross_entropy_rows_bwd(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "cross_entropy backward";
     let dev = xs.device();
-    let (x, t, g) = (view(xs, xl, op)?, view_u32(ts, tl, op)?, view(gs, gl, op)?);
+    let (x, t, g) = (Data::of(xs, xl, op)?, view_u32(ts, tl, op)?, view(gs, gl, op)?);
     let (rows, n) = rows_width(xl, op)?;
-    let dx = alloc(dev, xl.shape().elem_count())?;
-    let func = dev.get_or_load_custom_func("tram_cross_entropy_rows_bwd_f32", MODULE, PTX)?;
+    let dx = x.alloc_like(dev, xl.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_cross_entropy_rows_bwd"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&t).arg(&g).arg(&dx).arg(&n);
+    x.push(&mut b);
+    b.arg(&t).arg(&g);
+    dx.push(&mut b);
+    b.arg(&n);
     // SAFETY: as above.
     unsafe { b.launch(block_rows(rows)) }.w()?;
-    Ok(out(dx, dev, xl.shape().clone()))
+    drop(b);
+    Ok(dx.storage(dev, xl.shape().clone()))
 }
 
 /// Row-wise KL of two logits tensors `[.., n]` → `[..]` (`tram_kl_rows_f32`).

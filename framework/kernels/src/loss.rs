@@ -208,7 +208,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64
     let (cd, keep, counted) = prepare_targets(logits, targets, ignore_index)?;
     #[cfg(feature = "cuda")]
     if crate::on_cuda_kernel(logits, cd) {
-        let x = logits.to_dtype(cd)?;
+        // bf16 logits are read as they are (the bf16 kernels; the gradient comes back in bf16).
+        let x = if logits.dtype() == DType::BF16 { logits.clone() } else { logits.to_dtype(cd)? };
         let x = if x.is_contiguous() { x } else { x.contiguous()? };
         let ids: Vec<u32> = keep.iter().map(|k| k.unwrap_or(u32::MAX)).collect();
         let ids = Tensor::from_vec(ids, keep.len(), logits.device())?;
@@ -222,8 +223,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64
     x.apply_op1(CrossEntropy { targets: Arc::new(keep), counted })
 }
 
-/// Per-row cross-entropy `[rows]` on CUDA (inputs: f32 logits, u32 targets with `u32::MAX`
-/// for an ignored row, whose loss and gradient are 0).
+/// Per-row f32 cross-entropy `[rows]` on CUDA (inputs: f32 or bf16 logits, u32 targets with
+/// `u32::MAX` for an ignored row, whose loss and gradient are 0; the gradient in the logits'
+/// dtype).
 #[cfg(feature = "cuda")]
 struct CrossEntropyRows;
 

@@ -188,7 +188,8 @@ impl CustomOp2 for SoftmaxBwd {
 }
 
 fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
-    if (on_cpu(y) && matches!(y.dtype(), DType::F32 | DType::F64)) || crate::on_cuda_kernel(y, y.dtype()) {
+    let cuda_kernel = crate::on_cuda_kernel(y, DType::F32) && matches!(y.dtype(), DType::F32 | DType::BF16);
+    if (on_cpu(y) && matches!(y.dtype(), DType::F32 | DType::F64)) || cuda_kernel {
         let g = g.to_dtype(y.dtype())?;
         let g = if g.is_contiguous() { g } else { g.contiguous()? };
         y.apply_op2_no_bwd(&g, &SoftmaxBwd(scale))
@@ -203,13 +204,20 @@ fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
 /// `mask` marks as padding masked (both get probability 0). A row with no key to attend gets
 /// the uniform distribution, as an additive −1e9 bias on every key gives. Differentiable
 /// (`dx = scale · p ⊙ (g − Σ g p)`); masked entries get gradient 0. The result has the dtype of
-/// `scores` (bf16 / f16 compute in f32). CUDA: the `tram_masked_softmax_f32` kernel (see
-/// [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::masked_softmax`].
+/// `scores` (bf16 / f16 compute in f32). CUDA: the `tram_masked_softmax_f32` / `_bf16` kernels
+/// (bf16 in and out, no f32 copy; see [`crate::cuda_kernels_enabled`]); other devices:
+/// [`crate::composed::masked_softmax`].
 pub fn masked_softmax(scores: &Tensor, scale: f64, causal: bool, mask: Option<&KeyMask>) -> Result<Tensor> {
     let op = "masked_softmax";
     let cd = compute_dtype(scores, op)?;
     let m = Masking { scale, causal, mask: mask.cloned() };
     m.check(scores.dims())?;
+    if crate::on_cuda_kernel(scores, cd) && scores.dtype() == DType::BF16 {
+        // The bf16 kernel reads and writes bf16 directly (f32 compute): no f32 copy of the
+        // scores, and bf16 probabilities kept for the backward.
+        let x = if scores.is_contiguous() { scores.clone() } else { scores.contiguous()? };
+        return x.apply_op1(SoftmaxFwd(m));
+    }
     if !on_cpu(scores) && !crate::on_cuda_kernel(scores, cd) {
         return crate::composed::masked_softmax_checked(scores, &m);
     }

@@ -114,7 +114,7 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
 }
 
 #[test]
-fn masked_softmax_kernels_match_the_cpu_kernel_with_every_masking() {
+fn masked_softmax_kernels_match_the_cpu_kernel_with_every_masking_in_f32_and_bf16() {
     let (b, h, sq, sk) = (2usize, 3usize, 37usize, 70usize);
     let rows = b * h * sq;
     let x = rand_v(rows * sk, 1, 4.0);
@@ -124,24 +124,34 @@ fn masked_softmax_kernels_match_the_cpu_kernel_with_every_masking() {
     let keep: Vec<u8> = (0..b * sk).map(|i| u8::from(i < sk || i % sk >= 60)).collect();
     let mask = k::KeyMask::new(&t(&keep.iter().map(|v| *v as f32).collect::<Vec<_>>(), &[b, sk])).unwrap();
     let scale = 0.35f32;
-    for (causal, with_mask) in [(false, false), (true, false), (false, true), (true, true)] {
-        let xv = Var::from_tensor(&t(&x, &[b, h, sq, sk])).unwrap();
-        let y = k::masked_softmax(xv.as_tensor(), scale as f64, causal, with_mask.then_some(&mask)).unwrap();
-        let dx = y.mul(&t(&r, &[b, h, sq, sk])).unwrap().sum_all().unwrap().backward().unwrap().get(xv.as_tensor()).unwrap().clone();
-        let args = Args::default()
-            .f32s(&x)
-            .u32(rows as u32)
-            .u32(sq as u32)
-            .u32(sk as u32)
-            .f32(scale)
-            .i32(causal as i32)
-            .u8s(if with_mask { &keep } else { &[] })
-            .i32(with_mask as i32)
-            .u32((h * sq) as u32);
-        let out = emulate("masked_softmax", args);
-        assert_close(&format!("masked softmax causal={causal} mask={with_mask}"), &out[0], &flat(&y), 1e-5);
-        let out = emulate("softmax_bwd", Args::default().f32s(&flat(&y)).f32s(&r).u32(rows as u32).u32(sk as u32).f32(scale));
-        assert_close(&format!("softmax backward causal={causal} mask={with_mask}"), &out[0], &flat(&dx), 1e-5);
+    for dtype in [DType::F32, DType::BF16] {
+        // bf16: one bf16 rounding of nearly equal values; the backward reads the rounded
+        // probabilities where the CPU's keeps them in f32.
+        let tol = if dtype == DType::F32 { (1e-5, 1e-5) } else { (8e-3, 2e-2) };
+        let f32s = |t: &Tensor| flat(&t.to_dtype(DType::F32).unwrap());
+        for (causal, with_mask) in [(false, false), (true, false), (false, true), (true, true)] {
+            let xv = Var::from_tensor(&t(&x, &[b, h, sq, sk]).to_dtype(dtype).unwrap()).unwrap();
+            let rr = t(&r, &[b, h, sq, sk]).to_dtype(dtype).unwrap();
+            let y = k::masked_softmax(xv.as_tensor(), scale as f64, causal, with_mask.then_some(&mask)).unwrap();
+            let dx = y.mul(&rr).unwrap().sum_all().unwrap().backward().unwrap().get(xv.as_tensor()).unwrap().clone();
+            let bf16 = i32::from(dtype == DType::BF16);
+            let args = Args::default()
+                .f32s(&f32s(xv.as_tensor()))
+                .u32(rows as u32)
+                .u32(sq as u32)
+                .u32(sk as u32)
+                .f32(scale)
+                .i32(causal as i32)
+                .u8s(if with_mask { &keep } else { &[] })
+                .i32(with_mask as i32)
+                .u32((h * sq) as u32)
+                .i32(bf16);
+            let out = emulate("masked_softmax", args);
+            assert_close(&format!("masked softmax causal={causal} mask={with_mask} {dtype:?}"), &out[0], &f32s(&y), tol.0);
+            let args = Args::default().f32s(&f32s(&y)).f32s(&f32s(&rr)).u32(rows as u32).u32(sk as u32).f32(scale).i32(bf16);
+            let out = emulate("softmax_bwd", args);
+            assert_close(&format!("softmax backward causal={causal} mask={with_mask} {dtype:?}"), &out[0], &f32s(&dx), tol.1);
+        }
     }
 }
 
@@ -178,26 +188,36 @@ fn log_softmax_kernels_match_the_cpu_kernel_on_rows_wider_than_a_block() {
 }
 
 #[test]
-fn cross_entropy_kernels_match_the_cpu_kernel_with_ignored_rows() {
+fn cross_entropy_kernels_match_the_cpu_kernel_with_ignored_rows_in_f32_and_bf16() {
     let (rows, n) = (7usize, 1500usize);
     let x = rand_v(rows * n, 9, 5.0);
     let targets: Vec<i64> = (0..rows).map(|i| if i % 3 == 1 { -100 } else { (i * 211 % n) as i64 }).collect();
     let counted = targets.iter().filter(|t| **t != -100).count();
-    let xv = Var::from_tensor(&t(&x, &[rows, n])).unwrap();
-    let loss = k::cross_entropy(xv.as_tensor(), &Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(), Some(-100)).unwrap();
-    let dx = loss.backward().unwrap().get(xv.as_tensor()).unwrap().clone();
     let ids: Vec<u32> = targets.iter().map(|t| if *t < 0 { u32::MAX } else { *t as u32 }).collect();
     // The wrapper averages the per-row losses over the counted rows: upstream 1 / counted each.
     let g = vec![1.0 / counted as f32; rows];
-    let out = emulate("cross_entropy", Args::default().f32s(&x).u32s(&ids).f32s(&g).u32(rows as u32).u32(n as u32));
-    for (i, l) in out[0].iter().enumerate() {
-        if targets[i] < 0 {
-            assert_eq!(*l, 0.0, "an ignored row has loss 0");
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-5 } else { 8e-3 };
+        let xv = Var::from_tensor(&t(&x, &[rows, n]).to_dtype(dtype).unwrap()).unwrap();
+        let loss = k::cross_entropy(xv.as_tensor(), &Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(), Some(-100)).unwrap();
+        let dx = loss.backward().unwrap().get(xv.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+        let xs = flat(&xv.as_tensor().to_dtype(DType::F32).unwrap());
+        let args = Args::default().f32s(&xs).u32s(&ids).f32s(&g).u32(rows as u32).u32(n as u32).i32(i32::from(dtype == DType::BF16));
+        let out = emulate("cross_entropy", args);
+        for (i, l) in out[0].iter().enumerate() {
+            if targets[i] < 0 {
+                assert_eq!(*l, 0.0, "an ignored row has loss 0");
+            }
         }
+        let mean = out[0].iter().map(|v| *v as f64).sum::<f64>() / counted as f64;
+        assert_close(
+            &format!("cross-entropy (mean of the rows) {dtype:?}"),
+            &[mean as f32],
+            &[loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()],
+            1e-6,
+        );
+        assert_close(&format!("cross-entropy backward {dtype:?}"), &out[1], &flat(&dx), tol);
     }
-    let mean = out[0].iter().map(|v| *v as f64).sum::<f64>() / counted as f64;
-    assert_close("cross-entropy (mean of the rows)", &[mean as f32], &[loss.to_scalar::<f32>().unwrap()], 1e-6);
-    assert_close("cross-entropy backward", &out[1], &flat(&dx), 1e-5);
 }
 
 #[test]

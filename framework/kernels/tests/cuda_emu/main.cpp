@@ -40,6 +40,18 @@ static void emit(const std::vector<float>& v) {
     std::fwrite(v.data(), sizeof(float), n, stdout);
 }
 
+static std::vector<unsigned short> to_bf16(const std::vector<float>& v) {
+    std::vector<unsigned short> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+    return b;
+}
+
+static std::vector<float> from_bf16(const std::vector<unsigned short>& b) {
+    std::vector<float> v(b.size());
+    for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
+    return v;
+}
+
 static const unsigned ROW_WARPS_BLOCK = 256, ROW_BLOCK = 512;
 static dim3 warp_rows(unsigned rows) { return dim3{std::max(1u, (rows + ROW_WARPS_BLOCK / 32 - 1) / (ROW_WARPS_BLOCK / 32)), 1, 1}; }
 static dim3 block_rows(unsigned rows) { return dim3{std::max(1u, rows), 1, 1}; }
@@ -55,18 +67,37 @@ int main(int argc, char** argv) {
         auto keep = array<uint8_t>();
         const auto has_keep = scalar<int32_t>();
         const auto rpb = scalar<uint32_t>();
-        std::vector<float> y(uninit((size_t)rows * sk));
-        emu_launch(tram_masked_softmax_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), y.data(), rows, sq, sk, scale,
-                   causal, (const uint8_t*)keep.data(), has_keep, rpb);
-        emit(y);
+        const auto bf16 = scalar<int32_t>();
+        const size_t n = (size_t)rows * sk;
+        if (!bf16) {
+            std::vector<float> y(uninit(n));
+            emu_launch(tram_masked_softmax_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), y.data(), rows, sq, sk, scale,
+                       causal, (const uint8_t*)keep.data(), has_keep, rpb);
+            emit(y);
+        } else {
+            auto xb = to_bf16(x);
+            std::vector<unsigned short> yb(n, 0x7fc0);
+            emu_launch(tram_masked_softmax_bf16, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const unsigned short*)xb.data(), yb.data(), rows, sq,
+                       sk, scale, causal, (const uint8_t*)keep.data(), has_keep, rpb);
+            emit(from_bf16(yb));
+        }
     } else if (k == "softmax_bwd") {
         auto y = array<float>(), g = array<float>();
         const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>();
         const auto scale = scalar<float>();
-        std::vector<float> dx(uninit((size_t)rows * n));
-        emu_launch(tram_softmax_bwd_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)y.data(), (const float*)g.data(), dx.data(), rows,
-                   n, scale);
-        emit(dx);
+        const auto bf16 = scalar<int32_t>();
+        if (!bf16) {
+            std::vector<float> dx(uninit((size_t)rows * n));
+            emu_launch(tram_softmax_bwd_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)y.data(), (const float*)g.data(), dx.data(),
+                       rows, n, scale);
+            emit(dx);
+        } else {
+            auto yb = to_bf16(y), gb = to_bf16(g);
+            std::vector<unsigned short> db((size_t)rows * n, 0x7fc0);
+            emu_launch(tram_softmax_bwd_bf16, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const unsigned short*)yb.data(),
+                       (const unsigned short*)gb.data(), db.data(), rows, n, scale);
+            emit(from_bf16(db));
+        }
     } else if (k == "layer_norm") {
         auto x = array<float>(), w = array<float>(), b = array<float>(), g = array<float>();
         const auto rows = scalar<uint32_t>(), d = scalar<uint32_t>();
@@ -105,13 +136,26 @@ int main(int argc, char** argv) {
         auto t = array<uint32_t>();
         auto g = array<float>();
         const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>();
-        std::vector<float> loss(uninit(rows)), dx(uninit((size_t)rows * n));
-        emu_launch(tram_cross_entropy_rows_f32, block_rows(rows), dim3{ROW_BLOCK}, (const float*)x.data(), (const uint32_t*)t.data(),
-                   loss.data(), n);
-        emu_launch(tram_cross_entropy_rows_bwd_f32, block_rows(rows), dim3{ROW_BLOCK}, (const float*)x.data(), (const uint32_t*)t.data(),
-                   (const float*)g.data(), dx.data(), n);
-        emit(loss);
-        emit(dx);
+        const auto bf16 = scalar<int32_t>();
+        std::vector<float> loss(uninit(rows));
+        if (!bf16) {
+            std::vector<float> dx(uninit((size_t)rows * n));
+            emu_launch(tram_cross_entropy_rows_f32, block_rows(rows), dim3{ROW_BLOCK}, (const float*)x.data(), (const uint32_t*)t.data(),
+                       loss.data(), n);
+            emu_launch(tram_cross_entropy_rows_bwd_f32, block_rows(rows), dim3{ROW_BLOCK}, (const float*)x.data(), (const uint32_t*)t.data(),
+                       (const float*)g.data(), dx.data(), n);
+            emit(loss);
+            emit(dx);
+        } else {
+            auto xb = to_bf16(x);
+            std::vector<unsigned short> db((size_t)rows * n, 0x7fc0);
+            emu_launch(tram_cross_entropy_rows_bf16, block_rows(rows), dim3{ROW_BLOCK}, (const unsigned short*)xb.data(),
+                       (const uint32_t*)t.data(), loss.data(), n);
+            emu_launch(tram_cross_entropy_rows_bwd_bf16, block_rows(rows), dim3{ROW_BLOCK}, (const unsigned short*)xb.data(),
+                       (const uint32_t*)t.data(), (const float*)g.data(), db.data(), n);
+            emit(loss);
+            emit(from_bf16(db));
+        }
     } else if (k == "kl_rows") {
         auto t = array<float>(), c = array<float>(), g = array<float>();
         const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>();
