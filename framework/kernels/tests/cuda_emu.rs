@@ -23,15 +23,21 @@ fn emulator() -> &'static PathBuf {
     BIN.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tram-cuda-emu");
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-        let out = Command::new(&cxx)
+        // `CXX`, else the first of c++, g++, clang++ that runs.
+        let candidates: Vec<String> = match std::env::var("CXX") {
+            Ok(c) => vec![c],
+            Err(_) => ["c++", "g++", "clang++"].map(String::from).to_vec(),
+        };
+        let cxx =
+            candidates.iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())).unwrap_or_else(|| {
+                panic!("no C++ compiler ({}): this test needs a C++20 compiler (apt-get install g++, or set CXX)", candidates.join(", "))
+            });
+        let out = Command::new(cxx)
             .args(["-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-o"])
             .arg(&bin)
             .arg(dir.join("tests/cuda_emu/main.cpp"))
             .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run the C++ compiler `{cxx}` ({e}): this test needs a C++20 compiler (apt-get install g++, or set CXX)")
-            });
+            .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}` ({e})"));
         assert!(out.status.success(), "compiling the CUDA emulator failed:\n{}", String::from_utf8_lossy(&out.stderr));
         bin
     })
