@@ -128,7 +128,11 @@ fn first_half_twice(_rank: usize, b: &Batch) -> (Batch, usize) {
 /// Largest |a − b| relative to the largest |a|.
 fn distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     let max = a.iter().flatten().fold(0f64, |m, x| m.max((*x as f64).abs()));
-    let diff = a.iter().flatten().zip(b.iter().flatten()).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    // A NaN is an infinite difference (`max` would skip it).
+    let diff = a.iter().flatten().zip(b.iter().flatten()).fold(0f64, |m, (x, y)| {
+        let e = (*x as f64 - *y as f64).abs();
+        m.max(if e.is_nan() { f64::INFINITY } else { e })
+    });
     diff / max
 }
 

@@ -165,7 +165,10 @@ fn replay(path: &Path) -> Result<Vec<(String, f64)>> {
         if got.dims() != want.dims() {
             bail!("`{}` has shape {:?}, the fixture {:?}", p.name, got.dims(), want.dims());
         }
-        let diff = got.sub(&want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let d = got.sub(&want)?;
+        // A NaN anywhere is an infinite error (`max_all` would skip it).
+        let nan = d.ne(&d)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? > 0.0;
+        let diff = if nan { f64::INFINITY } else { d.abs()?.max_all()?.to_scalar::<f64>()? };
         let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
         errors.push((p.name.clone(), if scale > 0.0 { diff / scale } else { diff }));
     }

@@ -69,6 +69,10 @@ impl CustomOp1 for Gelu {
             Ok((crate::owned(y), l.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::gelu(s, l, self.0 as i32)
+    }
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let g = g.to_dtype(x.dtype())?;
         let g = if g.is_contiguous() { g } else { g.contiguous()? };
@@ -102,10 +106,25 @@ impl CustomOp2 for GeluBwd {
             Ok((crate::owned(dx), xl.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::gelu_bwd(xs, xl, gs, gl, self.0 as i32)
+    }
 }
 
 fn apply(x: &Tensor, k: Kind, op: &str) -> Result<Tensor> {
     let cd = compute_dtype(x, op)?;
+    if crate::on_cuda_kernel(x, cd) && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::BF16) {
+        // The CUDA kernels read and write f32 or bf16 directly (f32 compute).
+        let xc = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        return xc.apply_op1(Gelu(k));
+    }
     if !on_cpu(x) {
         return match k {
             Kind::Tanh => crate::composed::gelu_tanh(x),
@@ -124,13 +143,15 @@ fn apply(x: &Tensor, k: Kind, op: &str) -> Result<Tensor> {
 
 /// GELU with the tanh approximation, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`
 /// (`transformers`' `gelu_new` / `gelu_pytorch_tanh`), differentiable; computed in f32 (f64 for
-/// f64 input). Non-CPU devices: [`crate::composed::gelu_tanh`] (candle's `gelu`).
+/// f64 input). CUDA: its own kernels, f32 or bf16 in and out (see
+/// [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::gelu_tanh`] (candle's `gelu`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     apply(x, Kind::Tanh, "gelu_tanh")
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / √2))`, differentiable; computed in f32 (f64 for f64 input).
-/// Non-CPU devices: [`crate::composed::gelu_erf`] (candle's `gelu_erf`).
+/// CUDA: its own kernels, f32 or bf16 in and out; other devices: [`crate::composed::gelu_erf`]
+/// (candle's `gelu_erf`).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     apply(x, Kind::Erf, "gelu_erf")
 }

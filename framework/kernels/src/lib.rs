@@ -27,8 +27,11 @@
 //! candle's thread pool only above [`par::PAR_MIN_ELEMS`] elements. On any other device (CUDA,
 //! Metal) every op runs its [`composed`] path: the same function from candle primitives, which
 //! candle's CUDA / Metal kernels and autograd run without leaving the device (the fused Adam /
-//! SGD updates likewise: [`optim::adam_step_composed`]). `tests/device.rs` checks each device
-//! path against the CPU kernel wherever a GPU is present.
+//! SGD updates likewise: [`optim::adam_step_composed`]), except that with the `cuda` feature the
+//! masked softmax, layer norm, log-softmax and cross-entropy run their own CUDA kernels
+//! (`cuda/fused.cu`, f32 compute, one pass forward and one or two backward) while
+//! [`cuda_kernels_enabled`]. `tests/device.rs` checks each device path against the CPU kernel
+//! wherever a GPU is present.
 
 pub mod composed;
 pub mod math;
@@ -38,6 +41,8 @@ pub mod reduce;
 pub mod update;
 
 mod bias;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gelu;
 mod loss;
 mod norm;
@@ -80,6 +85,26 @@ pub(crate) fn tensor_from<T: Float>(v: Vec<T>, shape: impl Into<Shape>) -> Tenso
 /// Whether the fused CPU kernels handle `t` (on the CPU; half types go through f32).
 pub(crate) fn on_cpu(t: &Tensor) -> bool {
     t.device().is_cpu()
+}
+
+static CUDA_KERNELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether the ops with a CUDA kernel use it on CUDA tensors (the default) rather than their
+/// [`composed`] path. Only meaningful with the `cuda` feature.
+pub fn cuda_kernels_enabled() -> bool {
+    CUDA_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Switch the CUDA kernels on or off for the whole process (off: every op on CUDA runs its
+/// [`composed`] path), e.g. to compare the two paths in a benchmark or a parity test.
+pub fn set_cuda_kernels(enabled: bool) {
+    CUDA_KERNELS.store(enabled, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `t`, computing in `cd`, runs this crate's CUDA kernel: a CUDA tensor, f32 compute,
+/// the `cuda` feature, and [`cuda_kernels_enabled`].
+pub(crate) fn on_cuda_kernel(t: &Tensor, cd: DType) -> bool {
+    cfg!(feature = "cuda") && t.device().is_cuda() && cd == DType::F32 && cuda_kernels_enabled()
 }
 
 /// The compute dtype of a float tensor: f64 stays f64, everything else computes in f32.

@@ -42,6 +42,10 @@ impl CustomOp1 for LogSoftmax {
             Ok((crate::owned(y), l.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::log_softmax(s, l)
+    }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let g = g.to_dtype(y.dtype())?;
         let g = if g.is_contiguous() { g } else { g.contiguous()? };
@@ -73,14 +77,25 @@ impl CustomOp2 for LogSoftmaxBwd {
             Ok((crate::owned(dx), yl.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::log_softmax_bwd(ys, yl, gs, gl)
+    }
 }
 
 /// `log softmax` over the last dimension, differentiable (`dx = g − softmax · Σ g`), computed in
-/// f32 (f64 for f64 input) and returned in the input's dtype. Non-CPU devices:
-/// [`crate::composed::log_softmax`] (max shift, `exp`, `sum`, `log`).
+/// f32 (f64 for f64 input) and returned in the input's dtype. CUDA: its own kernels (see
+/// [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::log_softmax`] (max
+/// shift, `exp`, `sum`, `log`).
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let cd = compute_dtype(x, "log_softmax")?;
-    if !on_cpu(x) {
+    if !on_cpu(x) && !crate::on_cuda_kernel(x, cd) {
         return crate::composed::log_softmax(x);
     }
     let xc = x.to_dtype(cd)?;
@@ -186,15 +201,80 @@ pub(crate) fn prepare_targets(logits: &Tensor, targets: &Tensor, ignore_index: O
 /// (PyTorch's `F.cross_entropy(..., ignore_index=...)`). Differentiable in `logits` (one fused
 /// pass each way, nothing `[rows, classes]`-sized kept between them); computed in f32 (f64 for
 /// f64 logits), returned as an f32 (f64) scalar. Errors name a target outside `0..classes` and
-/// a batch where every row is ignored. Non-CPU devices: [`crate::composed::cross_entropy`].
+/// a batch where every row is ignored. CUDA: per-row kernels (see
+/// [`crate::cuda_kernels_enabled`]) and a mean; other devices:
+/// [`crate::composed::cross_entropy`].
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Result<Tensor> {
     let (cd, keep, counted) = prepare_targets(logits, targets, ignore_index)?;
+    #[cfg(feature = "cuda")]
+    if crate::on_cuda_kernel(logits, cd) {
+        // bf16 logits are read as they are (the bf16 kernels; the gradient comes back in bf16).
+        let x = if logits.dtype() == DType::BF16 { logits.clone() } else { logits.to_dtype(cd)? };
+        let x = if x.is_contiguous() { x } else { x.contiguous()? };
+        let ids: Vec<u32> = keep.iter().map(|k| k.unwrap_or(u32::MAX)).collect();
+        let ids = Tensor::from_vec(ids, keep.len(), logits.device())?;
+        return x.apply_op2(&ids, CrossEntropyRows)?.sum_all()?.affine(1.0 / counted as f64, 0.0);
+    }
     if !on_cpu(logits) {
         return crate::composed::cross_entropy_kept(logits, cd, &keep, counted);
     }
     let x = logits.to_dtype(cd)?;
     let x = if x.is_contiguous() { x } else { x.contiguous()? };
     x.apply_op1(CrossEntropy { targets: Arc::new(keep), counted })
+}
+
+/// Per-row f32 cross-entropy `[rows]` on CUDA (inputs: f32 or bf16 logits, u32 targets with
+/// `u32::MAX` for an ignored row, whose loss and gradient are 0; the gradient in the logits'
+/// dtype).
+#[cfg(feature = "cuda")]
+struct CrossEntropyRows;
+
+#[cfg(feature = "cuda")]
+impl CustomOp2 for CrossEntropyRows {
+    fn name(&self) -> &'static str {
+        "tram-cross-entropy-rows"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU path is the fused cross-entropy op)", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ts: &candle_core::CudaStorage,
+        tl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::cross_entropy_rows(xs, xl, ts, tl)
+    }
+    fn bwd(&self, x: &Tensor, t: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.to_dtype(DType::F32)?;
+        let g = if g.is_contiguous() { g } else { g.contiguous()? };
+        Ok((Some(x.apply_op3_no_bwd(t, &g, &CrossEntropyRowsBwd)?), None))
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct CrossEntropyRowsBwd;
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for CrossEntropyRowsBwd {
+    fn name(&self) -> &'static str {
+        "tram-cross-entropy-rows-bwd"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ts: &candle_core::CudaStorage,
+        tl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::cross_entropy_rows_bwd(xs, xl, ts, tl, gs, gl)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,9 +304,25 @@ impl CustomOp2 for KlRows {
             Ok((crate::owned(out), Shape::from(shape)))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ts: &candle_core::CudaStorage,
+        tl: &Layout,
+        cs: &candle_core::CudaStorage,
+        cl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::kl_rows(ts, tl, cs, cl)
+    }
     fn bwd(&self, t: &Tensor, c: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = t.dim(D::Minus1)?;
         let g = g.to_dtype(t.dtype())?;
+        #[cfg(feature = "cuda")]
+        if t.device().is_cuda() {
+            let g = if g.is_contiguous() { g } else { g.contiguous()? };
+            let both = t.apply_op3_no_bwd(c, &g, &KlRowsBwd)?;
+            return Ok((Some(both.get(0)?.reshape(t.shape())?), Some(both.get(1)?.reshape(t.shape())?)));
+        }
         float_dispatch!(self.name(), t.dtype(), T => {
             let (dt, dc) = with_data::<T, _>(t, self.name(), |t| {
                 with_data::<T, _>(c, self.name(), |c| {
@@ -260,6 +356,31 @@ impl CustomOp2 for KlRows {
     }
 }
 
+/// Both gradients of [`KlRows`] on CUDA as `[2, rows, n]` (inputs target, current, upstream).
+#[cfg(feature = "cuda")]
+struct KlRowsBwd;
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for KlRowsBwd {
+    fn name(&self) -> &'static str {
+        "tram-kl-rows-bwd"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        ts: &candle_core::CudaStorage,
+        tl: &Layout,
+        cs: &candle_core::CudaStorage,
+        cl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::kl_rows_bwd(ts, tl, cs, cl, gs, gl)
+    }
+}
+
 /// KL(softmax t ‖ softmax c) of one row, with `p_t` left in `s1` and `log p_t − log p_c` in
 /// `s2`; also returns both log-normalisers.
 #[inline(always)]
@@ -281,7 +402,8 @@ fn kl_row<T: Float>(t: &[T], c: &[T], s1: &mut [T], s2: &mut [T]) -> (T, T, T) {
 /// reduction (`F.kl_div(log_softmax(current), log_softmax(target), log_target=True,
 /// reduction="none").sum(-1)`). Differentiable in both (`∂/∂current = p_c − p_t`,
 /// `∂/∂target = p_t ⊙ (log p_t − log p_c − KL)`); computed in f32 (f64 for f64 input) and
-/// returned in that dtype. Non-CPU devices: [`crate::composed::kl_div_rows`].
+/// returned in that dtype. CUDA: its own kernels (see [`crate::cuda_kernels_enabled`]); other
+/// devices: [`crate::composed::kl_div_rows`].
 pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
     let op = "kl_div_rows";
     let cd = compute_dtype(current, op)?;
@@ -291,7 +413,7 @@ pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
     if target.rank() == 0 {
         bail!("{op}: expected logits [.., classes], got a scalar");
     }
-    if !on_cpu(current) {
+    if !on_cpu(current) && !crate::on_cuda_kernel(current, cd) {
         return crate::composed::kl_div_rows(target, current);
     }
     let c = |t: &Tensor| -> Result<Tensor> {

@@ -63,6 +63,18 @@ impl CustomOp3 for LayerNorm {
             Ok((crate::owned(y), xl.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm(xs, xl, ws, wl, bs, bl, self.eps)
+    }
     fn bwd(
         &self,
         x: &Tensor,
@@ -73,6 +85,15 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = x.dim(D::Minus1)?;
         let g = g.to_dtype(x.dtype())?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            // The CUDA kernels: dx in one pass; the weight / bias gradients as per-chunk column
+            // sums, added up here.
+            let g = if g.is_contiguous() { g } else { g.contiguous()? };
+            let dx = x.apply_op3_no_bwd(w, &g, &LayerNormDx { eps: self.eps })?;
+            let sums = x.apply_op2_no_bwd(&g, &LayerNormWb { eps: self.eps })?.sum(1)?;
+            return Ok((Some(dx), Some(sums.get(0)?), Some(sums.get(1)?)));
+        }
         float_dispatch!(self.name(), x.dtype(), T => {
             let eps = T::of(self.eps);
             let (dx, dw, db) = with_data::<T, _>(x, self.name(), |x| {
@@ -125,10 +146,63 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
+/// The input gradient of [`LayerNorm`] on CUDA (inputs x, weight, upstream gradient).
+#[cfg(feature = "cuda")]
+struct LayerNormDx {
+    eps: f64,
+}
+
+#[cfg(feature = "cuda")]
+impl CustomOp3 for LayerNormDx {
+    fn name(&self) -> &'static str {
+        "tram-layer-norm-dx"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is fused into the layer norm op)", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm_dx(xs, xl, ws, wl, gs, gl, self.eps)
+    }
+}
+
+/// The weight / bias gradient partial sums `[2, chunks, d]` of [`LayerNorm`] on CUDA (inputs x,
+/// upstream gradient).
+#[cfg(feature = "cuda")]
+struct LayerNormWb {
+    eps: f64,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp2 for LayerNormWb {
+    fn name(&self) -> &'static str {
+        "tram-layer-norm-wb"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is fused into the layer norm op)", self.name())
+    }
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::layer_norm_wb(xs, xl, gs, gl, self.eps)
+    }
+}
+
 /// `LayerNorm(x) = (x − mean) / √(var + eps) · weight + bias` over the last dimension of `x`
 /// (biased variance, as PyTorch), computed in f32 (f64 for f64 input) and returned in the
-/// input's dtype. `weight` and `bias`: `[hidden]`. Differentiable in all three. Non-CPU
-/// devices: [`crate::composed::layer_norm`].
+/// input's dtype. `weight` and `bias`: `[hidden]`. Differentiable in all three. CUDA: its own
+/// kernels (see [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::layer_norm`].
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = "layer_norm";
     let cd = compute_dtype(x, op)?;
@@ -136,7 +210,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     if weight.dims() != [d] || bias.dims() != [d] {
         bail!("{op}: weight {:?} and bias {:?} must both be [{d}] for input {:?}", weight.dims(), bias.dims(), x.dims());
     }
-    if !on_cpu(x) {
+    if !on_cpu(x) && !crate::on_cuda_kernel(x, cd) {
         return crate::composed::layer_norm(x, weight, bias, eps);
     }
     let c = |t: &Tensor| -> Result<Tensor> {

@@ -136,6 +136,12 @@ impl CustomOp1 for SoftmaxFwd {
             Ok((crate::owned(y), l.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, sq, sk) = self.0.check(l.dims())?;
+        let keep = self.0.mask.as_ref().map(|m| (m.keep.as_slice(), rows / l.dims()[0]));
+        crate::cuda::masked_softmax(s, l, sq, sk, self.0.scale, self.0.causal, keep)
+    }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(softmax_backward(y, g, self.0.scale)?))
     }
@@ -169,10 +175,21 @@ impl CustomOp2 for SoftmaxBwd {
             Ok((crate::owned(dx), yl.shape().clone()))
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::softmax_bwd(ys, yl, gs, gl, self.0)
+    }
 }
 
 fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
-    if on_cpu(y) && matches!(y.dtype(), DType::F32 | DType::F64) {
+    let cuda_kernel = crate::on_cuda_kernel(y, DType::F32) && matches!(y.dtype(), DType::F32 | DType::BF16);
+    if (on_cpu(y) && matches!(y.dtype(), DType::F32 | DType::F64)) || cuda_kernel {
         let g = g.to_dtype(y.dtype())?;
         let g = if g.is_contiguous() { g } else { g.contiguous()? };
         y.apply_op2_no_bwd(&g, &SoftmaxBwd(scale))
@@ -187,13 +204,21 @@ fn softmax_backward(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
 /// `mask` marks as padding masked (both get probability 0). A row with no key to attend gets
 /// the uniform distribution, as an additive −1e9 bias on every key gives. Differentiable
 /// (`dx = scale · p ⊙ (g − Σ g p)`); masked entries get gradient 0. The result has the dtype of
-/// `scores` (bf16 / f16 compute in f32). Non-CPU devices: [`crate::composed::masked_softmax`].
+/// `scores` (bf16 / f16 compute in f32). CUDA: the `tram_masked_softmax_f32` / `_bf16` kernels
+/// (bf16 in and out, no f32 copy; see [`crate::cuda_kernels_enabled`]); other devices:
+/// [`crate::composed::masked_softmax`].
 pub fn masked_softmax(scores: &Tensor, scale: f64, causal: bool, mask: Option<&KeyMask>) -> Result<Tensor> {
     let op = "masked_softmax";
     let cd = compute_dtype(scores, op)?;
     let m = Masking { scale, causal, mask: mask.cloned() };
     m.check(scores.dims())?;
-    if !on_cpu(scores) {
+    if crate::on_cuda_kernel(scores, cd) && scores.dtype() == DType::BF16 {
+        // The bf16 kernel reads and writes bf16 directly (f32 compute): no f32 copy of the
+        // scores, and bf16 probabilities kept for the backward.
+        let x = if scores.is_contiguous() { scores.clone() } else { scores.contiguous()? };
+        return x.apply_op1(SoftmaxFwd(m));
+    }
+    if !on_cpu(scores) && !crate::on_cuda_kernel(scores, cd) {
         return crate::composed::masked_softmax_checked(scores, &m);
     }
     let x = scores.to_dtype(cd)?;

@@ -13,7 +13,9 @@
 //!
 //! Each function returns `Ok(false)`, touching nothing, when the fused path does not apply
 //! (a device other than the CPU, a dtype other than f32, a non-contiguous tensor): the caller
-//! then runs its composed path.
+//! then runs its composed path. With the `cuda` feature, [`adam_update`] and [`sgd_update`] also
+//! run on f32 CUDA tensors (the kernels of `cuda/fused.cu`, the same order of f32 operations,
+//! so bitwise the CPU's) while [`crate::cuda_kernels_enabled`].
 
 use crate::par::{on_this_thread, SyncPtr};
 use candle_core::{bail, CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Result, Storage, Tensor};
@@ -131,10 +133,29 @@ fn cpu_f32_storage(t: &Tensor) -> Option<usize> {
     }
 }
 
-/// Shapes checked; whether every tensor can take the fused path. Tensors sharing storage are
-/// an error (locking one storage twice would deadlock, and the update would read what it
-/// wrote).
-fn check(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<bool> {
+/// Shapes checked; whether every tensor takes the CUDA update kernel: f32 contiguous tensors on
+/// one CUDA device, the kernels enabled. Tensors sharing storage are an error, as on the CPU.
+#[cfg(feature = "cuda")]
+fn on_cuda(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<bool> {
+    let all: Vec<&Tensor> = [param, grad].into_iter().chain(state.iter().copied()).collect();
+    if !crate::cuda_kernels_enabled() || !param.device().is_cuda() {
+        return Ok(false);
+    }
+    if !all.iter().all(|t| t.device().same_device(param.device()) && t.dtype() == DType::F32 && t.is_contiguous()) {
+        return Ok(false);
+    }
+    check_shapes(what, param, grad, state)?;
+    // The storage each tensor lives in (one address per candle storage).
+    let storages: Vec<usize> = all.iter().map(|t| &*t.storage_and_layout().0 as *const Storage as usize).collect();
+    for (i, a) in storages.iter().enumerate() {
+        if storages[i + 1..].contains(a) {
+            bail!("{what}: the parameter, its gradient and its state must not share storage (tensor {i} of [parameter, gradient, state…] does)");
+        }
+    }
+    Ok(true)
+}
+
+fn check_shapes(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<()> {
     if grad.dims() != param.dims() {
         bail!("{what}: gradient {:?} does not match the parameter {:?}", grad.dims(), param.dims());
     }
@@ -143,6 +164,14 @@ fn check(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result
             bail!("{what}: state {:?} does not match the parameter {:?}", s.dims(), param.dims());
         }
     }
+    Ok(())
+}
+
+/// Shapes checked; whether every tensor can take the fused path. Tensors sharing storage are
+/// an error (locking one storage twice would deadlock, and the update would read what it
+/// wrote).
+fn check(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<bool> {
+    check_shapes(what, param, grad, state)?;
     if !(fusable(param) && fusable(grad) && state.iter().all(|s| fusable(s))) {
         return Ok(false);
     }
@@ -164,6 +193,11 @@ fn check(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result
 /// (see the module doc), nothing written. Errors: mismatched shapes, or state sharing storage
 /// with the parameter or the gradient.
 pub fn adam_update(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, c: &AdamCoeffs) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if on_cuda("adam_update", param, grad, &[m, v])? {
+        crate::cuda::adam_update(param, grad, m, v, c)?;
+        return Ok(true);
+    }
     if !check("adam_update", param, grad, &[m, v])? {
         return Ok(false);
     }
@@ -227,6 +261,11 @@ pub fn sgd_update(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, first: bo
     let state: Vec<&Tensor> = buf.into_iter().collect();
     if c.momentum != 0.0 && state.is_empty() {
         bail!("sgd_update: momentum {} needs a buffer", c.momentum);
+    }
+    #[cfg(feature = "cuda")]
+    if on_cuda("sgd_update", param, grad, &state)? {
+        crate::cuda::sgd_update(param, grad, buf, first, c)?;
+        return Ok(true);
     }
     if !check("sgd_update", param, grad, &state)? {
         return Ok(false);

@@ -27,7 +27,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let v = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let (a, b) = (v(a), v(b));
     let scale = b.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).map(|e| if e.is_nan() { f64::INFINITY } else { e }).fold(0.0, f64::max) / scale
 }
 
 /// An op under test: inputs (already on its device and dtype) → output.
@@ -76,12 +76,26 @@ fn parity(
     bad
 }
 
+/// The shapes of [`all_ops`]: `(batch, heads, seq_q, seq_k, hidden, vocab)`. The large one has
+/// rows longer than a warp (softmax, layer norm) and than a CUDA block (vocabulary rows), a
+/// row count that is not a multiple of the kernels' rows per block, and `seq_q < seq_k`.
+const SMALL: (usize, usize, usize, usize, usize, usize) = (2, 3, 5, 7, 48, 300);
+const LARGE: (usize, usize, usize, usize, usize, usize) = (2, 3, 37, 70, 200, 1500);
+
 /// Every op, CPU kernel against the device path on `device`; `direct` calls the composed
 /// functions (for the CPU), otherwise the public ops (which dispatch on the device).
 fn all_ops(device: &Device, direct: bool) -> Vec<String> {
+    let mut bad = all_ops_at(device, direct, SMALL);
+    bad.extend(all_ops_at(device, direct, LARGE));
+    bad
+}
+
+fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize, usize, usize)) -> Vec<String> {
     let mut bad = Vec::new();
-    let (b, h, sq, sk, d, vocab) = (2usize, 3usize, 5usize, 7usize, 48usize, 300usize);
-    let keep = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let (b, h, sq, sk, d, vocab) = shape;
+    // Batch 0 attends every key; batch 1 only the first four.
+    let keep: Vec<u32> = (0..b * sk).map(|i| u32::from(i < sk || i % sk < 4)).collect();
+    let keep = Tensor::from_vec(keep, (b, sk), &Device::Cpu).unwrap();
     let mask_cpu = k::KeyMask::new(&keep).unwrap();
     let mask_dev = k::KeyMask::new(&keep.to_device(device).unwrap()).unwrap();
     for dtype in [DType::F32, DType::BF16] {
@@ -186,6 +200,48 @@ fn all_ops(device: &Device, direct: bool) -> Vec<String> {
             bad.push(format!("{which}: parameters after 3 steps differ by {e:.2e} > 1e-6"));
         }
     }
+    // The in-place updates of the plugins' rules (`update`): on CUDA the kernels of
+    // cuda/fused.cu, bit for bit the CPU's, three steps of AdamW and of Nesterov SGD.
+    let (m0, v0) = (rand_t(&[n], 24, 0.1), rand_t(&[n], 25, 0.01).abs().unwrap());
+    let adam_c = k::update::AdamCoeffs {
+        beta1: 0.9,
+        one_minus_beta1: 0.1,
+        beta2: 0.999,
+        one_minus_beta2: 1.0 - 0.999,
+        inv_bc2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(2)).sqrt(),
+        eps: 1e-8,
+        step_size: 1e-2 / (1.0 - 0.9f64.powi(2)),
+        decay: k::update::Decay::Decoupled(1.0 - 1e-2 * 0.1),
+    };
+    let sgd_c = k::update::SgdCoeffs { lr: 1e-2, momentum: 0.9, one_minus_dampening: 1.0, nesterov: true, weight_decay: 0.01 };
+    let run = |on: &Device| -> Option<Vec<Vec<u32>>> {
+        let c = |t: &Tensor| t.to_device(on).unwrap().copy().unwrap();
+        let (pa, m, v, ps, b) = (c(&p0), c(&m0), c(&v0), c(&p0), c(&m0));
+        for (i, g) in grads.iter().enumerate() {
+            let g = g.to_device(on).unwrap();
+            let fused = k::update::adam_update(&pa, &g, &m, &v, &adam_c).unwrap();
+            let fused = fused && k::update::sgd_update(&ps, &g, Some(&b), i == 0, &sgd_c).unwrap();
+            if !fused {
+                return None;
+            }
+        }
+        let bits = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        Some([&pa, &m, &v, &ps, &b].map(bits).to_vec())
+    };
+    match run(device) {
+        Some(got) => {
+            let want = run(&Device::Cpu).expect("the CPU updates run fused");
+            for (what, (a, b)) in ["adamw parameter", "adamw m", "adamw v", "sgd parameter", "sgd buffer"].iter().zip(got.iter().zip(&want))
+            {
+                let same = a == b;
+                println!("{:<32} F32 in-place update, 3 steps: {}", what, if same { "bitwise equal" } else { "DIFFERS" });
+                if !same {
+                    bad.push(format!("in-place {what}: not bitwise the CPU's after 3 steps"));
+                }
+            }
+        }
+        None => println!("in-place updates: not fused on {device:?} (kernels off): the composed path is checked above"),
+    }
     bad
 }
 
@@ -203,6 +259,9 @@ fn cuda() -> std::result::Result<Device, String> {
     Device::new_cuda(0).map_err(|e| format!("no usable CUDA device 0 ({e})"))
 }
 
+/// On CUDA the public ops run tram-kernels' own CUDA kernels (`cuda/fused.cu`) for the masked
+/// softmax, layer norm, log-softmax, cross-entropy and KL rows, and the composed path for the
+/// rest; with the kernels switched off, every op runs the composed path. Both against the CPU.
 #[test]
 fn every_op_on_cuda_matches_the_cpu_kernel() {
     let device = match cuda() {
@@ -212,6 +271,11 @@ fn every_op_on_cuda_matches_the_cpu_kernel() {
             return;
         }
     };
-    let bad = all_ops(&device, false);
+    assert!(k::cuda_kernels_enabled(), "the CUDA kernels are on by default");
+    let mut bad = all_ops(&device, false);
+    k::set_cuda_kernels(false);
+    let composed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| all_ops(&device, false)));
+    k::set_cuda_kernels(true);
+    bad.extend(composed.expect("the composed path panicked").into_iter().map(|b| format!("composed path: {b}")));
     assert!(bad.is_empty(), "CUDA ops differ from the CPU kernels:\n{}", bad.join("\n"));
 }

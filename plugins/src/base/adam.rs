@@ -96,7 +96,9 @@ impl AdamCore {
     /// The fused in-place step; `false` (nothing written) where it does not apply.
     fn step_fused(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<bool> {
         let theta = param.as_tensor();
-        if !theta.device().is_cpu() || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
+        // The CPU kernels, and with the `cuda` feature the CUDA ones (both bitwise the composed
+        // path's CPU result).
+        if !(theta.device().is_cpu() || theta.device().is_cuda()) || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
             return Ok(false);
         }
         let c = &self.config;
@@ -175,10 +177,11 @@ impl SimpleOptimizer for AdamCore {
             NAME
         }
     }
-    /// On the CPU with f32 parameters: one fused in-place pass ([`tram_kernels::update::adam_update`],
-    /// bit for bit the composed ops of [`AdamCore::step_composed`]); the moments are then
-    /// written in place, so a tensor taken from [`SimpleOptimizer::to_tensors`] sees the next
-    /// step. Other devices and dtypes: the composed ops.
+    /// On the CPU, and on CUDA with the `cuda` feature, with f32 parameters: one fused in-place
+    /// pass ([`tram_kernels::update::adam_update`], bit for bit the composed ops of
+    /// [`AdamCore::step_composed`] on the CPU); the moments are then written in place, so a
+    /// tensor taken from [`SimpleOptimizer::to_tensors`] sees the next step. Other devices and
+    /// dtypes: the composed ops.
     fn step(&self, t: u64, lr: f64, param: &Var, g: &Tensor, state: &mut Option<Moments>) -> Result<()> {
         if self.step_fused(t, lr, param, g, state)? {
             return Ok(());

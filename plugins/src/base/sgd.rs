@@ -44,7 +44,9 @@ impl SgdRule {
     /// The fused in-place step; `false` (nothing written) where it does not apply.
     fn step_fused(&self, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<bool> {
         let theta = param.as_tensor();
-        if !theta.device().is_cpu() || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
+        // The CPU kernels, and with the `cuda` feature the CUDA ones (both bitwise the composed
+        // path's CPU result).
+        if !(theta.device().is_cpu() || theta.device().is_cuda()) || theta.dtype() != candle_core::DType::F32 || !theta.is_contiguous() {
             return Ok(false);
         }
         let c = &self.config;
@@ -99,9 +101,10 @@ impl SimpleOptimizer for SgdRule {
     fn name(&self) -> &str {
         NAME
     }
-    /// On the CPU with f32 parameters: one fused in-place pass ([`tram_kernels::update::sgd_update`],
-    /// bit for bit the composed ops of [`SgdRule::step_composed`]); the momentum buffer is then
-    /// written in place. Other devices and dtypes: the composed ops.
+    /// On the CPU, and on CUDA with the `cuda` feature, with f32 parameters: one fused in-place
+    /// pass ([`tram_kernels::update::sgd_update`], bit for bit the composed ops of
+    /// [`SgdRule::step_composed`] on the CPU); the momentum buffer is then written in place.
+    /// Other devices and dtypes: the composed ops.
     fn step(&self, _t: u64, lr: f64, param: &Var, g: &Tensor, buffer: &mut Option<Tensor>) -> Result<()> {
         if self.step_fused(lr, param, g, buffer)? {
             return Ok(());

@@ -44,23 +44,13 @@ pub fn assert_bitwise_equal(a: &dyn Model, b: &dyn Model, what: &str) {
     }
 }
 
+/// Largest |a − b| over every parameter of two models; a NaN difference is infinite (`max`
+/// alone would skip it).
 pub fn max_abs_diff(a: &dyn Model, b: &dyn Model) -> f32 {
     let mut m = 0f32;
     for (pa, pb) in a.params().iter().zip(b.params().iter()) {
-        let d = pa
-            .var
-            .as_tensor()
-            .sub(pb.var.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        m = m.max(d);
+        let d = pa.var.as_tensor().sub(pb.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        m = d.iter().fold(m, |m, e| m.max(if e.is_nan() { f32::INFINITY } else { e.abs() }));
     }
     m
 }

@@ -47,7 +47,10 @@ pub fn diff(a: &Tensor, b: &Tensor) -> (f64, f64) {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
-    let d = a.sub(&b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let delta = a.sub(&b).unwrap();
+    // A NaN anywhere is an infinite difference (`max_all` would skip it).
+    let nan = delta.ne(&delta).unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0;
+    let d = if nan { f64::INFINITY } else { delta.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() };
     let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     (d, m)
 }
