@@ -144,6 +144,8 @@ mod mpi {
             let y: Vec<f32> = b[k].flatten_all().unwrap().to_vec1().unwrap();
             for (x, y) in x.iter().zip(&y) {
                 let d = (*x as f64 - *y as f64).abs();
+                // A NaN is an infinite difference (`d > max_diff` alone would skip it).
+                let d = if d.is_nan() { f64::INFINITY } else { d };
                 if d > max_diff {
                     (max_diff, worst) = (d, k.clone());
                 }
