@@ -1,51 +1,76 @@
-//! With the `cuda` feature: compiles every `cuda/*.cu` to PTX with nvcc (`NVCC`, else
-//! `$CUDA_ROOT/bin/nvcc`, else `nvcc` on `PATH`) for the virtual architecture
-//! `compute_$CUDA_COMPUTE_CAP` (default 80, the first with bf16), into `$OUT_DIR/<name>.ptx`,
-//! which `src/cuda.rs` embeds. The driver compiles PTX for the GPU it finds; PTX from an nvcc
-//! newer than the driver's CUDA does not load (README "GPU (CUDA)"). Without the feature it
-//! does nothing.
+//! With the `cuda` feature: compiles `cuda/keyed_rng.cu` (the keyed dropout / noise streams,
+//! embedded by `src/keyed.rs`) and `cuda/fused.cu` (the fused ops and optimizer updates,
+//! embedded by `src/cuda.rs`) to PTX with nvcc, `--fmad=false` (no multiply-add contraction: the
+//! kernels keep the CPU's order of f32 roundings). Without it: nothing (the kernels' code is
+//! still checked on the host by `tests/keyed_host.rs` and `tests/cuda_emu.rs`).
+//!
+//! nvcc: `NVCC`, else `$CUDA_ROOT|CUDA_HOME|CUDA_PATH/bin/nvcc`, else `nvcc` on `PATH`
+//! (`. .ci/cuda-env.sh` sets them up from PyPI). The architecture: `CUDA_COMPUTE_CAP` (`90`,
+//! `9.0`), else what `nvidia-smi` reports, as candle's own kernels.
+
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-changed=cuda");
-    for v in ["NVCC", "CUDA_ROOT", "CUDA_COMPUTE_CAP"] {
-        println!("cargo::rerun-if-env-changed={v}");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=cuda/keyed_rng.cu");
+    println!("cargo:rerun-if-changed=cuda/keyed_rng.h");
+    println!("cargo:rerun-if-changed=cuda/fused.cu");
+    for v in ["NVCC", "CUDA_ROOT", "CUDA_HOME", "CUDA_PATH", "CUDA_COMPUTE_CAP"] {
+        println!("cargo:rerun-if-env-changed={v}");
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let nvcc = std::env::var("NVCC").ok().map(PathBuf::from).unwrap_or_else(|| match std::env::var("CUDA_ROOT") {
-        Ok(root) => PathBuf::from(root).join("bin").join("nvcc"),
-        Err(_) => PathBuf::from("nvcc"),
-    });
-    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
-    let cap: String = cap.chars().filter(|c| c.is_ascii_digit()).collect();
-    let mut sources: Vec<PathBuf> = std::fs::read_dir("cuda")
-        .expect("framework/kernels/cuda is missing")
-        .map(|e| e.expect("reading framework/kernels/cuda").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-        .collect();
-    sources.sort();
-    for src in sources {
-        let stem = src.file_stem().expect("a .cu file name").to_string_lossy().into_owned();
-        let ptx = out.join(format!("{stem}.ptx"));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let nvcc = nvcc();
+    let cap = compute_cap();
+    for name in ["keyed_rng", "fused"] {
         let status = Command::new(&nvcc)
-            // No fused multiply-add contraction: the kernels keep the CPU's order of f32 roundings
-            // (the optimizer updates are bitwise the CPU's).
-            .args(["--ptx", "-O3", "--fmad=false", "-std=c++17", &format!("-arch=compute_{cap}"), "-o"])
-            .arg(&ptx)
-            .arg(&src)
+            .args(["--ptx", "-O3", "--fmad=false", "-std=c++17"])
+            .arg(format!("--gpu-architecture=sm_{cap}"))
+            .arg("-o")
+            .arg(out_dir.join(format!("{name}.ptx")))
+            .arg(dir.join(format!("cuda/{name}.cu")))
             .status()
             .unwrap_or_else(|e| {
                 panic!(
-                    "tram-kernels: cannot run nvcc ({}): {e}. The `cuda` feature needs nvcc: install a CUDA toolkit, or \
-                     `. .ci/cuda-env.sh` (nvcc 13.0 from PyPI), or set NVCC",
+                    "tram-kernels (feature `cuda`): could not run nvcc `{}` ({e}); install CUDA or `. .ci/cuda-env.sh`, or set NVCC",
                     nvcc.display()
                 )
             });
-        assert!(status.success(), "tram-kernels: nvcc failed on {} ({status})", src.display());
+        assert!(status.success(), "tram-kernels (feature `cuda`): nvcc failed to compile cuda/{name}.cu for sm_{cap} (see above)");
     }
+}
+
+fn nvcc() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVCC") {
+        return p.into();
+    }
+    for root in ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"] {
+        if let Some(r) = std::env::var_os(root) {
+            let p = PathBuf::from(r).join("bin").join("nvcc");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    "nvcc".into()
+}
+
+fn compute_cap() -> String {
+    let raw = std::env::var("CUDA_COMPUTE_CAP").ok().or_else(|| {
+        let o = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output().ok()?;
+        let s = String::from_utf8_lossy(&o.stdout);
+        o.status.success().then(|| s.lines().next().unwrap_or("").to_string())
+    });
+    let cap = raw.as_deref().map(|s| s.trim().replace('.', "")).unwrap_or_default();
+    if cap.is_empty() || !cap.bytes().all(|b| b.is_ascii_digit()) {
+        panic!(
+            "tram-kernels (feature `cuda`): no compute capability: set CUDA_COMPUTE_CAP (e.g. 90 for H100/H200, 80 for A100), \
+             or run where nvidia-smi reports the GPU (got {raw:?})"
+        );
+    }
+    cap
 }

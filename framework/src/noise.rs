@@ -3,7 +3,6 @@
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -39,7 +38,13 @@ pub trait NoiseSource: Send {
 /// own ChaCha8 stream, keyed by (seed, c, global example index). The samples are thus the
 /// same whether the global micro-batch is drawn in one process or split over W ranks (README
 /// "Data-parallel training"). The position saved in optimizer checkpoints is `c`, so a resumed
-/// run draws the same samples. Values are drawn on the CPU and moved to the device.
+/// run draws the same samples.
+///
+/// Counter-based, so that a GPU draws it in parallel where the tensor lives
+/// (`tram_kernels::keyed::noise`): element `j` of a row reads u64 `j` of the row's stream;
+/// `N(0, σ²)` is Box–Muller in f64 over pairs of elements, `U(−σ, σ)` is `2u − 1` of rand's f64
+/// `u`; each value is rounded to f32 and scaled by `σ as f32`, then cast to the dtype. CUDA's
+/// samples equal the CPU's within `tram_kernels::keyed::NOISE_ULPS` f32 ulps (uniform: bitwise).
 pub struct SeededNoise {
     seed: u64,
     /// Samples drawn so far.
@@ -48,9 +53,10 @@ pub struct SeededNoise {
     offset: usize,
 }
 
-/// Checkpoint tag of the keyed stream (older checkpoints hold `seed:word position` of one
-/// sequential stream).
-const KEYED: &str = "keyed";
+/// Checkpoint tag of the keyed, counter-based stream. Older checkpoints hold `keyed:seed:draws`
+/// (the same keys, but ziggurat normals and f32 uniforms: other samples) or `seed:word
+/// position` of one sequential stream.
+const KEYED: &str = "keyed2";
 
 impl SeededNoise {
     /// A stream from `seed`.
@@ -60,13 +66,10 @@ impl SeededNoise {
 }
 
 /// The ChaCha8 stream of example `example` in draw `draw` of `seed`, for the stream domain
-/// `domain` (noise, dropout): the key holds every part, so no two keys share a stream.
+/// `domain` (noise, dropout): the key holds every part, so no two keys share a stream
+/// (`tram_kernels::keyed::keyed_rng`, which the CUDA kernels reproduce).
 pub fn keyed_rng(seed: u64, domain: u64, draw: u64, example: u64) -> ChaCha8Rng {
-    let mut key = [0u8; 32];
-    for (i, v) in [seed, domain, draw, example].into_iter().enumerate() {
-        key[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    ChaCha8Rng::from_seed(key)
+    tram_kernels::keyed::keyed_rng(seed, domain, draw, example)
 }
 
 /// Stream domain of [`SeededNoise`] in [`keyed_rng`].
@@ -74,20 +77,14 @@ pub const NOISE_DOMAIN: u64 = 0x6e6f697365; // "noise"
 
 impl NoiseSource for SeededNoise {
     fn sample(&mut self, shape: &Shape, kind: NoiseKind, sigma: f64, device: &Device, dtype: DType) -> Result<Tensor> {
-        let n = shape.elem_count();
-        let rows = shape.dims().first().copied().unwrap_or(1).max(1);
-        let per_row = n / rows;
         let draw = self.draws;
         self.draws += 1;
-        let mut values: Vec<f32> = Vec::with_capacity(n);
-        for r in 0..rows {
-            let mut rng = keyed_rng(self.seed, NOISE_DOMAIN, draw, (self.offset + r) as u64);
-            match kind {
-                NoiseKind::Normal => values.extend((0..per_row).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal) * sigma as f32)),
-                NoiseKind::Uniform => values.extend((0..per_row).map(|_| rng.random_range(-1.0f32..1.0) * sigma as f32)),
-            }
-        }
-        Ok(Tensor::from_vec(values, shape.clone(), device)?.to_dtype(dtype)?)
+        let key = tram_kernels::keyed::Key { seed: self.seed, domain: NOISE_DOMAIN, draw, offset: self.offset as u64 };
+        let dist = match kind {
+            NoiseKind::Normal => tram_kernels::keyed::Dist::Normal,
+            NoiseKind::Uniform => tram_kernels::keyed::Dist::Uniform,
+        };
+        Ok(tram_kernels::keyed::noise(shape, device, key, dist, sigma as f32)?.to_dtype(dtype)?)
     }
     fn save(&self) -> Option<String> {
         Some(format!("{KEYED}:{}:{}", self.seed, self.draws))
@@ -95,8 +92,9 @@ impl NoiseSource for SeededNoise {
     fn load(&mut self, state: &str) -> Result<()> {
         let bad = || {
             Error::Model(format!(
-                "noise state `{state}` is not `{KEYED}:seed:draws` (a checkpoint of a tram older than the keyed noise stream holds \
-                 `seed:position`: it cannot be resumed with the same samples; start the run again)"
+                "noise state `{state}` is not `{KEYED}:seed:draws` (a checkpoint of an older tram holds `keyed:seed:draws`, \
+                 ziggurat normal noise, or `seed:position`, one sequential stream: it cannot be resumed with the same samples; \
+                 start the run again)"
             ))
         };
         let rest = state.strip_prefix(KEYED).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
@@ -174,20 +172,34 @@ mod tests {
         let mut b = SeededNoise::new(0);
         b.load(&saved).unwrap();
         assert_eq!(rows(&mut b, 1, 3), next);
-        let err = b.load("4:128").unwrap_err().to_string();
-        assert!(err.contains("keyed:seed:draws") && err.contains("older"), "{err}");
+        for old in ["4:128", "keyed:4:1"] {
+            let err = b.load(old).unwrap_err().to_string();
+            assert!(err.contains("keyed2:seed:draws") && err.contains("older") && err.contains(old), "{err}");
+        }
+        assert_eq!(saved, "keyed2:4:1");
     }
 
     #[test]
-    fn keyed_normal_samples_have_the_asked_scale() {
+    fn keyed_box_muller_normal_and_uniform_samples_have_the_asked_distribution() {
         let mut n = SeededNoise::new(1);
         let t = n.sample(&Shape::from((64, 256)), NoiseKind::Normal, 0.5, &Device::Cpu, DType::F32).unwrap();
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.01 && (var.sqrt() - 0.5).abs() < 0.01, "mean {mean} sd {}", var.sqrt());
+        // The Box–Muller normal's shape: the fractions within 1, 2 and 3 σ (Φ), and its tails.
+        let within = |k: f64| v.iter().filter(|x| (**x as f64).abs() < k * 0.5).count() as f64 / v.len() as f64;
+        for (k, phi) in [(1.0, 0.682_689), (2.0, 0.954_500), (3.0, 0.997_300)] {
+            assert!((within(k) - phi).abs() < 0.01, "within {k} σ: {} (Φ: {phi})", within(k));
+        }
+        assert!(v.iter().any(|x| x.abs() > 1.75) && v.iter().all(|x| x.abs() < 0.5 * 8.6), "tails");
         let u = n.sample(&Shape::from((64, 256)), NoiseKind::Uniform, 2.0, &Device::Cpu, DType::F32).unwrap();
         let u = u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(u.iter().all(|x| x.abs() <= 2.0) && u.iter().any(|x| x.abs() > 1.9));
+        let (um, uv) = (
+            u.iter().map(|x| *x as f64).sum::<f64>() / u.len() as f64,
+            u.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / u.len() as f64,
+        );
+        assert!(um.abs() < 0.03 && (uv - 4.0 / 3.0).abs() < 0.03, "uniform mean {um} E[x²] {uv}");
     }
 }

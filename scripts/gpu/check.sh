@@ -63,7 +63,7 @@ if [ -n "${missing:-}" ]; then
     *" libcurand.so.10 "*)
         # cuRAND is loaded by every CUDA device candle opens but used only for random tensors
         # drawn on the GPU, which nothing in this check draws (dropout masks and noise come from
-        # the CPU). A stand-in whose generate calls fail loudly lets the check run; it is noted.
+        # tram's own keyed ChaCha8 kernel). A stand-in whose generate calls fail loudly lets the check run; it is noted.
         if command -v cc >/dev/null; then
             mkdir -p "$work/fallback"
             printf '%s\n' 'int curandCreateGenerator(void **g, int t) { static int dummy; *g = &dummy; return 0; }' \

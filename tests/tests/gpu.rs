@@ -9,7 +9,12 @@
 //!   the CPU and against PyTorch's reference outputs (the fixtures of
 //!   `apps/runtime/models/tests/fixtures`), logits and parameter gradients, f32 and bf16;
 //! - `golden`: the PyTorch golden optimizer fixtures replayed on `TRAM_TEST_DEVICE`
-//!   (included from `golden.rs`; it stands aside on the CPU, where the golden binary runs it).
+//!   (included from `golden.rs`; it stands aside on the CPU, where the golden binary runs it);
+//! - `keyed`: dropout masks and seeded noise drawn on CUDA (`tram_kernels::keyed`, the ChaCha8
+//!   kernel) against the CPU's: masks bit for bit (f32, bf16, f16, f64, with a row offset), noise
+//!   within `NOISE_ULPS` f32 ulps (uniform bitwise). The `models` check's training pass runs
+//!   every architecture's dropout (p = 0.1) on both devices, so it also covers the masks inside a
+//!   model.
 //!
 //! `TRAM_TEST_DEVICE=cpu` runs the model and golden checks on the CPU (a check of the checks).
 //! Fixture folders: `TRAM_MODELS_FIXTURES` (default: the source tree's) and `TRAM_GOLDEN_DIR`.
@@ -18,6 +23,122 @@
 mod kernels;
 
 mod golden;
+
+mod keyed {
+    use candle_core::{DType, Device, Shape, Tensor};
+    use std::time::Instant;
+    use tram::noise::{NoiseKind, NoiseSource, SeededNoise};
+    use tram_kernels::keyed::NOISE_ULPS;
+    use tram_models::layers::Dropout;
+
+    fn gpu(test: &str) -> Option<Device> {
+        match tram_tests::cuda_device(0) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                println!("SKIPPED {test}: {why}");
+                None
+            }
+        }
+    }
+
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn sync(d: &Device) {
+        d.synchronize().unwrap();
+    }
+
+    #[test]
+    fn dropout_masks_on_cuda_are_the_cpus_bit_for_bit_in_every_dtype_with_a_row_offset() {
+        let Some(dev) = gpu("dropout_masks_on_cuda_are_the_cpus_bit_for_bit_in_every_dtype_with_a_row_offset") else { return };
+        let mut bad = Vec::new();
+        // Rows of 3·997 elements (a partial last ChaCha8 block), and a 1-D tensor (one row).
+        for (dims, p) in [(vec![6usize, 3, 997], 0.1), (vec![4, 64], 0.5), (vec![1001], 0.3)] {
+            for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+                let x = Tensor::ones(dims.as_slice(), DType::F32, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                let (cpu, cuda) = (Dropout::new(p, 17), Dropout::new(p, 17));
+                for d in [&cpu, &cuda] {
+                    d.set_example_offset(5).unwrap();
+                }
+                for draw in 0..2 {
+                    let a = cpu.apply(&x, true).unwrap();
+                    let b = cuda.apply(&x.to_device(&dev).unwrap(), true).unwrap();
+                    assert!(b.device().is_cuda() && b.dtype() == dtype);
+                    let (a, b) = (f32s(&a), f32s(&b));
+                    let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                    println!("dropout {dims:?} p {p} {dtype:?} draw {draw}: {differ} of {} elements differ", a.len());
+                    if differ > 0 {
+                        bad.push(format!("{dims:?} p {p} {dtype:?} draw {draw}: {differ} elements differ"));
+                    }
+                }
+            }
+        }
+        // The time of a GPT-2-small step's largest mask (16 × 12 × 512 × 512 attention probabilities).
+        let shape = Shape::from((16, 12, 512, 512));
+        let key = tram_kernels::keyed::Key { seed: 1, domain: 2, draw: 3, offset: 0 };
+        let _ = tram_kernels::keyed::dropout_mask(&shape, DType::BF16, &dev, key, 0.9).unwrap();
+        sync(&dev);
+        let t = Instant::now();
+        let m = tram_kernels::keyed::dropout_mask(&shape, DType::BF16, &dev, key, 0.9).unwrap();
+        sync(&dev);
+        println!("dropout mask {:?} bf16 on CUDA: {:.2} ms", m.dims(), t.elapsed().as_secs_f64() * 1e3);
+        assert!(bad.is_empty(), "CUDA dropout masks differ from the CPU's:\n{}", bad.join("\n"));
+    }
+
+    /// Distance in f32 ulps (same sign assumed; a sign change counts as far).
+    fn ulps(a: f32, b: f32) -> u32 {
+        if a == b {
+            return 0;
+        }
+        if a.is_sign_negative() != b.is_sign_negative() {
+            return u32::MAX;
+        }
+        a.to_bits().abs_diff(b.to_bits())
+    }
+
+    #[test]
+    fn seeded_noise_on_cuda_matches_the_cpu_within_the_stated_ulps() {
+        let Some(dev) = gpu("seeded_noise_on_cuda_matches_the_cpu_within_the_stated_ulps") else { return };
+        let mut bad = Vec::new();
+        // A TRAM-x-sized sample (16 × 512 × 768 embeddings) and an odd row length.
+        for dims in [vec![16usize, 512, 768], vec![5, 3, 7]] {
+            let shape = Shape::from(dims.as_slice());
+            for kind in [NoiseKind::Normal, NoiseKind::Uniform] {
+                let (mut cpu, mut cuda) = (SeededNoise::new(23), SeededNoise::new(23));
+                cpu.set_example_offset(3);
+                cuda.set_example_offset(3);
+                let a = f32s(&cpu.sample(&shape, kind, 1e-5, &Device::Cpu, DType::F32).unwrap());
+                let b = cuda.sample(&shape, kind, 1e-5, &dev, DType::F32).unwrap();
+                assert!(b.device().is_cuda());
+                let b = f32s(&b);
+                let worst = a.iter().zip(&b).map(|(x, y)| ulps(*x, *y)).max().unwrap();
+                let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                println!("noise {dims:?} {kind:?}: {differ} of {} elements differ, at most {worst} ulp", a.len());
+                let allowed = if kind == NoiseKind::Uniform { 0 } else { NOISE_ULPS };
+                if worst > allowed {
+                    bad.push(format!("{dims:?} {kind:?}: {worst} ulp > {allowed}"));
+                }
+                // bf16: the same f32 values rounded on each device (1 bf16 ulp where the f32s differ).
+                let a16 = f32s(&cpu.sample(&shape, kind, 0.5, &Device::Cpu, DType::BF16).unwrap());
+                let b16 = f32s(&cuda.sample(&shape, kind, 0.5, &dev, DType::BF16).unwrap());
+                let w16 = a16.iter().zip(&b16).map(|(x, y)| ulps(*x, *y) >> 16).max().unwrap();
+                if w16 > 1 {
+                    bad.push(format!("{dims:?} {kind:?} bf16: {w16} bf16 ulp > 1"));
+                }
+            }
+        }
+        let shape = Shape::from((16, 512, 768));
+        let mut n = SeededNoise::new(1);
+        n.sample(&shape, NoiseKind::Normal, 1e-5, &dev, DType::F32).unwrap();
+        sync(&dev);
+        let t = Instant::now();
+        n.sample(&shape, NoiseKind::Normal, 1e-5, &dev, DType::F32).unwrap();
+        sync(&dev);
+        println!("normal noise {:?} on CUDA: {:.2} ms", shape.dims(), t.elapsed().as_secs_f64() * 1e3);
+        assert!(bad.is_empty(), "CUDA noise differs from the CPU's:\n{}", bad.join("\n"));
+    }
+}
 
 mod models {
     use candle_core::{DType, Device, Tensor};

@@ -14,7 +14,10 @@
 //! - [`update`]: the same updates reproducing the composed candle ops of `tram-plugins`' rules
 //!   bit for bit, on state held in candle tensors (what the `adam`, `adamw` and `sgd`
 //!   components run on the CPU);
-//! - [`reduce::sum_squares`]: candle's `sqr().sum_all()` bit for bit without the squared tensor.
+//! - [`reduce::sum_squares`]: candle's `sqr().sum_all()` bit for bit without the squared tensor;
+//! - [`keyed`]: the keyed random streams (dropout masks, TRAM-x / R3F noise) drawn where the
+//!   tensor lives: on CUDA by the ChaCha8 kernel of `cuda/keyed_rng.cu` (feature `cuda`), the
+//!   masks bit for bit the CPU's.
 //!
 //! candle's own fused `softmax_last_dim`, `layer_norm` and `rms_norm` drop gradients, so models
 //! that need gradients compose them from primitive ops: a pass over memory (and an allocation)
@@ -34,6 +37,7 @@
 //! wherever a GPU is present.
 
 pub mod composed;
+pub mod keyed;
 pub mod math;
 pub mod optim;
 pub mod par;

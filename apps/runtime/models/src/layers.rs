@@ -204,7 +204,9 @@ pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
 /// fixed order) draws row `j` (the leading dimension is the batch) from its own ChaCha8 stream
 /// keyed by (seed, c, global example index `offset + j`), so the masks do not depend on how a
 /// data-parallel job splits the global batch over ranks ([`Dropout::set_example_offset`]).
-/// Masks are drawn on the CPU and moved to the tensor's device.
+/// Masks are drawn where the tensor lives (`tram_kernels::keyed::dropout_mask`): on the CPU from
+/// rand_chacha, on CUDA by a ChaCha8 kernel that gives the same mask bit for bit, with no host
+/// round trip.
 pub struct Dropout {
     /// Drop probability.
     pub p: f64,
@@ -235,20 +237,14 @@ impl Dropout {
         if !(0.0..1.0).contains(&p) {
             return Err(tram::Error::Model(format!("dropout probability {p} is outside [0, 1)")));
         }
-        let n = x.elem_count();
-        let rows = x.dims().first().copied().unwrap_or(1).max(1);
         let keep = 1.0 - p;
         let (draw, offset) = {
             let mut s = self.lock()?;
             s.0 += 1;
             (s.0 - 1, s.1)
         };
-        let mut mask: Vec<f32> = Vec::with_capacity(n);
-        for r in 0..rows {
-            let mut rng = tram::noise::keyed_rng(self.seed, DROPOUT_DOMAIN, draw, (offset + r) as u64);
-            mask.extend((0..n / rows).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }));
-        }
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        let key = tram_kernels::keyed::Key { seed: self.seed, domain: DROPOUT_DOMAIN, draw, offset: offset as u64 };
+        let mask = tram_kernels::keyed::dropout_mask(x.shape(), x.dtype(), x.device(), key, keep)?;
         Ok(x.mul(&mask)?)
     }
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, (u64, usize)>> {
@@ -446,6 +442,31 @@ mod tests {
         assert!((50..150).contains(&zeros), "{zeros}");
         let b = Dropout::new(0.1, 7).apply(&x, true).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn dropout_masks_are_rands_f64_draw_of_the_keyed_stream_in_every_dtype() {
+        // The CPU path as it was before the device kernel: row r of mask c from
+        // keyed_rng(seed, "dropout", c, offset + r), kept where random::<f64>() < keep, the
+        // value (1 / keep) as f32 in the tensor's dtype (CUDA reproduces this bit for bit).
+        let (p, seed, offset) = (0.3, 5u64, 7usize);
+        let keep = 1.0 - p;
+        let x = Tensor::ones((3, 2, 9), DType::F32, &Device::Cpu).unwrap();
+        let d = Dropout::new(p, seed);
+        d.set_example_offset(offset).unwrap();
+        for draw in 0..2u64 {
+            let mut want = Vec::new();
+            for r in 0..3 {
+                let mut rng = tram::noise::keyed_rng(seed, DROPOUT_DOMAIN, draw, (offset + r) as u64);
+                want.extend((0..18).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }));
+            }
+            let dtype = if draw == 0 { DType::F32 } else { DType::BF16 };
+            let got = d.apply(&x.to_dtype(dtype).unwrap(), true).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let want = Tensor::new(want.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let got = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            assert_eq!(got.to_vec1::<f32>().unwrap(), want.to_vec1::<f32>().unwrap(), "draw {draw} {dtype:?}");
+        }
     }
 
     #[test]
