@@ -483,7 +483,7 @@ impl Optimizer {
             });
         }
         crate::profile::mark("all-reduce");
-        if self.dist.world() > 1 {
+        if self.dist.collective.reduces() {
             let local = first && self.dist.local_first_pass(!matches!(self.plan, Plan::Descent));
             let sums = [loss_sum, pen_sum, delta_sum];
             let acc = acc.expect("at least one batch");
