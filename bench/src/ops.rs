@@ -53,7 +53,15 @@ fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         if k == "--help" || k == "-h" {
-            println!("{}", include_str!("ops.rs").lines().take_while(|l| l.starts_with("//!")).map(|l| l.trim_start_matches("//!")).collect::<Vec<_>>().join("\n"));
+            println!(
+                "{}",
+                include_str!("ops.rs")
+                    .lines()
+                    .take_while(|l| l.starts_with("//!"))
+                    .map(|l| l.trim_start_matches("//!"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             std::process::exit(0);
         }
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -168,7 +176,10 @@ fn main() -> Result<()> {
     let (w, r) = (a.warmup, a.reps);
     let mut ops = serde_json::Map::new();
     let mut put = |name: &str, shape: &[usize], fwd: f64, fwd_bwd: Option<f64>| {
-        eprintln!("ops: {name:<16} {shape:?} fwd {fwd:9.3} ms  fwd+bwd {}", fwd_bwd.map(|x| format!("{x:9.3} ms")).unwrap_or_else(|| "-".into()));
+        eprintln!(
+            "ops: {name:<16} {shape:?} fwd {fwd:9.3} ms  fwd+bwd {}",
+            fwd_bwd.map(|x| format!("{x:9.3} ms")).unwrap_or_else(|| "-".into())
+        );
         ops.insert(name.to_string(), json!({"shape": shape, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}));
     };
 
@@ -187,7 +198,8 @@ fn main() -> Result<()> {
         let shape = [rows, d];
         let x = wave(&shape, 2.0, 0.0, dt, &dev)?;
         let g = wave(&shape, 1.0, 1.0, dt, &dev)?;
-        let (wt, bs) = (Var::from_tensor(&wave(&[d], 0.1, 2.0, dt, &dev)?.affine(1.0, 1.0)?)?, Var::from_tensor(&wave(&[d], 0.1, 3.0, dt, &dev)?)?);
+        let (wt, bs) =
+            (Var::from_tensor(&wave(&[d], 0.1, 2.0, dt, &dev)?.affine(1.0, 1.0)?)?, Var::from_tensor(&wave(&[d], 0.1, 3.0, dt, &dev)?)?);
         let fwd = time(&dev, w, r, || done(tram_kernels::layer_norm(&x, wt.as_tensor(), bs.as_tensor(), 1e-5)))?;
         let xv = Var::from_tensor(&x)?;
         let fb = time(&dev, w, r, || backprop(&tram_kernels::layer_norm(xv.as_tensor(), wt.as_tensor(), bs.as_tensor(), 1e-5)?, &g))?;
