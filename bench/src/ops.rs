@@ -102,12 +102,12 @@ fn device(name: &str) -> Result<Device> {
     })
 }
 
-/// A deterministic tensor of `shape` on `dev`: `scale · sin(0.7071 · i + phase)` over the
+/// A deterministic tensor of `shape` on `dev`: `scale · sin(0.618034 · i + phase)` over the
 /// element index (no random generator, so no cuRAND on a GPU).
 fn wave(shape: &[usize], scale: f64, phase: f64, dtype: DType, dev: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let i = Tensor::arange(0u32, n as u32, dev)?.to_dtype(DType::F32)?;
-    Ok(i.affine(0.7071, phase)?.sin()?.affine(scale, 0.0)?.reshape(shape)?.to_dtype(dtype)?)
+    Ok(i.affine(0.618034, phase)?.sin()?.affine(scale, 0.0)?.reshape(shape)?.to_dtype(dtype)?)
 }
 
 /// `Ok(())` for a computed value (what the timed closures return).

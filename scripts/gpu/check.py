@@ -28,7 +28,7 @@ must end with the same weights (an all-reduce over one rank is the identity): `"
 
 CPU smoke test (what CI-less machines can run): `--device cpu` with a tiny shape, e.g.
   python3 scripts/gpu/check.py --device cpu --layers 2 --embd 64 --heads 2 --seq 32 --batch 2 \
-      --vocab 512 --steps 2 --warmup 1 --tram target/release/tram --ops target/release/ops \
+      --vocab 4096 --steps 2 --warmup 1 --tram target/release/tram --ops target/release/ops \
       --dtype f32 --out /tmp/check.json
 Without `--tram` only the PyTorch side runs (the JSON says so); the NCCL part needs a GPU.
 """
@@ -322,7 +322,7 @@ def run_torch(a, method: str) -> dict:
 
 def torch_ops(a, only) -> dict:
     """The PyTorch side of tram-bench's `ops`: the same ops, shapes and dtype on the same device,
-    the same deterministic inputs (`scale · sin(0.7071 i + phase)`) and upstream gradients, median
+    the same deterministic inputs (`scale · sin(0.618034 i + phase)`) and upstream gradients, median
     ms of `--ops-reps` after 2 warm-ups, synchronised around each."""
     import torch
     import torch.nn.functional as F
@@ -338,7 +338,7 @@ def torch_ops(a, only) -> dict:
     def wave(shape, scale, phase, dtype=dt):
         n = math.prod(shape)
         i = torch.arange(n, device=dev, dtype=torch.float32)
-        return ((i * 0.7071 + phase).sin() * scale).reshape(shape).to(dtype)
+        return ((i * 0.618034 + phase).sin() * scale).reshape(shape).to(dtype)
 
     def timed(f):
         out = []
@@ -469,7 +469,7 @@ def run_nccl(a, work: str) -> dict:
     import numpy as np
 
     s = argparse.Namespace(**vars(a))
-    s.layers, s.embd, s.heads, s.seq, s.batch, s.vocab, s.dtype = 2, 128, 2, 64, 8, a.vocab, "f32"
+    s.layers, s.embd, s.heads, s.seq, s.batch, s.vocab, s.dtype, s.warmup = 2, 128, 2, 64, 8, a.vocab, "f32", 0
     runs = {}
     for name, extra in (("plain", ""), ("nccl", '[distributed]\nallreduce = "nccl"\n')):
         r = run_tram(s, "tram-x", os.path.join(work, name), tram=a.tram_nccl, steps=3, extra=extra, profile=False, log_name=f"nccl-{name}")
