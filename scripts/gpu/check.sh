@@ -18,7 +18,9 @@
 #     weights), and writes check.json (tokens/s, tram ÷ PyTorch step time, peak GPU memory, MFU
 #     against 989 TFLOPS, each run's phase profile, the op ratios, the NCCL outcome), the tests'
 #     outcome included. About 6–7 minutes on an H200, at most 8: limits TRAM_CHECK_TEST_TIMEOUT
-#     (180 s) for the tests, TRAM_CHECK_STEP_TIMEOUT (150 s) for each `tram lm` and the ops.
+#     (180 s) for the tests, TRAM_CHECK_TIMING_TIMEOUT (300 s) for all of check.py (check.json
+#     is rewritten after each part, so a timeout keeps what was measured) and
+#     TRAM_CHECK_STEP_TIMEOUT (150 s) for each `tram lm` and the ops.
 #     Extra arguments for check.py go in TRAM_CHECK_ARGS (e.g. "--steps 4 --batch 8").
 set -uo pipefail
 here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)"
@@ -138,7 +140,7 @@ log "GPU tests: exit $tests_rc in $((SECONDS - t0)) s ($(grep -E '^test result' 
 log "tram lm vs PyTorch, ops, NCCL ..."
 t0=$SECONDS
 # shellcheck disable=SC2086
-"$py" "$here/scripts/gpu/check.py" --tram "$work/tram" --out "$results/check.json" --logs "$results" \
+timeout "${TRAM_CHECK_TIMING_TIMEOUT:-300}" "$py" "$here/scripts/gpu/check.py" --tram "$work/tram" --out "$results/check.json" --logs "$results" \
     --data "$here/data/quickstart" --tokenizer "$here/models/quickstart/tokenizer.json" --timeout "${TRAM_CHECK_STEP_TIMEOUT:-150}" \
     --tests-log "$results/gpu-tests.log" --tests-rc "$tests_rc" --library-path "$LD_LIBRARY_PATH" --fallback "$fallback" \
     "${ops_args[@]}" "${nccl_args[@]}" ${TRAM_CHECK_ARGS:-}
