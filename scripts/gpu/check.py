@@ -489,8 +489,12 @@ def run_nccl(a, work: str) -> dict:
             return {"ok": False, "error": f"weight `{k}` missing or reshaped in the NCCL run", "engine": engine_line}
         worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
         scale = max(scale, float(np.max(np.abs(x))))
-    ok = engine_line is not None and "nccl" in engine_line and worst == 0.0
-    return {"ok": ok, "world": 1, "engine": engine_line, "max_abs_weight_difference": worst, "max_abs_weight": scale, "tensors": len(w[0]),
+    # Bitwise equality is expected (same kernels, an identity all-reduce, a power-of-two batch);
+    # a difference within 1e-6 of the largest weight (a GPU kernel that is not deterministic
+    # run to run) passes and is recorded (`bitwise`).
+    ok = engine_line is not None and "nccl" in engine_line and worst <= 1e-6 * scale
+    return {"ok": ok, "bitwise": worst == 0.0, "world": 1, "engine": engine_line, "max_abs_weight_difference": worst, "max_abs_weight": scale,
+            "tensors": len(w[0]),
             "shape": {"layers": s.layers, "embd": s.embd, "seq": s.seq, "batch": s.batch, "steps": 3, "dtype": "f32", "method": "tram-x"},
             "note": "W = 1 on the one GPU (no MPI launcher; NCCL's own unique id): every pass's gradient went through ncclAllReduce, "
                     "which must leave it unchanged; multi-GPU runs are documented but untested here"}
