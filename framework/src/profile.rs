@@ -338,10 +338,11 @@ mod tests {
         assert_eq!(p.steps, 3);
         let get = |n: &str| p.phases.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no phase {n}: {p:?}"));
         assert_eq!((get("a").calls, get("b").calls, get("inner").calls, get(STEP_OTHER).calls), (3, 3, 3, 3));
-        // Exclusive: `a` does not include `inner`'s 6 ms.
-        assert!(get("a").total_ms >= 12.0 && get("a").total_ms < 17.0, "{p:?}");
-        assert!(get("inner").total_ms >= 18.0, "{p:?}");
+        assert!(get("a").total_ms >= 12.0 && get("inner").total_ms >= 18.0 && get("b").total_ms >= 9.0, "{p:?}");
         assert!(!get("eval").in_step && get("a").in_step);
+        // Exclusive: the phases add up to the steps' wall time (had `a` included `inner`, the sum
+        // would exceed it by `inner`'s 18 ms or more). No upper bounds on single phases: a
+        // loaded machine stretches any of them.
         let rel = (p.phases_in_step_ms - p.step_total_ms).abs() / p.step_total_ms;
         assert!(rel < 0.01, "phases {} ms vs steps {} ms", p.phases_in_step_ms, p.step_total_ms);
         assert!(p.summary().contains("inner") && p.summary().contains("outside the steps"));
