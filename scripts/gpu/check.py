@@ -213,6 +213,9 @@ name = "{method}"
     out = side(times, a, mem.used_mib())
     out["process_wall_s"] = wall
     out["run_dir"] = run_dir
+    # With the profile on, the step times above include its synchronisations at every phase
+    # boundary (small against a step, but the CPU can no longer run ahead of the GPU).
+    out["profiled"] = profile
     if profile:
         out["profile"] = read_profile(os.path.join(run_dir, "profile.json"), a.warmup)
     return out
