@@ -36,6 +36,7 @@ pub mod error;
 pub mod noise;
 pub mod ops;
 pub mod plugin;
+pub mod profile;
 pub mod schedule;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,12 +11,17 @@
 #  2. runs the GPU test binary (tests/gpu.rs) on CUDA: tram-kernels' ops against the CPU kernels,
 #     the four architectures against the CPU and PyTorch in f32 and bf16, the golden optimizer
 #     fixtures (TRAM_GOLDEN_TOLERANCE, default 1e-4 on the GPU);
-#  3. runs check.py: `tram lm` on a random GPT-2 small (124M, seq 512, batch 16) with Adam and
-#     TRAM-x, the same steps in PyTorch (bf16 autocast), and writes check.json (tokens/s,
-#     tram ÷ PyTorch step time, peak GPU memory, MFU against 989 TFLOPS), the tests' outcome
-#     included. About 3–5 minutes on an H200; limits: TRAM_CHECK_TEST_TIMEOUT (240 s) for the
-#     tests, TRAM_CHECK_STEP_TIMEOUT (240 s) for each `tram lm`. Extra arguments for check.py go
-#     in TRAM_CHECK_ARGS (e.g. "--steps 4 --batch 8").
+#  3. runs check.py: `tram lm --profile` on a random GPT-2 small (124M, seq 512, batch 16) with
+#     Adam and TRAM-x, the same steps in PyTorch (bf16 autocast), the op-level side by side
+#     (tram-bench's `ops` against PyTorch's ops on the GPU), and the NCCL W = 1 check (the
+#     `--features cuda,nccl` tram with distributed.allreduce = "nccl" ends with the plain run's
+#     weights), and writes check.json (tokens/s, tram ÷ PyTorch step time, peak GPU memory, MFU
+#     against 989 TFLOPS, each run's phase profile, the op ratios, the NCCL outcome), the tests'
+#     outcome included. About 6–7 minutes on an H200, at most 8: limits TRAM_CHECK_TEST_TIMEOUT
+#     (180 s) for the tests, TRAM_CHECK_TIMING_TIMEOUT (300 s) for all of check.py (check.json
+#     is rewritten after each part, so a timeout keeps what was measured) and
+#     TRAM_CHECK_STEP_TIMEOUT (150 s) for each `tram lm` and the ops.
+#     Extra arguments for check.py go in TRAM_CHECK_ARGS (e.g. "--steps 4 --batch 8").
 set -uo pipefail
 here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)"
 results="${1:-${OUT:-$here/results}}"
@@ -90,28 +95,56 @@ if [ -n "${missing:-}" ]; then
 fi
 
 # 2. Binaries --------------------------------------------------------------------------------------
-for b in tram gpu-tests; do
+for b in tram gpu-tests ops tram-nccl; do
+    [ -e "$here/bin/$b.xz" ] || continue
     "$py" -c 'import lzma, shutil, sys
 with lzma.open(sys.argv[1]) as f, open(sys.argv[2], "wb") as g: shutil.copyfileobj(f, g)' "$here/bin/$b.xz" "$work/$b" && chmod +x "$work/$b"
 done
 ldd "$work/tram" | grep -E "not found" && log "the binaries cannot load every library (above); LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+# The NCCL build also loads libnccl.so.2 (PyTorch's nvidia-nccl wheel, or a system NCCL) and
+# Open MPI's libraries (bundled: lib/openmpi).
+nccl_args=()
+if [ -x "$work/tram-nccl" ]; then
+    nccl_dir=""
+    for d in $cands; do
+        if [ -e "$d/libnccl.so.2" ]; then nccl_dir="$d"; break; fi
+    done
+    nccl_path="$LD_LIBRARY_PATH${nccl_dir:+:$nccl_dir}:$here/lib/openmpi"
+    if [ -z "$nccl_dir" ] && ! ldconfig -p 2>/dev/null | grep -q " libnccl.so.2 "; then
+        nccl_args=(--nccl-skip "libnccl.so.2 not found (PyTorch's nvidia wheels, /usr/local/cuda*, ldconfig)")
+    elif LD_LIBRARY_PATH="$nccl_path" ldd "$work/tram-nccl" | grep -q "not found"; then
+        nccl_args=(--nccl-skip "tram-nccl cannot load: $(LD_LIBRARY_PATH="$nccl_path" ldd "$work/tram-nccl" | grep "not found" | tr -s ' \t\n' ' ')")
+    else
+        log "libnccl.so.2: ${nccl_dir:-(ldconfig)}"
+        nccl_args=(--tram-nccl "$work/tram-nccl" --library-path-nccl "$nccl_path")
+    fi
+    [ "${nccl_args[0]}" = --nccl-skip ] && log "NCCL check skipped: ${nccl_args[1]}"
+else
+    nccl_args=(--nccl-skip "no tram-nccl in $here/bin (built with TRAM_GPU_BUILD_NCCL=0)")
+fi
+ops_args=()
+[ -x "$work/ops" ] && ops_args=(--ops "$work/ops")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
 
 # 3. GPU tests ------------------------------------------------------------------------------------
 log "GPU tests ..."
 t0=$SECONDS
 TRAM_TEST_DEVICE="${TRAM_TEST_DEVICE:-cuda}" TRAM_GOLDEN_DIR="$here/fixtures/golden" TRAM_GOLDEN_TOLERANCE="${TRAM_GOLDEN_TOLERANCE:-1e-4}" \
-    TRAM_MODELS_FIXTURES="$here/fixtures/models" timeout "${TRAM_CHECK_TEST_TIMEOUT:-240}" \
+    TRAM_MODELS_FIXTURES="$here/fixtures/models" timeout "${TRAM_CHECK_TEST_TIMEOUT:-180}" \
     "$work/gpu-tests" --nocapture --test-threads=1 >"$results/gpu-tests.log" 2>&1
 tests_rc=$?
 log "GPU tests: exit $tests_rc in $((SECONDS - t0)) s ($(grep -E '^test result' "$results/gpu-tests.log" | tail -1))"
 
-# 4. Timing side by side ------------------------------------------------------------------------
-log "tram lm vs PyTorch ..."
+# 4. Timing side by side, phase profiles, ops, NCCL ----------------------------------------------
+log "tram lm vs PyTorch, ops, NCCL ..."
+t0=$SECONDS
 # shellcheck disable=SC2086
-"$py" "$here/scripts/gpu/check.py" --tram "$work/tram" --out "$results/check.json" --logs "$results" \
-    --data "$here/data/quickstart" --tokenizer "$here/models/quickstart/tokenizer.json" --timeout "${TRAM_CHECK_STEP_TIMEOUT:-240}" \
-    --tests-log "$results/gpu-tests.log" --tests-rc "$tests_rc" --library-path "$LD_LIBRARY_PATH" --fallback "$fallback" ${TRAM_CHECK_ARGS:-}
+timeout "${TRAM_CHECK_TIMING_TIMEOUT:-300}" "$py" "$here/scripts/gpu/check.py" --tram "$work/tram" --out "$results/check.json" --logs "$results" \
+    --data "$here/data/quickstart" --tokenizer "$here/models/quickstart/tokenizer.json" --timeout "${TRAM_CHECK_STEP_TIMEOUT:-150}" \
+    --tests-log "$results/gpu-tests.log" --tests-rc "$tests_rc" --library-path "$LD_LIBRARY_PATH" --fallback "$fallback" \
+    "${ops_args[@]}" "${nccl_args[@]}" ${TRAM_CHECK_ARGS:-}
 check_rc=$?
-log "results in $results (check.json, gpu-tests.log, tram-*.log)"
+log "timing, ops and NCCL: exit $check_rc in $((SECONDS - t0)) s; whole check $SECONDS s"
+log "results in $results (check.json, gpu-tests.log, tram-*.log, tram-ops.json)"
 [ "$tests_rc" -eq 0 ] && [ "$check_rc" -eq 0 ]

@@ -41,6 +41,11 @@ pub struct AppArgs {
     /// (time-boxed jobs; `--resume` continues it).
     #[arg(long, value_name = "STEPS")]
     pub stop_after: Option<u64>,
+    /// Time the phases of every training step (batch, forward / backward per pass, all-reduce,
+    /// ascent, update, ...; the device synchronised at each boundary, which costs some speed) and
+    /// write profile.json to each run directory, with a summary on the terminal.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// What the driver did.
@@ -67,6 +72,7 @@ pub fn run_app(app: App, args: &AppArgs, control: &Control, registry: &tram::Reg
         resume: control.resume || args.resume,
         force: control.force || args.force,
         stop_after: args.stop_after.or(control.stop_after),
+        profile: control.profile || args.profile,
         ..control.clone()
     };
     run_sources(app, &sources, &args.runs, args.dry_run, &control, registry)

@@ -54,7 +54,8 @@ pub fn session(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<
     };
     if !mpi {
         if cfg.allreduce == AllReduce::Nccl {
-            return Err(Error::Config("distributed.allreduce = \"nccl\" needs an MPI job (it bootstraps NCCL through MPI): launch with `mpirun -np <GPUs>` or set distributed.engine = \"mpi\"".into()));
+            // One process: NCCL over one rank, without MPI (the GPU device check's W = 1 run).
+            return nccl_single(device);
         }
         return Ok(Arc::new(Single));
     }
@@ -75,6 +76,24 @@ fn init_mpi(cfg: &DistributedConfig, device: &candle_core::Device, _launched: Op
         AllReduce::Mpi => Ok(Arc::new(mpi)),
         AllReduce::Nccl => nccl(mpi, device),
     }
+}
+
+/// `distributed.allreduce = "nccl"` in one process not started by an MPI launcher: a one-rank
+/// NCCL communicator, no MPI; every pass's gradient goes through `ncclAllReduce` (the identity).
+#[cfg(feature = "nccl")]
+fn nccl_single(device: &candle_core::Device) -> Result<Arc<dyn Collective>> {
+    let c = tram::distributed::nccl::Nccl::single(device)?;
+    tracing::info!(engine = c.name(), rank = 0, world = 1, "data-parallel job (NCCL over one rank)");
+    Ok(Arc::new(c))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_single(_device: &candle_core::Device) -> Result<Arc<dyn Collective>> {
+    Err(Error::Config(
+        "distributed.allreduce = \"nccl\" needs the `nccl` feature: rebuild with `cargo build --release -p tram-cli --features cuda,nccl` \
+         (CUDA and NCCL installed), or drop distributed.allreduce (one process needs no all-reduce)"
+            .into(),
+    ))
 }
 
 #[cfg(all(feature = "mpi", feature = "nccl"))]
@@ -198,6 +217,14 @@ mod tests {
         assert_eq!(session(&single, &Device::Cpu).unwrap().world(), 1);
         let bad = DistributedConfig { timeout_s: 0.0, ..Default::default() };
         assert!(session(&bad, &Device::Cpu).err().unwrap().to_string().contains("distributed.timeout_s"));
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    #[test]
+    fn nccl_in_one_process_without_the_feature_names_the_feature() {
+        let nccl = DistributedConfig { engine: DistributedEngine::Single, allreduce: AllReduce::Nccl, ..Default::default() };
+        let err = session(&nccl, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("`nccl` feature") && err.contains("--features cuda,nccl"), "{err}");
     }
 
     #[cfg(not(feature = "mpi"))]

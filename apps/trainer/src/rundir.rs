@@ -14,7 +14,7 @@ use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::results::RunResult;
-use crate::trainer::{Control, METRICS_FILE, MODEL_DIR, RESULTS_FILE};
+use crate::trainer::{Control, METRICS_FILE, MODEL_DIR, PROFILE_FILE, RESULTS_FILE};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -242,7 +242,7 @@ pub fn discard(dir: &Path, _lock: &RunLock) -> Result<()> {
             std::fs::remove_dir_all(&d).map_err(|e| Error::io(format!("removing {} (--force)", d.display()), e))?;
         }
     }
-    for f in [dir.join(METRICS_FILE), dir.join(RESULTS_FILE)] {
+    for f in [dir.join(METRICS_FILE), dir.join(RESULTS_FILE), dir.join(PROFILE_FILE)] {
         if f.exists() {
             std::fs::remove_file(&f).map_err(|e| Error::io(format!("removing {} (--force)", f.display()), e))?;
         }

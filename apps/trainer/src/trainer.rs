@@ -25,6 +25,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const RESULTS_FILE: &str = "results.json";
 /// The selected model, in hub layout, under a run directory.
 pub const MODEL_DIR: &str = "model";
+/// The phase profile of a run's steps (`--profile`), in its run directory.
+pub const PROFILE_FILE: &str = "profile.json";
 
 /// How a run is driven from outside.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +39,10 @@ pub struct Control {
     /// recorded results match the configuration is kept and skipped (another configuration
     /// is an error).
     pub resume: bool,
+    /// Time the phases of every step, with the device synchronised at each phase boundary
+    /// (`--profile`, [`tram::profile`]): `profile.json` in the run directory and a summary on
+    /// the terminal. Off, it costs nothing (no synchronisation).
+    pub profile: bool,
     /// Discard what an earlier run left in the run directory (results, checkpoints, metrics,
     /// model) and train from the start. Without it, a run directory with results or a
     /// checkpoint is never overwritten.
@@ -427,6 +433,10 @@ impl<'a> Run<'a> {
         }
         tracing::info!(run = %run.name, seed, optimizer = %self.opt, steps = total, parameters = self.params.elem_count(), "training");
 
+        if self.control.profile {
+            let device = self.params.iter().next().map(|p| p.var.device().clone()).unwrap_or(candle_core::Device::Cpu);
+            tram::profile::enable(&device);
+        }
         let accumulation = cfg.train.accumulation;
         let pb = progress_bar(total, cfg.train.progress && rank == 0, format!("{} seed {}", run.name, seed));
         pb.set_position(self.step);
@@ -437,6 +447,10 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let (mut window_units, mut window_start) = (0usize, Instant::now());
         while self.step < total {
+            // The profile's phases (`--profile`; nothing when off): the step, and after it the
+            // bookkeeping, validation and checkpoints outside it.
+            let step_phase = tram::profile::step();
+            let batch_phase = tram::profile::scope("batch: data, host → device");
             let mut batches = Vec::with_capacity(accumulation);
             let mut offsets = Vec::with_capacity(accumulation);
             for _ in 0..accumulation {
@@ -449,7 +463,10 @@ impl<'a> Run<'a> {
             if world > 1 {
                 self.opt.set_example_offsets(offsets);
             }
+            drop(batch_phase);
             let report = self.opt.step(self.model.as_ref(), &batches)?;
+            drop(step_phase);
+            let after_phase = tram::profile::scope("log, progress");
             self.step += 1;
             let step = self.step;
             if every(step, cfg.train.log_every) || step == total {
@@ -471,11 +488,13 @@ impl<'a> Run<'a> {
                 tracing::debug!(step, loss = report.loss, delta = ?report.delta, lr = report.lr, rate, unit = self.data.unit, "step");
             }
             if every(step, cfg.train.eval_every) {
+                tram::profile::mark("eval");
                 self.validate(step)?;
                 last_eval = Some(step);
             }
             let elapsed = self.train_seconds + started.elapsed().as_secs_f64();
             if every(step, cfg.train.checkpoint_every) && step < total {
+                tram::profile::mark("checkpoint");
                 self.save(step, elapsed)?;
                 last_checkpoint = step;
             }
@@ -483,6 +502,7 @@ impl<'a> Run<'a> {
                 self.control.stop.store(true, Ordering::SeqCst);
             }
             if world > 1 {
+                tram::profile::mark("all-reduce: stop flag");
                 // A stop (Ctrl-C reaches the ranks at different steps) is the job's: every rank
                 // stops after the same step.
                 let mut stop = [f64::from(u8::from(self.control.stop.load(Ordering::SeqCst)))];
@@ -495,6 +515,8 @@ impl<'a> Run<'a> {
                 let d =
                     if last_checkpoint == step { checkpoint::latest(&self.dir)?.unwrap_or_default() } else { self.save(step, elapsed)? };
                 pb.abandon_with_message(format!("interrupted at step {step}; resume with --resume"));
+                drop(after_phase);
+                self.write_profile()?;
                 tracing::warn!(step, checkpoint = %d.display(), "interrupted: checkpoint written; run again with --resume to continue");
                 return Ok(Some(Outcome::Interrupted { step, checkpoint: d }));
             }
@@ -513,12 +535,34 @@ impl<'a> Run<'a> {
         }
         self.train_seconds += started.elapsed().as_secs_f64();
         if total > 0 && last_eval != Some(total) {
+            let _eval = tram::profile::scope("eval");
             self.validate(total)?;
         }
         if total > 0 {
+            let _checkpoint = tram::profile::scope("checkpoint");
             self.save(total, self.train_seconds)?;
         }
+        self.write_profile()?;
         Ok(None)
+    }
+
+    /// With `--profile`: stop profiling, write `profile.json` (rank 0) and print the summary.
+    fn write_profile(&self) -> Result<()> {
+        let Some(profile) = tram::profile::take() else { return Ok(()) };
+        if self.dist.rank() != 0 {
+            return Ok(());
+        }
+        let run = self.spec.run;
+        let mut v = serde_json::to_value(&profile).expect("a profile serialises to JSON");
+        v["run"] = json!(run.name);
+        v["seed"] = json!(self.spec.seed);
+        v["optimizer"] = json!(self.opt.to_string());
+        v["dtype"] = json!(run.config.dtype);
+        let path = self.dir.join(PROFILE_FILE);
+        tram::state::write_atomic(&path, &serde_json::to_vec_pretty(&v).expect("a profile serialises to JSON"))?;
+        eprint!("{} seed {}: {}", run.name, self.spec.seed, profile.summary());
+        eprintln!("  written to {}", path.display());
+        Ok(())
     }
 
     /// Model selection for the final evaluation: the parameters of the best validation loss

@@ -45,6 +45,12 @@ pub trait Collective: Send + Sync {
     fn wait_seconds(&self) -> f64 {
         0.0
     }
+    /// Whether the engine combines each pass through this collective: with W > 1 ranks, and
+    /// for an engine that reduces even one rank's gradients (NCCL at W = 1 in the GPU device
+    /// check, where the all-reduce is the identity).
+    fn reduces(&self) -> bool {
+        self.world() > 1
+    }
 
     /// The element-wise means over the ranks of each tensor.
     fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {

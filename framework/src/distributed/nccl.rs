@@ -3,11 +3,17 @@
 //! communicator is built on the stream of the first CUDA tensor it reduces (the model's), at
 //! the first reduction, which every rank makes at the same point of the same step.
 //!
+//! One process not started by an MPI launcher gets a one-rank communicator without MPI
+//! ([`Nccl::single`]): the engine still reduces every pass's gradient through
+//! `ncclAllReduce` ([`Collective::reduces`]), which over one rank is the identity. That is
+//! what the GPU device check runs (its machine has one GPU and no MPI launcher).
+//!
 //! CUDA tensors are summed by `ncclAllReduce` in their dtype (f32, bf16, f16, f64) on the
 //! GPU; CPU tensors, scalars, broadcasts and barriers go through MPI. NCCL's ring all-reduce
 //! reduces each chunk once and then copies it, so every rank gets the same sums.
 //!
-//! Not run in this project's CI (no GPU there): it is type-checked with `--features cuda,nccl`.
+//! Not run in this project's CI (no GPU there): it is type-checked with `--features cuda,nccl`;
+//! the GPU device check (scripts/gpu/check.py) runs it with W = 1.
 
 use super::mpi::Mpi;
 use super::Collective;
@@ -20,7 +26,8 @@ use std::sync::{Arc, Mutex};
 
 /// MPI with NCCL for the CUDA tensors of [`Collective::all_reduce_sum`].
 pub struct Nccl {
-    mpi: Mpi,
+    /// The MPI job; `None` for the one-rank communicator of [`Nccl::single`].
+    mpi: Option<Mpi>,
     id: [std::ffi::c_char; 128],
     comm: Mutex<Option<Arc<Comm>>>,
 }
@@ -51,7 +58,17 @@ impl Nccl {
         for (d, b) in id.iter_mut().zip(&bytes) {
             *d = *b as std::ffi::c_char;
         }
-        Ok(Nccl { mpi, id, comm: Mutex::new(None) })
+        Ok(Nccl { mpi: Some(mpi), id, comm: Mutex::new(None) })
+    }
+
+    /// NCCL over this process alone (W = 1, no MPI): a unique id of its own. Every reduction
+    /// still goes through `ncclAllReduce` on the GPU (the identity over one rank).
+    pub fn single(device: &candle_core::Device) -> Result<Nccl> {
+        if !device.is_cuda() {
+            return Err(Error::Model("the NCCL all-reduce needs the model on a CUDA device (device = \"cuda\")".into()));
+        }
+        let id = Id::new().map_err(|e| Error::Model(format!("creating the NCCL unique id: {e:?}")))?;
+        Ok(Nccl { mpi: None, id: *id.internal(), comm: Mutex::new(None) })
     }
 
     // The communicator is only used under `self.comm`'s lock and in the reduction that took it.
@@ -65,8 +82,8 @@ impl Nccl {
             candle_core::Device::Cuda(d) => d.cuda_stream(),
             _ => return Err(Error::Model("NCCL reduces CUDA tensors only".into())),
         };
-        let comm = Comm::from_rank(stream, self.mpi.rank(), self.mpi.world(), Id::uninit(self.id))
-            .map_err(|e| Error::Model(format!("initialising NCCL (rank {} of {}): {e:?}", self.mpi.rank(), self.mpi.world())))?;
+        let comm = Comm::from_rank(stream, self.rank(), self.world(), Id::uninit(self.id))
+            .map_err(|e| Error::Model(format!("initialising NCCL (rank {} of {}): {e:?}", self.rank(), self.world())))?;
         let comm = Arc::new(comm);
         *c = Some(comm.clone());
         Ok(comm)
@@ -116,18 +133,31 @@ impl CustomOp1 for AllReduce {
 
 impl Collective for Nccl {
     fn name(&self) -> &str {
-        "mpi+nccl"
+        if self.mpi.is_some() {
+            "mpi+nccl"
+        } else {
+            "nccl"
+        }
     }
     fn rank(&self) -> usize {
-        self.mpi.rank()
+        self.mpi.as_ref().map_or(0, |m| m.rank())
     }
     fn world(&self) -> usize {
-        self.mpi.world()
+        self.mpi.as_ref().map_or(1, |m| m.world())
+    }
+    fn reduces(&self) -> bool {
+        // Even with one rank: the engine's gradients then go through ncclAllReduce.
+        true
     }
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        // CUDA tensors through NCCL (in order), the others through MPI in one call.
+        // CUDA tensors through NCCL (in order), the others through MPI in one call (one rank
+        // without MPI: as they are).
         let cpu: Vec<Tensor> = tensors.iter().filter(|t| !t.device().is_cuda()).cloned().collect();
-        let mut cpu = if cpu.is_empty() { Vec::new() } else { self.mpi.all_reduce_sum(&cpu)? }.into_iter();
+        let cpu = match &self.mpi {
+            Some(mpi) if !cpu.is_empty() => mpi.all_reduce_sum(&cpu)?,
+            _ => cpu,
+        };
+        let mut cpu = cpu.into_iter();
         let mut out = Vec::with_capacity(tensors.len());
         for t in tensors {
             if t.device().is_cuda() {
@@ -140,15 +170,24 @@ impl Collective for Nccl {
         Ok(out)
     }
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
-        self.mpi.all_reduce_sum_f64(values)
+        match &self.mpi {
+            Some(mpi) => mpi.all_reduce_sum_f64(values),
+            None => Ok(()),
+        }
     }
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
-        self.mpi.broadcast_bytes(bytes, root)
+        match &self.mpi {
+            Some(mpi) => mpi.broadcast_bytes(bytes, root),
+            None => super::Single.broadcast_bytes(bytes, root),
+        }
     }
     fn barrier(&self) -> Result<()> {
-        self.mpi.barrier()
+        match &self.mpi {
+            Some(mpi) => mpi.barrier(),
+            None => Ok(()),
+        }
     }
     fn wait_seconds(&self) -> f64 {
-        self.mpi.wait_seconds()
+        self.mpi.as_ref().map_or(0.0, |m| m.wait_seconds())
     }
 }

@@ -292,6 +292,7 @@ impl Optimizer {
                 // The reference code has no guard for δ ≤ 0: with its scaling it perturbs anyway
                 // (a negative δ reverses the ascent). Non-finite radii never perturb.
                 let unguarded = matches!(&self.plan, Plan::Sized { region, .. } if region.settings.reduction == Reduction::Reference);
+                let _ascent = crate::profile::scope("ascent: ε");
                 let ascent =
                     if radius.is_finite() && (radius > 0.0 || unguarded) { n.perturbation(params, &grads, radius)? } else { Ascent::None };
                 match ascent {
@@ -299,12 +300,14 @@ impl Optimizer {
                     Ascent::Step(eps) => {
                         report.ascent = true;
                         report.epsilon_norm = global_norm(&eps)?;
+                        crate::profile::mark("ascent: perturb θ + ε");
                         let snap = params.snapshot()?;
                         // θ + ε in place (on the f32 masters when there are any, the model's
                         // bf16 weights then rounded from them), and back bitwise after the pass.
                         perturb::perturb(params, &snap, &eps)?;
                         self.sync_masters(live)?;
                         let second = self.pass(model, batches, mode, false, &mut scratch);
+                        crate::profile::mark("ascent: restore θ");
                         params.restore(&snap)?;
                         self.sync_masters(live)?;
                         grads = second?.grads;
@@ -313,7 +316,9 @@ impl Optimizer {
                 }
             }
         }
+        let _rest = crate::profile::scope("all-reduce");
         grads = self.dist.settle(grads)?;
+        crate::profile::mark("norm, clip");
         report.forward_passes = scratch.forward;
         report.backward_passes = scratch.backward;
         report.grad_norm = global_norm(&grads)?;
@@ -338,6 +343,7 @@ impl Optimizer {
         }
         // What a rollback restores: θ_t (the two-pass backup when there is one), the base
         // optimizer's state and the regions' state (`prev` keeps θ_t in `before_update`).
+        crate::profile::mark("update: backup");
         let theta = match backup.take() {
             Some(b) => b,
             None => params.snapshot()?,
@@ -347,8 +353,11 @@ impl Optimizer {
         for b in self.bound_mut() {
             b.region.before_update(params, Some(&theta))?;
         }
+        crate::profile::mark("update");
         self.base.update(params, &grads, lr)?;
+        crate::profile::mark("update: bf16 sync");
         self.sync_masters(live)?;
+        crate::profile::mark("guard: non-finite");
         // On the model's weights: a master that rounds to ±∞ in bf16 is caught too.
         if let Some(name) = made_non_finite(live, &theta)? {
             params.restore(&theta)?;
@@ -371,6 +380,7 @@ impl Optimizer {
             );
             return Ok(report);
         }
+        crate::profile::mark("update: regions");
         for b in self.bound_mut() {
             b.region.after_update(params)?;
         }
@@ -384,7 +394,15 @@ impl Optimizer {
         let sizing = first && matches!(self.plan, Plan::Sized { .. });
         let k = batches.len();
         let (mut acc, mut loss_sum, mut pen_sum, mut delta_sum, mut rows_total) = (None::<Vec<Tensor>>, 0.0, 0.0, 0.0, 0usize);
+        // Phase names of the profile (`tram lm --profile`), per pass.
+        let [fwd, tgt, bwd, grd] = if first {
+            ["forward 1", "forward 1: targets, δ", "backward 1", "gradients 1"]
+        } else {
+            ["forward 2", "forward 2: targets", "backward 2", "gradients 2"]
+        };
+        let _phase = crate::profile::scope(fwd);
         for (i, batch) in batches.iter().enumerate() {
+            crate::profile::mark(fwd);
             self.dist.begin_batch(i, model, self.noise.as_mut())?;
             let examples = batch.examples()?;
             let mut embeds = model.embed(params, batch, mode)?;
@@ -404,6 +422,9 @@ impl Optimizer {
             let task = to_f32(&model.loss(&logits)?)?;
             let mut total = task.clone();
             let mut graph_targets = 0;
+            if sizing || !self.penalties.is_empty() {
+                crate::profile::mark(tgt);
+            }
             for (j, p) in self.penalties.iter_mut().enumerate() {
                 let target = match s.targets[i][j].clone() {
                     Some(t) => t,
@@ -435,8 +456,10 @@ impl Optimizer {
             }
             loss_sum += task.to_scalar::<f32>()? as f64 * rows as f64;
             rows_total += rows;
+            crate::profile::mark(bwd);
             let scaled = if k == 1 { total } else { total.affine(rows as f64, 0.0)? };
             let store = scaled.backward()?;
+            crate::profile::mark(grd);
             // A penalty whose target keeps its graph (R3F) backpropagates through a second
             // forward graph: count it as a backward pass of its own (that is what it costs).
             s.backward += 1 + graph_targets;
@@ -459,7 +482,8 @@ impl Optimizer {
                 Some(a) => a.iter().zip(&grads).map(|(a, g)| a.add(g)).collect::<candle_core::Result<_>>()?,
             });
         }
-        if self.dist.world() > 1 {
+        crate::profile::mark("all-reduce");
+        if self.dist.collective.reduces() {
             let local = first && self.dist.local_first_pass(!matches!(self.plan, Plan::Descent));
             let sums = [loss_sum, pen_sum, delta_sum];
             let acc = acc.expect("at least one batch");

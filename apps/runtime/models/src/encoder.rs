@@ -7,7 +7,7 @@ use crate::checkpoint::{ids_u32, ConfigFields, Loader};
 use crate::layers::{
     activation, attention_masked, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
 };
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use tram::{Error, Result, Weights};
 
@@ -205,31 +205,30 @@ impl Encoder {
         embedding(&w.weight(&format!("{}.embeddings.word_embeddings.weight", self.base))?, &ids_u32(ids)?)
     }
 
-    /// Position ids `[batch, seq]` (u32) of `ids`.
+    /// Position ids `[batch, seq]` (u32) of `ids`, built on `ids`' device (no host round trip
+    /// in a training step on a GPU).
     pub(crate) fn position_ids(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let c = &self.cfg;
+        let dev = ids.device();
         let (pos, max) = match c.family {
-            Family::Bert => ((0..b).flat_map(|_| 0..s as u32).collect::<Vec<u32>>(), s),
+            Family::Bert => (Tensor::arange(0u32, s as u32, dev)?.unsqueeze(0)?.broadcast_as((b, s))?.contiguous()?, s),
             Family::Roberta => {
                 // transformers' create_position_ids_from_input_ids: cumsum of non-padding
-                // tokens, times the non-padding mask, plus padding_idx.
-                let rows = ids_u32(ids)?.to_vec2::<u32>()?;
+                // tokens, times the non-padding mask, plus padding_idx (f32 counts: exact
+                // below 2^24 tokens).
                 let pad = c.pad_token_id;
-                let mut pos = Vec::with_capacity(b * s);
-                let mut max = 0;
-                for row in rows {
-                    let mut count = 0u32;
-                    for t in row {
-                        if t != pad {
-                            count += 1;
-                            pos.push(pad + count);
-                        } else {
-                            pos.push(pad);
-                        }
-                    }
-                    max = max.max((pad + count + 1) as usize);
-                }
+                let keep = ids_u32(ids)?.ne(pad)?.to_dtype(DType::F32)?;
+                let count = keep.cumsum(1)?;
+                let pos = count.mul(&keep)?.affine(1.0, pad as f64)?.to_dtype(DType::U32)?;
+                // The largest position is pad + (longest row's tokens); read back only when a
+                // full row could exceed the table.
+                let bound = pad as usize + s + 1;
+                let max = if bound <= c.max_position_embeddings {
+                    bound
+                } else {
+                    pad as usize + count.max_all()?.to_scalar::<f32>()? as usize + 1
+                };
                 (pos, max)
             }
         };
@@ -240,7 +239,7 @@ impl Encoder {
                 c.max_position_embeddings
             )));
         }
-        Ok(Tensor::from_vec(pos, (b, s), ids.device())?)
+        Ok(pos)
     }
 
     /// Token-type embeddings `[batch, seq, hidden]` of `token_types` `[batch, seq]`, or of all
