@@ -11,7 +11,10 @@
 //! Inputs are deterministic functions of the element index built on the device (no cuRAND);
 //! every timing is the median of `--reps` runs after `--warmup`, the device synchronised before
 //! and after each. The JSON: `{"device", "dtype", "shape", "ops": {name: {"shape", "fwd_ms",
-//! "fwd_bwd_ms"}}}` (`fwd_bwd_ms` null for ops without a backward in the step).
+//! "fwd_bwd_ms"}}}` (`fwd_bwd_ms` null for ops without a backward in the step). On CUDA the ops
+//! with a tram-kernels CUDA kernel are timed again with the kernels switched off
+//! (`tram_kernels::set_cuda_kernels(false)`): `composed_fwd_ms` / `composed_fwd_bwd_ms`, the
+//! composed candle path they replace.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -166,21 +169,31 @@ fn gpt2_shapes(a: &Args) -> Vec<Vec<usize>> {
     out
 }
 
-fn main() -> Result<()> {
-    let a = args()?;
-    let dev = device(&a.device)?;
+/// Times every op `--only` asks for into `ops`; with `composed` (CUDA, kernels switched off)
+/// only the ops that have a CUDA kernel, as `composed_*` fields of their entries.
+fn measure(a: &Args, dev: &Device, composed: bool, ops: &mut serde_json::Map<String, Value>) -> Result<()> {
+    let dev = dev.clone();
     let dt = a.dtype;
     let (b, t, h, d, v) = (a.batch, a.seq, a.heads, a.embd, a.vocab);
     let rows = b * t;
-    let want = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
+    /// The ops with a CUDA kernel of their own (the rest always run composed on CUDA).
+    const KERNELS: [&str; 7] = ["softmax", "layer_norm", "gelu", "cross_entropy", "log_softmax", "kl_div_rows", "adam"];
+    let want = |name: &str| (a.only.is_empty() || a.only.iter().any(|o| o == name)) && (!composed || KERNELS.contains(&name));
     let (w, r) = (a.warmup, a.reps);
-    let mut ops = serde_json::Map::new();
     let mut put = |name: &str, shape: &[usize], fwd: f64, fwd_bwd: Option<f64>| {
         eprintln!(
-            "ops: {name:<16} {shape:?} fwd {fwd:9.3} ms  fwd+bwd {}",
-            fwd_bwd.map(|x| format!("{x:9.3} ms")).unwrap_or_else(|| "-".into())
+            "ops: {name:<16} {shape:?} fwd {fwd:9.3} ms  fwd+bwd {}{}",
+            fwd_bwd.map(|x| format!("{x:9.3} ms")).unwrap_or_else(|| "-".into()),
+            if composed { "  (composed path)" } else { "" }
         );
-        ops.insert(name.to_string(), json!({"shape": shape, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}));
+        if composed {
+            if let Some(Value::Object(e)) = ops.get_mut(name) {
+                e.insert("composed_fwd_ms".into(), json!(fwd));
+                e.insert("composed_fwd_bwd_ms".into(), json!(fwd_bwd));
+            }
+        } else {
+            ops.insert(name.to_string(), json!({"shape": shape, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}));
+        }
     };
 
     if want("softmax") {
@@ -288,6 +301,24 @@ fn main() -> Result<()> {
             put("adam", &[n], fwd, None);
         }
     }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let dev = device(&a.device)?;
+    let mut ops = serde_json::Map::new();
+    measure(&a, &dev, false, &mut ops)?;
+    if dev.is_cuda() {
+        // The same ops with tram-kernels' CUDA kernels switched off: the composed candle path
+        // each kernel replaced ("composed_fwd_ms", "composed_fwd_bwd_ms"), so the check shows
+        // what the kernels gain.
+        tram_kernels::set_cuda_kernels(false);
+        let measured = measure(&a, &dev, true, &mut ops);
+        tram_kernels::set_cuda_kernels(true);
+        measured?;
+    }
+    let (dt, b, t, h, d, v, w, r) = (a.dtype, a.batch, a.seq, a.heads, a.embd, a.vocab, a.warmup, a.reps);
     let report: Value = json!({
         "device": a.device, "dtype": format!("{dt:?}").to_lowercase(),
         "shape": {"batch": b, "seq": t, "heads": h, "embd": d, "vocab": v, "layers": a.layers},
