@@ -273,7 +273,7 @@ fn measure(a: &Args, dev: &Device, composed: bool, ops: &mut serde_json::Map<Str
     }
     if want("global_norm") || want("adam") {
         // The parameters of GPT-2 with `--layers` blocks in f32 (bf16 runs keep f32 masters).
-        let shapes = gpt2_shapes(&a);
+        let shapes = gpt2_shapes(a);
         let params = shapes
             .iter()
             .enumerate()

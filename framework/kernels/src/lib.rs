@@ -111,6 +111,45 @@ pub(crate) fn on_cuda_kernel(t: &Tensor, cd: DType) -> bool {
     cfg!(feature = "cuda") && t.device().is_cuda() && cd == DType::F32 && cuda_kernels_enabled()
 }
 
+/// Implements candle's `CustomOp3` for `$ty`, an op that runs only on CUDA (a piece of a fused
+/// op's CUDA backward): on the CPU an error naming it; on CUDA `$body` with `$op` the op and the
+/// three storages and layouts.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_only_op3 {
+    ($ty:ty, $name:literal, |$op:ident, $a:ident, $al:ident, $b:ident, $bl:ident, $c:ident, $cl:ident| $body:expr) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!("{}: a CUDA-only op (on the CPU its work is fused into the op it belongs to)", $name)
+            }
+            fn cuda_fwd(
+                &self,
+                $a: &candle_core::CudaStorage,
+                $al: &candle_core::Layout,
+                $b: &candle_core::CudaStorage,
+                $bl: &candle_core::Layout,
+                $c: &candle_core::CudaStorage,
+                $cl: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                let $op = self;
+                $body
+            }
+        }
+    };
+}
+#[cfg(feature = "cuda")]
+pub(crate) use cuda_only_op3;
+
 /// The compute dtype of a float tensor: f64 stays f64, everything else computes in f32.
 pub(crate) fn compute_dtype(t: &Tensor, op: &str) -> Result<DType> {
     match t.dtype() {

@@ -257,25 +257,9 @@ impl CustomOp2 for CrossEntropyRows {
 struct CrossEntropyRowsBwd;
 
 #[cfg(feature = "cuda")]
-impl candle_core::CustomOp3 for CrossEntropyRowsBwd {
-    fn name(&self) -> &'static str {
-        "tram-cross-entropy-rows-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only", self.name())
-    }
-    fn cuda_fwd(
-        &self,
-        xs: &candle_core::CudaStorage,
-        xl: &Layout,
-        ts: &candle_core::CudaStorage,
-        tl: &Layout,
-        gs: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::cross_entropy_rows_bwd(xs, xl, ts, tl, gs, gl)
-    }
-}
+crate::cuda_only_op3!(CrossEntropyRowsBwd, "tram-cross-entropy-rows-bwd", |_op, xs, xl, ts, tl, gs, gl| {
+    crate::cuda::cross_entropy_rows_bwd(xs, xl, ts, tl, gs, gl)
+});
 
 // ---------------------------------------------------------------------------------------------
 // KL
@@ -361,25 +345,7 @@ impl CustomOp2 for KlRows {
 struct KlRowsBwd;
 
 #[cfg(feature = "cuda")]
-impl candle_core::CustomOp3 for KlRowsBwd {
-    fn name(&self) -> &'static str {
-        "tram-kl-rows-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only", self.name())
-    }
-    fn cuda_fwd(
-        &self,
-        ts: &candle_core::CudaStorage,
-        tl: &Layout,
-        cs: &candle_core::CudaStorage,
-        cl: &Layout,
-        gs: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::kl_rows_bwd(ts, tl, cs, cl, gs, gl)
-    }
-}
+crate::cuda_only_op3!(KlRowsBwd, "tram-kl-rows-bwd", |_op, ts, tl, cs, cl, gs, gl| crate::cuda::kl_rows_bwd(ts, tl, cs, cl, gs, gl));
 
 /// KL(softmax t ‖ softmax c) of one row, with `p_t` left in `s1` and `log p_t − log p_c` in
 /// `s2`; also returns both log-normalisers.

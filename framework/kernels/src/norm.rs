@@ -153,25 +153,9 @@ struct LayerNormDx {
 }
 
 #[cfg(feature = "cuda")]
-impl CustomOp3 for LayerNormDx {
-    fn name(&self) -> &'static str {
-        "tram-layer-norm-dx"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only (the CPU backward is fused into the layer norm op)", self.name())
-    }
-    fn cuda_fwd(
-        &self,
-        xs: &candle_core::CudaStorage,
-        xl: &Layout,
-        ws: &candle_core::CudaStorage,
-        wl: &Layout,
-        gs: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::layer_norm_dx(xs, xl, ws, wl, gs, gl, self.eps)
-    }
-}
+crate::cuda_only_op3!(LayerNormDx, "tram-layer-norm-dx", |op, xs, xl, ws, wl, gs, gl| crate::cuda::layer_norm_dx(
+    xs, xl, ws, wl, gs, gl, op.eps
+));
 
 /// The weight / bias gradient partial sums `[2, chunks, d]` of [`LayerNorm`] on CUDA (inputs x,
 /// upstream gradient).
