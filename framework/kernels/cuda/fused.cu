@@ -41,26 +41,30 @@ __device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(unsigned short* p, size_t i, float v) { p[i] = f32_to_bf16(v); }
 
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+// Sum (MAX false) or maximum (MAX true) of two values.
+template <bool MAX>
+__device__ __forceinline__ float combine(float a, float b) { return MAX ? fmaxf(a, b) : a + b; }
+
+template <bool MAX>
+__device__ __forceinline__ float warp_reduce(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = combine<MAX>(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<false>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<true>(v); }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `sh` holds 32 floats; the trailing barrier lets the caller reuse it.
-__device__ __forceinline__ float block_sum(float v, float* sh) {
+// Sum or maximum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets
+// the result. `sh` holds 32 floats; the trailing barrier lets the caller reuse it.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* sh) {
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce<MAX>(v);
     if (lane == 0) sh[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float w = lane < warps ? sh[lane] : 0.0f;
-        w = warp_sum(w);
+        float w = lane < warps ? sh[lane] : (MAX ? -INFINITY : 0.0f);
+        w = warp_reduce<MAX>(w);
         if (lane == 0) sh[0] = w;
     }
     __syncthreads();
@@ -69,21 +73,8 @@ __device__ __forceinline__ float block_sum(float v, float* sh) {
     return r;
 }
 
-__device__ __forceinline__ float block_max(float v, float* sh) {
-    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float w = lane < warps ? sh[lane] : -INFINITY;
-        w = warp_max(w);
-        if (lane == 0) sh[0] = w;
-    }
-    __syncthreads();
-    const float r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
+__device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }
 
 // ---------------------------------------------------------------------------------------------
 // Attention softmax: one warp per row of `[rows, sk]` scores (query i = row % sq). Keys after
