@@ -20,10 +20,7 @@ const ROW_BLOCK: u32 = 512;
 
 /// The f32 data of contiguous `s` / `l`, or an error naming `op`.
 pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
-        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
-    }
+    Ok(s.as_cuda_slice::<f32>()?.slice(range(l, op)?))
 }
 
 /// Device data of f32 or bf16 elements (the kernels with a `_bf16` twin).
@@ -34,10 +31,10 @@ enum Data<'a> {
 
 impl<'a> Data<'a> {
     fn of(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("{op}: the input must be contiguous (call .contiguous() first)") };
+        let r = range(l, op)?;
         match s.dtype() {
-            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(a..b))),
-            candle_core::DType::BF16 => Ok(Self::Bf16(s.as_cuda_slice::<half::bf16>()?.slice(a..b))),
+            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(r))),
+            candle_core::DType::BF16 => Ok(Self::Bf16(s.as_cuda_slice::<half::bf16>()?.slice(r))),
             other => bail!("{op}: the CUDA kernel takes f32 or bf16, got {other:?}"),
         }
     }
@@ -87,10 +84,7 @@ impl Buf {
 }
 
 fn view_u32<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, u32>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<u32>()?.slice(a..b)),
-        None => bail!("{op}: the targets must be contiguous"),
-    }
+    Ok(s.as_cuda_slice::<u32>()?.slice(range(l, op)?))
 }
 
 fn u32_of(v: usize, what: &str, op: &str) -> Result<u32> {

@@ -124,13 +124,22 @@ impl<F: FnOnce(&mut [f32], &[f32])> InplaceOp2 for ParamOp<F> {
     }
 }
 
-/// The address of an f32 CPU tensor's storage (`None`: another device or dtype, or empty).
-fn cpu_f32_storage(t: &Tensor) -> Option<usize> {
-    let (s, _) = t.storage_and_layout();
-    match &*s {
-        Storage::Cpu(CpuStorage::F32(v)) if !v.is_empty() => Some(v.as_ptr() as usize),
-        _ => None,
+/// The identity of a tensor's storage on any device: the address of the candle `Storage` it
+/// shares with every view and clone of it.
+fn storage_id(t: &Tensor) -> usize {
+    &*t.storage_and_layout().0 as *const Storage as usize
+}
+
+/// Errors when two of the parameter, its gradient and its state share storage (locking one
+/// storage twice would deadlock, and the update would read what it wrote).
+fn distinct_storage(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<()> {
+    let ids: Vec<usize> = [param, grad].into_iter().chain(state.iter().copied()).map(storage_id).collect();
+    for (i, a) in ids.iter().enumerate() {
+        if ids[i + 1..].contains(a) {
+            bail!("{what}: the parameter, its gradient and its state must not share storage (tensor {i} of [parameter, gradient, state…] does)");
+        }
     }
+    Ok(())
 }
 
 /// Shapes checked; whether every tensor takes the CUDA update kernel: f32 contiguous tensors on
@@ -145,13 +154,7 @@ fn on_cuda(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Resu
         return Ok(false);
     }
     check_shapes(what, param, grad, state)?;
-    // The storage each tensor lives in (one address per candle storage).
-    let storages: Vec<usize> = all.iter().map(|t| &*t.storage_and_layout().0 as *const Storage as usize).collect();
-    for (i, a) in storages.iter().enumerate() {
-        if storages[i + 1..].contains(a) {
-            bail!("{what}: the parameter, its gradient and its state must not share storage (tensor {i} of [parameter, gradient, state…] does)");
-        }
-    }
+    distinct_storage(what, param, grad, state)?;
     Ok(true)
 }
 
@@ -168,19 +171,13 @@ fn check_shapes(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) ->
 }
 
 /// Shapes checked; whether every tensor can take the fused path. Tensors sharing storage are
-/// an error (locking one storage twice would deadlock, and the update would read what it
-/// wrote).
+/// an error ([`distinct_storage`]).
 fn check(what: &str, param: &Tensor, grad: &Tensor, state: &[&Tensor]) -> Result<bool> {
     check_shapes(what, param, grad, state)?;
     if !(fusable(param) && fusable(grad) && state.iter().all(|s| fusable(s))) {
         return Ok(false);
     }
-    let all: Vec<Option<usize>> = [param, grad].into_iter().chain(state.iter().copied()).map(cpu_f32_storage).collect();
-    for (i, a) in all.iter().enumerate() {
-        if a.is_some() && all[i + 1..].contains(a) {
-            bail!("{what}: the parameter, its gradient and its state must not share storage (tensor {i} of [parameter, gradient, state…] does)");
-        }
-    }
+    distinct_storage(what, param, grad, state)?;
     Ok(true)
 }
 
@@ -347,7 +344,7 @@ pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<bool> {
     if dst.dims() != src.dims() {
         bail!("add_assign: {:?} added to {:?}", src.dims(), dst.dims());
     }
-    if !(fusable(dst) && fusable(src)) || (cpu_f32_storage(dst).is_some() && cpu_f32_storage(dst) == cpu_f32_storage(src)) {
+    if !(fusable(dst) && fusable(src)) || storage_id(dst) == storage_id(src) {
         return Ok(false);
     }
     let op = ParamOp(RefCell::new(Some(|d: &mut [f32], s: &[f32]| {
