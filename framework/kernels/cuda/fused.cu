@@ -462,3 +462,124 @@ extern "C" __global__ void tram_sgd_update_f32(float* __restrict__ p, const floa
         p[i] = th - (d * lr + 0.0f);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Embedding rows and their table gradient summed in f32 (src/embedding.rs), and the bias
+// addition with its column-sum gradient (src/bias.rs).
+
+// out row i = table row ids[i] (block i; threads over the d columns), the elements copied as
+// their bits (U: 16 bits for bf16, 32 for f32). An id at or past `vocab` gives a row of `nan`
+// bits, so the loss it feeds is not finite and the engine's guard stops the step.
+template <typename U>
+__device__ __forceinline__ void embedding_rows(const U* __restrict__ table, const uint32_t* __restrict__ ids, U* __restrict__ out, unsigned d,
+                                               unsigned vocab, U nan) {
+    const uint32_t id = ids[blockIdx.x];
+    U* o = out + (size_t)blockIdx.x * d;
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) o[j] = id < vocab ? table[(size_t)id * d + j] : nan;
+}
+
+extern "C" __global__ void tram_embedding_f32(const uint32_t* __restrict__ table, const uint32_t* __restrict__ ids, uint32_t* __restrict__ out,
+                                              unsigned d, unsigned vocab) {
+    embedding_rows(table, ids, out, d, vocab, 0x7fc00000u);
+}
+
+extern "C" __global__ void tram_embedding_bf16(const unsigned short* __restrict__ table, const uint32_t* __restrict__ ids,
+                                               unsigned short* __restrict__ out, unsigned d, unsigned vocab) {
+    embedding_rows(table, ids, out, d, vocab, (unsigned short)0x7fc0u);
+}
+
+// The stable sort of the n ids by value as a permutation: order[rank(i)] = i, rank(i) = #{j :
+// ids[j] < ids[i]} + #{j < i : ids[j] = ids[i]}. One thread per position; the ids pass through
+// shared memory a tile at a time (n² comparisons: 67 M for 8192 ids, no atomics, the same order
+// on every run).
+extern "C" __global__ void tram_embedding_order(const uint32_t* __restrict__ ids, uint32_t* __restrict__ order, unsigned n) {
+    __shared__ uint32_t tile[256];
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    const uint32_t mine = i < n ? ids[i] : 0u;
+    unsigned rank = 0;
+    for (unsigned t0 = 0; t0 < n; t0 += blockDim.x) {
+        __syncthreads();
+        if (t0 + threadIdx.x < n) tile[threadIdx.x] = ids[t0 + threadIdx.x];
+        __syncthreads();
+        const unsigned m = min(blockDim.x, n - t0);
+        for (unsigned k = 0; k < m; ++k) {
+            const uint32_t v = tile[k];
+            rank += (v < mine || (v == mine && t0 + k < i)) ? 1u : 0u;
+        }
+    }
+    if (i < n) order[rank] = i;
+}
+
+// Table gradient: block k handles the run of equal ids that starts at sorted position k (when
+// one starts there; other blocks leave at once) and writes that id's row of `out` (zeroed by
+// the caller): the gradient rows of the id summed in f32 in position order, the CPU kernel's
+// order, so the sums are bitwise the CPU's; rounded once to T. Ids at or past `vocab` are
+// skipped. Threads stride over the d columns.
+template <typename T>
+__device__ __forceinline__ void embedding_grad(const T* __restrict__ g, const uint32_t* __restrict__ ids, const uint32_t* __restrict__ order,
+                                               T* __restrict__ out, unsigned n, unsigned d, unsigned vocab) {
+    const unsigned k = blockIdx.x;
+    const uint32_t id = ids[order[k]];
+    if (id >= vocab || (k > 0 && ids[order[k - 1]] == id)) return;
+    unsigned end = k + 1;
+    while (end < n && ids[order[end]] == id) ++end;
+    for (unsigned j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.0f;
+        for (unsigned q = k; q < end; ++q) acc += ld(g, (size_t)order[q] * d + j);
+        st(out, (size_t)id * d + j, acc);
+    }
+}
+
+extern "C" __global__ void tram_embedding_grad_f32(const float* __restrict__ g, const uint32_t* __restrict__ ids,
+                                                   const uint32_t* __restrict__ order, float* __restrict__ out, unsigned n, unsigned d,
+                                                   unsigned vocab) {
+    embedding_grad(g, ids, order, out, n, d, vocab);
+}
+
+extern "C" __global__ void tram_embedding_grad_bf16(const unsigned short* __restrict__ g, const uint32_t* __restrict__ ids,
+                                                    const uint32_t* __restrict__ order, unsigned short* __restrict__ out, unsigned n,
+                                                    unsigned d, unsigned vocab) {
+    embedding_grad(g, ids, order, out, n, d, vocab);
+}
+
+// y = x + b over rows of n (grid-stride over all elements), one rounding to T.
+template <typename T>
+__device__ __forceinline__ void add_bias(const T* __restrict__ x, const T* __restrict__ b, T* __restrict__ y, unsigned long long total,
+                                         unsigned n) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (unsigned long long)gridDim.x * blockDim.x)
+        st(y, i, ld(x, i) + ld(b, i % n));
+}
+
+extern "C" __global__ void tram_add_bias_f32(const float* __restrict__ x, const float* __restrict__ b, float* __restrict__ y,
+                                             unsigned long long total, unsigned n) {
+    add_bias(x, b, y, total, n);
+}
+
+extern "C" __global__ void tram_add_bias_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ b,
+                                              unsigned short* __restrict__ y, unsigned long long total, unsigned n) {
+    add_bias(x, b, y, total, n);
+}
+
+// Column sums of g [rows, n] in f32: block (cx, cy) sums columns [256 cx, 256 cx + 256) over
+// rows [chunk cy, chunk (cy + 1)) into out[cy][col]; the caller sums over the chunks. Adjacent
+// threads read adjacent columns (coalesced), where a reduction over the leading dimension
+// reads with stride n.
+template <typename T>
+__device__ __forceinline__ void col_sums(const T* __restrict__ g, float* __restrict__ out, unsigned rows, unsigned n, unsigned chunk) {
+    const unsigned col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) return;
+    const unsigned r0 = blockIdx.y * chunk;
+    const unsigned r1 = min(r0 + chunk, rows);
+    float s = 0.0f;
+    for (unsigned r = r0; r < r1; ++r) s += ld(g, (size_t)r * n + col);
+    out[(size_t)blockIdx.y * n + col] = s;
+}
+
+extern "C" __global__ void tram_col_sums_f32(const float* __restrict__ g, float* __restrict__ out, unsigned rows, unsigned n, unsigned chunk) {
+    col_sums(g, out, rows, n, chunk);
+}
+
+extern "C" __global__ void tram_col_sums_bf16(const unsigned short* __restrict__ g, float* __restrict__ out, unsigned rows, unsigned n,
+                                              unsigned chunk) {
+    col_sums(g, out, rows, n, chunk);
+}

@@ -71,13 +71,29 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
-/// [`crate::add_bias`]: `broadcast_add` (any dtype; the bias is cast to the input's).
+/// [`crate::add_bias`]: `broadcast_add` (any dtype; the bias is cast to the input's; half
+/// precision adds in f32, see below).
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if bias.dtype() == x.dtype() {
-        x.broadcast_add(bias)
-    } else {
-        x.broadcast_add(&bias.to_dtype(x.dtype())?)
+    let bias = if bias.dtype() == x.dtype() { bias.clone() } else { bias.to_dtype(x.dtype())? };
+    if matches!(x.dtype(), DType::BF16 | DType::F16) {
+        // In f32, so that the bias gradient (candle's sum over the rows) accumulates in f32
+        // and rounds once; the sum is rounded once either way.
+        return x.to_dtype(DType::F32)?.broadcast_add(&bias.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
     }
+    x.broadcast_add(&bias)
+}
+
+/// [`crate::embedding`]: `index_select` of the rows; a half-precision table is selected from
+/// in f32, so that its gradient (candle's `index_add`) accumulates in f32 and rounds once.
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let mut dims = ids.dims().to_vec();
+    dims.push(table.dim(1)?);
+    let ids = ids.flatten_all()?.to_dtype(DType::U32)?;
+    let rows = match table.dtype() {
+        DType::BF16 | DType::F16 => table.to_dtype(DType::F32)?.index_select(&ids, 0)?.to_dtype(table.dtype())?,
+        _ => table.index_select(&ids, 0)?,
+    };
+    rows.reshape(dims)
 }
 
 /// [`crate::log_softmax`]: max shift (detached), `exp`, `sum`, `log`.

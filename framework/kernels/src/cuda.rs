@@ -594,3 +594,135 @@ pub(crate) fn sgd_update(
         _ => run(0),
     }
 }
+
+/// Embedding rows `[n, d]` of `table` `[vocab, d]` (f32 or bf16) for u32 `ids` `[n]`
+/// (`tram_embedding_f32` / `_bf16`; an out-of-range id gives a NaN row).
+pub(crate) fn embedding(ts: &CudaStorage, tl: &Layout, is: &CudaStorage, il: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "embedding";
+    let dev = ts.device();
+    let ids = view_u32(is, il, op)?;
+    let (vocab, d) = rows_width(tl, op)?;
+    let n = u32_of(il.shape().elem_count(), "id count", op)?;
+    let cfg = LaunchConfig { grid_dim: (n.max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let r = range(tl, op)?;
+    let total = n as usize * d as usize;
+    // The rows are copied as bits: f32 as u32, bf16 as its u16 storage.
+    match ts.dtype() {
+        candle_core::DType::F32 => {
+            let t = ts.as_cuda_slice::<f32>()?.slice(r);
+            let y = alloc(dev, total)?;
+            let func = dev.get_or_load_custom_func("tram_embedding_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&t).arg(&ids).arg(&y).arg(&d).arg(&vocab);
+            // SAFETY: the arguments follow the kernel's signature (f32 passed as its bits); `y`
+            // holds n · d elements, every one written.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(out(y, dev, (n as usize, d as usize)))
+        }
+        candle_core::DType::BF16 => {
+            let t = ts.as_cuda_slice::<half::bf16>()?.slice(r);
+            // SAFETY: every element is written by the kernel.
+            let y = unsafe { dev.alloc::<half::bf16>(total.max(1))? };
+            let func = dev.get_or_load_custom_func("tram_embedding_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&t).arg(&ids).arg(&y).arg(&d).arg(&vocab);
+            // SAFETY: as above.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), (n as usize, d as usize).into()))
+        }
+        other => bail!("{op}: the CUDA kernel takes an f32 or bf16 table, got {other:?}"),
+    }
+}
+
+/// The table gradient `[vocab, d]` of [`embedding`] from the output gradient `g` `[n, d]`
+/// (f32 or bf16, the table's dtype): `tram_embedding_order` sorts the ids stably, then
+/// `tram_embedding_grad_f32` / `_bf16` sums each id's rows in f32 in position order into a
+/// zeroed table.
+pub(crate) fn embedding_grad(gs: &CudaStorage, gl: &Layout, is: &CudaStorage, il: &Layout, vocab: usize) -> Result<(CudaStorage, Shape)> {
+    let op = "embedding backward";
+    let dev = gs.device();
+    let g = Data::of(gs, gl, op)?;
+    let ids = view_u32(is, il, op)?;
+    let (rows, d) = rows_width(gl, op)?;
+    let n = u32_of(il.shape().elem_count(), "id count", op)?;
+    if rows != n {
+        bail!("{op}: {rows} gradient rows for {n} ids");
+    }
+    let vocab32 = u32_of(vocab, "vocabulary size", op)?;
+    let order = dev.alloc_zeros::<u32>(n.max(1) as usize)?;
+    let func = dev.get_or_load_custom_func("tram_embedding_order", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&ids).arg(&order).arg(&n);
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: the arguments follow the kernel's signature; `order` holds n elements, and the
+    // ranks are a permutation of 0..n.
+    unsafe { b.launch(cfg) }.w()?;
+    drop(b);
+    let total = vocab * d as usize;
+    let table = match g {
+        Data::F32(_) => Buf::F32(dev.alloc_zeros::<f32>(total.max(1))?),
+        Data::Bf16(_) => Buf::Bf16(dev.alloc_zeros::<half::bf16>(total.max(1))?),
+    };
+    if n > 0 {
+        let func = dev.get_or_load_custom_func(&g.kernel("tram_embedding_grad"), MODULE, PTX)?;
+        let mut b = func.builder();
+        g.push(&mut b);
+        b.arg(&ids).arg(&order);
+        table.push(&mut b);
+        b.arg(&n).arg(&d).arg(&vocab32);
+        let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: as above; `table` holds vocab · d elements and only rows below vocab are written.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(table.storage(dev, (vocab, d as usize)))
+}
+
+/// `x + b` over the rows of `x` (`tram_add_bias_f32` / `_bf16`; x and b of one dtype).
+pub(crate) fn add_bias(xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "add_bias";
+    let dev = xs.device();
+    if xs.dtype() != bs.dtype() {
+        bail!("{op}: input {:?} and bias {:?} must have one dtype", xs.dtype(), bs.dtype());
+    }
+    let (x, bias) = (Data::of(xs, xl, op)?, Data::of(bs, bl, op)?);
+    let (_, n) = rows_width(xl, op)?;
+    let total = xl.shape().elem_count();
+    let y = x.alloc_like(dev, total)?;
+    let total64 = total as u64;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_add_bias"), MODULE, PTX)?;
+    let mut b = func.builder();
+    x.push(&mut b);
+    bias.push(&mut b);
+    y.push(&mut b);
+    b.arg(&total64).arg(&n);
+    // SAFETY: as above; `y` holds every element of x.
+    unsafe { b.launch(elementwise(total)) }.w()?;
+    drop(b);
+    Ok(y.storage(dev, xl.shape().clone()))
+}
+
+/// Rows per block of the column partial sums (at least; more when the rows would need over
+/// 65535 blocks, CUDA's limit on the grid's second dimension).
+const COL_SUM_CHUNK: u32 = 64;
+
+/// Column partial sums `[chunks, n]` in f32 of `g` `[.., n]` (f32 or bf16;
+/// `tram_col_sums_f32` / `_bf16`); the caller sums dim 0.
+pub(crate) fn col_sums(gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+    let op = "bias backward";
+    let dev = gs.device();
+    let g = Data::of(gs, gl, op)?;
+    let (rows, n) = rows_width(gl, op)?;
+    let chunk = COL_SUM_CHUNK.max(rows.div_ceil(65535));
+    let chunks = rows.div_ceil(chunk).max(1);
+    let part = alloc(dev, chunks as usize * n as usize)?;
+    let func = dev.get_or_load_custom_func(&g.kernel("tram_col_sums"), MODULE, PTX)?;
+    let mut b = func.builder();
+    g.push(&mut b);
+    b.arg(&part).arg(&rows).arg(&n).arg(&chunk);
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1), chunks, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: as above; `part` holds chunks · n elements, each written once (rows ≥ 1 per
+    // chunk since chunks = ⌈rows / chunk⌉; with no rows, the one chunk sums nothing to 0).
+    unsafe { b.launch(cfg) }.w()?;
+    drop(b);
+    Ok(out(part, dev, (chunks as usize, n as usize)))
+}

@@ -7,7 +7,9 @@
 //! - [`layer_norm`]: layer norm over the last dimension with gradients for the input, the
 //!   weight and the bias;
 //! - [`gelu_tanh`] (`gelu_new`) and [`gelu_erf`];
-//! - [`add_bias`]: a bias added over the last dimension, its gradient accumulated row by row;
+//! - [`add_bias`]: a bias added over the last dimension, its gradient summed over the rows in
+//!   f32;
+//! - [`embedding`]: rows of an embedding table, the table gradient summed in f32 per id;
 //! - [`cross_entropy`]: mean log-softmax cross-entropy over rows, with ignored rows;
 //! - [`log_softmax`] and [`kl_div_rows`]: the log-softmax / KL distances of the trust regions;
 //! - [`optim`]: fused in-place Adam / AdamW / SGD-momentum updates (one pass over memory);
@@ -47,12 +49,14 @@ pub mod update;
 mod bias;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod embedding;
 mod gelu;
 mod loss;
 mod norm;
 mod softmax;
 
 pub use bias::add_bias;
+pub use embedding::embedding;
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use loss::{cross_entropy, kl_div_rows, log_softmax};
 pub use norm::{layer_norm, layer_norm_composed};

@@ -242,13 +242,14 @@ impl Encoder {
         Ok(pos)
     }
 
-    /// Token-type embeddings `[batch, seq, hidden]` of `token_types` `[batch, seq]`, or of all
-    /// zeros when absent (`transformers`' default `token_type_ids`). An id outside
-    /// `0..type_vocab_size` is an error naming both.
-    fn token_type_embeddings(&self, table: &Tensor, token_types: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
+    /// `x` `[batch, seq, hidden]` plus the token-type embeddings of `token_types`
+    /// `[batch, seq]`, or of all zeros when absent (`transformers`' default `token_type_ids`:
+    /// row 0 added to every token, its gradient summed over the tokens in f32 by
+    /// [`tram_kernels::add_bias`]). An id outside `0..type_vocab_size` is an error naming both.
+    fn add_token_type_embeddings(&self, x: &Tensor, table: &Tensor, token_types: Option<&Tensor>, b: usize, s: usize) -> Result<Tensor> {
         let c = &self.cfg;
         let Some(tt) = token_types else {
-            return Ok(table.narrow(0, 0, 1)?.unsqueeze(0)?.broadcast_as((b, s, c.hidden_size))?);
+            return Ok(tram_kernels::add_bias(x, &table.get(0)?)?);
         };
         if tt.dims() != [b, s] {
             return Err(Error::Model(format!("{}: token type ids {:?} do not match the token ids [{b}, {s}]", c.family.name(), tt.dims())));
@@ -264,7 +265,7 @@ impl Encoder {
                 c.type_vocab_size
             )));
         }
-        embedding(table, &tt)
+        Ok(x.add(&embedding(table, &tt)?)?)
     }
 
     /// `last_hidden_state` `[batch, seq, hidden]` from word embeddings `embeds`, the token
@@ -289,8 +290,7 @@ impl Encoder {
         }
         let e = Scoped::new(w, format!("{}.embeddings.", self.base));
         let pos = embedding(&e.get("position_embeddings.weight")?, &self.position_ids(ids)?)?;
-        let typ = self.token_type_embeddings(&e.get("token_type_embeddings.weight")?, token_types, b, s)?;
-        let x = embeds.add(&pos)?.add(&typ)?;
+        let x = self.add_token_type_embeddings(&embeds.add(&pos)?, &e.get("token_type_embeddings.weight")?, token_types, b, s)?;
         let x = layer_norm(&x, &e.get("LayerNorm.weight")?, &e.get("LayerNorm.bias")?, c.layer_norm_eps)?;
         let mut x = dropout.apply_p(&x, c.hidden_dropout_prob, train)?;
         let attn_mask = match mask {

@@ -15,7 +15,8 @@
 
 use crate::checkpoint::{config_out, dropout_seed, ids_u32, params_dtype, ConfigFields, Loader};
 use crate::layers::{
-    activation, attention_masked, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
+    activation, add_per_example, attention_masked, conv1d, embedding, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout,
+    Scoped,
 };
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
@@ -265,7 +266,7 @@ impl Gpt2 {
         let train = mode.train;
         let d = &self.dropout;
         let wpe = w.weight("transformer.wpe.weight")?.narrow(0, 0, s)?;
-        let mut x = d.apply_p(&embeds.broadcast_add(&wpe)?, c.embd_pdrop, train)?;
+        let mut x = d.apply_p(&add_per_example(embeds, &wpe)?, c.embd_pdrop, train)?;
         let causal = AttentionMask::causal();
         let heads = c.n_head;
         let head_dim = h / heads;

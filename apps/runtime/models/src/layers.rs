@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Mutex;
-use tram::{Result, Weights};
+use tram::{Error, Result, Weights};
 
 /// `LayerNorm(x) = (x − mean) / sqrt(var + eps) · weight + bias` over the last dimension,
 /// computed in f32 and cast back to the input dtype.
@@ -55,11 +55,24 @@ fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Rows of an embedding table for `ids` of any shape; output `[..ids, dim]`.
+/// Rows of an embedding table for `ids` of any shape; output `[..ids, dim]`. The table
+/// gradient sums each id's rows in f32 ([`tram_kernels::embedding`]).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let mut dims = ids.dims().to_vec();
-    dims.push(table.dim(1)?);
-    Ok(table.index_select(&ids.flatten_all()?.to_dtype(DType::U32)?, 0)?.reshape(dims)?)
+    Ok(tram_kernels::embedding(table, ids)?)
+}
+
+/// `x + table` for `x` `[batch, ..]` and a `table` of the shape of one example (`[seq, dim]`
+/// position embeddings, a `[1, dim]` CLS row), broadcast over the batch: the table's gradient
+/// is summed over the batch in f32 ([`tram_kernels::add_bias`] over `[batch, numel]` rows),
+/// where `broadcast_add` sums in the tensor's dtype.
+pub fn add_per_example(x: &Tensor, table: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let per = table.elem_count();
+    if dims.is_empty() || dims[1..].iter().product::<usize>() != per {
+        return Err(Error::Model(format!("cannot add a {:?} table to every example of {dims:?}", table.dims())));
+    }
+    let x2 = if x.is_contiguous() { x.reshape((dims[0], per))? } else { x.contiguous()?.reshape((dims[0], per))? };
+    Ok(tram_kernels::add_bias(&x2, &table.flatten_all()?)?.reshape(dims)?)
 }
 
 /// Which keys each query may attend, folded into the attention softmax (no bias tensor is

@@ -11,7 +11,9 @@
 
 use crate::checkpoint::{config_out, divides, dropout_seed, num_labels, params_dtype, ConfigFields, Init, Loader};
 use crate::encoder::{class_targets, first_token};
-use crate::layers::{activation, attention_masked, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped};
+use crate::layers::{
+    activation, add_per_example, attention_masked, layer_norm, linear, merge_heads, split_heads, AttentionMask, Dropout, Scoped,
+};
 use crate::{LoadOptions, Pretrained, WeightMap};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -221,8 +223,10 @@ impl Vit {
             )));
         }
         let (d, train) = (&self.dropout, mode.train);
-        let cls = w.weight("vit.embeddings.cls_token")?.broadcast_as((b, 1, h))?;
-        let x = Tensor::cat(&[&cls, embeds], 1)?.broadcast_add(&w.weight("vit.embeddings.position_embeddings")?)?;
+        // The CLS row and the position embeddings are added per example, their gradients
+        // summed over the batch in f32 (`broadcast_as` / `broadcast_add` sum in the dtype).
+        let cls = add_per_example(&Tensor::zeros((b, 1, h), embeds.dtype(), embeds.device())?, &w.weight("vit.embeddings.cls_token")?)?;
+        let x = add_per_example(&Tensor::cat(&[&cls, embeds], 1)?, &w.weight("vit.embeddings.position_embeddings")?)?;
         let mut x = d.apply_p(&x, c.hidden_dropout_prob, train)?;
         let heads = c.num_attention_heads;
         let scale = 1.0 / ((h / heads) as f64).sqrt();
