@@ -4,7 +4,8 @@
 //! fused CPU kernels: values and gradients of the masked softmax (causal, key mask, rows with no
 //! key to attend), layer norm (input, weight and bias gradients over several row chunks),
 //! log-softmax, cross-entropy with ignored rows, KL rows, GELU (both kinds, f32 and bf16), and
-//! the in-place Adam / AdamW / SGD updates (bit for bit). This checks on every machine what
+//! the in-place Adam / AdamW / SGD updates (bit for bit), the embedding rows and table gradient
+//! (bit for bit, f32 and bf16) and the bias addition with its column sums. This checks on every machine what
 //! `tests/device.rs` checks on a GPU (the same kernels through the driver), so a kernel bug
 //! shows without one. Needs a C++20 compiler (`c++`, or `CXX`).
 
@@ -319,5 +320,70 @@ fn update_kernels_equal_the_cpu_updates_bit_for_bit() {
         if let Some(b) = &buf {
             assert_eq!(bits(&out[1]), bits(&flat(b)), "sgd {c:?}: the buffer differs from the CPU update");
         }
+    }
+}
+
+/// The CPU embedding's rows and table gradient for the positions whose id is in the table
+/// (the CPU op refuses the others; the kernels give them NaN rows and skip their gradient).
+fn cpu_embedding(table: &[f32], ids: &[u32], g: &[f32], vocab: usize, d: usize, dtype: DType) -> (Vec<f32>, Vec<f32>) {
+    let keep: Vec<usize> = (0..ids.len()).filter(|&i| (ids[i] as usize) < vocab).collect();
+    let kept_ids: Vec<u32> = keep.iter().map(|&i| ids[i]).collect();
+    let kept_g: Vec<f32> = keep.iter().flat_map(|&i| g[i * d..(i + 1) * d].to_vec()).collect();
+    let tv = Var::from_tensor(&t(table, &[vocab, d]).to_dtype(dtype).unwrap()).unwrap();
+    let ids_t = Tensor::from_slice(&kept_ids, kept_ids.len(), &Device::Cpu).unwrap();
+    let y = k::embedding(tv.as_tensor(), &ids_t).unwrap();
+    let r = t(&kept_g, &[kept_ids.len(), d]).to_dtype(dtype).unwrap();
+    let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let dt = grads.get(tv.as_tensor()).unwrap().to_dtype(DType::F32).unwrap();
+    (flat(&y.to_dtype(DType::F32).unwrap()), flat(&dt))
+}
+
+#[test]
+fn embedding_kernels_equal_the_cpu_rows_and_table_gradient_bit_for_bit_in_f32_and_bf16() {
+    let (vocab, d, n) = (23usize, 300usize, 260usize);
+    let table = rand_v(vocab * d, 41, 1.0);
+    let g = rand_v(n * d, 42, 1.0);
+    // Mostly three frequent ids (long runs of one id), one id past the table.
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let mut ids: Vec<u32> =
+        (0..n).map(|_| if rng.random::<f64>() < 0.6 { rng.random_range(0..3) } else { rng.random_range(0..vocab as u32) }).collect();
+    ids[17] = vocab as u32;
+    for (dtype, bf16) in [(DType::F32, 0), (DType::BF16, 1)] {
+        let out = emulate("embedding", Args::default().f32s(&table).u32s(&ids).f32s(&g).u32(vocab as u32).u32(d as u32).i32(bf16));
+        let (y, grad, order) = (&out[0], &out[1], &out[2]);
+        // The order is the stable sort of the ids.
+        let mut want: Vec<u32> = (0..n as u32).collect();
+        want.sort_by_key(|&i| ids[i as usize]);
+        assert_eq!(order.iter().map(|&o| o as u32).collect::<Vec<_>>(), want, "{dtype:?}: id order");
+        let (cpu_y, cpu_grad) = cpu_embedding(&table, &ids, &g, vocab, d, dtype);
+        // Rows: the table's, NaN for the id past it.
+        let mut kept = Vec::new();
+        for (i, row) in y.chunks_exact(d).enumerate() {
+            if i == 17 {
+                assert!(row.iter().all(|v| v.is_nan()), "{dtype:?}: the row of an id past the table is not NaN");
+            } else {
+                kept.extend_from_slice(row);
+            }
+        }
+        assert_eq!(bits(&kept), bits(&cpu_y), "{dtype:?}: embedding rows");
+        assert_eq!(bits(grad), bits(&cpu_grad), "{dtype:?}: table gradient");
+    }
+}
+
+#[test]
+fn bias_kernels_add_in_the_dtype_and_sum_the_gradient_over_row_chunks_in_f32() {
+    // 200 rows: four chunks of 64 rows; 300 columns: two blocks of columns.
+    let (rows, n) = (200usize, 300usize);
+    let (x, b, g) = (rand_v(rows * n, 51, 1.0), rand_v(n, 52, 1.0), rand_v(rows * n, 53, 1.0));
+    for (dtype, bf16) in [(DType::F32, 0), (DType::BF16, 1)] {
+        let out = emulate("add_bias", Args::default().f32s(&x).f32s(&b).f32s(&g).u32(rows as u32).u32(n as u32).u32(64).i32(bf16));
+        let bv = Var::from_tensor(&t(&b, &[n]).to_dtype(dtype).unwrap()).unwrap();
+        let xt = t(&x, &[rows, n]).to_dtype(dtype).unwrap();
+        let y = k::add_bias(&xt, bv.as_tensor()).unwrap();
+        assert_eq!(bits(&out[0]), bits(&flat(&y.to_dtype(DType::F32).unwrap())), "{dtype:?}: x + b");
+        // The gradient sums, unrounded, against the exact sums of the (dtype-rounded) g.
+        let gt = t(&g, &[rows, n]).to_dtype(dtype).unwrap().to_dtype(DType::F64).unwrap();
+        let exact: Vec<f32> = flat(&gt.sum(0).unwrap().to_dtype(DType::F32).unwrap());
+        assert_close(&format!("bias gradient {dtype:?}"), &out[1], &exact, 2e-6);
     }
 }

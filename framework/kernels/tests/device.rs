@@ -140,6 +140,21 @@ fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize,
         bad.extend(parity("gelu_erf", std::slice::from_ref(&x), Some(&r_x), dtype, device, &|t| k::gelu_erf(&t[0]), &ge, tol));
         let ab = |t: &[Tensor]| if direct { c::add_bias(&t[0], &t[1]) } else { k::add_bias(&t[0], &t[1]) };
         bad.extend(parity("add_bias", &[x.clone(), bias.clone()], Some(&r_x), dtype, device, &|t| k::add_bias(&t[0], &t[1]), &ab, tol));
+        // Embedding rows of a [vocab, d] table for b·sq ids, most of them three frequent ones.
+        let ids: Vec<u32> = (0..b * sq).map(|i| if i % 3 == 0 { (i * 7 % vocab) as u32 } else { (i % 3) as u32 }).collect();
+        let (ids_cpu, ids_dev) = (Tensor::new(ids.as_slice(), &Device::Cpu).unwrap(), Tensor::new(ids.as_slice(), device).unwrap());
+        let table = rand_t(&[vocab, d], 11, 1.0);
+        let em = |t: &[Tensor]| if direct { c::embedding(&t[0], &ids_dev) } else { k::embedding(&t[0], &ids_dev) };
+        bad.extend(parity(
+            "embedding",
+            std::slice::from_ref(&table),
+            Some(&r_x),
+            dtype,
+            device,
+            &|t| k::embedding(&t[0], &ids_cpu),
+            &em,
+            tol,
+        ));
         let logits = rand_t(&[b * sq, vocab], 7, 5.0);
         let r_l = rand_t(&[b * sq, vocab], 8, 1.0);
         let ls = |t: &[Tensor]| if direct { c::log_softmax(&t[0]) } else { k::log_softmax(&t[0]) };
@@ -260,8 +275,8 @@ fn cuda() -> std::result::Result<Device, String> {
 }
 
 /// On CUDA the public ops run tram-kernels' own CUDA kernels (`cuda/fused.cu`) for the masked
-/// softmax, layer norm, log-softmax, cross-entropy and KL rows, and the composed path for the
-/// rest; with the kernels switched off, every op runs the composed path. Both against the CPU.
+/// softmax, layer norm, GELU, bias addition, embedding, log-softmax, cross-entropy and KL rows;
+/// with the kernels switched off, every op runs the composed path. Both against the CPU.
 #[test]
 fn every_op_on_cuda_matches_the_cpu_kernel() {
     let device = match cuda() {

@@ -217,6 +217,65 @@ int main(int argc, char** argv) {
                    f[0], f[1], f[2], f[3], c[0], c[1], c[2], c[3]);
         emit(p);
         emit(buf);
+    } else if (k == "embedding") {
+        // Forward rows, the stable id order and the table gradient (f32 values in and out; with
+        // bf16 the table and gradient are bf16 values, run as their bits).
+        auto table = array<float>();
+        auto ids = array<uint32_t>();
+        auto g = array<float>();
+        const auto vocab = scalar<uint32_t>(), d = scalar<uint32_t>();
+        const auto bf16 = scalar<int32_t>();
+        const unsigned n = (unsigned)ids.size();
+        std::vector<uint32_t> order(n, 0xffffffffu);
+        emu_launch(tram_embedding_order, dim3{std::max(1u, (n + 255) / 256)}, dim3{256}, (const uint32_t*)ids.data(), order.data(), n);
+        std::vector<float> y(uninit((size_t)n * d)), grad((size_t)vocab * d, 0.0f);  // the caller zeroes the table gradient
+        if (!bf16) {
+            emu_launch(tram_embedding_f32, dim3{n}, dim3{256}, (const uint32_t*)(const void*)table.data(), (const uint32_t*)ids.data(),
+                       (uint32_t*)(void*)y.data(), d, vocab);
+            emu_launch(tram_embedding_grad_f32, dim3{n}, dim3{256}, (const float*)g.data(), (const uint32_t*)ids.data(),
+                       (const uint32_t*)order.data(), grad.data(), n, d, vocab);
+        } else {
+            auto tb = to_bf16(table), gb = to_bf16(g);
+            std::vector<unsigned short> yb((size_t)n * d, 0x7fc0), db((size_t)vocab * d, 0);
+            emu_launch(tram_embedding_bf16, dim3{n}, dim3{256}, (const unsigned short*)tb.data(), (const uint32_t*)ids.data(), yb.data(), d,
+                       vocab);
+            emu_launch(tram_embedding_grad_bf16, dim3{n}, dim3{256}, (const unsigned short*)gb.data(), (const uint32_t*)ids.data(),
+                       (const uint32_t*)order.data(), db.data(), n, d, vocab);
+            y = from_bf16(yb);
+            grad = from_bf16(db);
+        }
+        emit(y);
+        emit(grad);
+        std::vector<float> of(n);
+        for (unsigned i = 0; i < n; ++i) of[i] = (float)order[i];
+        emit(of);
+    } else if (k == "add_bias") {
+        // y = x + b and the bias gradient of upstream g: column partial sums over row chunks,
+        // added up in chunk order (the caller's sum over dim 0).
+        auto x = array<float>(), b = array<float>(), g = array<float>();
+        const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>(), chunk = scalar<uint32_t>();
+        const auto bf16 = scalar<int32_t>();
+        const unsigned long long total = (unsigned long long)rows * n;
+        const unsigned blocks = (unsigned)std::min<unsigned long long>(std::max(1ull, (total + 255) / 256), 1ull << 20);
+        const unsigned chunks = std::max(1u, (rows + chunk - 1) / chunk);
+        std::vector<float> y(uninit(total)), part(uninit((size_t)chunks * n));
+        if (!bf16) {
+            emu_launch(tram_add_bias_f32, dim3{blocks}, dim3{256}, (const float*)x.data(), (const float*)b.data(), y.data(), total, n);
+            emu_launch(tram_col_sums_f32, dim3{(n + 255) / 256, chunks, 1}, dim3{256}, (const float*)g.data(), part.data(), rows, n, chunk);
+        } else {
+            auto xb = to_bf16(x), bb = to_bf16(b), gb = to_bf16(g);
+            std::vector<unsigned short> yb(total, 0x7fc0);
+            emu_launch(tram_add_bias_bf16, dim3{blocks}, dim3{256}, (const unsigned short*)xb.data(), (const unsigned short*)bb.data(), yb.data(),
+                       total, n);
+            emu_launch(tram_col_sums_bf16, dim3{(n + 255) / 256, chunks, 1}, dim3{256}, (const unsigned short*)gb.data(), part.data(), rows, n,
+                       chunk);
+            y = from_bf16(yb);
+        }
+        std::vector<float> db(n, 0.0f);
+        for (unsigned c = 0; c < chunks; ++c)
+            for (unsigned j = 0; j < n; ++j) db[j] += part[(size_t)c * n + j];
+        emit(y);
+        emit(db);
     } else {
         std::fprintf(stderr, "emu: unknown kernel %s\n", k.c_str());
         return 2;
