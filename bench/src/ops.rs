@@ -177,7 +177,8 @@ fn measure(a: &Args, dev: &Device, composed: bool, ops: &mut serde_json::Map<Str
     let (b, t, h, d, v) = (a.batch, a.seq, a.heads, a.embd, a.vocab);
     let rows = b * t;
     /// The ops with a CUDA kernel of their own (the rest always run composed on CUDA).
-    const KERNELS: [&str; 7] = ["softmax", "layer_norm", "gelu", "cross_entropy", "log_softmax", "kl_div_rows", "adam"];
+    const KERNELS: [&str; 9] =
+        ["softmax", "layer_norm", "gelu", "add_bias", "embedding", "cross_entropy", "log_softmax", "kl_div_rows", "adam"];
     let want = |name: &str| (a.only.is_empty() || a.only.iter().any(|o| o == name)) && (!composed || KERNELS.contains(&name));
     let (w, r) = (a.warmup, a.reps);
     let mut put = |name: &str, shape: &[usize], fwd: f64, fwd_bwd: Option<f64>| {
@@ -234,6 +235,17 @@ fn measure(a: &Args, dev: &Device, composed: bool, ops: &mut serde_json::Map<Str
             let fb = time(&dev, w, r, || backprop(&tram_kernels::add_bias(xv.as_tensor(), bias.as_tensor())?, &g))?;
             put("add_bias", &shape, fwd, Some(fb));
         }
+    }
+    if want("embedding") {
+        // The token embedding [V, D] for B·T ids, half of them 64 frequent ones (as text has):
+        // rows forward, the table gradient backward.
+        let ids: Vec<u32> = (0..rows as u64).map(|i| if i % 2 == 1 { (i * 7919 % v as u64) as u32 } else { (i % 64) as u32 }).collect();
+        let ids = Tensor::from_vec(ids, rows, &dev)?;
+        let table = Var::from_tensor(&wave(&[v, d], 0.02, 4.0, dt, &dev)?)?;
+        let g = wave(&[rows, d], 1.0, 1.0, dt, &dev)?;
+        let fwd = time(&dev, w, r, || done(tram_kernels::embedding(table.as_tensor(), &ids)))?;
+        let fb = time(&dev, w, r, || backprop(&tram_kernels::embedding(table.as_tensor(), &ids)?, &g))?;
+        put("embedding", &[rows, v, d], fwd, Some(fb));
     }
     let logits_ops = ["cross_entropy", "log_softmax", "kl_div_rows", "kl_div_sum_f64"];
     if logits_ops.iter().any(|o| want(o)) {

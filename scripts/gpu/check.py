@@ -384,6 +384,13 @@ def torch_ops(a, only) -> dict:
             bias = wave((4 * d,), 0.1, 2.0).requires_grad_(True)
             op = lambda y: y + bias
             res["add_bias"] = {"fwd_ms": timed(lambda: op(x.detach())), "fwd_bwd_ms": timed(fb(op, x, g))}
+    if want("embedding"):
+        i = torch.arange(rows, device=dev, dtype=torch.int64)
+        ids = torch.where(i % 2 == 1, i * 7919 % v, i % 64)
+        table = wave((v, d), 0.02, 4.0)
+        g = wave((rows, d), 1.0, 1.0)
+        op = lambda w_: F.embedding(ids, w_)
+        res["embedding"] = {"fwd_ms": timed(lambda: op(table)), "fwd_bwd_ms": timed(fb(op, table, g))}
     if any(want(n) for n in ("cross_entropy", "log_softmax", "kl_div_rows", "kl_div_sum_f64")):
         x = wave((rows, v), 4.0, 0.0)
         y = wave((rows, v), 4.0, 0.5)
