@@ -23,7 +23,7 @@ struct EmbeddingGrad {
 
 /// Rows of `table` for `ids`, or an error naming the first id outside the table.
 fn gather<T: Copy>(table: &[T], ids: &[u32], d: usize) -> Result<Vec<T>> {
-    let vocab = if d == 0 { 0 } else { table.len() / d };
+    let vocab = table.len().checked_div(d).unwrap_or(0);
     let mut out = Vec::with_capacity(ids.len() * d);
     for (i, &id) in ids.iter().enumerate() {
         if id as usize >= vocab {
@@ -37,22 +37,43 @@ fn gather<T: Copy>(table: &[T], ids: &[u32], d: usize) -> Result<Vec<T>> {
     Ok(out)
 }
 
-/// The table gradient: the rows of `g` `[n, d]` of each id summed in the accumulator type `A`
-/// in position order (ids outside `0..vocab` skipped), the other rows zero.
-fn scatter_sum<T: Copy, A: Copy + std::ops::AddAssign>(
-    g: &[T],
-    ids: &[u32],
-    d: usize,
-    vocab: usize,
-    zero_t: T,
-    zero_a: A,
-    widen: impl Fn(T) -> A,
-    narrow: impl Fn(A) -> T,
-) -> Vec<T> {
+/// A table element type and the type its gradient sums accumulate in: f32 and f64 in
+/// themselves, bf16 and f16 in f32.
+trait Summed: Copy {
+    type Acc: Copy + std::ops::AddAssign;
+    const ZERO: Self;
+    const ACC_ZERO: Self::Acc;
+    fn widen(self) -> Self::Acc;
+    fn narrow(a: Self::Acc) -> Self;
+}
+
+macro_rules! summed {
+    ($t:ty, $acc:ty, $zero:expr, $widen:expr, $narrow:expr) => {
+        impl Summed for $t {
+            type Acc = $acc;
+            const ZERO: Self = $zero;
+            const ACC_ZERO: $acc = 0.0;
+            fn widen(self) -> $acc {
+                $widen(self)
+            }
+            fn narrow(a: $acc) -> Self {
+                $narrow(a)
+            }
+        }
+    };
+}
+summed!(f32, f32, 0.0, |x| x, |a| a);
+summed!(f64, f64, 0.0, |x| x, |a| a);
+summed!(bf16, f32, bf16::ZERO, bf16::to_f32, bf16::from_f32);
+summed!(f16, f32, f16::ZERO, f16::to_f32, f16::from_f32);
+
+/// The table gradient: the rows of `g` `[n, d]` of each id summed in `T::Acc` in position
+/// order (ids outside `0..vocab` skipped) and rounded once, the other rows zero.
+fn scatter_sum<T: Summed>(g: &[T], ids: &[u32], d: usize, vocab: usize) -> Vec<T> {
     // The accumulator rows, one per distinct id, in order of first appearance.
     let mut slot = vec![u32::MAX; vocab];
     let mut seen: Vec<u32> = Vec::new();
-    let mut acc: Vec<A> = Vec::new();
+    let mut acc: Vec<T::Acc> = Vec::new();
     for (i, &id) in ids.iter().enumerate() {
         let id = id as usize;
         if id >= vocab {
@@ -61,17 +82,17 @@ fn scatter_sum<T: Copy, A: Copy + std::ops::AddAssign>(
         if slot[id] == u32::MAX {
             slot[id] = seen.len() as u32;
             seen.push(id as u32);
-            acc.resize(acc.len() + d, zero_a);
+            acc.resize(acc.len() + d, T::ACC_ZERO);
         }
         let s = slot[id] as usize;
         for (a, &v) in acc[s * d..(s + 1) * d].iter_mut().zip(&g[i * d..(i + 1) * d]) {
-            *a += widen(v);
+            *a += v.widen();
         }
     }
-    let mut out = vec![zero_t; vocab * d];
+    let mut out = vec![T::ZERO; vocab * d];
     for (s, &id) in seen.iter().enumerate() {
         for (o, &a) in out[id as usize * d..(id as usize + 1) * d].iter_mut().zip(&acc[s * d..(s + 1) * d]) {
-            *o = narrow(a);
+            *o = T::narrow(a);
         }
     }
     out
@@ -134,10 +155,10 @@ impl CustomOp2 for EmbeddingGrad {
         }
         let v = self.vocab;
         let s = match gs {
-            CpuStorage::F32(g) => CpuStorage::F32(scatter_sum(&g[r], ids, d, v, 0f32, 0f32, |x| x, |a| a)),
-            CpuStorage::F64(g) => CpuStorage::F64(scatter_sum(&g[r], ids, d, v, 0f64, 0f64, |x| x, |a| a)),
-            CpuStorage::BF16(g) => CpuStorage::BF16(scatter_sum(&g[r], ids, d, v, bf16::ZERO, 0f32, bf16::to_f32, bf16::from_f32)),
-            CpuStorage::F16(g) => CpuStorage::F16(scatter_sum(&g[r], ids, d, v, f16::ZERO, 0f32, f16::to_f32, f16::from_f32)),
+            CpuStorage::F32(g) => CpuStorage::F32(scatter_sum(&g[r], ids, d, v)),
+            CpuStorage::F64(g) => CpuStorage::F64(scatter_sum(&g[r], ids, d, v)),
+            CpuStorage::BF16(g) => CpuStorage::BF16(scatter_sum(&g[r], ids, d, v)),
+            CpuStorage::F16(g) => CpuStorage::F16(scatter_sum(&g[r], ids, d, v)),
             other => bail!("{}: expected a float gradient, got {:?}", self.name(), crate::sdt(other)),
         };
         Ok((s, Shape::from((v, d))))

@@ -261,7 +261,7 @@ fn skewed_ids(b: usize, s: usize, vocab: u32, seed: u64) -> Tensor {
         .map(|_| {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let r = (x >> 33) as u32;
-            if r % 2 == 0 {
+            if r & 1 == 0 {
                 r / 2 % 3
             } else {
                 r / 2 % vocab
