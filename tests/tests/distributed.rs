@@ -1,66 +1,16 @@
 //! Data-parallel steps (README "Data-parallel training") without MPI: two ranks on two threads
-//! of this process, summing through an in-process [`Collective`]. With the global ascent, two
+//! of this process, summing through an in-process [`Collective`] (`tram::testing::ThreadGroup`). With the global ascent, two
 //! ranks of 8 examples take the single-process step of the 16 (noise compositions included:
 //! the samples are keyed by global example); the ranks agree bitwise; with the local ascent each
 //! rank perturbs by its own gradient, which equals the global step when both ranks hold the
 //! same examples and differs from it when they do not.
 
 mod common;
-use candle_core::Tensor;
 use common::*;
-use std::sync::{Arc, Barrier, Mutex};
-use tram::distributed::{flatten_f64, unflatten_f64, AscentScope, Collective};
+use std::sync::Arc;
+use tram::distributed::{AscentScope, Collective};
+use tram::testing::ThreadGroup;
 use tram::{Batch, Model};
-
-/// W ranks on W threads: each call deposits its values, and every rank sums the deposits in
-/// rank order (so every rank gets bitwise the same sums).
-struct Threads {
-    rank: usize,
-    world: usize,
-    slots: Arc<(Mutex<Vec<Vec<f64>>>, Barrier)>,
-}
-
-impl Threads {
-    fn group(world: usize) -> Vec<Threads> {
-        let slots = Arc::new((Mutex::new(vec![Vec::new(); world]), Barrier::new(world)));
-        (0..world).map(|rank| Threads { rank, world, slots: slots.clone() }).collect()
-    }
-}
-
-impl Collective for Threads {
-    fn name(&self) -> &str {
-        "threads"
-    }
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world(&self) -> usize {
-        self.world
-    }
-    fn all_reduce_sum(&self, tensors: &[Tensor]) -> tram::Result<Vec<Tensor>> {
-        let mut v = flatten_f64(tensors)?;
-        self.all_reduce_sum_f64(&mut v)?;
-        unflatten_f64(&v, tensors)
-    }
-    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> tram::Result<()> {
-        self.slots.0.lock().unwrap()[self.rank] = values.to_vec();
-        self.slots.1.wait();
-        let sums: Vec<f64> = {
-            let s = self.slots.0.lock().unwrap();
-            (0..values.len()).map(|i| s.iter().map(|r| r[i]).sum()).collect()
-        };
-        self.slots.1.wait();
-        values.copy_from_slice(&sums);
-        Ok(())
-    }
-    fn broadcast_bytes(&self, _bytes: &mut Vec<u8>, _root: usize) -> tram::Result<()> {
-        unimplemented!("the engine does not broadcast")
-    }
-    fn barrier(&self) -> tram::Result<()> {
-        self.slots.1.wait();
-        Ok(())
-    }
-}
 
 /// The composition with noise of σ = 0.5: large enough that the samples move the weights
 /// (at the tests' σ = 1e-3 the ascent of tram-noise is below f32 resolution).
@@ -95,12 +45,12 @@ fn two_ranks(
     ascent: AscentScope,
     share: fn(usize, &Batch) -> (Batch, usize),
 ) -> Vec<Vec<Vec<f32>>> {
-    let handles: Vec<_> = Threads::group(2)
+    let handles: Vec<_> = ThreadGroup::new(2)
         .into_iter()
         .map(|c| {
             let (composition, data) = (composition.to_string(), data.to_vec());
             std::thread::spawn(move || {
-                let rank = c.rank;
+                let rank = c.rank();
                 let (m, mut opt) = (model(1), opt(&composition));
                 opt.set_collective(Arc::new(c));
                 opt.set_ascent_scope(ascent);

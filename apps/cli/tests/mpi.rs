@@ -177,9 +177,23 @@ mod mpi {
     fn two_ranks_of_batch_2_equal_one_process_of_batch_4_for_every_composition() {
         let tmp = tempfile::tempdir().unwrap();
         let (one, two) = (tmp.path().join("w1"), tmp.path().join("w2"));
-        ok(1, &args(&one, METHODS, 3, &[]));
-        ok(2, &args(&two, METHODS, 3, &[]));
+        // Evaluation batches of one block: the two validation blocks are shared by the ranks.
+        let eval = ["--set", "train.eval_batch_size=1"];
+        ok(1, &args(&one, METHODS, 3, &eval));
+        ok(2, &args(&two, METHODS, 3, &eval));
         assert_close(&one, &two, METHODS, "W=2 vs W=1");
+        // The ranks evaluate half the validation set each and sum: the whole set's metrics.
+        for m in METHODS.split(',') {
+            let valid = |dir: &Path| -> serde_json::Value {
+                let r: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(dir.join(format!("{m}/seed-0/results.json"))).unwrap()).unwrap();
+                r["valid"].clone()
+            };
+            let (v1, v2) = (valid(&one), valid(&two));
+            assert_eq!(v1["rows"], v2["rows"], "{m}: validation rows, W=1 {v1} vs W=2 {v2}");
+            let (l1, l2) = (v1["loss"].as_f64().unwrap(), v2["loss"].as_f64().unwrap());
+            assert!((l1 - l2).abs() <= 1e-5 * l1.abs(), "{m}: validation loss W=1 {l1} vs W=2 {l2}");
+        }
         // Only rank 0 writes: one metrics log, each line once.
         let log = std::fs::read_to_string(two.join("adam/seed-0/metrics.jsonl")).unwrap();
         assert_eq!(log.lines().filter(|l| l.contains("\"type\":\"start\"")).count(), 1, "{log}");

@@ -33,7 +33,18 @@ pub trait EvalSource {
         self.len() == 0
     }
     /// Every batch, in a fixed order.
-    fn batches(&self) -> Box<dyn Iterator<Item = Result<Batch>> + '_>;
+    fn batches(&self) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        self.shard(0, 1)
+    }
+    /// The batches `rank`, `rank + world`, `rank + 2·world`, … of [`EvalSource::batches`]: one
+    /// rank's share of a data-parallel evaluation ([`crate::eval::evaluate_sharded`]), the
+    /// other batches not built.
+    fn shard(&self, rank: usize, world: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_>;
+}
+
+/// Whether batch `i` is in the shard of `rank` out of `world`.
+pub(crate) fn in_shard(i: usize, rank: usize, world: usize) -> bool {
+    i % world.max(1) == rank
 }
 
 /// Pre-built evaluation batches.
@@ -43,8 +54,8 @@ impl EvalSource for BatchList {
     fn len(&self) -> usize {
         self.1
     }
-    fn batches(&self) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
-        Box::new(self.0.iter().cloned().map(Ok))
+    fn shard(&self, rank: usize, world: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(self.0.iter().enumerate().filter(move |(i, _)| in_shard(*i, rank, world)).map(|(_, b)| Ok(b.clone())))
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::checkpoint::{self, Best, CheckpointFiles, TrainerState};
 use crate::config::{RunConfig, Select};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalMetrics};
+use crate::eval::{evaluate_sharded, EvalMetrics};
 use crate::results::{ColumnResult, RunResult};
 use crate::task::{EvalSet, TaskData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -592,7 +592,7 @@ impl<'a> Run<'a> {
         let mut columns = Vec::new();
         let valid = match &self.data.valid {
             Some(v) => {
-                let m = evaluate(self.model.as_ref(), v.source.as_ref())?;
+                let m = evaluate_sharded(self.model.as_ref(), v.source.as_ref(), self.dist.as_ref())?;
                 if let Some(metrics) = metrics.as_mut() {
                     metrics.line(&eval_line("final-valid", selected_step, v, &m))?;
                 }
@@ -601,7 +601,7 @@ impl<'a> Run<'a> {
             None => None,
         };
         for set in &self.data.tests {
-            let m = evaluate(self.model.as_ref(), set.source.as_ref())?;
+            let m = evaluate_sharded(self.model.as_ref(), set.source.as_ref(), self.dist.as_ref())?;
             if let Some(metrics) = metrics.as_mut() {
                 metrics.line(&eval_line("test", selected_step, set, &m))?;
             }
@@ -699,7 +699,7 @@ impl<'a> Run<'a> {
     /// selection needs them).
     fn validate(&mut self, step: u64) -> Result<()> {
         let Some(valid) = &self.data.valid else { return Ok(()) };
-        let m = evaluate(self.model.as_ref(), valid.source.as_ref())?;
+        let m = evaluate_sharded(self.model.as_ref(), valid.source.as_ref(), self.dist.as_ref())?;
         let improved = m.loss.is_finite() && self.best.as_ref().map(|(b, _)| m.loss < b.loss).unwrap_or(true);
         let mut line = eval_line("eval", step, valid, &m);
         line["best"] = json!(improved);

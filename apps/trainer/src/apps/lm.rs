@@ -171,8 +171,9 @@ impl EvalSource for CachedBlocks {
     fn len(&self) -> usize {
         self.picks.len()
     }
-    fn batches(&self) -> Box<dyn Iterator<Item = Result<tram::Batch>> + '_> {
-        Box::new(self.picks.chunks(self.batch).map(|c| {
+    fn shard(&self, rank: usize, world: usize) -> Box<dyn Iterator<Item = Result<tram::Batch>> + '_> {
+        let chunks = self.picks.chunks(self.batch).enumerate().filter(move |(i, _)| crate::task::in_shard(*i, rank, world));
+        Box::new(chunks.map(|(_, c)| {
             let blocks: Vec<Vec<u32>> = c.iter().map(|&(e, k)| self.caches[e].block(k)).collect();
             tram_data::lm::batch(&blocks, &self.device).map_err(data_err(&self.name))
         }))

@@ -100,9 +100,10 @@ impl EvalSource for LazyImages {
     fn len(&self) -> usize {
         self.images.len()
     }
-    fn batches(&self) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+    fn shard(&self, rank: usize, world: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
         let idx: Vec<usize> = (0..self.images.len()).collect();
-        let chunks: Vec<Vec<usize>> = idx.chunks(self.batch).map(<[usize]>::to_vec).collect();
+        let chunks: Vec<Vec<usize>> =
+            idx.chunks(self.batch).enumerate().filter(|(i, _)| crate::task::in_shard(*i, rank, world)).map(|(_, c)| c.to_vec()).collect();
         Box::new(chunks.into_iter().map(move |c| self.images.batch(&c, &self.pre, &self.device).map_err(data_err("evaluation images"))))
     }
 }
