@@ -177,8 +177,8 @@ fn measure(a: &Args, dev: &Device, composed: bool, ops: &mut serde_json::Map<Str
     let (b, t, h, d, v) = (a.batch, a.seq, a.heads, a.embd, a.vocab);
     let rows = b * t;
     /// The ops with a CUDA kernel of their own (the rest always run composed on CUDA).
-    const KERNELS: [&str; 9] =
-        ["softmax", "layer_norm", "gelu", "add_bias", "embedding", "cross_entropy", "log_softmax", "kl_div_rows", "adam"];
+    const KERNELS: [&str; 10] =
+        ["softmax", "layer_norm", "gelu", "add_bias", "embedding", "cross_entropy", "log_softmax", "kl_div_rows", "kl_div_sum_f64", "adam"];
     let want = |name: &str| (a.only.is_empty() || a.only.iter().any(|o| o == name)) && (!composed || KERNELS.contains(&name));
     let (w, r) = (a.warmup, a.reps);
     let mut put = |name: &str, shape: &[usize], fwd: f64, fwd_bwd: Option<f64>| {

@@ -51,17 +51,21 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
 
 /// `Σ softmax(p)·(log softmax(p) − log softmax(q))` over every row and class of two logits
 /// tensors of one shape `[.., classes]`: the KL divergence `KL(p ‖ q)` summed over rows,
-/// differentiable in both. f32 on the CPU runs the fused row kernel
-/// ([`tram_kernels::kl_div_rows`]: no `[rows, classes]` intermediate kept for the backward), and
-/// so does f64, with f64 arithmetic throughout: the trust regions' radius δ is an f64 KL of the
-/// LM head's logits, the largest tensor a TRAM step reduces (its value moves by ~1e-11 relative
-/// against the composed sum; every golden and reference-mode fixture holds). Other dtypes and
-/// devices run [`kl_div_sum_composed`].
+/// differentiable in both. f32 on the CPU and on CUDA runs the fused row kernel
+/// ([`tram_kernels::kl_div_rows`]: one pass, no `[rows, classes]` intermediate kept for the
+/// backward), and so does f64, with f64 arithmetic throughout: the trust regions' radius δ is an
+/// f64 KL of the LM head's logits, the largest tensor a TRAM step reduces (its value moves by
+/// ~1e-11 relative against the composed sum; every golden and reference-mode fixture holds),
+/// where the composed sum takes a dozen passes over the f64 logits. Other dtypes and devices,
+/// and CUDA with its kernels switched off, run [`kl_div_sum_composed`].
 ///
 /// f32 on a device without f64 (Metal: [`device_has_f64`]) runs [`kl_div_sum_compensated`], so
 /// that the radius δ, computed in f32 there, keeps its accuracy.
 pub fn kl_div_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
-    let kernel = |x: &Tensor| x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let kernel = |x: &Tensor| {
+        matches!(x.dtype(), DType::F32 | DType::F64)
+            && (x.device().is_cpu() || (x.device().is_cuda() && tram_kernels::cuda_kernels_enabled()))
+    };
     if kernel(p_logits) && kernel(q_logits) && p_logits.dtype() == q_logits.dtype() {
         return Ok(tram_kernels::kl_div_rows(p_logits, q_logits)?.sum_all()?);
     }

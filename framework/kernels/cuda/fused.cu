@@ -39,14 +39,15 @@ __device__ __forceinline__ float ld(const float* p, size_t i) { return p[i]; }
 __device__ __forceinline__ float ld(const unsigned short* p, size_t i) { return bf16_to_f32(p[i]); }
 __device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(unsigned short* p, size_t i, float v) { p[i] = f32_to_bf16(v); }
+__device__ __forceinline__ double ld(const double* p, size_t i) { return p[i]; }
 
 
-// Sum (MAX false) or maximum (MAX true) of two values.
-template <bool MAX>
-__device__ __forceinline__ float combine(float a, float b) { return MAX ? fmaxf(a, b) : a + b; }
+// Sum (MAX false) or maximum (MAX true) of two values, in f32 or f64 (R).
+template <bool MAX, typename R>
+__device__ __forceinline__ R combine(R a, R b) { return MAX ? fmax(a, b) : a + b; }
 
-template <bool MAX>
-__device__ __forceinline__ float warp_reduce(float v) {
+template <bool MAX, typename R>
+__device__ __forceinline__ R warp_reduce(R v) {
     for (int o = 16; o > 0; o >>= 1) v = combine<MAX>(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
@@ -55,26 +56,34 @@ __device__ __forceinline__ float warp_sum(float v) { return warp_reduce<false>(v
 __device__ __forceinline__ float warp_max(float v) { return warp_reduce<true>(v); }
 
 // Sum or maximum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets
-// the result. `sh` holds 32 floats; the trailing barrier lets the caller reuse it.
-template <bool MAX>
-__device__ __forceinline__ float block_reduce(float v, float* sh) {
+// the result. `sh` holds 32 values; the trailing barrier lets the caller reuse it.
+template <bool MAX, typename R>
+__device__ __forceinline__ R block_reduce(R v, R* sh) {
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_reduce<MAX>(v);
     if (lane == 0) sh[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float w = lane < warps ? sh[lane] : (MAX ? -INFINITY : 0.0f);
+        R w = lane < warps ? sh[lane] : (MAX ? (R)-INFINITY : (R)0);
         w = warp_reduce<MAX>(w);
         if (lane == 0) sh[0] = w;
     }
     __syncthreads();
-    const float r = sh[0];
+    const R r = sh[0];
     __syncthreads();
     return r;
 }
 
-__device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
-__device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }
+template <typename R>
+__device__ __forceinline__ R block_sum(R v, R* sh) { return block_reduce<false>(v, sh); }
+template <typename R>
+__device__ __forceinline__ R block_max(R v, R* sh) { return block_reduce<true>(v, sh); }
+
+// exp and log in the compute type (f32: expf / logf, f64: exp / log).
+__device__ __forceinline__ float ex(float x) { return expf(x); }
+__device__ __forceinline__ double ex(double x) { return exp(x); }
+__device__ __forceinline__ float lg(float x) { return logf(x); }
+__device__ __forceinline__ double lg(double x) { return log(x); }
 
 // ---------------------------------------------------------------------------------------------
 // Attention softmax: one warp per row of `[rows, sk]` scores (query i = row % sq). Keys after
@@ -241,17 +250,18 @@ extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, c
 // ---------------------------------------------------------------------------------------------
 // Log-softmax and cross-entropy rows: one block per row (rows are vocabulary-wide).
 
-// log-sum-exp of a row, every thread gets it.
-template <typename T>
-__device__ __forceinline__ float row_lse(const T* xr, unsigned n, float* sh, float* max_out) {
-    float m = -INFINITY;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, ld(xr, j));
+// log-sum-exp of a row of T elements in compute type R (f32 for f32 / bf16, f64 for f64);
+// every thread gets it.
+template <typename T, typename R>
+__device__ __forceinline__ R row_lse(const T* xr, unsigned n, R* sh, R* max_out) {
+    R m = -INFINITY;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) m = fmax(m, (R)ld(xr, j));
     m = block_max(m, sh);
-    float s = 0.0f;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(ld(xr, j) - m);
+    R s = 0;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex((R)ld(xr, j) - m);
     s = block_sum(s, sh);
     *max_out = m;
-    return m + logf(s);
+    return m + lg(s);
 }
 
 extern "C" __global__ void tram_log_softmax_f32(const float* __restrict__ x, float* __restrict__ y, unsigned n) {
@@ -339,43 +349,64 @@ extern "C" __global__ void tram_cross_entropy_rows_bwd_bf16(const unsigned short
 // ---------------------------------------------------------------------------------------------
 // Row-wise KL(softmax t ‖ softmax c): one block per row.
 
-// kl[row] = Σ p_t (t − c + lse(c) − lse(t)), p_t = exp(t − lse(t)).
-extern "C" __global__ void tram_kl_rows_f32(const float* __restrict__ t, const float* __restrict__ c, float* __restrict__ kl, unsigned n) {
-    __shared__ float sh[32];
-    const float* tr = t + (size_t)blockIdx.x * n;
-    const float* cr = c + (size_t)blockIdx.x * n;
-    float m;
-    const float st = row_lse(tr, n, sh, &m);
-    const float sc = row_lse(cr, n, sh, &m);
-    const float shift = sc - st;
-    float s = 0.0f;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(tr[j] - st) * (tr[j] - cr[j] + shift);
+// kl[row] = Σ p_t (t − c + lse(c) − lse(t)), p_t = exp(t − lse(t)); in f32 or in f64 (R), the
+// f64 kernels for the trust regions' radius δ (logits differing by ~σ·‖W‖, where f32 loses it).
+template <typename R>
+__device__ __forceinline__ void kl_rows(const R* __restrict__ t, const R* __restrict__ c, R* __restrict__ kl, unsigned n) {
+    __shared__ R sh[32];
+    const R* tr = t + (size_t)blockIdx.x * n;
+    const R* cr = c + (size_t)blockIdx.x * n;
+    R m;
+    const R st = row_lse(tr, n, sh, &m);
+    const R sc = row_lse(cr, n, sh, &m);
+    const R shift = sc - st;
+    R s = 0;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex(tr[j] - st) * (tr[j] - cr[j] + shift);
     s = block_sum(s, sh);
     if (threadIdx.x == 0) kl[blockIdx.x] = s;
 }
 
+extern "C" __global__ void tram_kl_rows_f32(const float* __restrict__ t, const float* __restrict__ c, float* __restrict__ kl, unsigned n) {
+    kl_rows(t, c, kl, n);
+}
+
+extern "C" __global__ void tram_kl_rows_f64(const double* __restrict__ t, const double* __restrict__ c, double* __restrict__ kl, unsigned n) {
+    kl_rows(t, c, kl, n);
+}
+
 // out[0][row] = g p_t ⊙ (log p_t − log p_c − KL), out[1][row] = g (p_c − p_t); out is
 // [2, rows, n].
+template <typename R>
+__device__ __forceinline__ void kl_rows_bwd(const R* __restrict__ t, const R* __restrict__ c, const R* __restrict__ g, R* __restrict__ out,
+                                            unsigned rows, unsigned n) {
+    __shared__ R sh[32];
+    const R* tr = t + (size_t)blockIdx.x * n;
+    const R* cr = c + (size_t)blockIdx.x * n;
+    R* dt = out + (size_t)blockIdx.x * n;
+    R* dc = out + ((size_t)rows + blockIdx.x) * n;
+    R m;
+    const R st = row_lse(tr, n, sh, &m);
+    const R sc = row_lse(cr, n, sh, &m);
+    const R shift = sc - st;
+    R s = 0;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex(tr[j] - st) * (tr[j] - cr[j] + shift);
+    const R kl = block_sum(s, sh);
+    const R gr = g[blockIdx.x];
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
+        const R pt = ex(tr[j] - st);
+        dt[j] = gr * pt * (tr[j] - cr[j] + shift - kl);
+        dc[j] = gr * (ex(cr[j] - sc) - pt);
+    }
+}
+
 extern "C" __global__ void tram_kl_rows_bwd_f32(const float* __restrict__ t, const float* __restrict__ c, const float* __restrict__ g,
                                                 float* __restrict__ out, unsigned rows, unsigned n) {
-    __shared__ float sh[32];
-    const float* tr = t + (size_t)blockIdx.x * n;
-    const float* cr = c + (size_t)blockIdx.x * n;
-    float* dt = out + (size_t)blockIdx.x * n;
-    float* dc = out + ((size_t)rows + blockIdx.x) * n;
-    float m;
-    const float st = row_lse(tr, n, sh, &m);
-    const float sc = row_lse(cr, n, sh, &m);
-    const float shift = sc - st;
-    float s = 0.0f;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += expf(tr[j] - st) * (tr[j] - cr[j] + shift);
-    const float kl = block_sum(s, sh);
-    const float gr = g[blockIdx.x];
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
-        const float pt = expf(tr[j] - st);
-        dt[j] = gr * pt * (tr[j] - cr[j] + shift - kl);
-        dc[j] = gr * (expf(cr[j] - sc) - pt);
-    }
+    kl_rows_bwd(t, c, g, out, rows, n);
+}
+
+extern "C" __global__ void tram_kl_rows_bwd_f64(const double* __restrict__ t, const double* __restrict__ c, const double* __restrict__ g,
+                                                double* __restrict__ out, unsigned rows, unsigned n) {
+    kl_rows_bwd(t, c, g, out, rows, n);
 }
 
 // ---------------------------------------------------------------------------------------------

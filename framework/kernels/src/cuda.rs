@@ -339,25 +339,92 @@ pub(crate) fn cross_entropy_rows_bwd(
     Ok(dx.storage(dev, xl.shape().clone()))
 }
 
-/// Row-wise KL of two logits tensors `[.., n]` → `[..]` (`tram_kl_rows_f32`).
+/// Device data of f32 or f64 elements (the KL kernels: f64 for the radius δ).
+enum Wide<'a> {
+    F32(CudaView<'a, f32>),
+    F64(CudaView<'a, f64>),
+}
+
+impl<'a> Wide<'a> {
+    fn of(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
+        let r = range(l, op)?;
+        match s.dtype() {
+            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(r))),
+            candle_core::DType::F64 => Ok(Self::F64(s.as_cuda_slice::<f64>()?.slice(r))),
+            other => bail!("{op}: the CUDA kernel takes f32 or f64, got {other:?}"),
+        }
+    }
+    fn kernel(&self, base: &str) -> String {
+        match self {
+            Self::F32(_) => format!("{base}_f32"),
+            Self::F64(_) => format!("{base}_f64"),
+        }
+    }
+    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
+        match self {
+            Self::F32(v) => b.arg(v),
+            Self::F64(v) => b.arg(v),
+        };
+    }
+    /// A new uninitialised output of `n` elements of this dtype, as storage once written.
+    fn alloc_like(&self, dev: &CudaDevice, n: usize) -> Result<WideBuf> {
+        // SAFETY: every element is written by the kernel that follows.
+        Ok(match self {
+            Self::F32(_) => WideBuf::F32(unsafe { dev.alloc::<f32>(n.max(1))? }),
+            Self::F64(_) => WideBuf::F64(unsafe { dev.alloc::<f64>(n.max(1))? }),
+        })
+    }
+}
+
+/// An output buffer of f32 or f64 elements.
+enum WideBuf {
+    F32(CudaSlice<f32>),
+    F64(CudaSlice<f64>),
+}
+
+impl WideBuf {
+    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
+        match self {
+            Self::F32(v) => b.arg(v),
+            Self::F64(v) => b.arg(v),
+        };
+    }
+    fn storage(self, dev: &CudaDevice, shape: impl Into<Shape>) -> (CudaStorage, Shape) {
+        let s = match self {
+            Self::F32(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
+            Self::F64(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
+        };
+        (s, shape.into())
+    }
+}
+
+/// Row-wise KL of two logits tensors `[.., n]` → `[..]` (`tram_kl_rows_f32` / `_f64`, in the
+/// inputs' dtype).
 pub(crate) fn kl_rows(ts: &CudaStorage, tl: &Layout, cs: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
     let op = "kl_div_rows";
     let dev = ts.device();
-    let (t, c) = (view(ts, tl, op)?, view(cs, cl, op)?);
+    if ts.dtype() != cs.dtype() {
+        bail!("{op}: target {:?} and current {:?} logits must have one dtype", ts.dtype(), cs.dtype());
+    }
+    let (t, c) = (Wide::of(ts, tl, op)?, Wide::of(cs, cl, op)?);
     let (rows, n) = rows_width(tl, op)?;
-    let kl = alloc(dev, rows as usize)?;
-    let func = dev.get_or_load_custom_func("tram_kl_rows_f32", MODULE, PTX)?;
+    let kl = t.alloc_like(dev, rows as usize)?;
+    let func = dev.get_or_load_custom_func(&t.kernel("tram_kl_rows"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&t).arg(&c).arg(&kl).arg(&n);
+    t.push(&mut b);
+    c.push(&mut b);
+    kl.push(&mut b);
+    b.arg(&n);
     // SAFETY: as above.
     unsafe { b.launch(block_rows(rows)) }.w()?;
+    drop(b);
     let mut shape = tl.dims().to_vec();
     shape.pop();
-    Ok(out(kl, dev, shape))
+    Ok(kl.storage(dev, shape))
 }
 
-/// Both KL gradients as `[2, rows, n]` (`tram_kl_rows_bwd_f32`): inputs target, current and
-/// the upstream `[rows]` gradient.
+/// Both KL gradients as `[2, rows, n]` (`tram_kl_rows_bwd_f32` / `_f64`): inputs target,
+/// current and the upstream `[rows]` gradient, of one dtype.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kl_rows_bwd(
     ts: &CudaStorage,
@@ -369,15 +436,23 @@ pub(crate) fn kl_rows_bwd(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "kl_div_rows backward";
     let dev = ts.device();
-    let (t, c, g) = (view(ts, tl, op)?, view(cs, cl, op)?, view(gs, gl, op)?);
+    if ts.dtype() != cs.dtype() || ts.dtype() != gs.dtype() {
+        bail!("{op}: target {:?}, current {:?} and gradient {:?} must have one dtype", ts.dtype(), cs.dtype(), gs.dtype());
+    }
+    let (t, c, g) = (Wide::of(ts, tl, op)?, Wide::of(cs, cl, op)?, Wide::of(gs, gl, op)?);
     let (rows, n) = rows_width(tl, op)?;
-    let o = alloc(dev, 2 * tl.shape().elem_count())?;
-    let func = dev.get_or_load_custom_func("tram_kl_rows_bwd_f32", MODULE, PTX)?;
+    let o = t.alloc_like(dev, 2 * tl.shape().elem_count())?;
+    let func = dev.get_or_load_custom_func(&t.kernel("tram_kl_rows_bwd"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&t).arg(&c).arg(&g).arg(&o).arg(&rows).arg(&n);
+    t.push(&mut b);
+    c.push(&mut b);
+    g.push(&mut b);
+    o.push(&mut b);
+    b.arg(&rows).arg(&n);
     // SAFETY: as above; `o` holds 2 · rows · n elements.
     unsafe { b.launch(block_rows(rows)) }.w()?;
-    Ok(out(o, dev, (2, rows as usize, n as usize)))
+    drop(b);
+    Ok(o.storage(dev, (2, rows as usize, n as usize)))
 }
 
 /// Launch config of the grid-stride elementwise kernels over `n` elements.

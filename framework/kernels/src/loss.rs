@@ -368,8 +368,8 @@ fn kl_row<T: Float>(t: &[T], c: &[T], s1: &mut [T], s2: &mut [T]) -> (T, T, T) {
 /// reduction (`F.kl_div(log_softmax(current), log_softmax(target), log_target=True,
 /// reduction="none").sum(-1)`). Differentiable in both (`∂/∂current = p_c − p_t`,
 /// `∂/∂target = p_t ⊙ (log p_t − log p_c − KL)`); computed in f32 (f64 for f64 input) and
-/// returned in that dtype. CUDA: its own kernels (see [`crate::cuda_kernels_enabled`]); other
-/// devices: [`crate::composed::kl_div_rows`].
+/// returned in that dtype. CUDA: its own kernels, f32 and f64 (see
+/// [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::kl_div_rows`].
 pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
     let op = "kl_div_rows";
     let cd = compute_dtype(current, op)?;
@@ -379,7 +379,8 @@ pub fn kl_div_rows(target: &Tensor, current: &Tensor) -> Result<Tensor> {
     if target.rank() == 0 {
         bail!("{op}: expected logits [.., classes], got a scalar");
     }
-    if !on_cpu(current) && !crate::on_cuda_kernel(current, cd) {
+    // CUDA: the f32 kernels, and the f64 ones for f64 input (the radius δ).
+    if !on_cpu(current) && !crate::on_cuda_kernel(current, DType::F32) {
         return crate::composed::kl_div_rows(target, current);
     }
     let c = |t: &Tensor| -> Result<Tensor> {

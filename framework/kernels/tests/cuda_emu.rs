@@ -72,14 +72,35 @@ impl Args {
         self.0.extend(v.to_le_bytes());
         self
     }
+    fn f64s(mut self, v: &[f64]) -> Self {
+        self.0.extend((v.len() as u64).to_le_bytes());
+        v.iter().for_each(|x| self.0.extend(x.to_le_bytes()));
+        self
+    }
     fn f32(mut self, v: f32) -> Self {
         self.0.extend(v.to_le_bytes());
         self
     }
 }
 
-/// Runs `kernel` of the emulator and returns its output arrays.
+/// Runs `kernel` of the emulator and returns its output arrays (f32).
 fn emulate(kernel: &str, args: Args) -> Vec<Vec<f32>> {
+    emulate_raw(kernel, args, 4)
+        .into_iter()
+        .map(|a| a.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        .collect()
+}
+
+/// [`emulate`] for a kernel whose outputs are f64.
+fn emulate_f64(kernel: &str, args: Args) -> Vec<Vec<f64>> {
+    emulate_raw(kernel, args, 8)
+        .into_iter()
+        .map(|a| a.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+        .collect()
+}
+
+/// The output arrays of `kernel` as bytes, `width` bytes per element.
+fn emulate_raw(kernel: &str, args: Args, width: usize) -> Vec<Vec<u8>> {
     let mut child =
         Command::new(emulator()).arg(kernel).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(&args.0).unwrap();
@@ -88,8 +109,8 @@ fn emulate(kernel: &str, args: Args) -> Vec<Vec<f32>> {
     let (mut b, mut arrays) = (&out.stdout[..], Vec::new());
     while !b.is_empty() {
         let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
-        arrays.push(b[8..8 + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect());
-        b = &b[8 + 4 * n..];
+        arrays.push(b[8..8 + width * n].to_vec());
+        b = &b[8 + width * n..];
     }
     arrays
 }
@@ -240,6 +261,38 @@ fn kl_rows_kernels_match_the_cpu_kernel_in_value_and_both_gradients() {
     assert_close("KL rows", &out[0], &flat(&kl), 1e-5);
     assert_close("KL rows target gradient", &out[1], &flat(grads.get(tv.as_tensor()).unwrap()), 1e-4);
     assert_close("KL rows current gradient", &out[2], &flat(grads.get(cv.as_tensor()).unwrap()), 1e-5);
+}
+
+/// The f64 kernels compute TRAM's radius δ: logits a σ = 1e-5 perturbation apart, whose KL
+/// (~1e-11 per row) f32 cannot resolve.
+#[test]
+fn f64_kl_rows_kernels_match_the_cpu_f64_kernel_on_nearly_equal_logits() {
+    let (rows, n) = (4usize, 1500usize);
+    let target: Vec<f64> = rand_v(rows * n, 13, 5.0).iter().map(|&x| x as f64).collect();
+    let current: Vec<f64> = target.iter().zip(rand_v(rows * n, 14, 1.0)).map(|(a, b)| a + 1e-5 * b as f64).collect();
+    let r: Vec<f64> = rand_v(rows, 15, 1.0).iter().map(|&x| x as f64).collect();
+    let t64 = |v: &[f64], shape: &[usize]| Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
+    let (tv, cv) = (Var::from_tensor(&t64(&target, &[rows, n])).unwrap(), Var::from_tensor(&t64(&current, &[rows, n])).unwrap());
+    let kl = k::kl_div_rows(tv.as_tensor(), cv.as_tensor()).unwrap();
+    let grads = kl.mul(&t64(&r, &[rows])).unwrap().sum_all().unwrap().backward().unwrap();
+    let out = emulate_f64("kl_rows_f64", Args::default().f64s(&target).f64s(&current).f64s(&r).u32(rows as u32).u32(n as u32));
+    let rel = |a: &[f64], b: &Tensor| -> f64 {
+        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let e = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).map(|e| if e.is_nan() { f64::INFINITY } else { e }).fold(0.0, f64::max);
+        e / scale
+    };
+    let kls = kl.to_vec1::<f64>().unwrap();
+    assert!(kls.iter().all(|&v| v > 0.0 && v < 1e-8), "KL rows {kls:?} are not those of nearly equal logits");
+    for (what, a, b) in [
+        ("f64 KL rows", &out[0], &kl),
+        ("f64 KL target gradient", &out[1], grads.get(tv.as_tensor()).unwrap()),
+        ("f64 KL current gradient", &out[2], grads.get(cv.as_tensor()).unwrap()),
+    ] {
+        let e = rel(a, b);
+        println!("{what:<48} {e:.2e}");
+        assert!(e <= 1e-8, "{what}: the emulated CUDA kernel is {e:.2e} (relative) from the CPU f64 kernel");
+    }
 }
 
 #[test]

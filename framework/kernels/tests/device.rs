@@ -189,6 +189,14 @@ fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize,
             kl_tol,
         ));
     }
+    // The radius δ's KL in f64: logits a σ = 1e-5 perturbation apart (the f64 kernels on CUDA).
+    let logits = rand_t(&[b * sq, vocab], 30, 5.0).to_dtype(DType::F64).unwrap();
+    let near = logits.add(&rand_t(&[b * sq, vocab], 31, 1e-5).to_dtype(DType::F64).unwrap()).unwrap();
+    let r_rows = rand_t(&[b * sq], 32, 1.0);
+    let kl = |t: &[Tensor]| if direct { c::kl_div_rows(&t[0], &t[1]) } else { k::kl_div_rows(&t[0], &t[1]) };
+    // The composed f64 sum cancels to ~1e-11 per row; the kernels agree far closer.
+    let tol = if direct || !k::cuda_kernels_enabled() { (1e-4, 1e-6) } else { (1e-9, 1e-9) };
+    bad.extend(parity("kl_div_rows near", &[logits, near], Some(&r_rows), DType::F64, device, &|t| k::kl_div_rows(&t[0], &t[1]), &kl, tol));
     // The optimizer updates: three steps of each from one start, in f32.
     let n = 1000;
     let (p0, grads) = (rand_t(&[n], 20, 1.0), [rand_t(&[n], 21, 1.0), rand_t(&[n], 22, 1.0), rand_t(&[n], 23, 1.0)]);

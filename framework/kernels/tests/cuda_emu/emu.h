@@ -26,6 +26,7 @@ struct Warp {
     explicit Warp(unsigned n) : bar(n) {}
     std::barrier<> bar;
     float f[32];
+    double d[32];
     int i[32];
 };
 struct Block {
@@ -53,6 +54,16 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     return r;
 }
 
+inline double __shfl_xor_sync(unsigned, double v, int o) {
+    emu::Warp& w = emu_warp();
+    const unsigned lane = threadIdx.x % 32;
+    w.d[lane] = v;
+    w.bar.arrive_and_wait();
+    const double r = w.d[lane ^ o];
+    w.bar.arrive_and_wait();
+    return r;
+}
+
 inline int __any_sync(unsigned, int p) {
     emu::Warp& w = emu_warp();
     const unsigned lane = threadIdx.x % 32;
@@ -64,6 +75,7 @@ inline int __any_sync(unsigned, int p) {
     return any;
 }
 
+using std::fmax;
 using std::min;
 
 // Runs `kernel(args...)` over `grid` × `block` (x and y of the grid, x of the block).

@@ -40,6 +40,12 @@ static void emit(const std::vector<float>& v) {
     std::fwrite(v.data(), sizeof(float), n, stdout);
 }
 
+static void emit64(const std::vector<double>& v) {
+    const uint64_t n = v.size();
+    std::fwrite(&n, sizeof n, 1, stdout);
+    std::fwrite(v.data(), sizeof(double), n, stdout);
+}
+
 static std::vector<unsigned short> to_bf16(const std::vector<float>& v) {
     std::vector<unsigned short> b(v.size());
     for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
@@ -166,6 +172,17 @@ int main(int argc, char** argv) {
         emit(kl);
         emit(std::vector<float>(both.begin(), both.begin() + (size_t)rows * n));
         emit(std::vector<float>(both.begin() + (size_t)rows * n, both.end()));
+    } else if (k == "kl_rows_f64") {
+        // The f64 kernels (the radius δ); arrays and outputs in f64.
+        auto t = array<double>(), c = array<double>(), g = array<double>();
+        const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>();
+        std::vector<double> kl(rows, NAN), both(2 * (size_t)rows * n, NAN);
+        emu_launch(tram_kl_rows_f64, block_rows(rows), dim3{ROW_BLOCK}, (const double*)t.data(), (const double*)c.data(), kl.data(), n);
+        emu_launch(tram_kl_rows_bwd_f64, block_rows(rows), dim3{ROW_BLOCK}, (const double*)t.data(), (const double*)c.data(),
+                   (const double*)g.data(), both.data(), rows, n);
+        emit64(kl);
+        emit64(std::vector<double>(both.begin(), both.begin() + (size_t)rows * n));
+        emit64(std::vector<double>(both.begin() + (size_t)rows * n, both.end()));
     } else if (k == "gelu") {
         // Values arrive and leave as f32; with bf16 they are bf16 values, run through the bf16
         // kernels as their bits.
