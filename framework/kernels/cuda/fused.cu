@@ -159,15 +159,18 @@ extern "C" __global__ void tram_softmax_bwd_bf16(const unsigned short* __restric
 }
 
 // ---------------------------------------------------------------------------------------------
-// Layer norm over rows of width d: one warp per row, two-pass moments (biased variance).
+// Layer norm over rows of width d: one warp per row, two-pass moments (biased variance). Input,
+// weight, bias, output and gradients in f32 or bf16 (T, one dtype), f32 compute; the weight /
+// bias gradient partial sums are f32.
 
-__device__ __forceinline__ void row_moments(const float* xr, unsigned d, float eps, unsigned lane, float* mean, float* rstd) {
+template <typename T>
+__device__ __forceinline__ void row_moments(const T* xr, unsigned d, float eps, unsigned lane, float* mean, float* rstd) {
     float s = 0.0f;
-    for (unsigned j = lane; j < d; j += 32) s += xr[j];
+    for (unsigned j = lane; j < d; j += 32) s += ld(xr, j);
     const float m = warp_sum(s) / (float)d;
     float v = 0.0f;
     for (unsigned j = lane; j < d; j += 32) {
-        const float c = xr[j] - m;
+        const float c = ld(xr, j) - m;
         v += c * c;
     }
     const float var = warp_sum(v) / (float)d;
@@ -175,21 +178,33 @@ __device__ __forceinline__ void row_moments(const float* xr, unsigned d, float e
     *rstd = 1.0f / sqrtf(var + eps);
 }
 
-extern "C" __global__ void tram_layer_norm_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                                               float* __restrict__ y, unsigned rows, unsigned d, float eps) {
+template <typename T>
+__device__ __forceinline__ void layer_norm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
+                                           unsigned rows, unsigned d, float eps) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const float* xr = x + (size_t)row * d;
-    float* yr = y + (size_t)row * d;
+    const T* xr = x + (size_t)row * d;
+    T* yr = y + (size_t)row * d;
     float mean, rstd;
     row_moments(xr, d, eps, lane, &mean, &rstd);
-    for (unsigned j = lane; j < d; j += 32) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+    for (unsigned j = lane; j < d; j += 32) st(yr, j, (ld(xr, j) - mean) * rstd * ld(w, j) + ld(b, j));
+}
+
+extern "C" __global__ void tram_layer_norm_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                               float* __restrict__ y, unsigned rows, unsigned d, float eps) {
+    layer_norm(x, w, b, y, rows, d, eps);
+}
+
+extern "C" __global__ void tram_layer_norm_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
+                                                const unsigned short* __restrict__ b, unsigned short* __restrict__ y, unsigned rows, unsigned d,
+                                                float eps) {
+    layer_norm(x, w, b, y, rows, d, eps);
 }
 
 // `[rows, 2]`: mean and 1/√(var + eps) of each row, for the weight / bias gradients.
-extern "C" __global__ void tram_layer_norm_moments_f32(const float* __restrict__ x, float* __restrict__ out, unsigned rows, unsigned d,
-                                                       float eps) {
+template <typename T>
+__device__ __forceinline__ void layer_norm_moments(const T* __restrict__ x, float* __restrict__ out, unsigned rows, unsigned d, float eps) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -201,37 +216,59 @@ extern "C" __global__ void tram_layer_norm_moments_f32(const float* __restrict__
     }
 }
 
+extern "C" __global__ void tram_layer_norm_moments_f32(const float* __restrict__ x, float* __restrict__ out, unsigned rows, unsigned d,
+                                                       float eps) {
+    layer_norm_moments(x, out, rows, d, eps);
+}
+
+extern "C" __global__ void tram_layer_norm_moments_bf16(const unsigned short* __restrict__ x, float* __restrict__ out, unsigned rows,
+                                                        unsigned d, float eps) {
+    layer_norm_moments(x, out, rows, d, eps);
+}
+
 // dx = rstd · (g w − mean(g w) − x̂ · mean(g w x̂)), one warp per row.
-extern "C" __global__ void tram_layer_norm_bwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ g,
-                                                   float* __restrict__ dx, unsigned rows, unsigned d, float eps) {
+template <typename T>
+__device__ __forceinline__ void layer_norm_bwd(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ g, T* __restrict__ dx,
+                                               unsigned rows, unsigned d, float eps) {
     const unsigned row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (row >= rows) return;
-    const float* xr = x + (size_t)row * d;
-    const float* gr = g + (size_t)row * d;
-    float* o = dx + (size_t)row * d;
+    const T* xr = x + (size_t)row * d;
+    const T* gr = g + (size_t)row * d;
+    T* o = dx + (size_t)row * d;
     float mean, rstd;
     row_moments(xr, d, eps, lane, &mean, &rstd);
     float a = 0.0f, c = 0.0f;
     for (unsigned j = lane; j < d; j += 32) {
-        const float gw = gr[j] * w[j];
+        const float gw = ld(gr, j) * ld(w, j);
         a += gw;
-        c += gw * (xr[j] - mean) * rstd;
+        c += gw * (ld(xr, j) - mean) * rstd;
     }
     a = warp_sum(a) / (float)d;
     c = warp_sum(c) / (float)d;
     for (unsigned j = lane; j < d; j += 32) {
-        const float h = (xr[j] - mean) * rstd;
-        o[j] = rstd * (gr[j] * w[j] - a - h * c);
+        const float h = (ld(xr, j) - mean) * rstd;
+        st(o, j, rstd * (ld(gr, j) * ld(w, j) - a - h * c));
     }
 }
 
+extern "C" __global__ void tram_layer_norm_bwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ g,
+                                                   float* __restrict__ dx, unsigned rows, unsigned d, float eps) {
+    layer_norm_bwd(x, w, g, dx, rows, d, eps);
+}
+
+extern "C" __global__ void tram_layer_norm_bwd_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
+                                                    const unsigned short* __restrict__ g, unsigned short* __restrict__ dx, unsigned rows,
+                                                    unsigned d, float eps) {
+    layer_norm_bwd(x, w, g, dx, rows, d, eps);
+}
+
 // Partial weight / bias gradients: block (cx, cy) sums columns [256 cx, 256 cx + 256) over rows
-// [chunk cy, chunk (cy + 1)) into out[0][cy][col] (Σ g x̂) and out[1][cy][col] (Σ g); the caller
-// sums over the chunks. Adjacent threads read adjacent columns (coalesced).
-extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, const float* __restrict__ g,
-                                                  const float* __restrict__ moments, float* __restrict__ out, unsigned rows,
-                                                  unsigned d, unsigned chunk) {
+// [chunk cy, chunk (cy + 1)) into out[0][cy][col] (Σ g x̂) and out[1][cy][col] (Σ g), in f32;
+// the caller sums over the chunks. Adjacent threads read adjacent columns (coalesced).
+template <typename T>
+__device__ __forceinline__ void layer_norm_wb(const T* __restrict__ x, const T* __restrict__ g, const float* __restrict__ moments,
+                                              float* __restrict__ out, unsigned rows, unsigned d, unsigned chunk) {
     const unsigned col = blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned chunks = gridDim.y;
     if (col >= d) return;
@@ -239,12 +276,24 @@ extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, c
     const unsigned r1 = min(r0 + chunk, rows);
     float dw = 0.0f, db = 0.0f;
     for (unsigned r = r0; r < r1; ++r) {
-        const float gv = g[(size_t)r * d + col];
-        dw += gv * (x[(size_t)r * d + col] - moments[2 * r]) * moments[2 * r + 1];
+        const float gv = ld(g, (size_t)r * d + col);
+        dw += gv * (ld(x, (size_t)r * d + col) - moments[2 * r]) * moments[2 * r + 1];
         db += gv;
     }
     out[(size_t)blockIdx.y * d + col] = dw;
     out[(size_t)(chunks + blockIdx.y) * d + col] = db;
+}
+
+extern "C" __global__ void tram_layer_norm_wb_f32(const float* __restrict__ x, const float* __restrict__ g,
+                                                  const float* __restrict__ moments, float* __restrict__ out, unsigned rows,
+                                                  unsigned d, unsigned chunk) {
+    layer_norm_wb(x, g, moments, out, rows, d, chunk);
+}
+
+extern "C" __global__ void tram_layer_norm_wb_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ g,
+                                                   const float* __restrict__ moments, float* __restrict__ out, unsigned rows,
+                                                   unsigned d, unsigned chunk) {
+    layer_norm_wb(x, g, moments, out, rows, d, chunk);
 }
 
 // ---------------------------------------------------------------------------------------------

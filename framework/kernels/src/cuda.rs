@@ -183,7 +183,17 @@ pub(crate) fn softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &
     Ok(dx.storage(dev, yl.shape().clone()))
 }
 
-/// Layer norm forward (`tram_layer_norm_f32`).
+/// Input, weight and bias of one dtype (f32 or bf16), or an error naming `op`.
+fn same_dtype(op: &str, what: &[(&str, &CudaStorage)]) -> Result<()> {
+    let dt = what[0].1.dtype();
+    if what.iter().any(|(_, s)| s.dtype() != dt) {
+        let got: Vec<String> = what.iter().map(|(n, s)| format!("{n} {:?}", s.dtype())).collect();
+        bail!("{op}: {} must have one dtype", got.join(", "));
+    }
+    Ok(())
+}
+
+/// Layer norm forward (`tram_layer_norm_f32` / `_bf16`, in the input's dtype).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm(
     xs: &CudaStorage,
@@ -196,19 +206,26 @@ pub(crate) fn layer_norm(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "layer_norm";
     let dev = xs.device();
-    let (x, w, bias) = (view(xs, xl, op)?, view(ws, wl, op)?, view(bs, bl, op)?);
+    same_dtype(op, &[("input", xs), ("weight", ws), ("bias", bs)])?;
+    let (x, w, bias) = (Data::of(xs, xl, op)?, Data::of(ws, wl, op)?, Data::of(bs, bl, op)?);
     let (rows, d) = rows_width(xl, op)?;
-    let y = alloc(dev, xl.shape().elem_count())?;
+    let y = x.alloc_like(dev, xl.shape().elem_count())?;
     let eps = eps as f32;
-    let func = dev.get_or_load_custom_func("tram_layer_norm_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_layer_norm"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&w).arg(&bias).arg(&y).arg(&rows).arg(&d).arg(&eps);
+    x.push(&mut b);
+    w.push(&mut b);
+    bias.push(&mut b);
+    y.push(&mut b);
+    b.arg(&rows).arg(&d).arg(&eps);
     // SAFETY: as above.
     unsafe { b.launch(warp_rows(rows)) }.w()?;
-    Ok(out(y, dev, xl.shape().clone()))
+    drop(b);
+    Ok(y.storage(dev, xl.shape().clone()))
 }
 
-/// Layer norm input gradient (`tram_layer_norm_bwd_f32`): inputs x, weight, upstream g.
+/// Layer norm input gradient (`tram_layer_norm_bwd_f32` / `_bf16`): inputs x, weight,
+/// upstream g, of one dtype.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm_dx(
     xs: &CudaStorage,
@@ -221,45 +238,58 @@ pub(crate) fn layer_norm_dx(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "layer_norm backward";
     let dev = xs.device();
-    let (x, w, g) = (view(xs, xl, op)?, view(ws, wl, op)?, view(gs, gl, op)?);
+    same_dtype(op, &[("input", xs), ("weight", ws), ("gradient", gs)])?;
+    let (x, w, g) = (Data::of(xs, xl, op)?, Data::of(ws, wl, op)?, Data::of(gs, gl, op)?);
     let (rows, d) = rows_width(xl, op)?;
-    let dx = alloc(dev, xl.shape().elem_count())?;
+    let dx = x.alloc_like(dev, xl.shape().elem_count())?;
     let eps = eps as f32;
-    let func = dev.get_or_load_custom_func("tram_layer_norm_bwd_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_layer_norm_bwd"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&w).arg(&g).arg(&dx).arg(&rows).arg(&d).arg(&eps);
+    x.push(&mut b);
+    w.push(&mut b);
+    g.push(&mut b);
+    dx.push(&mut b);
+    b.arg(&rows).arg(&d).arg(&eps);
     // SAFETY: as above.
     unsafe { b.launch(warp_rows(rows)) }.w()?;
-    Ok(out(dx, dev, xl.shape().clone()))
+    drop(b);
+    Ok(dx.storage(dev, xl.shape().clone()))
 }
 
 /// Rows per block of the weight / bias gradient partial sums (at least; more when the rows
 /// would need over 65535 blocks, CUDA's limit on the grid's second dimension).
 const LN_WB_CHUNK: u32 = 64;
 
-/// Layer norm weight and bias gradient partial sums `[2, chunks, d]` (`tram_layer_norm_wb_f32`,
-/// after `tram_layer_norm_moments_f32`): inputs x and upstream g; the caller sums dim 1.
+/// Layer norm weight and bias gradient partial sums `[2, chunks, d]` in f32
+/// (`tram_layer_norm_wb_*`, after `tram_layer_norm_moments_*`): inputs x and upstream g of one
+/// dtype; the caller sums dim 1.
 pub(crate) fn layer_norm_wb(xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout, eps: f64) -> Result<(CudaStorage, Shape)> {
     let op = "layer_norm backward";
     let dev = xs.device();
-    let (x, g) = (view(xs, xl, op)?, view(gs, gl, op)?);
+    same_dtype(op, &[("input", xs), ("gradient", gs)])?;
+    let (x, g) = (Data::of(xs, xl, op)?, Data::of(gs, gl, op)?);
     let (rows, d) = rows_width(xl, op)?;
     let moments = alloc(dev, 2 * rows as usize)?;
     let eps = eps as f32;
-    let func = dev.get_or_load_custom_func("tram_layer_norm_moments_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_layer_norm_moments"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&moments).arg(&rows).arg(&d).arg(&eps);
+    x.push(&mut b);
+    b.arg(&moments).arg(&rows).arg(&d).arg(&eps);
     // SAFETY: as above.
     unsafe { b.launch(warp_rows(rows)) }.w()?;
+    drop(b);
     let chunk = LN_WB_CHUNK.max(rows.div_ceil(65535));
     let chunks = rows.div_ceil(chunk).max(1);
     let part = alloc(dev, 2 * chunks as usize * d as usize)?;
-    let func = dev.get_or_load_custom_func("tram_layer_norm_wb_f32", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(&x.kernel("tram_layer_norm_wb"), MODULE, PTX)?;
     let mut b = func.builder();
-    b.arg(&x).arg(&g).arg(&moments).arg(&part).arg(&rows).arg(&d).arg(&chunk);
+    x.push(&mut b);
+    g.push(&mut b);
+    b.arg(&moments).arg(&part).arg(&rows).arg(&d).arg(&chunk);
     let cfg = LaunchConfig { grid_dim: (d.div_ceil(256).max(1), chunks, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: as above; `part` holds 2 · chunks · d elements.
     unsafe { b.launch(cfg) }.w()?;
+    drop(b);
     Ok(out(part, dev, (2, chunks as usize, d as usize)))
 }
 

@@ -4,7 +4,7 @@ use crate::math::Float;
 use crate::math::{dot, sum};
 use crate::par::{for_rows, parts, SyncPtr};
 use crate::{compute_dtype, float_dispatch, on_cpu, slice, tensor_from, with_data};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
 
 struct LayerNorm {
@@ -90,8 +90,9 @@ impl CustomOp3 for LayerNorm {
             // The CUDA kernels: dx in one pass; the weight / bias gradients as per-chunk column
             // sums, added up here.
             let g = if g.is_contiguous() { g } else { g.contiguous()? };
+            // The sums are f32 (bf16 input: rounded once to the parameters' dtype).
             let dx = x.apply_op3_no_bwd(w, &g, &LayerNormDx { eps: self.eps })?;
-            let sums = x.apply_op2_no_bwd(&g, &LayerNormWb { eps: self.eps })?.sum(1)?;
+            let sums = x.apply_op2_no_bwd(&g, &LayerNormWb { eps: self.eps })?.sum(1)?.to_dtype(w.dtype())?;
             return Ok((Some(dx), Some(sums.get(0)?), Some(sums.get(1)?)));
         }
         float_dispatch!(self.name(), x.dtype(), T => {
@@ -186,7 +187,8 @@ impl candle_core::CustomOp2 for LayerNormWb {
 /// `LayerNorm(x) = (x − mean) / √(var + eps) · weight + bias` over the last dimension of `x`
 /// (biased variance, as PyTorch), computed in f32 (f64 for f64 input) and returned in the
 /// input's dtype. `weight` and `bias`: `[hidden]`. Differentiable in all three. CUDA: its own
-/// kernels (see [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::layer_norm`].
+/// kernels, reading and writing bf16 directly when input, weight and bias are all bf16 (see
+/// [`crate::cuda_kernels_enabled`]); other devices: [`crate::composed::layer_norm`].
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let op = "layer_norm";
     let cd = compute_dtype(x, op)?;
@@ -196,6 +198,12 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
     if !on_cpu(x) && !crate::on_cuda_kernel(x, cd) {
         return crate::composed::layer_norm(x, weight, bias, eps);
+    }
+    if crate::on_cuda_kernel(x, cd) && [x, weight, bias].iter().all(|t| t.dtype() == DType::BF16) {
+        // The bf16 kernels read and write bf16 (f32 compute): no f32 copy of the input, the
+        // output or their gradients.
+        let c = |t: &Tensor| if t.is_contiguous() { Ok(t.clone()) } else { t.contiguous() };
+        return c(x)?.apply_op3(&c(weight)?, &c(bias)?, LayerNorm { eps });
     }
     let c = |t: &Tensor| -> Result<Tensor> {
         let t = t.to_dtype(cd)?;

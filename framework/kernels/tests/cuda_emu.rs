@@ -184,23 +184,27 @@ fn masked_softmax_kernels_match_the_cpu_kernel_with_every_masking_in_f32_and_bf1
 }
 
 #[test]
-fn layer_norm_kernels_match_the_cpu_kernel_in_value_and_all_three_gradients() {
+fn layer_norm_kernels_match_the_cpu_kernel_in_value_and_all_three_gradients_in_f32_and_bf16() {
     let (rows, d) = (75usize, 200usize);
     let (x, w, bias, r) = (rand_v(rows * d, 3, 3.0), rand_v(d, 4, 1.0), rand_v(d, 5, 1.0), rand_v(rows * d, 6, 1.0));
-    let vars = [
-        Var::from_tensor(&t(&x, &[rows, d])).unwrap(),
-        Var::from_tensor(&t(&w, &[d])).unwrap(),
-        Var::from_tensor(&t(&bias, &[d])).unwrap(),
-    ];
-    let y = k::layer_norm(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 1e-5).unwrap();
-    let grads = y.mul(&t(&r, &[rows, d])).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = |i: usize| flat(grads.get(vars[i].as_tensor()).unwrap());
-    // Chunks of 8 rows: ten chunks, the last one partial.
-    let out = emulate("layer_norm", Args::default().f32s(&x).f32s(&w).f32s(&bias).f32s(&r).u32(rows as u32).u32(d as u32).f32(1e-5).u32(8));
-    assert_close("layer norm", &out[0], &flat(&y), 1e-5);
-    assert_close("layer norm input gradient", &out[1], &g(0), 1e-5);
-    assert_close("layer norm weight gradient", &out[2], &g(1), 1e-5);
-    assert_close("layer norm bias gradient", &out[3], &g(2), 1e-5);
+    // bf16: the inputs are bf16 values on both sides; outputs and input gradient within a
+    // bf16 rounding, the weight / bias sums (f32 here, rounded on the CPU) likewise.
+    for (dtype, bf16, tol) in [(DType::F32, 0, 1e-5), (DType::BF16, 1, 8e-3)] {
+        let v = |a: &[f32], shape: &[usize]| Var::from_tensor(&t(a, shape).to_dtype(dtype).unwrap()).unwrap();
+        let vars = [v(&x, &[rows, d]), v(&w, &[d]), v(&bias, &[d])];
+        let y = k::layer_norm(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 1e-5).unwrap();
+        let grads = y.mul(&t(&r, &[rows, d]).to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = |i: usize| flat(&grads.get(vars[i].as_tensor()).unwrap().to_dtype(DType::F32).unwrap());
+        // Chunks of 8 rows: ten chunks, the last one partial.
+        let out = emulate(
+            "layer_norm",
+            Args::default().f32s(&x).f32s(&w).f32s(&bias).f32s(&r).u32(rows as u32).u32(d as u32).f32(1e-5).u32(8).i32(bf16),
+        );
+        assert_close(&format!("layer norm {dtype:?}"), &out[0], &flat(&y.to_dtype(DType::F32).unwrap()), tol);
+        assert_close(&format!("layer norm input gradient {dtype:?}"), &out[1], &g(0), tol);
+        assert_close(&format!("layer norm weight gradient {dtype:?}"), &out[2], &g(1), tol);
+        assert_close(&format!("layer norm bias gradient {dtype:?}"), &out[3], &g(2), tol);
+    }
 }
 
 #[test]

@@ -105,30 +105,49 @@ int main(int argc, char** argv) {
             emit(from_bf16(db));
         }
     } else if (k == "layer_norm") {
+        // Values arrive and leave as f32; with bf16 they are bf16 values, run through the bf16
+        // kernels as their bits (the weight / bias gradient sums stay f32).
         auto x = array<float>(), w = array<float>(), b = array<float>(), g = array<float>();
         const auto rows = scalar<uint32_t>(), d = scalar<uint32_t>();
         const auto eps = scalar<float>();
         const auto chunk = scalar<uint32_t>();
-        std::vector<float> y(uninit((size_t)rows * d)), dx(uninit((size_t)rows * d)), mom(uninit(2 * (size_t)rows));
-        emu_launch(tram_layer_norm_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), (const float*)w.data(),
-                   (const float*)b.data(), y.data(), rows, d, eps);
-        emu_launch(tram_layer_norm_bwd_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), (const float*)w.data(),
-                   (const float*)g.data(), dx.data(), rows, d, eps);
-        emu_launch(tram_layer_norm_moments_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), mom.data(), rows, d, eps);
+        const auto bf16 = scalar<int32_t>();
+        const size_t n = (size_t)rows * d;
         const unsigned chunks = std::max(1u, (rows + chunk - 1) / chunk);
-        std::vector<float> part(uninit(2 * (size_t)chunks * d));
-        emu_launch(tram_layer_norm_wb_f32, dim3{(d + 255) / 256, chunks, 1}, dim3{256}, (const float*)x.data(), (const float*)g.data(),
-                   (const float*)mom.data(), part.data(), rows, d, chunk);
-        std::vector<float> dw(d, 0.0f), db(d, 0.0f);
+        std::vector<float> y(uninit(n)), dx(uninit(n)), mom(uninit(2 * (size_t)rows)), part(uninit(2 * (size_t)chunks * d));
+        const dim3 wb_grid{(d + 255) / 256, chunks, 1};
+        if (!bf16) {
+            emu_launch(tram_layer_norm_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), (const float*)w.data(),
+                       (const float*)b.data(), y.data(), rows, d, eps);
+            emu_launch(tram_layer_norm_bwd_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), (const float*)w.data(),
+                       (const float*)g.data(), dx.data(), rows, d, eps);
+            emu_launch(tram_layer_norm_moments_f32, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const float*)x.data(), mom.data(), rows, d, eps);
+            emu_launch(tram_layer_norm_wb_f32, wb_grid, dim3{256}, (const float*)x.data(), (const float*)g.data(), (const float*)mom.data(),
+                       part.data(), rows, d, chunk);
+        } else {
+            auto xb = to_bf16(x), wb = to_bf16(w), bb = to_bf16(b), gb = to_bf16(g);
+            std::vector<unsigned short> yb(n, 0x7fc0), db(n, 0x7fc0);
+            emu_launch(tram_layer_norm_bf16, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const unsigned short*)xb.data(),
+                       (const unsigned short*)wb.data(), (const unsigned short*)bb.data(), yb.data(), rows, d, eps);
+            emu_launch(tram_layer_norm_bwd_bf16, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const unsigned short*)xb.data(),
+                       (const unsigned short*)wb.data(), (const unsigned short*)gb.data(), db.data(), rows, d, eps);
+            emu_launch(tram_layer_norm_moments_bf16, warp_rows(rows), dim3{ROW_WARPS_BLOCK}, (const unsigned short*)xb.data(), mom.data(),
+                       rows, d, eps);
+            emu_launch(tram_layer_norm_wb_bf16, wb_grid, dim3{256}, (const unsigned short*)xb.data(), (const unsigned short*)gb.data(),
+                       (const float*)mom.data(), part.data(), rows, d, chunk);
+            y = from_bf16(yb);
+            dx = from_bf16(db);
+        }
+        std::vector<float> dw(d, 0.0f), dbias(d, 0.0f);
         for (unsigned c = 0; c < chunks; ++c)
             for (unsigned j = 0; j < d; ++j) {
                 dw[j] += part[(size_t)c * d + j];
-                db[j] += part[(size_t)(chunks + c) * d + j];
+                dbias[j] += part[(size_t)(chunks + c) * d + j];
             }
         emit(y);
         emit(dx);
         emit(dw);
-        emit(db);
+        emit(dbias);
     } else if (k == "log_softmax") {
         auto x = array<float>(), g = array<float>();
         const auto rows = scalar<uint32_t>(), n = scalar<uint32_t>();
