@@ -400,18 +400,23 @@ extern "C" __global__ void tram_cross_entropy_rows_bwd_bf16(const unsigned short
 
 // kl[row] = Σ p_t (t − c + lse(c) − lse(t)), p_t = exp(t − lse(t)); in f32 or in f64 (R), the
 // f64 kernels for the trust regions' radius δ (logits differing by ~σ·‖W‖, where f32 loses it).
+// KL of one row (every thread gets it), with both log-normalisers.
+template <typename R>
+__device__ __forceinline__ R row_kl(const R* tr, const R* cr, unsigned n, R* sh, R* st, R* sc) {
+    R m;
+    *st = row_lse(tr, n, sh, &m);
+    *sc = row_lse(cr, n, sh, &m);
+    const R shift = *sc - *st;
+    R s = 0;
+    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex(tr[j] - *st) * (tr[j] - cr[j] + shift);
+    return block_sum(s, sh);
+}
+
 template <typename R>
 __device__ __forceinline__ void kl_rows(const R* __restrict__ t, const R* __restrict__ c, R* __restrict__ kl, unsigned n) {
     __shared__ R sh[32];
-    const R* tr = t + (size_t)blockIdx.x * n;
-    const R* cr = c + (size_t)blockIdx.x * n;
-    R m;
-    const R st = row_lse(tr, n, sh, &m);
-    const R sc = row_lse(cr, n, sh, &m);
-    const R shift = sc - st;
-    R s = 0;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex(tr[j] - st) * (tr[j] - cr[j] + shift);
-    s = block_sum(s, sh);
+    R st, sc;
+    const R s = row_kl(t + (size_t)blockIdx.x * n, c + (size_t)blockIdx.x * n, n, sh, &st, &sc);
     if (threadIdx.x == 0) kl[blockIdx.x] = s;
 }
 
@@ -433,13 +438,9 @@ __device__ __forceinline__ void kl_rows_bwd(const R* __restrict__ t, const R* __
     const R* cr = c + (size_t)blockIdx.x * n;
     R* dt = out + (size_t)blockIdx.x * n;
     R* dc = out + ((size_t)rows + blockIdx.x) * n;
-    R m;
-    const R st = row_lse(tr, n, sh, &m);
-    const R sc = row_lse(cr, n, sh, &m);
+    R st, sc;
+    const R kl = row_kl(tr, cr, n, sh, &st, &sc);
     const R shift = sc - st;
-    R s = 0;
-    for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += ex(tr[j] - st) * (tr[j] - cr[j] + shift);
-    const R kl = block_sum(s, sh);
     const R gr = g[blockIdx.x];
     for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
         const R pt = ex(tr[j] - st);

@@ -23,13 +23,16 @@ pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaV
     Ok(s.as_cuda_slice::<f32>()?.slice(range(l, op)?))
 }
 
-/// Device data of f32 or bf16 elements (the kernels with a `_bf16` twin).
+/// Device data of f32 or bf16 elements (the kernels with a `_bf16` twin), or of f32 or f64
+/// ones (the KL kernels: f64 for the radius δ).
 enum Data<'a> {
     F32(CudaView<'a, f32>),
     Bf16(CudaView<'a, half::bf16>),
+    F64(CudaView<'a, f64>),
 }
 
 impl<'a> Data<'a> {
+    /// f32 or bf16 data.
     fn of(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
         let r = range(l, op)?;
         match s.dtype() {
@@ -38,17 +41,28 @@ impl<'a> Data<'a> {
             other => bail!("{op}: the CUDA kernel takes f32 or bf16, got {other:?}"),
         }
     }
-    /// The kernel of this dtype: `<base>_f32` or `<base>_bf16`.
+    /// f32 or f64 data.
+    fn of_wide(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
+        let r = range(l, op)?;
+        match s.dtype() {
+            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(r))),
+            candle_core::DType::F64 => Ok(Self::F64(s.as_cuda_slice::<f64>()?.slice(r))),
+            other => bail!("{op}: the CUDA kernel takes f32 or f64, got {other:?}"),
+        }
+    }
+    /// The kernel of this dtype: `<base>_f32`, `<base>_bf16` or `<base>_f64`.
     fn kernel(&self, base: &str) -> String {
         match self {
             Self::F32(_) => format!("{base}_f32"),
             Self::Bf16(_) => format!("{base}_bf16"),
+            Self::F64(_) => format!("{base}_f64"),
         }
     }
     fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
         match self {
             Self::F32(v) => b.arg(v),
             Self::Bf16(v) => b.arg(v),
+            Self::F64(v) => b.arg(v),
         };
     }
     /// A new uninitialised buffer of `n` elements of this dtype.
@@ -57,14 +71,24 @@ impl<'a> Data<'a> {
         Ok(match self {
             Self::F32(_) => Buf::F32(unsafe { dev.alloc::<f32>(n.max(1))? }),
             Self::Bf16(_) => Buf::Bf16(unsafe { dev.alloc::<half::bf16>(n.max(1))? }),
+            Self::F64(_) => Buf::F64(unsafe { dev.alloc::<f64>(n.max(1))? }),
+        })
+    }
+    /// A new zeroed buffer of `n` elements of this dtype.
+    fn zeros_like(&self, dev: &CudaDevice, n: usize) -> Result<Buf> {
+        Ok(match self {
+            Self::F32(_) => Buf::F32(dev.alloc_zeros::<f32>(n.max(1))?),
+            Self::Bf16(_) => Buf::Bf16(dev.alloc_zeros::<half::bf16>(n.max(1))?),
+            Self::F64(_) => Buf::F64(dev.alloc_zeros::<f64>(n.max(1))?),
         })
     }
 }
 
-/// An output buffer of f32 or bf16 elements.
+/// An output buffer of f32, bf16 or f64 elements.
 enum Buf {
     F32(CudaSlice<f32>),
     Bf16(CudaSlice<half::bf16>),
+    F64(CudaSlice<f64>),
 }
 
 impl Buf {
@@ -72,12 +96,14 @@ impl Buf {
         match self {
             Self::F32(v) => b.arg(v),
             Self::Bf16(v) => b.arg(v),
+            Self::F64(v) => b.arg(v),
         };
     }
     fn storage(self, dev: &CudaDevice, shape: impl Into<Shape>) -> (CudaStorage, Shape) {
         let s = match self {
             Self::F32(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
             Self::Bf16(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
+            Self::F64(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
         };
         (s, shape.into())
     }
@@ -164,9 +190,7 @@ pub(crate) fn masked_softmax(
 pub(crate) fn softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &Layout, scale: f64) -> Result<(CudaStorage, Shape)> {
     let op = "softmax backward";
     let dev = ys.device();
-    if ys.dtype() != gs.dtype() {
-        bail!("{op}: probabilities {:?} and gradient {:?} must have one dtype", ys.dtype(), gs.dtype());
-    }
+    same_dtype(op, &[("probabilities", ys), ("gradient", gs)])?;
     let (y, g) = (Data::of(ys, yl, op)?, Data::of(gs, gl, op)?);
     let (rows, n) = rows_width(yl, op)?;
     let dx = y.alloc_like(dev, yl.shape().elem_count())?;
@@ -183,7 +207,7 @@ pub(crate) fn softmax_bwd(ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &
     Ok(dx.storage(dev, yl.shape().clone()))
 }
 
-/// Input, weight and bias of one dtype (f32 or bf16), or an error naming `op`.
+/// That the named inputs of `op` share one dtype, or an error listing theirs.
 fn same_dtype(op: &str, what: &[(&str, &CudaStorage)]) -> Result<()> {
     let dt = what[0].1.dtype();
     if what.iter().any(|(_, s)| s.dtype() != dt) {
@@ -369,74 +393,13 @@ pub(crate) fn cross_entropy_rows_bwd(
     Ok(dx.storage(dev, xl.shape().clone()))
 }
 
-/// Device data of f32 or f64 elements (the KL kernels: f64 for the radius δ).
-enum Wide<'a> {
-    F32(CudaView<'a, f32>),
-    F64(CudaView<'a, f64>),
-}
-
-impl<'a> Wide<'a> {
-    fn of(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<Self> {
-        let r = range(l, op)?;
-        match s.dtype() {
-            candle_core::DType::F32 => Ok(Self::F32(s.as_cuda_slice::<f32>()?.slice(r))),
-            candle_core::DType::F64 => Ok(Self::F64(s.as_cuda_slice::<f64>()?.slice(r))),
-            other => bail!("{op}: the CUDA kernel takes f32 or f64, got {other:?}"),
-        }
-    }
-    fn kernel(&self, base: &str) -> String {
-        match self {
-            Self::F32(_) => format!("{base}_f32"),
-            Self::F64(_) => format!("{base}_f64"),
-        }
-    }
-    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
-        match self {
-            Self::F32(v) => b.arg(v),
-            Self::F64(v) => b.arg(v),
-        };
-    }
-    /// A new uninitialised output of `n` elements of this dtype, as storage once written.
-    fn alloc_like(&self, dev: &CudaDevice, n: usize) -> Result<WideBuf> {
-        // SAFETY: every element is written by the kernel that follows.
-        Ok(match self {
-            Self::F32(_) => WideBuf::F32(unsafe { dev.alloc::<f32>(n.max(1))? }),
-            Self::F64(_) => WideBuf::F64(unsafe { dev.alloc::<f64>(n.max(1))? }),
-        })
-    }
-}
-
-/// An output buffer of f32 or f64 elements.
-enum WideBuf {
-    F32(CudaSlice<f32>),
-    F64(CudaSlice<f64>),
-}
-
-impl WideBuf {
-    fn push<'b>(&'b self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'b>) {
-        match self {
-            Self::F32(v) => b.arg(v),
-            Self::F64(v) => b.arg(v),
-        };
-    }
-    fn storage(self, dev: &CudaDevice, shape: impl Into<Shape>) -> (CudaStorage, Shape) {
-        let s = match self {
-            Self::F32(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
-            Self::F64(v) => CudaStorage::wrap_cuda_slice(v, dev.clone()),
-        };
-        (s, shape.into())
-    }
-}
-
 /// Row-wise KL of two logits tensors `[.., n]` → `[..]` (`tram_kl_rows_f32` / `_f64`, in the
 /// inputs' dtype).
 pub(crate) fn kl_rows(ts: &CudaStorage, tl: &Layout, cs: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
     let op = "kl_div_rows";
     let dev = ts.device();
-    if ts.dtype() != cs.dtype() {
-        bail!("{op}: target {:?} and current {:?} logits must have one dtype", ts.dtype(), cs.dtype());
-    }
-    let (t, c) = (Wide::of(ts, tl, op)?, Wide::of(cs, cl, op)?);
+    same_dtype(op, &[("target", ts), ("current", cs)])?;
+    let (t, c) = (Data::of_wide(ts, tl, op)?, Data::of_wide(cs, cl, op)?);
     let (rows, n) = rows_width(tl, op)?;
     let kl = t.alloc_like(dev, rows as usize)?;
     let func = dev.get_or_load_custom_func(&t.kernel("tram_kl_rows"), MODULE, PTX)?;
@@ -466,10 +429,8 @@ pub(crate) fn kl_rows_bwd(
 ) -> Result<(CudaStorage, Shape)> {
     let op = "kl_div_rows backward";
     let dev = ts.device();
-    if ts.dtype() != cs.dtype() || ts.dtype() != gs.dtype() {
-        bail!("{op}: target {:?}, current {:?} and gradient {:?} must have one dtype", ts.dtype(), cs.dtype(), gs.dtype());
-    }
-    let (t, c, g) = (Wide::of(ts, tl, op)?, Wide::of(cs, cl, op)?, Wide::of(gs, gl, op)?);
+    same_dtype(op, &[("target", ts), ("current", cs), ("gradient", gs)])?;
+    let (t, c, g) = (Data::of_wide(ts, tl, op)?, Data::of_wide(cs, cl, op)?, Data::of_wide(gs, gl, op)?);
     let (rows, n) = rows_width(tl, op)?;
     let o = t.alloc_like(dev, 2 * tl.shape().elem_count())?;
     let func = dev.get_or_load_custom_func(&t.kernel("tram_kl_rows_bwd"), MODULE, PTX)?;
@@ -764,10 +725,7 @@ pub(crate) fn embedding_grad(gs: &CudaStorage, gl: &Layout, is: &CudaStorage, il
     unsafe { b.launch(cfg) }.w()?;
     drop(b);
     let total = vocab * d as usize;
-    let table = match g {
-        Data::F32(_) => Buf::F32(dev.alloc_zeros::<f32>(total.max(1))?),
-        Data::Bf16(_) => Buf::Bf16(dev.alloc_zeros::<half::bf16>(total.max(1))?),
-    };
+    let table = g.zeros_like(dev, total)?;
     if n > 0 {
         let func = dev.get_or_load_custom_func(&g.kernel("tram_embedding_grad"), MODULE, PTX)?;
         let mut b = func.builder();
@@ -786,9 +744,7 @@ pub(crate) fn embedding_grad(gs: &CudaStorage, gl: &Layout, is: &CudaStorage, il
 pub(crate) fn add_bias(xs: &CudaStorage, xl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
     let op = "add_bias";
     let dev = xs.device();
-    if xs.dtype() != bs.dtype() {
-        bail!("{op}: input {:?} and bias {:?} must have one dtype", xs.dtype(), bs.dtype());
-    }
+    same_dtype(op, &[("input", xs), ("bias", bs)])?;
     let (x, bias) = (Data::of(xs, xl, op)?, Data::of(bs, bl, op)?);
     let (_, n) = rows_width(xl, op)?;
     let total = xl.shape().elem_count();

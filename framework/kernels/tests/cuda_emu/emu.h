@@ -44,25 +44,20 @@ inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
 
 inline emu::Warp& emu_warp() { return *emu::block->warps[threadIdx.x / 32]; }
 
-inline float __shfl_xor_sync(unsigned, float v, int o) {
+// The value of lane `lane ^ o`, exchanged through the warp's `slots`.
+template <typename V>
+inline V emu_shfl_xor(V v, int o, V* slots) {
     emu::Warp& w = emu_warp();
     const unsigned lane = threadIdx.x % 32;
-    w.f[lane] = v;
+    slots[lane] = v;
     w.bar.arrive_and_wait();
-    const float r = w.f[lane ^ o];
+    const V r = slots[lane ^ o];
     w.bar.arrive_and_wait();
     return r;
 }
 
-inline double __shfl_xor_sync(unsigned, double v, int o) {
-    emu::Warp& w = emu_warp();
-    const unsigned lane = threadIdx.x % 32;
-    w.d[lane] = v;
-    w.bar.arrive_and_wait();
-    const double r = w.d[lane ^ o];
-    w.bar.arrive_and_wait();
-    return r;
-}
+inline float __shfl_xor_sync(unsigned, float v, int o) { return emu_shfl_xor(v, o, emu_warp().f); }
+inline double __shfl_xor_sync(unsigned, double v, int o) { return emu_shfl_xor(v, o, emu_warp().d); }
 
 inline int __any_sync(unsigned, int p) {
     emu::Warp& w = emu_warp();
