@@ -515,7 +515,8 @@ def run_nccl(a, work: str) -> dict:
 
 def tests_summary(path, rc):
     """The GPU tests' outcome: exit status, cargo's `test result:` line, failing and skipped
-    tests, and the parity lines (measured errors) of the output."""
+    tests, each panic's location and message, and the parity lines (measured errors) of the
+    output."""
     if not path:
         return None
     try:
@@ -523,10 +524,33 @@ def tests_summary(path, rc):
     except OSError as e:
         return {"rc": rc, "error": str(e)}
     lines = text.splitlines()
+    # The names under the last `failures:` header (with --nocapture a test's own output can
+    # split its `test … FAILED` line, so that line alone misses failures).
+    failed = []
+    headers = [i for i, l in enumerate(lines) if l.strip() == "failures:"]
+    if headers:
+        for l in lines[headers[-1] + 1:]:
+            if not l.startswith("    "):
+                if failed:
+                    break
+                continue
+            failed.append(l.strip())
+    failed += [l.split()[1] for l in lines if l.startswith("test ") and l.rstrip().endswith("FAILED") and l.split()[1] not in failed]
+    # Each panic's location and message (the message runs until the backtrace note or a blank line).
+    panics = []
+    for i, l in enumerate(lines):
+        if "panicked at" in l:
+            msg = [l]
+            for m in lines[i + 1:i + 30]:
+                if not m.strip() or m.startswith("note: run with") or m.startswith("stack backtrace"):
+                    break
+                msg.append(m)
+            panics.append("\n".join(msg))
     return {
         "rc": rc,
         "result": next((l for l in reversed(lines) if l.startswith("test result")), None),
-        "failed": [l.split()[1] for l in lines if l.startswith("test ") and l.rstrip().endswith("FAILED")],
+        "failed": failed,
+        "panics": panics[:20],
         "skipped": [l for l in lines if l.startswith("SKIPPED")],
         "measurements": [l for l in lines if re.search(r"\d\.\d+e-?\d+", l) and not l.startswith("test ")][:400],
     }
@@ -615,6 +639,12 @@ def main(argv) -> int:
             json.dump(report, f, indent=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    tests = report.get("tests") or {}
+    if tests:
+        print(f"GPU tests: {tests.get('result') or 'exit ' + str(tests.get('rc'))}"
+              f"{'; failed: ' + ', '.join(tests['failed']) if tests.get('failed') else ''}")
+        for p_ in tests.get("panics") or []:
+            print("  " + p_.replace("\n", "\n  "))
     for m, r in report["methods"].items():
         t, p = r["tram"], r["torch"]
         fmt = lambda s: "error: " + s["error"] if "error" in s else f"{s['step_ms']:.1f} ms/step, {s['tokens_per_s']:.0f} tok/s, MFU {100 * s['mfu']:.1f}%"
