@@ -17,8 +17,10 @@
 //! ms/step after the warm-up steps and the tram ÷ PyTorch ratio, the same for the process CPU
 //! time of a step (the steadier figure on a shared machine at `--threads 1`; with more threads
 //! it includes both libraries' spin-waiting), both peak RSS and the load average, and writes
-//! `side-by-side.json` and `side-by-side.csv` into `--out`. `--tune-malloc` runs both sides with
-//! the same glibc malloc settings ([`TUNED_MALLOC`]: freed blocks stay in the heap).
+//! `side-by-side.json` and `side-by-side.csv` into `--out`. The tram side keeps freed blocks in
+//! the heap as the `tram` CLI does (`tram_trainer::allocator::tune`), PyTorch runs with glibc's
+//! defaults, as each does for its users; `--tune-malloc` runs both sides with the same glibc
+//! malloc settings ([`TUNED_MALLOC`], the CLI's).
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -249,6 +251,8 @@ fn child_json(mut cmd: Command, what: &str) -> Result<Value> {
 fn main() -> Result<()> {
     let o = parse()?;
     if let Some(method) = &o.worker {
+        // As the CLI: freed step buffers stay in the heap (unless GLIBC_TUNABLES sets malloc).
+        tram_trainer::allocator::tune();
         let (times, cpu) = tram_run(o.shapes[0], method, &o)?;
         println!(
             "{}",
@@ -263,7 +267,7 @@ fn main() -> Result<()> {
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string();
     println!(
         "glibc malloc: {} | threads {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
-        if o.tune_malloc { "tuned (--tune-malloc, both sides)" } else { "default" },
+        if o.tune_malloc { "tuned (--tune-malloc, both sides)" } else { "PyTorch default, tram tuned as its CLI" },
         o.threads,
         o.steps,
         o.warmup

@@ -142,6 +142,8 @@ fn main() -> Result<()> {
     // Colours only on a terminal: logs redirected to a file or a scheduler's log stay plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(log_filter()?).with_writer(std::io::stderr).with_ansi(colour).init();
+    // Freed step buffers stay in the heap (`TRAM_MALLOC=default` keeps glibc's defaults).
+    tram_trainer::allocator::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if plugins::wants_verbose_version(&args) {
         print!("{}", plugins::host());

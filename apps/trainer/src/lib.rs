@@ -16,6 +16,7 @@
 //!   beside its config section, listed in [`apps::App::ALL`] (the subcommands, fingerprints and
 //!   `tram analyze` derive from it).
 
+pub mod allocator;
 pub mod apps;
 pub mod checkpoint;
 pub mod cli;
