@@ -5,6 +5,7 @@
 //! [`crate::composed`]; `tests/device.rs` checks both paths against the CPU kernels wherever a
 //! GPU is present.
 
+use crate::contiguous_range as range;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
@@ -450,14 +451,6 @@ pub(crate) fn kl_rows_bwd(
 fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// The contiguous range of `l` in elements, or an error naming `op`.
-fn range(l: &Layout, op: &str) -> Result<std::ops::Range<usize>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(a..b),
-        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
-    }
 }
 
 /// GELU of `kind` (0 tanh approximation, 1 erf) on f32 or bf16, in the input's dtype

@@ -8,7 +8,7 @@
 //! one id are summed in f32 (f64 for an f64 table) in position order and rounded once to the
 //! table's dtype; f32 results are bit for bit candle's.
 
-use crate::on_cpu;
+use crate::{contiguous_range, on_cpu};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
@@ -98,22 +98,14 @@ fn scatter_sum<T: Summed>(g: &[T], ids: &[u32], d: usize, vocab: usize) -> Vec<T
     out
 }
 
-/// The contiguous `[a, b)` range of `l`, or an error naming `op`.
-fn span(l: &Layout, op: &str) -> Result<std::ops::Range<usize>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(a..b),
-        None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
-    }
-}
-
 impl CustomOp2 for Embedding {
     fn name(&self) -> &'static str {
         "tram-embedding"
     }
     fn cpu_fwd(&self, ts: &CpuStorage, tl: &Layout, is: &CpuStorage, il: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = tl.dims()[1];
-        let ids = &is.as_slice::<u32>()?[span(il, self.name())?];
-        let r = span(tl, self.name())?;
+        let ids = &is.as_slice::<u32>()?[contiguous_range(il, self.name())?];
+        let r = contiguous_range(tl, self.name())?;
         let shape = Shape::from((ids.len(), d));
         let s = match ts {
             CpuStorage::F32(t) => CpuStorage::F32(gather(&t[r], ids, d)?),
@@ -148,8 +140,8 @@ impl CustomOp2 for EmbeddingGrad {
     }
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, is: &CpuStorage, il: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = *gl.dims().last().unwrap_or(&1);
-        let ids = &is.as_slice::<u32>()?[span(il, self.name())?];
-        let r = span(gl, self.name())?;
+        let ids = &is.as_slice::<u32>()?[contiguous_range(il, self.name())?];
+        let r = contiguous_range(gl, self.name())?;
         if r.len() != ids.len() * d {
             bail!("{}: a [{}, {d}] gradient for {} ids", self.name(), r.len() / d.max(1), ids.len());
         }

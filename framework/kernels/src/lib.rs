@@ -67,12 +67,17 @@ use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use math::Float;
 
-/// The contiguous slice of `s` that `l` describes, or an error naming `op`.
-pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+/// The element range of a contiguous layout, or an error naming `op`.
+pub(crate) fn contiguous_range(l: &Layout, op: &str) -> Result<std::ops::Range<usize>> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        Some((a, b)) => Ok(a..b),
         None => bail!("{op}: the input must be contiguous (call .contiguous() first)"),
     }
+}
+
+/// The contiguous slice of `s` that `l` describes, or an error naming `op`.
+pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    Ok(&s.as_slice::<T>()?[contiguous_range(l, op)?])
 }
 
 /// Run `f` on the contiguous CPU data of `t` (made contiguous first when it is not).

@@ -50,6 +50,24 @@ pub struct AdamCoeffs {
     pub decay: Decay,
 }
 
+impl AdamCoeffs {
+    /// The coefficients of step `t` (from 1) at learning rate `lr`: the complements of the β and
+    /// the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ derived as the composed path derives them.
+    pub fn at(t: u64, lr: f64, beta1: f64, beta2: f64, eps: f64, decay: Decay) -> Self {
+        let t = t as i32;
+        Self {
+            beta1,
+            one_minus_beta1: 1.0 - beta1,
+            beta2,
+            one_minus_beta2: 1.0 - beta2,
+            inv_bc2_sqrt: 1.0 / (1.0 - beta2.powi(t)).sqrt(),
+            eps,
+            step_size: lr / (1.0 - beta1.powi(t)),
+            decay,
+        }
+    }
+}
+
 /// Weight decay of an update, with the factor the composed path passes to `affine`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Decay {

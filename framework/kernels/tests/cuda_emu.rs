@@ -332,16 +332,7 @@ fn update_kernels_equal_the_cpu_updates_bit_for_bit() {
     let (p0, g, m0, v0) =
         (rand_v(n, 15, 1.0), rand_v(n, 16, 1.0), rand_v(n, 17, 0.1), rand_v(n, 18, 0.01).iter().map(|x| x.abs()).collect::<Vec<_>>());
     for (kind, decay) in [(0, Decay::None), (1, Decay::L2(0.01)), (2, Decay::Decoupled(1.0 - 1e-3 * 0.1))] {
-        let c = AdamCoeffs {
-            beta1: 0.9,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 1.0 - 0.999,
-            inv_bc2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(3)).sqrt(),
-            eps: 1e-8,
-            step_size: 1e-3 / (1.0 - 0.9f64.powi(3)),
-            decay,
-        };
+        let c = AdamCoeffs::at(3, 1e-3, 0.9, 0.999, 1e-8, decay);
         let (p, m, v) = (t(&p0, &[n]).copy().unwrap(), t(&m0, &[n]).copy().unwrap(), t(&v0, &[n]).copy().unwrap());
         assert!(adam_update(&p, &t(&g, &[n]), &m, &v, &c).unwrap(), "the CPU update runs fused");
         let factor = match decay {

@@ -226,16 +226,7 @@ fn all_ops_at(device: &Device, direct: bool, shape: (usize, usize, usize, usize,
     // The in-place updates of the plugins' rules (`update`): on CUDA the kernels of
     // cuda/fused.cu, bit for bit the CPU's, three steps of AdamW and of Nesterov SGD.
     let (m0, v0) = (rand_t(&[n], 24, 0.1), rand_t(&[n], 25, 0.01).abs().unwrap());
-    let adam_c = k::update::AdamCoeffs {
-        beta1: 0.9,
-        one_minus_beta1: 0.1,
-        beta2: 0.999,
-        one_minus_beta2: 1.0 - 0.999,
-        inv_bc2_sqrt: 1.0 / (1.0f64 - 0.999f64.powi(2)).sqrt(),
-        eps: 1e-8,
-        step_size: 1e-2 / (1.0 - 0.9f64.powi(2)),
-        decay: k::update::Decay::Decoupled(1.0 - 1e-2 * 0.1),
-    };
+    let adam_c = k::update::AdamCoeffs::at(2, 1e-2, 0.9, 0.999, 1e-8, k::update::Decay::Decoupled(1.0 - 1e-2 * 0.1));
     let sgd_c = k::update::SgdCoeffs { lr: 1e-2, momentum: 0.9, one_minus_dampening: 1.0, nesterov: true, weight_decay: 0.01 };
     let run = |on: &Device| -> Option<Vec<Vec<u32>>> {
         let c = |t: &Tensor| t.to_device(on).unwrap().copy().unwrap();

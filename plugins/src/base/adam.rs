@@ -102,23 +102,12 @@ impl AdamCore {
             return Ok(false);
         }
         let c = &self.config;
-        let bc1 = 1.0 - c.beta1.powi(t as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(t as i32)).sqrt();
         let decay = match (c.weight_decay != 0.0, self.decoupled) {
             (false, _) => Decay::None,
             (true, true) => Decay::Decoupled(1.0 - lr * c.weight_decay),
             (true, false) => Decay::L2(c.weight_decay),
         };
-        let coeffs = AdamCoeffs {
-            beta1: c.beta1,
-            one_minus_beta1: 1.0 - c.beta1,
-            beta2: c.beta2,
-            one_minus_beta2: 1.0 - c.beta2,
-            inv_bc2_sqrt: 1.0 / bc2_sqrt,
-            eps: c.eps,
-            step_size: lr / bc1,
-            decay,
-        };
+        let coeffs = AdamCoeffs::at(t, lr, c.beta1, c.beta2, c.eps, decay);
         // Zero moments give the composed first step bit for bit (`0 + x` is `x` for every
         // `x = y·(1 − β) + 0`, never −0).
         let fresh = state.is_none();
