@@ -1,5 +1,5 @@
 //! Data-parallel steps (README "Data-parallel training") without MPI: two ranks on two threads
-//! of this process, summing through an in-process [`Collective`] (`tram::testing::ThreadGroup`). With the global ascent, two
+//! of this process, summing through an in-process [`Collective`] (`tram::distributed::Threads`). With the global ascent, two
 //! ranks of 8 examples take the single-process step of the 16 (noise compositions included:
 //! the samples are keyed by global example); the ranks agree bitwise; with the local ascent each
 //! rank perturbs by its own gradient, which equals the global step when both ranks hold the
@@ -8,8 +8,8 @@
 mod common;
 use common::*;
 use std::sync::Arc;
+use tram::distributed::Threads;
 use tram::distributed::{AscentScope, Collective};
-use tram::testing::ThreadGroup;
 use tram::{Batch, Model};
 
 /// The composition with noise of σ = 0.5: large enough that the samples move the weights
@@ -45,7 +45,7 @@ fn two_ranks(
     ascent: AscentScope,
     share: fn(usize, &Batch) -> (Batch, usize),
 ) -> Vec<Vec<Vec<f32>>> {
-    let handles: Vec<_> = ThreadGroup::new(2)
+    let handles: Vec<_> = Threads::group(2, std::time::Duration::from_secs(600))
         .into_iter()
         .map(|c| {
             let (composition, data) = (composition.to_string(), data.to_vec());

@@ -8,6 +8,7 @@ use crate::results;
 use crate::rundir;
 use crate::trainer::{self, Control, Outcome, RunSpec};
 use std::path::PathBuf;
+use tram::distributed::Collective;
 
 /// Arguments shared by the app subcommands.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -124,9 +125,7 @@ pub fn run_sources(
             outs.push((run.config.out.clone(), i));
         }
         for seed in run.seeds() {
-            let prepared = app.prepare(run, seed)?;
-            let spec = RunSpec { app: app.name(), run, row, seed, tokenizer: prepared.tokenizer.clone(), registry };
-            match trainer::run(&spec, prepared.model, prepared.data, control)? {
+            match run_seed(app, run, row, seed, control, registry)? {
                 Outcome::Finished(r) => {
                     let cols: Vec<String> =
                         r.columns.iter().map(|c| format!("{} {:.3}/{:.2}%", c.label, c.metrics.perplexity, c.metrics.accuracy)).collect();
@@ -159,6 +158,93 @@ pub fn run_sources(
         tables.push(md);
     }
     Ok(Summary { tables, interrupted, failures })
+}
+
+/// Prepare and train one seed of `run`: in this thread, or with `distributed.engine =
+/// "threads"` as that many ranks, each a thread of one candle thread with its own model replica
+/// and data, rank 0's outcome returned. The first rank to fail fails the others' collectives and
+/// its error is returned.
+fn run_seed(
+    app: App,
+    run: &crate::config::RunConfig,
+    row: usize,
+    seed: u64,
+    control: &Control,
+    registry: &tram::Registry,
+) -> Result<Outcome> {
+    let one = |collective: Option<std::sync::Arc<dyn tram::distributed::Collective>>| -> Result<Outcome> {
+        let prepared = app.prepare(run, seed)?;
+        let spec = RunSpec { app: app.name(), run, row, seed, tokenizer: prepared.tokenizer.clone(), registry, collective };
+        trainer::run(&spec, prepared.model, prepared.data, control)
+    };
+    let cfg = &run.config.distributed;
+    if cfg.engine != crate::config::DistributedEngine::Threads {
+        return one(None);
+    }
+    let world = crate::distributed::thread_ranks(cfg, &crate::device(&run.config.device)?)?;
+    let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
+    tracing::info!(engine = "threads", world, "data-parallel job");
+    let _one_thread = OneCandleThread::set();
+    let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let outcomes: Vec<Option<Outcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tram::distributed::Threads::group(world, timeout)
+            .into_iter()
+            .map(|rank| {
+                let (one, first_error) = (&one, &first_error);
+                std::thread::Builder::new()
+                    .name(format!("tram-rank-{}", rank.rank()))
+                    .spawn_scoped(s, move || {
+                        let rank = std::sync::Arc::new(rank);
+                        // One thread per rank: what candle runs through rayon runs on this pool.
+                        let out = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .map_err(|e| Error::Config(format!("starting data-parallel rank {}: {e}", rank.rank())))
+                            .and_then(|pool| pool.install(|| one(Some(rank.clone()))));
+                        match out {
+                            Ok(o) => Some(o),
+                            Err(e) => {
+                                let why = e.to_string();
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                rank.fail(&why);
+                                None
+                            }
+                        }
+                    })
+                    .expect("spawning a data-parallel rank's thread")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    outcomes.into_iter().next().flatten().ok_or_else(|| Error::Config("data-parallel rank 0 returned no outcome".into()))
+}
+
+/// candle sizes its parallel CPU ops (the matrix products among them) by `RAYON_NUM_THREADS`,
+/// read at every call: while the ranks of `engine = "threads"` run it is 1 (each rank's ops on
+/// its own thread; with 2 the ranks' products contended for the cores and the quickstart's Adam
+/// steps took 2.4× as long), and the previous value is restored after them.
+struct OneCandleThread(Option<std::ffi::OsString>);
+
+impl OneCandleThread {
+    fn set() -> Self {
+        let previous = std::env::var_os("RAYON_NUM_THREADS");
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        Self(previous)
+    }
+}
+
+impl Drop for OneCandleThread {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
+            None => std::env::remove_var("RAYON_NUM_THREADS"),
+        }
+    }
 }
 
 /// `v` as TOML. TOML has no null: keys whose value is null (unset optional settings) are left

@@ -51,6 +51,15 @@ pub fn session(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<
         DistributedEngine::Single => false,
         DistributedEngine::Mpi => true,
         DistributedEngine::Auto => launched.is_some_and(|w| w > 1),
+        DistributedEngine::Threads => {
+            check_threads(cfg, device)?;
+            return Err(Error::Config(
+                "distributed.engine = \"threads\": the ranks are threads that `tram_trainer::cli::run_sources` starts, each \
+                 given its collective in `RunSpec::collective`; `trainer::run` without one cannot start them (call run_sources, \
+                 or build the ranks with tram::distributed::Threads::group)"
+                    .into(),
+            ));
+        }
     };
     if !mpi {
         if cfg.allreduce == AllReduce::Nccl {
@@ -76,6 +85,40 @@ fn init_mpi(cfg: &DistributedConfig, device: &candle_core::Device, _launched: Op
         AllReduce::Mpi => Ok(Arc::new(mpi)),
         AllReduce::Nccl => nccl(mpi, device),
     }
+}
+
+/// The number of ranks of `engine = "threads"` (`distributed.ranks`, 0: the CPU cores this
+/// process may use), after checking that the job can run that way.
+pub fn thread_ranks(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<usize> {
+    check_threads(cfg, device)?;
+    Ok(match cfg.ranks {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    })
+}
+
+fn check_threads(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<()> {
+    if let Some(w) = launcher_world().filter(|w| *w > 1) {
+        return Err(Error::Config(format!(
+            "distributed.engine = \"threads\" in a job an MPI launcher started with {w} ranks: use one or the other (drop \
+             `mpirun`, or set distributed.engine = \"auto\")"
+        )));
+    }
+    if cfg.allreduce == AllReduce::Nccl {
+        return Err(Error::Config(
+            "distributed.engine = \"threads\" sums on the CPU: drop distributed.allreduce = \"nccl\" (GPUs: one process per \
+             GPU under mpirun)"
+                .into(),
+        ));
+    }
+    if !device.is_cpu() {
+        return Err(Error::Config(
+            "distributed.engine = \"threads\" runs its ranks on the CPU (device = \"cpu\"); on GPUs start one process per GPU \
+             under mpirun with distributed.allreduce = \"nccl\""
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `distributed.allreduce = "nccl"` in one process not started by an MPI launcher: a one-rank
@@ -137,12 +180,12 @@ pub fn finalize() {
 }
 
 /// Drop from a configuration's JSON (`m`, the top level) the `[distributed]` keys that change
-/// nothing computed (engine, watchdog timeout, all-reduce engine: a run resumes or keeps its
+/// nothing computed (engine, watchdog timeout, all-reduce engine, thread ranks: a run resumes or keeps its
 /// results under other values), and the section when only defaults remain (`ascent = "local"`
 /// changes the steps and stays).
 pub fn drop_untracked(m: &mut serde_json::Map<String, serde_json::Value>) {
     if let Some(serde_json::Value::Object(d)) = m.get_mut("distributed") {
-        for k in ["engine", "timeout_s", "allreduce"] {
+        for k in ["engine", "timeout_s", "allreduce", "ranks"] {
             d.remove(k);
         }
         if d.get("ascent").and_then(|a| a.as_str()) == Some("global") {

@@ -77,6 +77,9 @@ pub struct RunSpec<'a> {
     pub tokenizer: Option<PathBuf>,
     /// The component registry (built-ins and loaded plugins).
     pub registry: &'a tram::Registry,
+    /// This rank's collective when the driver started the job's ranks itself
+    /// (`distributed.engine = "threads"`); `None`: the process's ([`crate::distributed::session`]).
+    pub collective: Option<Arc<dyn tram::distributed::Collective>>,
 }
 
 /// Total optimizer steps of a run.
@@ -291,7 +294,10 @@ impl<'a> Run<'a> {
                 )));
             }
         }
-        let dist = crate::distributed::session(&cfg.distributed, &crate::device(&cfg.device)?)?;
+        let dist = match &spec.collective {
+            Some(c) => c.clone(),
+            None => crate::distributed::session(&cfg.distributed, &crate::device(&cfg.device)?)?,
+        };
         // Only rank 0 of a data-parallel job writes the run directory (the others read it).
         let lock = if dist.rank() == 0 {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;

@@ -48,7 +48,7 @@ fn run_one(cfg: &std::path::Path, sets: &[&str], control: &Control) -> Outcome {
     let reg = registry();
     let runs = sources(cfg, sets).resolve(&["tram-noise".to_string()], &reg).unwrap();
     let p = App::Lm.prepare(&runs[0], 3).unwrap();
-    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: p.tokenizer.clone(), registry: &reg };
+    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: p.tokenizer.clone(), registry: &reg, collective: None };
     trainer::run(&spec, p.model, p.data, control).unwrap()
 }
 

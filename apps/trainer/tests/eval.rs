@@ -5,7 +5,8 @@
 use candle_core::Device;
 use std::sync::Mutex;
 use tram::distributed::Collective;
-use tram::testing::{synthetic_batches, ClassifierShape, EmbeddingClassifier, ThreadGroup};
+use tram::distributed::Threads;
+use tram::testing::{synthetic_batches, ClassifierShape, EmbeddingClassifier};
 use tram::Batch;
 use tram_trainer::eval::{evaluate, evaluate_sharded, EvalMetrics};
 use tram_trainer::task::EvalSource;
@@ -44,7 +45,7 @@ fn two_ranks_evaluate_disjoint_shares_and_both_get_the_metrics_of_one_process() 
     let whole = evaluate(&model, &source()).unwrap();
     assert_eq!(whole.rows, 26);
     let results: Vec<(EvalMetrics, Vec<usize>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadGroup::new(2)
+        let handles: Vec<_> = Threads::group(2, std::time::Duration::from_secs(600))
             .into_iter()
             .map(|rank| {
                 s.spawn(move || {
@@ -69,7 +70,7 @@ fn two_ranks_evaluate_disjoint_shares_and_both_get_the_metrics_of_one_process() 
 #[test]
 fn one_rank_is_the_single_process_evaluation_bit_for_bit() {
     let model = EmbeddingClassifier::random(SHAPE, 7, &Device::Cpu).unwrap();
-    let one = ThreadGroup::new(1).pop().unwrap();
+    let one = Threads::group(1, std::time::Duration::from_secs(600)).pop().unwrap();
     assert_eq!(one.world(), 1);
     let src = source();
     let m = evaluate_sharded(&model, &src, &one).unwrap();

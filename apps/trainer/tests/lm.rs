@@ -129,7 +129,7 @@ fn run_one(cfg: &std::path::Path, sets: &[&str], control: &Control) -> Outcome {
     let runs = sources(cfg, sets).resolve(&["tram-noise".to_string()], &reg).unwrap();
     let run = &runs[0];
     let p = App::Lm.prepare(run, 3).unwrap();
-    let spec = RunSpec { app: "lm", run, row: 0, seed: 3, tokenizer: p.tokenizer.clone(), registry: &reg };
+    let spec = RunSpec { app: "lm", run, row: 0, seed: 3, tokenizer: p.tokenizer.clone(), registry: &reg, collective: None };
     trainer::run(&spec, p.model, p.data, control).unwrap()
 }
 
@@ -166,7 +166,7 @@ fn lm_resume_after_interrupt_matches_an_uninterrupted_run_bitwise() {
     let reg = registry();
     let runs = sources(&cfg, &[&set_out]).resolve(&["tram-noise".to_string()], &reg).unwrap();
     let p = App::Lm.prepare(&runs[0], 3).unwrap();
-    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg };
+    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg, collective: None };
     let err = trainer::run(&spec, p.model, p.data, &Control::default()).unwrap_err().to_string();
     assert!(err.contains("--resume"), "{err}");
 
@@ -227,7 +227,7 @@ fn lm_bf16_saves_bf16_weights_and_f32_masters_and_resumes_bitwise() {
     let reg = registry();
     let runs = sources(&cfg, &["dtype=f32", &set_out]).resolve(&["tram-noise".to_string()], &reg).unwrap();
     let p = App::Lm.prepare(&runs[0], 3).unwrap();
-    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg };
+    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg, collective: None };
     let err = trainer::run(&spec, p.model, p.data, &resume).unwrap_err().to_string();
     assert!(err.contains("dtype"), "{err}");
 
@@ -257,7 +257,7 @@ fn lm_bad_checkpoints_are_clear_errors() {
     let try_resume = |sets: &[&str]| -> String {
         let runs = sources(&cfg, sets).resolve(&["tram-noise".to_string()], &reg).unwrap();
         let p = App::Lm.prepare(&runs[0], 3).unwrap();
-        let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg };
+        let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 3, tokenizer: None, registry: &reg, collective: None };
         trainer::run(&spec, p.model, p.data, &resume).unwrap_err().to_string()
     };
     // A different configuration.
@@ -362,7 +362,7 @@ fn lm_same_seed_same_metrics() {
     let reg = registry();
     let runs = sources(&cfg, &[&c, "seed=4"]).resolve(&["tram-noise".to_string()], &reg).unwrap();
     let p = App::Lm.prepare(&runs[0], 4).unwrap();
-    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 4, tokenizer: None, registry: &reg };
+    let spec = RunSpec { app: "lm", run: &runs[0], row: 0, seed: 4, tokenizer: None, registry: &reg, collective: None };
     trainer::run(&spec, p.model, p.data, &Control::default()).unwrap();
     assert_ne!(
         std::fs::read_to_string(dir.join("a/tram-noise/seed-3/metrics.jsonl")).unwrap(),

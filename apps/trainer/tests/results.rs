@@ -337,7 +337,8 @@ fn an_empty_evaluation_set_is_refused_before_the_first_step() {
     // A set that ends up empty for a reason no setting check sees (e.g. every row skipped).
     prepared.data.tests[1].source = Box::new(tram_trainer::task::BatchList(Vec::new(), 0));
     let reg = registry();
-    let spec = tram_trainer::trainer::RunSpec { app: "lm", run: &runs[0], row: 0, seed: 1, tokenizer: None, registry: &reg };
+    let spec =
+        tram_trainer::trainer::RunSpec { app: "lm", run: &runs[0], row: 0, seed: 1, tokenizer: None, registry: &reg, collective: None };
     let e = tram_trainer::trainer::run(&spec, prepared.model, prepared.data, &Control::default()).unwrap_err().to_string();
     assert!(e.contains("the test set `cult` (Cult.) of run `adam` is empty"), "{e}");
     assert!(!runs[0].dir(1).exists(), "nothing is written for a run that cannot be evaluated");

@@ -9,14 +9,18 @@
 //! - with [`AscentScope::Local`], the first pass's gradient is not combined (each rank
 //!   perturbs with its own), only the scalars and the second pass's gradient are.
 //!
-//! The single-process [`Single`] is the default and returns its inputs unchanged; the MPI
-//! engine is behind the `mpi` feature ([`mpi`](self::mpi)), NCCL for GPU tensors behind `nccl`.
+//! The single-process [`Single`] is the default and returns its inputs unchanged; [`Threads`]
+//! runs the ranks as threads of one process; the MPI engine is behind the `mpi` feature
+//! ([`mpi`](self::mpi)), NCCL for GPU tensors behind `nccl`.
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+mod threads;
 pub mod watchdog;
+
+pub use threads::Threads;
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};

@@ -7,9 +7,9 @@
 //! - [`gradcheck`] / [`gradcheck_distance`]: the analytic gradient (candle's backward)
 //!   against central finite differences in f64, like PyTorch's `torch.autograd.gradcheck`;
 //! - [`static_equals_loaded`]: a composition trained with a plugin crate linked statically and
-//!   with its `cdylib` loaded at run time must give bitwise the same parameters;
-//! - [`ThreadGroup`]: the ranks of a data-parallel job as threads of one test (an in-process
-//!   [`Collective`](crate::distributed::Collective)).
+//!   with its `cdylib` loaded at run time must give bitwise the same parameters.
+//!
+//! The ranks of a data-parallel job as threads of one test: [`crate::distributed::Threads`].
 //!
 //! In a plugin crate:
 //!
@@ -25,10 +25,8 @@ mod gradcheck;
 mod harness;
 mod model;
 mod plugin;
-mod threads;
 
 pub use gradcheck::{gradcheck, gradcheck_distance, GradcheckOptions, GradcheckReport};
 pub use harness::TargetHarness;
 pub use model::{eval_loss, synthetic_batches, ClassifierShape, EmbeddingClassifier, Lcg};
 pub use plugin::{build_cdylib, static_equals_loaded, StaticVsLoaded};
-pub use threads::ThreadGroup;

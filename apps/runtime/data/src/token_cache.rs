@@ -255,7 +255,11 @@ impl TokenCache {
                 }
             }
         }
-        let tmp = spec.dir.join(format!(".{stem}.{}.{EXTENSION}.tmp-{}", &hex(&key)[..16], std::process::id()));
+        // Unique per writer: the ranks of an in-process data-parallel job (and a test
+        // binary's threads) may build the same entry at once; the last rename wins.
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = spec.dir.join(format!(".{stem}.{}.{EXTENSION}.tmp-{}-{writer}", &hex(&key)[..16], std::process::id()));
         let built = build(files, tokenizer, spec, key, &tmp)
             .and_then(|()| std::fs::rename(&tmp, &path).map_err(Error::io(format!("renaming {} to {}", tmp.display(), path.display()))));
         if let Err(e) = built {

@@ -108,6 +108,32 @@ fn an_entry_is_built_once_and_reused() {
 }
 
 #[test]
+fn threads_of_one_process_building_the_same_entry_at_once_all_get_it() {
+    // The ranks of `distributed.engine = "threads"` prepare their data at the same time: their
+    // temporary files must not collide (each renaming another's file away).
+    let tok = gpt2_style_tokenizer();
+    let dir = scratch("concurrent");
+    let files = text_files(&[fixture_dir().join("input.txt")]);
+    let s = spec(&dir, &tok, Protocol::Lines, 64);
+    let barrier = std::sync::Barrier::new(4);
+    let blocks: Vec<Vec<Vec<u32>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    TokenCache::open_or_build(&files, &tok, &s).unwrap().0.all_blocks()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(!blocks[0].is_empty());
+    assert!(blocks.iter().all(|b| b == &blocks[0]));
+    let names: Vec<String> = std::fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(names.len(), 1, "one entry, no temporary left: {names:?}");
+}
+
+#[test]
 fn changed_text_tokenizer_or_protocol_gives_a_new_entry_and_the_stale_one_is_removed() {
     let tok = gpt2_style_tokenizer();
     let dir = scratch("stale");

@@ -137,6 +137,9 @@ pub enum DistributedEngine {
     Single,
     /// MPI, whatever the environment says (needs the `mpi` feature).
     Mpi,
+    /// `distributed.ranks` ranks as threads of this process, each with one candle thread and
+    /// its own model replica (on a CPU, faster than one rank whose ops are split over threads).
+    Threads,
 }
 
 /// Which collective sums the gradients of a data-parallel step.
@@ -156,7 +159,7 @@ pub enum AllReduce {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistributedConfig {
-    /// `auto` (MPI when launched by `mpirun` with W > 1), `single` or `mpi`.
+    /// `auto` (MPI when launched by `mpirun` with W > 1), `single`, `mpi` or `threads`.
     pub engine: DistributedEngine,
     /// `global` (every rank perturbs by the ε of the whole global batch: the single-process
     /// step) or `local` (each rank by its own gradient's ε; m-sharpness).
@@ -166,11 +169,13 @@ pub struct DistributedConfig {
     pub timeout_s: f64,
     /// The gradient all-reduce: `mpi` or `nccl`.
     pub allreduce: AllReduce,
+    /// Ranks of `engine = "threads"`; 0: one per CPU core this process may use.
+    pub ranks: usize,
 }
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { engine: DistributedEngine::Auto, ascent: Default::default(), timeout_s: 600.0, allreduce: AllReduce::Mpi }
+        Self { engine: DistributedEngine::Auto, ascent: Default::default(), timeout_s: 600.0, allreduce: AllReduce::Mpi, ranks: 0 }
     }
 }
 
