@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo run --release -p tram-bench -- [--python /work/pyenv/bin/python] [--shapes small,wide]
 //!     [--methods adam,sam,...] [--steps 6] [--warmup 2] [--threads 2] [--out target/bench]
-//!     [--dropout 0.1] [--tune-malloc] [--skip-torch]
+//!     [--dropout 0.1] [--tune-malloc] [--skip-torch] [--ranks 1] [--tram-ranks 1]
 //!     [--layers N --embd N --heads N --vocab N --seq N --batch N]  # a custom shape instead
 //! ```
 //!
@@ -21,6 +21,14 @@
 //! the heap as the `tram` CLI does (`tram_trainer::allocator::tune`), PyTorch runs with glibc's
 //! defaults, as each does for its users; `--tune-malloc` runs both sides with the same glibc
 //! malloc settings ([`TUNED_MALLOC`], the CLI's).
+//!
+//! `--tram-ranks W` (W > 1) times tram's step as the CLI's `distributed.engine = "threads"`
+//! takes it: W ranks as threads of the worker, each of one candle thread with its own model
+//! replica and 1/W of the batch, summing through [`tram::distributed::Threads`]; PyTorch keeps
+//! its `--threads` intra-op threads. `--ranks W` makes both sides data-parallel over W ranks of
+//! one thread each: tram as above, PyTorch as W `DistributedDataParallel` processes over gloo
+//! (`bench/torch_step.py --ranks`). The step time is rank 0's (the ranks meet in every pass's
+//! all-reduce), the CPU time and peak RSS the whole job's.
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -38,6 +46,8 @@ const HELP: &str = "side-by-side: one training step of GPT-2 in PyTorch and in t
 usage: cargo run --release -p tram-bench -- [--python PYTHON] [--shapes small,wide]
            [--methods adam,sam,asam,tram-prev,tram-pretrained,tram-noise] [--steps 6] [--warmup 2]
            [--threads 2] [--out target/bench] [--dropout 0.1] [--tune-malloc] [--skip-torch]
+           [--tram-ranks 1]   (tram's step as W data-parallel thread ranks of one thread each)
+           [--ranks 1]        (both sides data-parallel: tram's thread ranks, PyTorch's DDP processes)
            [--layers N --embd N --heads N --vocab N --seq N --batch N]   (a custom shape instead)\n
 shapes: small = 4 layers, d 128, 4 heads, vocab 4096, seq 128, batch 8
         wide  = 6 layers, d 256, 4 heads, vocab 4096, seq 256, batch 4
@@ -89,6 +99,10 @@ struct Opts {
     worker: Option<String>,
     skip_torch: bool,
     tune_malloc: bool,
+    /// tram's step as this many data-parallel thread ranks (1: one rank of `threads` threads).
+    tram_ranks: usize,
+    /// PyTorch's step as this many DDP processes of one thread (1: one of `threads` threads).
+    torch_ranks: usize,
 }
 
 /// glibc malloc settings that keep freed blocks up to 32 MiB in the heap instead of returning
@@ -109,6 +123,8 @@ fn parse() -> Result<Opts> {
         worker: None,
         skip_torch: false,
         tune_malloc: false,
+        tram_ranks: 1,
+        torch_ranks: 1,
     };
     let mut custom = Shape::SMALL;
     let mut has_custom = false;
@@ -152,6 +168,11 @@ fn parse() -> Result<Opts> {
             "--steps" => o.steps = num()?.max(1),
             "--warmup" => o.warmup = num()?,
             "--threads" => o.threads = num()?.max(1),
+            "--tram-ranks" => o.tram_ranks = num()?.max(1),
+            "--ranks" => {
+                o.tram_ranks = num()?.max(1);
+                o.torch_ranks = o.tram_ranks;
+            }
             "--dropout" => o.dropout = val.parse().map_err(|_| anyhow!("--dropout: `{val}` is not a number"))?,
             "--python" => o.python = val,
             "--out" => o.out = PathBuf::from(val),
@@ -209,6 +230,33 @@ fn cpu_ms() -> f64 {
 
 /// One tram run (in the worker process): returns the wall and CPU times of each step, ms.
 fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<(Vec<f64>, Vec<f64>)> {
+    if o.tram_ranks > 1 {
+        return tram_ranks_run(shape, method, o);
+    }
+    tram_steps(shape, method, o, None)
+}
+
+/// [`tram_run`] as `--tram-ranks` thread ranks: rank 0's step times.
+fn tram_ranks_run(shape: Shape, method: &str, o: &Opts) -> Result<(Vec<f64>, Vec<f64>)> {
+    let ranks = tram::distributed::Threads::group(o.tram_ranks, std::time::Duration::from_secs(600));
+    let mut out: Vec<Result<(Vec<f64>, Vec<f64>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                s.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+                    pool.install(|| tram_steps(shape, method, o, Some(rank)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    out.swap_remove(0)
+}
+
+/// The timed steps of one rank (`None`: the only one).
+fn tram_steps(shape: Shape, method: &str, o: &Opts, rank: Option<tram::distributed::Threads>) -> Result<(Vec<f64>, Vec<f64>)> {
+    use tram::distributed::Collective;
     let cfg = json!({
         "model_type": "gpt2", "vocab_size": shape.vocab, "n_positions": shape.seq.max(128), "n_embd": shape.embd,
         "n_layer": shape.layers, "n_head": shape.heads,
@@ -222,6 +270,15 @@ fn tram_run(shape: Shape, method: &str, o: &Opts) -> Result<(Vec<f64>, Vec<f64>)
     let batch = Batch::new(all.narrow(1, 0, shape.seq)?.contiguous()?, all.narrow(1, 1, shape.seq)?.contiguous()?);
     let registry = tram_plugins::registry()?;
     let mut opt = Optimizer::new(&registry, OptimizerConfig::new(method, LR))?;
+    let batch = match rank {
+        Some(rank) => {
+            let (share, offset) = tram_trainer::distributed::shard(&batch, rank.rank(), rank.world())?;
+            opt.set_example_offsets(vec![offset]);
+            opt.set_collective(std::sync::Arc::new(rank));
+            share
+        }
+        None => batch,
+    };
     let (mut times, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..o.warmup + o.steps {
         let (t0, c0) = (Instant::now(), cpu_ms());
@@ -266,9 +323,11 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string();
     println!(
-        "glibc malloc: {} | threads {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
+        "glibc malloc: {} | threads {} | tram ranks {} | PyTorch ranks {} | steps {} after {} warm-up | median wall ms/step, median process CPU ms/step (all threads, spinning included) | peak RSS GB | 1-min load average after the pair",
         if o.tune_malloc { "tuned (--tune-malloc, both sides)" } else { "PyTorch default, tram tuned as its CLI" },
         o.threads,
+        o.tram_ranks,
+        o.torch_ranks,
         o.steps,
         o.warmup
     );
@@ -289,7 +348,9 @@ fn main() -> Result<()> {
                 if o.tune_malloc {
                     c.env("GLIBC_TUNABLES", TUNED_MALLOC);
                 }
-                c.arg(&script).args(["--method", method, "--threads", &o.threads.to_string()]);
+                let torch_threads = if o.torch_ranks > 1 { 1 } else { o.threads };
+                c.arg(&script).args(["--method", method, "--threads", &torch_threads.to_string()]);
+                c.args(["--ranks", &o.torch_ranks.to_string()]);
                 common(&mut c);
                 Some(child_json(c, &format!("PyTorch {method}"))?)
             };
@@ -297,7 +358,11 @@ fn main() -> Result<()> {
             if o.tune_malloc {
                 c.env("GLIBC_TUNABLES", TUNED_MALLOC);
             }
-            c.args(["--worker", method]).env("RAYON_NUM_THREADS", o.threads.to_string()).env("CANDLE_NUM_THREADS", o.threads.to_string());
+            // Thread ranks run one candle thread each (as the CLI's `engine = "threads"`).
+            let tram_threads = if o.tram_ranks > 1 { 1 } else { o.threads };
+            c.args(["--worker", method, "--tram-ranks", &o.tram_ranks.to_string()])
+                .env("RAYON_NUM_THREADS", tram_threads.to_string())
+                .env("CANDLE_NUM_THREADS", tram_threads.to_string());
             common(&mut c);
             let tram = child_json(c, &format!("tram {method}"))?;
             let tm = tram["median_ms"].as_f64().unwrap_or(f64::NAN);
@@ -324,7 +389,7 @@ fn main() -> Result<()> {
             );
             rows.push(json!({
                 "shape": shape.label(), "layers": shape.layers, "embd": shape.embd, "heads": shape.heads, "vocab": shape.vocab,
-                "seq": shape.seq, "batch": shape.batch, "method": method, "threads": o.threads,
+                "seq": shape.seq, "batch": shape.batch, "method": method, "threads": o.threads, "tram_ranks": o.tram_ranks, "torch_ranks": o.torch_ranks,
                 "torch_ms": pm, "tram_ms": tm, "ratio": tm / pm, "torch_cpu_ms": pc, "tram_cpu_ms": tc, "cpu_ratio": tc / pc, "torch_peak_rss_gb": pg, "tram_peak_rss_gb": tg, "loadavg_after": l,
                 "torch": torch, "tram": tram,
             }));
@@ -333,15 +398,17 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&o.out)?;
     std::fs::write(o.out.join("side-by-side.json"), serde_json::to_string_pretty(&rows)?)?;
     let mut csv = String::from(
-        "shape,method,threads,torch_ms,tram_ms,ratio,torch_cpu_ms,tram_cpu_ms,cpu_ratio,torch_peak_rss_gb,tram_peak_rss_gb,loadavg_after\n",
+        "shape,method,threads,tram_ranks,torch_ranks,torch_ms,tram_ms,ratio,torch_cpu_ms,tram_cpu_ms,cpu_ratio,torch_peak_rss_gb,tram_peak_rss_gb,loadavg_after\n",
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         csv += &format!(
-            "{},{},{},{:.2},{:.2},{:.3},{:.2},{:.2},{:.3},{:.3},{:.3},{}\n",
+            "{},{},{},{},{},{:.2},{:.2},{:.3},{:.2},{:.2},{:.3},{:.3},{:.3},{}\n",
             r["shape"].as_str().unwrap_or(""),
             r["method"].as_str().unwrap_or(""),
             o.threads,
+            o.tram_ranks,
+            o.torch_ranks,
             f("torch_ms"),
             f("tram_ms"),
             f("ratio"),

@@ -181,7 +181,8 @@ fn run_seed(
     if cfg.engine != crate::config::DistributedEngine::Threads {
         return one(None);
     }
-    let world = crate::distributed::thread_ranks(cfg, &crate::device(&run.config.device)?)?;
+    let batch = run.config.train.batch_size;
+    let world = crate::distributed::thread_ranks(cfg, &crate::device(&run.config.device)?, batch, crate::distributed::cores())?;
     let timeout = std::time::Duration::from_secs_f64(cfg.timeout_s);
     tracing::info!(engine = "threads", world, "data-parallel job");
     let _one_thread = OneCandleThread::set();

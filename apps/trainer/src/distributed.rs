@@ -87,14 +87,21 @@ fn init_mpi(cfg: &DistributedConfig, device: &candle_core::Device, _launched: Op
     }
 }
 
-/// The number of ranks of `engine = "threads"` (`distributed.ranks`, 0: the CPU cores this
-/// process may use), after checking that the job can run that way.
-pub fn thread_ranks(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<usize> {
+/// The number of ranks of `engine = "threads"`, after checking that the job can run that way:
+/// `distributed.ranks`, or with 0 the most ranks up to the CPU cores this process may use
+/// (`cores`) that split the global micro-batch of `batch` rows evenly (4 rows on 3 cores: 2
+/// ranks of 2; 1 row: one rank).
+pub fn thread_ranks(cfg: &DistributedConfig, device: &candle_core::Device, batch: usize, cores: usize) -> Result<usize> {
     check_threads(cfg, device)?;
     Ok(match cfg.ranks {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => (1..=cores.min(batch).max(1)).rev().find(|w| batch % w == 0).unwrap_or(1),
         n => n,
     })
+}
+
+/// The CPU cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn check_threads(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<()> {
@@ -241,6 +248,17 @@ mod tests {
         assert_eq!(rows, b.inputs.to_vec2::<u32>().unwrap());
         let err = shard(&b, 0, 6).unwrap_err().to_string();
         assert!(err.contains("train.batch_size") && err.contains("6 ranks"), "{err}");
+    }
+
+    #[test]
+    fn automatic_thread_ranks_split_the_global_batch_evenly_within_the_cores() {
+        let cfg = DistributedConfig { engine: DistributedEngine::Threads, ..Default::default() };
+        let w = |batch, cores| thread_ranks(&cfg, &Device::Cpu, batch, cores).unwrap();
+        assert_eq!([w(4, 2), w(4, 3), w(4, 16), w(6, 4), w(7, 4), w(1, 8), w(8, 1)], [2, 2, 4, 3, 1, 1, 1]);
+        let fixed = DistributedConfig { ranks: 3, ..cfg.clone() };
+        assert_eq!(thread_ranks(&fixed, &Device::Cpu, 4, 2).unwrap(), 3, "an explicit count is kept");
+        let nccl = DistributedConfig { allreduce: AllReduce::Nccl, ..cfg };
+        assert!(thread_ranks(&nccl, &Device::Cpu, 4, 2).unwrap_err().to_string().contains("sums on the CPU"));
     }
 
     #[test]

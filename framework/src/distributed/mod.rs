@@ -23,7 +23,7 @@ pub mod watchdog;
 pub use threads::Threads;
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor, WithDType};
 use serde::{Deserialize, Serialize};
 
 /// What the ranks of a data-parallel job do together. Every rank must make the same calls in
@@ -125,6 +125,22 @@ pub enum AscentScope {
     /// perturbs by its own ε; only the second pass's gradient is combined. One gradient
     /// all-reduce per step instead of two.
     Local,
+}
+
+/// `t`'s values appended to `out` (converted to `T`'s dtype; one copy for a contiguous CPU
+/// tensor of that dtype).
+pub(crate) fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
+    let t = t.to_dtype(T::DTYPE)?.to_device(&Device::Cpu)?;
+    let t = if t.is_contiguous() { t } else { t.contiguous()? };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(c), Some((a, b))) => out.extend_from_slice(&c.as_slice::<T>()?[a..b]),
+        _ => {
+            drop(storage);
+            out.extend(t.flatten_all()?.to_vec1::<T>()?)
+        }
+    }
+    Ok(())
 }
 
 /// The tensors' values, in order, as one f64 vector (on the CPU).

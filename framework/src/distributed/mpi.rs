@@ -10,9 +10,9 @@
 //! makes `mpirun` end the job (a silent hang is never possible).
 
 use super::watchdog::Watchdog;
-use super::Collective;
+use super::{append, Collective};
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Storage, Tensor, WithDType};
+use candle_core::{DType, Device, Tensor, WithDType};
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
 use mpi::topology::SimpleCommunicator;
@@ -96,22 +96,6 @@ impl Mpi {
             out
         })
     }
-}
-
-/// `t`'s values appended to `out` (converted to `T`'s dtype; one copy for a contiguous CPU
-/// tensor of that dtype).
-fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
-    let t = t.to_dtype(T::DTYPE)?.to_device(&Device::Cpu)?;
-    let t = if t.is_contiguous() { t } else { t.contiguous()? };
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(c), Some((a, b))) => out.extend_from_slice(&c.as_slice::<T>()?[a..b]),
-        _ => {
-            drop(storage);
-            out.extend(t.flatten_all()?.to_vec1::<T>()?)
-        }
-    }
-    Ok(())
 }
 
 /// The tensors of `like`'s shapes, dtypes and devices cut in order from `values`.

@@ -16,9 +16,9 @@
 //! call with its reason, and a rank that waits longer than the timeout in one call fails the
 //! job naming the call: no hang, never a partial result.
 
-use super::Collective;
+use super::{append, Collective};
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Storage, Tensor, WithDType};
+use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -165,21 +165,6 @@ impl Drop for Threads {
         let why = if std::thread::panicking() { "panicked" } else { "left the job" };
         self.fail(why);
     }
-}
-
-/// `t`'s values appended to `out` in `T` (one copy for a contiguous CPU tensor of that dtype).
-fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
-    let t = t.to_dtype(T::DTYPE)?.to_device(&Device::Cpu)?;
-    let t = if t.is_contiguous() { t } else { t.contiguous()? };
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(c), Some((a, b))) => out.extend_from_slice(&c.as_slice::<T>()?[a..b]),
-        _ => {
-            drop(storage);
-            out.extend(t.flatten_all()?.to_vec1::<T>()?)
-        }
-    }
-    Ok(())
 }
 
 /// The element-wise sums, in rank order, of every rank's `pick`ed values.

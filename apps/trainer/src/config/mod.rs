@@ -169,7 +169,8 @@ pub struct DistributedConfig {
     pub timeout_s: f64,
     /// The gradient all-reduce: `mpi` or `nccl`.
     pub allreduce: AllReduce,
-    /// Ranks of `engine = "threads"`; 0: one per CPU core this process may use.
+    /// Ranks of `engine = "threads"`; 0: as many as the CPU cores allow while splitting the
+    /// global micro-batch evenly.
     pub ranks: usize,
 }
 
