@@ -192,6 +192,26 @@ fn unknown_methods_and_domains_are_errors() {
     assert!(e.contains("--seeds 0"), "{e}");
 }
 
+/// The quickstart trains with thread ranks unless told otherwise (`--set`), or unless an MPI
+/// launcher started it (its ranks are then the processes).
+#[test]
+fn runs_train_as_thread_ranks_unless_the_options_say_otherwise() {
+    use tram_trainer::config::DistributedEngine;
+    let registry = tram_plugins::registry().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = |sets: Vec<String>| {
+        let opts = Options { sets, out: dir.path().into(), progress: false, ..Default::default() };
+        let (sources, _) = tram_quickstart::sources(&opts).unwrap();
+        let runs = sources.resolve(&[], &registry).unwrap();
+        assert!(runs.len() > 1);
+        let engines: Vec<DistributedEngine> = runs.iter().map(|r| r.config.distributed.engine).collect();
+        assert!(engines.iter().all(|e| *e == engines[0]), "{engines:?}");
+        engines[0]
+    };
+    assert_eq!(engine(Vec::new()), DistributedEngine::Threads);
+    assert_eq!(engine(vec!["distributed.engine=\"single\"".into()]), DistributedEngine::Single);
+}
+
 /// `--methods` took only the config's row names; any composition or alias, a plugin's
 /// included, is now an extra row labelled with it.
 #[test]

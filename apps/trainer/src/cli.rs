@@ -228,22 +228,34 @@ fn run_seed(
 /// candle sizes its parallel CPU ops (the matrix products among them) by `RAYON_NUM_THREADS`,
 /// read at every call: while the ranks of `engine = "threads"` run it is 1 (each rank's ops on
 /// its own thread; with 2 the ranks' products contended for the cores and the quickstart's Adam
-/// steps took 2.4× as long), and the previous value is restored after them.
-struct OneCandleThread(Option<std::ffi::OsString>);
+/// steps took 2.4× as long), and the previous value is restored when the last job of the
+/// process that set it ends (jobs may overlap, e.g. in a test binary).
+struct OneCandleThread;
+
+/// Jobs holding [`OneCandleThread`], and the value `RAYON_NUM_THREADS` had before the first.
+static ONE_THREAD_JOBS: std::sync::Mutex<(usize, Option<std::ffi::OsString>)> = std::sync::Mutex::new((0, None));
 
 impl OneCandleThread {
     fn set() -> Self {
-        let previous = std::env::var_os("RAYON_NUM_THREADS");
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-        Self(previous)
+        let mut jobs = ONE_THREAD_JOBS.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.0 == 0 {
+            jobs.1 = std::env::var_os("RAYON_NUM_THREADS");
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+        }
+        jobs.0 += 1;
+        Self
     }
 }
 
 impl Drop for OneCandleThread {
     fn drop(&mut self) {
-        match self.0.take() {
-            Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
-            None => std::env::remove_var("RAYON_NUM_THREADS"),
+        let mut jobs = ONE_THREAD_JOBS.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.0 -= 1;
+        if jobs.0 == 0 {
+            match jobs.1.take() {
+                Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
+                None => std::env::remove_var("RAYON_NUM_THREADS"),
+            }
         }
     }
 }
