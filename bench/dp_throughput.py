@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""Data-parallel throughput of `tram lm` (README "Data-parallel training"): W = 1 against W = 2
-processes of one thread each, on the bundled quickstart model and data, interleaved so that the
-machine's load hits both alike.
+"""Data-parallel throughput of `tram lm` (README "Data-parallel training"): one process of one
+thread against 2 ranks of one thread each, on the bundled quickstart model and data,
+interleaved so that the machine's load hits every configuration alike.
 
     cargo build --release -p tram-cli --features mpi
     python3 bench/dp_throughput.py --methods adam,sam,tram-noise --reps 3 --csv bench/results/dp.csv
+    python3 bench/dp_throughput.py --configs t1,t2,threads2,mpi2    # every way of using 2 cores
 
-Each run is `tram lm -c configs/quickstart/finetune.toml --run <method>` with seed 0,
-`train.steps` steps of a global micro-batch of `train.batch_size` blocks of 128 tokens (W = 2:
-half of them per rank), no periodic validation; its throughput is the tokens trained over the
-run's `train_seconds` (results.json: the training loop only, every step included). W = 2 runs
-under `mpirun -np 2`; each rank logs its time in collectives (all-reduces, waiting for the other
-rank included), which the CSV keeps per rank. The 1-minute load average before and after each
-run is recorded: on a shared machine, compare runs of similar load. Standard library only.
+Configurations (`--configs`, default `t1,mpi2`): `t1` one process of one candle thread; `t2`
+one process of 2 threads (each op split over them: what a plain run does on 2 cores);
+`mpi2` 2 ranks under `mpirun -np 2`, one thread each; `threads2` 2 ranks as threads of one
+process (`distributed.engine = "threads"`), one thread each. Each run is `tram lm -c
+configs/quickstart/finetune.toml --run <method>` with seed 0, `train.steps` steps of a global
+micro-batch of `train.batch_size` blocks of 128 tokens (2 ranks: half of them each), no periodic
+validation; its throughput is the tokens trained over the run's `train_seconds` (results.json:
+the training loop only, every step included). Each rank logs its time in collectives
+(all-reduces, waiting for the other rank included), which the CSV keeps per rank. The 1-minute
+load average before and after each run is recorded: on a shared machine, compare runs of similar
+load. The scaling efficiency is a configuration's tokens/s over twice `t1`'s. Standard library
+only.
 """
 
 import argparse
@@ -35,14 +41,21 @@ def load1():
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def run(tram, method, world, steps, batch, out):
-    cmd = [] if world == 1 else ["mpirun", "--allow-run-as-root", "-np", str(world)]
+#: configuration → (ranks, launched by mpirun, candle threads per rank, thread ranks)
+CONFIGS = {"t1": (1, False, 1, False), "t2": (1, False, 2, False), "mpi2": (2, True, 1, False), "threads2": (2, False, 1, True)}
+
+
+def run(tram, method, config, steps, batch, out):
+    world, mpi, threads, thread_ranks = CONFIGS[config]
+    cmd = ["mpirun", "--allow-run-as-root", "-np", str(world)] if mpi else []
     cmd += [tram, "lm", "-c", str(ROOT / "configs/quickstart/finetune.toml"), "--run", method]
+    if thread_ranks:
+        cmd += ["--set", 'distributed.engine="threads"', "--set", f"distributed.ranks={world}"]
     for s in [f"out={out}", "seeds=[0]", f"train.steps={steps}", f"train.batch_size={batch}", "train.eval_every=0",
               "train.progress=false", "lm.max_eval_blocks=2", "lm.test_domains=[]"]:
         cmd += ["--set", s]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAM_")}
-    env.update(CANDLE_NUM_THREADS="1", RAYON_NUM_THREADS="1", TRAM_LOG="warn,tram_trainer::trainer=info")
+    env.update(CANDLE_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads), TRAM_LOG="warn,tram_trainer::trainer=info")
     before = load1()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     after = load1()
@@ -58,7 +71,7 @@ def run(tram, method, world, steps, batch, out):
             if r and s:
                 shares[int(r.group(1))] = float(s.group(1))
     return {
-        "method": method, "world": world, "steps": steps, "batch": batch, "train_seconds": round(secs, 3),
+        "method": method, "config": config, "world": world, "steps": steps, "batch": batch, "train_seconds": round(secs, 3),
         "tokens_per_s": round(steps * batch * BLOCK / secs, 1), "load_before": before, "load_after": after,
         "collective_share_rank0": shares.get(0, ""), "collective_share_rank1": shares.get(1, ""),
     }
@@ -73,8 +86,12 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8, help="global micro-batch (blocks); W = 2 gives each rank half")
+    ap.add_argument("--configs", default="t1,mpi2", help="which of " + ", ".join(CONFIGS) + " to run (t1 first: the baseline)")
     ap.add_argument("--csv", help="append the runs to this CSV")
     a = ap.parse_args()
+    configs = a.configs.split(",")
+    if any(c not in CONFIGS for c in configs) or "t1" not in configs:
+        sys.exit(f"--configs {a.configs}: give t1 and any of {', '.join(CONFIGS)}")
     builds = [t.split("=", 1) if "=" in t else [Path(t).name, t] for t in (a.tram or [str(Path(target) / "release" / "tram")])]
     rows = []
     with tempfile.TemporaryDirectory(prefix="tram-dp-bench-") as tmp:
@@ -82,8 +99,8 @@ def main():
             for method in a.methods.split(","):
                 # Alternate the order so neither world size (nor build) always runs first.
                 for label, tram in (builds if rep % 2 == 0 else builds[::-1]):
-                    for world in ([1, 2] if rep % 2 == 0 else [2, 1]):
-                        r = run(tram, method, world, a.steps, a.batch, Path(tmp) / f"{rep}-{label}-{method}-{world}")
+                    for config in (configs if rep % 2 == 0 else configs[::-1]):
+                        r = run(tram, method, config, a.steps, a.batch, Path(tmp) / f"{rep}-{label}-{method}-{config}")
                         r["build"] = label
                         r["rep"] = rep
                         r["time"] = time.strftime("%H:%M:%S", time.gmtime())
@@ -96,19 +113,22 @@ def main():
             if new:
                 w.writeheader()
             w.writerows(rows)
-    print("\n| build | method | W = 1 tokens/s | W = 2 tokens/s | scaling efficiency (median; per pair) | collectives rank 0 / 1 | load |")
-    print("|---|---|---|---|---|---|---|")
+    others = [c for c in configs if c != "t1"]
+    print("\n| build | method | t1 tokens/s | " + " | ".join(f"{c} tokens/s (scaling efficiency; collectives rank 0 / 1)" for c in others) + " | load |")
+    print("|---|---|---|" + "---|" * len(others) + "---|")
     for label, method in [(b[0], m) for m in a.methods.split(",") for b in builds]:
-        one = [r for r in rows if r["method"] == method and r["world"] == 1 and r["build"] == label]
-        two = [r for r in rows if r["method"] == method and r["world"] == 2 and r["build"] == label]
-        m1 = statistics.median(r["tokens_per_s"] for r in one)
-        m2 = statistics.median(r["tokens_per_s"] for r in two)
-        pairs = [t["tokens_per_s"] / (2 * o["tokens_per_s"]) for o, t in zip(one, two)]
-        share = lambda k: statistics.median(r[k] for r in two if r[k] != "")
-        loads = [r["load_before"] for r in one + two]
-        print(f"| {label} | {method} | {m1:,.0f} | {m2:,.0f} | {m2 / (2 * m1):.0%}; {', '.join(f'{p:.0%}' for p in pairs)} "
-              f"| {share('collective_share_rank0'):.1%} / {share('collective_share_rank1'):.1%} "
-              f"| {min(loads):.1f}–{max(loads):.1f} |")
+        of = lambda c: [r for r in rows if r["method"] == method and r["config"] == c and r["build"] == label]
+        m1 = statistics.median(r["tokens_per_s"] for r in of("t1"))
+        cells = []
+        for c in others:
+            runs = of(c)
+            m = statistics.median(r["tokens_per_s"] for r in runs)
+            shares = [statistics.median(v) for k in ("collective_share_rank0", "collective_share_rank1") if (v := [r[k] for r in runs if r[k] != ""])]
+            cell = f"{m:,.0f} ({m / (2 * m1):.0%}"
+            cell += "; " + " / ".join(f"{x:.1%}" for x in shares) + ")" if shares else ")"
+            cells.append(cell)
+        loads = [r["load_before"] for c in configs for r in of(c)]
+        print(f"| {label} | {method} | {m1:,.0f} | " + " | ".join(cells) + f" | {min(loads):.1f}–{max(loads):.1f} |")
 
 
 if __name__ == "__main__":
