@@ -161,7 +161,7 @@ pub fn run_sources(
 }
 
 /// Prepare and train one seed of `run`: in this thread, or with `distributed.engine =
-/// "threads"` as that many ranks, each a thread of one candle thread with its own model replica
+/// "threads"` as that many ranks, each a thread computing on one candle thread with its own model replica
 /// and data, rank 0's outcome returned. The first rank to fail fails the others' collectives and
 /// its error is returned.
 fn run_seed(
