@@ -124,3 +124,13 @@ fn vision_undecodable_images_are_skipped_and_bad_labels_are_errors() {
     let e = App::Vision.prepare(&runs[0], 0).err().unwrap().to_string();
     assert!(e.contains("vision.num_labels"), "{e}");
 }
+
+/// The encoders' padding masks and token types, and the image pipeline, split over thread ranks
+/// (each rank its share of the global micro-batch and of every evaluation set).
+#[test]
+fn vision_thread_ranks_equal_one_process() {
+    fixtures();
+    let dir = scratch("vision-thread-ranks");
+    let cfg = write_config(&dir, &config(&dir.join("out")));
+    thread_ranks_equal_one_process(App::Vision, &dir, &cfg, "tram-prev");
+}

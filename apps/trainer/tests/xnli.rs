@@ -110,3 +110,13 @@ fn xnli_bad_inputs_are_clear_errors() {
     let e = err(&["xnli.valid_split=nope"]);
     assert!(e.contains("nope") && e.contains("validation_matched"), "{e}");
 }
+
+/// The encoders' padding masks and token types, and the image pipeline, split over thread ranks
+/// (each rank its share of the global micro-batch and of every evaluation set).
+#[test]
+fn xnli_thread_ranks_equal_one_process() {
+    fixtures();
+    let dir = scratch("xnli-thread-ranks");
+    let cfg = write_config(&dir, &config(&dir.join("out")));
+    thread_ranks_equal_one_process(App::Xnli, &dir, &cfg, "tram-fisher");
+}

@@ -201,6 +201,42 @@ pub fn registry() -> tram::Registry {
 }
 
 /// The lines of a metrics file as JSON.
+/// Train `run` (seed 0) of the config at `cfg` in one process and as two thread ranks
+/// (`distributed.engine = "threads"`, README "Data-parallel training") into `dir`, and check
+/// that both recorded the same validation and test metrics: equal rows and accuracies, losses
+/// within 1e-5 (the two sum their gradients in another order).
+pub fn thread_ranks_equal_one_process(app: tram_trainer::apps::App, dir: &Path, cfg: &Path, run: &str) {
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    for (out, extra) in [(&one, &[][..]), (&two, &["distributed.engine=\"threads\"", "distributed.ranks=2"][..])] {
+        let set = format!("out={}", out.display());
+        let mut sets = vec![set.as_str(), "seeds=[0]"];
+        sets.extend_from_slice(extra);
+        tram_trainer::cli::run_sources(app, &sources(cfg, &sets), &[run.to_string()], false, &Default::default(), &registry()).unwrap();
+    }
+    let result = |out: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(run).join("seed-0/results.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (result(&one), result(&two));
+    let close = |x: &serde_json::Value, y: &serde_json::Value, what: &str| {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{run}: {what}: one process {x}, two thread ranks {y}");
+    };
+    // (A run without a validation set records none.)
+    assert_eq!(a["valid"].is_null(), b["valid"].is_null());
+    if !a["valid"].is_null() {
+        assert_eq!(a["valid"]["rows"], b["valid"]["rows"]);
+        close(&a["valid"]["loss"], &b["valid"]["loss"], "validation loss");
+    }
+    let (ca, cb) = (a["columns"].as_array().unwrap(), b["columns"].as_array().unwrap());
+    assert_eq!(ca.len(), cb.len());
+    assert!(!ca.is_empty());
+    for (x, y) in ca.iter().zip(cb) {
+        let (mx, my) = (&x["metrics"], &y["metrics"]);
+        assert_eq!((&mx["rows"], &mx["accuracy"]), (&my["rows"], &my["accuracy"]), "{run}: column {}", x["label"]);
+        close(&mx["loss"], &my["loss"], &format!("test loss of {}", x["label"]));
+    }
+}
+
 pub fn metrics(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
