@@ -11,7 +11,7 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// `tram lm args`, one process, one candle thread (`ranks` > 0: that many thread ranks).
+/// `tram lm args`: one process of one candle thread (`ranks` = 0), or that many thread ranks.
 fn run(ranks: usize, args: &[String]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tram"));
     cmd.args(args);
@@ -21,7 +21,7 @@ fn run(ranks: usize, args: &[String]) -> Output {
     cmd.env_remove("TRAM_PLUGINS")
         .env_remove("TRAM_LOG")
         .env_remove("RUST_LOG")
-        .env_remove("RAYON_NUM_THREADS")
+        .env("RAYON_NUM_THREADS", "1")
         .env("RUST_BACKTRACE", "0")
         .env("HF_HUB_OFFLINE", "1")
         .output()
@@ -39,15 +39,6 @@ fn ok(ranks: usize, args: &[String]) {
     );
 }
 
-fn single(args: &[String]) {
-    let o = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tram"));
-        cmd.args(args).env_remove("TRAM_PLUGINS").env_remove("TRAM_LOG").env("RAYON_NUM_THREADS", "1").env("HF_HUB_OFFLINE", "1");
-        cmd.output().unwrap()
-    };
-    assert!(o.status.success(), "one process: {}", String::from_utf8_lossy(&o.stderr));
-}
-
 fn valid(dir: &Path, m: &str) -> serde_json::Value {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{m}/seed-0/results.json"))).unwrap()).unwrap();
     r["valid"].clone()
@@ -58,7 +49,7 @@ fn two_thread_ranks_of_batch_2_equal_one_process_of_batch_4_for_every_compositio
     let tmp = tempfile::tempdir().unwrap();
     let (one, two) = (tmp.path().join("w1"), tmp.path().join("w2"));
     let eval = ["--set", "train.eval_batch_size=1"];
-    single(&args(&one, METHODS, 3, &eval));
+    ok(0, &args(&one, METHODS, 3, &eval));
     ok(2, &args(&two, METHODS, 3, &eval));
     assert_close(&one, &two, METHODS, "2 thread ranks vs one process");
     for m in METHODS.split(',') {
@@ -79,7 +70,7 @@ fn three_thread_ranks_of_unequal_shares_with_accumulation_equal_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let (one, three) = (tmp.path().join("w1"), tmp.path().join("w3"));
     let (methods, acc) = ("sam,tram-noise", ["--set", "train.accumulation=2"]);
-    single(&args(&one, methods, 2, &acc));
+    ok(0, &args(&one, methods, 2, &acc));
     ok(3, &args(&three, methods, 2, &acc));
     assert_close(&one, &three, methods, "3 thread ranks (1, 1, 2 rows) with accumulation vs one process");
 }
@@ -90,14 +81,14 @@ fn a_job_stopped_on_two_thread_ranks_resumes_in_one_process_to_the_uninterrupted
     let (reference, out) = (tmp.path().join("ref"), tmp.path().join("out"));
     let m = "tram-noise";
     let every = ["--set", "train.checkpoint_every=1"];
-    single(&args(&reference, m, 4, &every));
+    ok(0, &args(&reference, m, 4, &every));
     let mut stop = every.to_vec();
     stop.extend(["--stop-after", "2"]);
     let o = run(2, &args(&out, m, 4, &stop));
     assert_eq!(o.status.code(), Some(130), "a stop exits 130: {}", String::from_utf8_lossy(&o.stderr));
     let mut resume = every.to_vec();
     resume.push("--resume");
-    single(&args(&out, m, 4, &resume));
+    ok(0, &args(&out, m, 4, &resume));
     assert_close(&reference, &out, m, "stopped on 2 thread ranks, resumed in one process");
 }
 

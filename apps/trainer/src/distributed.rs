@@ -52,7 +52,6 @@ pub fn session(cfg: &DistributedConfig, device: &candle_core::Device) -> Result<
         DistributedEngine::Mpi => true,
         DistributedEngine::Auto => launched.is_some_and(|w| w > 1),
         DistributedEngine::Threads => {
-            check_threads(cfg, device)?;
             return Err(Error::Config(
                 "distributed.engine = \"threads\": the ranks are threads that `tram_trainer::cli::run_sources` starts, each \
                  given its collective in `RunSpec::collective`; `trainer::run` without one cannot start them (call run_sources, \

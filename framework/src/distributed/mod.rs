@@ -127,9 +127,31 @@ pub enum AscentScope {
     Local,
 }
 
+/// The values of `tensors`, in order, as the engines sum them: f64 tensors in f64, the others
+/// (gradients) in f32 — their dtype, or wider for half types — so that a gradient travels in 4
+/// bytes per value. [`join_widths`] cuts the sums back into tensors.
+pub(crate) fn split_widths(tensors: &[Tensor]) -> Result<(Vec<f32>, Vec<f64>)> {
+    let (mut narrow, mut wide) = (Vec::<f32>::new(), Vec::<f64>::new());
+    for t in tensors {
+        if t.dtype() == DType::F64 {
+            append(&mut wide, t)?;
+        } else {
+            append(&mut narrow, t)?;
+        }
+    }
+    Ok((narrow, wide))
+}
+
+/// The tensors of `like`'s shapes, dtypes and devices cut in order from the sums of
+/// [`split_widths`]' two vectors.
+pub(crate) fn join_widths(narrow: &[f32], wide: &[f64], like: &[Tensor]) -> Result<Vec<Tensor>> {
+    let (mut at_narrow, mut at_wide) = (0, 0);
+    like.iter().map(|t| if t.dtype() == DType::F64 { take(wide, &mut at_wide, t) } else { take(narrow, &mut at_narrow, t) }).collect()
+}
+
 /// `t`'s values appended to `out` (converted to `T`'s dtype; one copy for a contiguous CPU
 /// tensor of that dtype).
-pub(crate) fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
+fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
     let t = t.to_dtype(T::DTYPE)?.to_device(&Device::Cpu)?;
     let t = if t.is_contiguous() { t } else { t.contiguous()? };
     let (storage, layout) = t.storage_and_layout();
@@ -141,6 +163,16 @@ pub(crate) fn append<T: WithDType>(out: &mut Vec<T>, t: &Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The tensor of `like`'s shape, dtype and device cut from `values` at `at` (advanced past it).
+fn take<T: WithDType>(values: &[T], at: &mut usize, like: &Tensor) -> Result<Tensor> {
+    let n = like.elem_count();
+    let v = values
+        .get(*at..*at + n)
+        .ok_or_else(|| Error::Model("a collective returned fewer values than sent: the ranks disagree on the shapes".into()))?;
+    *at += n;
+    Ok(Tensor::from_slice(v, like.shape(), &Device::Cpu)?.to_dtype(like.dtype())?.to_device(like.device())?)
 }
 
 /// The tensors' values, in order, as one f64 vector (on the CPU).

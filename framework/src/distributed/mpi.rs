@@ -10,9 +10,9 @@
 //! makes `mpirun` end the job (a silent hang is never possible).
 
 use super::watchdog::Watchdog;
-use super::{append, Collective};
+use super::{join_widths, split_widths, Collective};
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor, WithDType};
+use candle_core::Tensor;
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
 use mpi::topology::SimpleCommunicator;
@@ -98,16 +98,6 @@ impl Mpi {
     }
 }
 
-/// The tensors of `like`'s shapes, dtypes and devices cut in order from `values`.
-fn take<T: WithDType>(values: &[T], at: &mut usize, like: &Tensor) -> Result<Tensor> {
-    let n = like.elem_count();
-    let v = values
-        .get(*at..*at + n)
-        .ok_or_else(|| Error::Model("a collective returned fewer values than sent: the ranks disagree on the shapes".into()))?;
-    *at += n;
-    Ok(Tensor::from_slice(v, like.shape(), &Device::Cpu)?.to_dtype(like.dtype())?.to_device(like.device())?)
-}
-
 impl Collective for Mpi {
     fn name(&self) -> &str {
         "mpi"
@@ -121,22 +111,11 @@ impl Collective for Mpi {
     /// f64 tensors are summed in f64, the others (gradients) in f32 — their dtype, or wider for
     /// half types — so the gradient travels in 4 bytes per value.
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        let (mut narrow, mut wide) = (Vec::<f32>::new(), Vec::<f64>::new());
-        for t in tensors {
-            if t.dtype() == DType::F64 {
-                append(&mut wide, t)?;
-            } else {
-                append(&mut narrow, t)?;
-            }
-        }
+        let (narrow, wide) = split_widths(tensors)?;
         let op = "the all-reduce of the gradient and step statistics";
         let narrow = if narrow.is_empty() { narrow } else { self.sum(op, &narrow)? };
         let wide = if wide.is_empty() { wide } else { self.sum(op, &wide)? };
-        let (mut at_narrow, mut at_wide) = (0, 0);
-        tensors
-            .iter()
-            .map(|t| if t.dtype() == DType::F64 { take(&wide, &mut at_wide, t) } else { take(&narrow, &mut at_narrow, t) })
-            .collect()
+        join_widths(&narrow, &wide, tensors)
     }
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
         let sums = self.sum("an all-reduce of step statistics", values)?;

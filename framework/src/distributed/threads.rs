@@ -16,9 +16,9 @@
 //! call with its reason, and a rank that waits longer than the timeout in one call fails the
 //! job naming the call: no hang, never a partial result.
 
-use super::{append, Collective};
+use super::{join_widths, split_widths, Collective};
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -196,33 +196,9 @@ impl Collective for Threads {
     }
     /// f64 tensors are summed in f64, the others (gradients) in f32, as the MPI engine does.
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        let mut mine = Deposit::default();
-        for t in tensors {
-            match t.dtype() {
-                DType::F64 => append(&mut mine.f64s, t)?,
-                _ => append(&mut mine.f32s, t)?,
-            }
-        }
-        let all = self.exchange("all-reduce", mine)?;
-        let (f32s, f64s) = (sum_in_rank_order(&all, |d| &d.f32s)?, sum_in_rank_order(&all, |d| &d.f64s)?);
-        let (mut at32, mut at64) = (0, 0);
-        tensors
-            .iter()
-            .map(|t| {
-                let n = t.elem_count();
-                let sum = match t.dtype() {
-                    DType::F64 => {
-                        at64 += n;
-                        Tensor::from_slice(&f64s[at64 - n..at64], t.shape(), &Device::Cpu)?
-                    }
-                    _ => {
-                        at32 += n;
-                        Tensor::from_slice(&f32s[at32 - n..at32], t.shape(), &Device::Cpu)?
-                    }
-                };
-                Ok(sum.to_dtype(t.dtype())?.to_device(t.device())?)
-            })
-            .collect()
+        let (f32s, f64s) = split_widths(tensors)?;
+        let all = self.exchange("all-reduce", Deposit { f32s, f64s, ..Default::default() })?;
+        join_widths(&sum_in_rank_order(&all, |d| &d.f32s)?, &sum_in_rank_order(&all, |d| &d.f64s)?, tensors)
     }
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
         let all = self.exchange("all-reduce of the step statistics", Deposit { f64s: values.to_vec(), ..Default::default() })?;
@@ -249,6 +225,7 @@ impl Collective for Threads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device};
 
     /// Run `f` on every rank of a `world`-rank group, each on its own thread.
     fn on_ranks<T: Send>(world: usize, timeout: Duration, f: impl Fn(Threads) -> T + Sync) -> Vec<T> {
